@@ -1,0 +1,374 @@
+"""The configuration of a run: one frozen dataclass tree.
+
+Defaults are the full ADE20K recipe. A YAML file (``--config``) holds only the
+differences from these defaults; command-line overrides come last. Every key
+and type is checked before any work starts, and the resolved tree is written
+into the run directory so that a run can be repeated exactly.
+
+Precedence, lowest first: defaults, the ``--config`` file, ``--set KEY=VALUE``
+overrides, the dedicated flags (``--batch_size`` and friends).
+"""
+
+import dataclasses
+import difflib
+import os
+import typing
+
+import yaml
+
+ADE20K_URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
+ADE20K_SHA1 = "219e1696abb36c8ba3a3afe7fb2f4b4606a897c7"
+ADE20K_ZIP_BYTES = 967_382_037  # only used for the progress bar when the server sends no size
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how training examples are made from it.
+
+    Attributes:
+      data_dir: the ADEChallengeData2016 folder (holding ``images/`` and
+        ``annotations/``) or a folder that contains it.
+      synthetic: generate the synthetic sample dataset into ``data_dir`` when
+        it holds none (the embedded default data, see ``fcn/sample_data.py``).
+      download: fetch and extract the official zip when ``data_dir`` holds no
+        dataset.
+      download_url: where the zip is fetched from.
+      download_sha1: its published SHA-1; a mismatch rejects the file.
+      num_classes: labelled classes; annotation values 1..num_classes.
+      base_size: (long edge, short edge) the training image is fitted into
+        before the random ratio is applied, as in the common recipe.
+      ratio_range: (low, high) of the uniform random rescale ratio.
+      crop_size: (height, width) of training crops; smaller images are padded.
+      cat_max_ratio: a crop is re-drawn (up to 10 times) while one class
+        covers more than this fraction of its labelled pixels; 1 disables.
+      flip_prob: probability of a horizontal flip.
+      photometric: random brightness, contrast, saturation and hue.
+      val_size: (height, width) of the validation batches used to monitor
+        training: each image is fitted inside it keeping its aspect ratio and
+        padded.
+    """
+
+    data_dir: str = "data"
+    synthetic: bool = False
+    download: bool = False
+    download_url: str = ADE20K_URL
+    download_sha1: str = ADE20K_SHA1
+    num_classes: int = 150
+    base_size: tuple[int, int] = (2048, 512)
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    crop_size: tuple[int, int] = (512, 512)
+    cat_max_ratio: float = 0.75
+    flip_prob: float = 0.5
+    photometric: bool = True
+    val_size: tuple[int, int] = (512, 512)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The network.
+
+    Attributes:
+      vgg_weights: ``none``, ``imagenet``, ``imagenet_notop`` or a path to a
+        Keras VGG16 ``.h5`` or MatConvNet ``imagenet-vgg-verydeep-16.mat``.
+      model_dir: where downloaded pretrained weights are cached (the meaning
+        of FCN.tensorflow's ``--model_dir``).
+      fc_channels: width of fc6 and fc7 (4096 in VGG16; smaller values make a
+        cheap model for tests and the sample data, without pretrained fc6/fc7).
+      dropout: dropout rate after fc6 and fc7.
+      crf: append the CRF-RNN refinement stage.
+    """
+
+    vgg_weights: str = "imagenet"
+    model_dir: str = "data/models"
+    fc_channels: int = 4096
+    dropout: float = 0.5
+    crf: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation and its bookkeeping.
+
+    Attributes:
+      batch_size: global batch size.
+      learning_rate: Adam learning rate.
+      max_steps: total steps of the run; rerunning with a larger value
+        continues from the last checkpoint.
+      weight_decay: L2 weight decay (0 disables).
+      seed: seeds the file shuffle, augmentation and initialisation.
+      debug: histograms of activations, gradients and variables.
+      summary_every: steps between TensorBoard summaries.
+      val_every: steps between validations.
+      val_images: size of the fixed validation subset used to monitor training
+        (0 = the whole validation split).
+      checkpoint_every: steps between checkpoints.
+      keep_checkpoints: how many recent checkpoints are kept.
+      init_from: checkpoint whose weights start the run (not its step).
+    """
+
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    max_steps: int = 80_000
+    weight_decay: float = 0.0
+    seed: int = 0
+    debug: bool = False
+    summary_every: int = 100
+    val_every: int = 2000
+    val_images: int = 500
+    checkpoint_every: int = 2000
+    keep_checkpoints: int = 5
+    init_from: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole run.
+
+    Attributes:
+      logs_dir: the run directory (checkpoints, TensorBoard events, the
+        resolved ``config.yaml``).
+    """
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    logs_dir: str = "logs"
+
+
+def _fields(cls) -> dict[str, type]:
+    """Field name -> resolved type annotation."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _valid_keys(cls, prefix: str = "") -> list[str]:
+    keys = []
+    for name, type_ in _fields(cls).items():
+        if dataclasses.is_dataclass(type_):
+            keys.extend(_valid_keys(type_, f"{prefix}{name}."))
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def valid_keys() -> list[str]:
+    """Every dotted key a config file or ``--set`` accepts."""
+    return _valid_keys(Config)
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _coerce(value, type_, key: str, source: str):
+    """Converts ``value`` (from YAML or a command-line string) to ``type_``."""
+
+    def fail(expected):
+        raise ConfigError(f"{source}: {key} must be {expected}, got {value!r}")
+
+    if type_ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        fail("true or false")
+    if type_ is int:
+        if isinstance(value, bool):
+            fail("an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip().replace("_", ""))
+            except ValueError:
+                fail("an integer")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        fail("an integer")
+    if type_ is float:
+        if isinstance(value, bool):
+            fail("a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                fail("a number")
+        fail("a number")
+    if type_ is str:
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""
+        fail("a string")
+    if typing.get_origin(type_) is tuple:
+        item_types = typing.get_args(type_)
+        items = value
+        if isinstance(value, str):
+            text = value.strip().strip("[]()")
+            items = [part for part in text.replace("x", ",").split(",") if part.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            items = [value]
+        if not isinstance(items, (list, tuple)):
+            fail(f"a list of {len(item_types)} values")
+        if len(items) == 1 and len(item_types) > 1:
+            items = list(items) * len(item_types)  # "64" means 64x64
+        if len(items) != len(item_types):
+            fail(f"a list of {len(item_types)} values")
+        return tuple(_coerce(v, t, key, source) for v, t in zip(items, item_types))
+    raise TypeError(f"unsupported config type {type_} for {key}")  # a bug in this module
+
+
+def _build(cls, values: dict, prefix: str, source: str):
+    """Builds dataclass ``cls`` from a nested dict, checking every key."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the file'} must be a mapping, got {values!r}")
+    fields = _fields(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        key = prefix + str(unknown[0])
+        raise ConfigError(
+            f"{source}: unknown key '{key}'. Valid keys"
+            f"{' under ' + repr(prefix.rstrip('.')) if prefix else ''}: "
+            + ", ".join(prefix + name for name in fields)
+        )
+    kwargs = {}
+    for name, value in values.items():
+        type_ = fields[name]
+        if dataclasses.is_dataclass(type_):
+            kwargs[name] = _build(type_, value or {}, f"{prefix}{name}.", source)
+        else:
+            kwargs[name] = _coerce(value, type_, prefix + name, source)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _nest(dotted_key: str, value) -> dict:
+    node = value
+    for part in reversed(dotted_key.split(".")):
+        node = {part: node}
+    return node
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """Splits a ``KEY=VALUE`` command-line override."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.val_every=500")
+    return key.strip(), value
+
+
+def load_config(path: str | None = None, overrides: typing.Sequence[tuple[str, typing.Any]] = ()) -> Config:
+    """Resolves a run's configuration.
+
+    Args:
+      path: a YAML file with differences from the defaults, or None.
+      overrides: (dotted key, value) pairs applied in order after the file;
+        values may be strings as typed on a command line.
+
+    Returns:
+      The frozen, checked Config.
+
+    Raises:
+      ConfigError: naming the file or override, the key, and the valid keys
+        or the expected type.
+    """
+    values: dict = {}
+    source = "defaults"
+    if path:
+        source = path
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist (configs/ holds ade20k.yaml and sample.yaml)") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        values = loaded or {}
+        config = _build(Config, values, "", source)  # report file errors against the file
+    keys = set(valid_keys())
+    for key, value in overrides:
+        if key not in keys:
+            close = difflib.get_close_matches(key, sorted(keys), n=1) or [
+                k for k in sorted(keys) if k.split(".")[-1] == key.split(".")[-1]
+            ]
+            hint = f" Did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"override: unknown key '{key}'.{hint} Valid keys: {', '.join(sorted(keys))}")
+        values = _merge(values, _nest(key, value))
+        source = f"override {key}={value}"
+        _build(Config, values, "", source)  # so the error names this override
+    config = _build(Config, values, "", source)
+    check_values(config)
+    return config
+
+
+def check_values(config: Config) -> None:
+    """Checks ranges that types alone do not catch."""
+    problems = []
+    d, m, t = config.data, config.model, config.train
+    if d.num_classes < 1 or d.num_classes > 254:
+        problems.append(f"data.num_classes must be in 1..254 (labels are uint8, 255 is ignore), got {d.num_classes}")
+    if min(d.crop_size) < 1 or min(d.val_size) < 1 or min(d.base_size) < 1:
+        problems.append("data.crop_size, data.val_size and data.base_size must be positive")
+    if not 0 < d.ratio_range[0] <= d.ratio_range[1]:
+        problems.append(f"data.ratio_range must satisfy 0 < low <= high, got {list(d.ratio_range)}")
+    if not 0 < d.cat_max_ratio <= 1:
+        problems.append(f"data.cat_max_ratio must be in (0, 1], got {d.cat_max_ratio}")
+    if not 0 <= d.flip_prob <= 1:
+        problems.append(f"data.flip_prob must be in [0, 1], got {d.flip_prob}")
+    if not 0 <= m.dropout < 1:
+        problems.append(f"model.dropout must be in [0, 1), got {m.dropout}")
+    if m.fc_channels < 1:
+        problems.append(f"model.fc_channels must be positive, got {m.fc_channels}")
+    for name in ("batch_size", "max_steps", "summary_every", "val_every", "checkpoint_every", "keep_checkpoints"):
+        if getattr(t, name) < 1:
+            problems.append(f"train.{name} must be at least 1, got {getattr(t, name)}")
+    if t.learning_rate <= 0:
+        problems.append(f"train.learning_rate must be positive, got {t.learning_rate}")
+    if t.weight_decay < 0 or t.val_images < 0:
+        problems.append("train.weight_decay and train.val_images must not be negative")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def to_dict(config) -> dict:
+    """The config as plain nested dicts and lists (YAML- and JSON-ready)."""
+    out = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[field.name] = value
+    return out
+
+
+def save_config(config: Config, directory: str) -> str:
+    """Writes the resolved config as ``directory/config.yaml`` atomically.
+
+    Returns:
+      The path written.
+    """
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "config.yaml")
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
+        f.write("# Resolved configuration of this run; reuse it with --config.\n")
+        yaml.safe_dump(to_dict(config), f, sort_keys=False)
+    os.replace(temporary, path)
+    return path

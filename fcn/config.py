@@ -303,10 +303,9 @@ def load_config(path: str | None = None, overrides: typing.Sequence[tuple[str, t
     keys = set(valid_keys())
     for key, value in overrides:
         if key not in keys:
-            close = difflib.get_close_matches(key, sorted(keys), n=1) or [
-                k for k in sorted(keys) if k.split(".")[-1] == key.split(".")[-1]
-            ]
-            hint = f" Did you mean {close[0]}?" if close else ""
+            by_name = {k.split(".")[-1]: k for k in keys}
+            close = difflib.get_close_matches(key.split(".")[-1], sorted(by_name), n=1, cutoff=0.75)
+            hint = f" Did you mean {by_name[close[0]]}?" if close else ""
             raise ConfigError(f"override: unknown key '{key}'.{hint} Valid keys: {', '.join(sorted(keys))}")
         values = _merge(values, _nest(key, value))
         source = f"override {key}={value}"

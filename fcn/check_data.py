@@ -1,0 +1,119 @@
+"""``--mode=check_data``: scans a dataset the way the pipeline reads it and reports every problem."""
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+import tqdm
+
+from fcn import ade20k, data
+
+
+@dataclasses.dataclass
+class SplitReport:
+    """What a scan found in one split.
+
+    Attributes:
+      split: ``training`` or ``validation``.
+      pairs: number of image/annotation pairs.
+      images_without_annotation: image files with no annotation.
+      annotations_without_image: annotation files with no image.
+      problems: (image path, ``data.ERROR_*`` code) of every unusable pair.
+      label_pixels: pixel count per train id (0..num_classes-1) over the usable pairs.
+      ignored_pixels: pixels labelled 0 ("other") over the usable pairs.
+      missing_folders: expected folders that do not exist.
+    """
+
+    split: str
+    pairs: int = 0
+    images_without_annotation: tuple[str, ...] = ()
+    annotations_without_image: tuple[str, ...] = ()
+    problems: list = dataclasses.field(default_factory=list)
+    label_pixels: np.ndarray | None = None
+    ignored_pixels: int = 0
+    missing_folders: tuple[str, ...] = ()
+
+    @property
+    def error_count(self) -> int:
+        return (
+            len(self.images_without_annotation)
+            + len(self.annotations_without_image)
+            + len(self.problems)
+            + len(self.missing_folders)
+            + (self.pairs == 0)
+        )
+
+
+def _summarise(example, num_classes):
+    labels = tf.reshape(tf.cast(example["label"], tf.int32), [-1])
+    counts = tf.math.bincount(labels, minlength=256, maxlength=256)
+    return example["path"], example["error"], counts[:num_classes], counts[data.IGNORE_LABEL]
+
+
+def check_split(root: str, split: str, num_classes: int = ade20k.NUM_CLASSES, progress: bool = True) -> SplitReport:
+    """Reads every pair of one split through the pipeline's own reader."""
+    report = SplitReport(split=split, label_pixels=np.zeros(num_classes, np.int64))
+    report.missing_folders = tuple(
+        folder
+        for folder in (os.path.join(root, "images", split), os.path.join(root, "annotations", split))
+        if not os.path.isdir(folder)
+    )
+    listing = data.list_split(root, split)
+    report.pairs = len(listing.pairs)
+    report.images_without_annotation = listing.images_without_annotation
+    report.annotations_without_image = listing.annotations_without_image
+    if not listing.pairs:
+        return report
+    dataset = tf.data.Dataset.from_tensor_slices(([p[0] for p in listing.pairs], [p[1] for p in listing.pairs]))
+    dataset = dataset.interleave(
+        lambda image, annotation: data.read_example_dataset(image, annotation, num_classes).map(
+            lambda example: _summarise(example, num_classes)
+        ),
+        cycle_length=tf.data.AUTOTUNE,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    ).prefetch(tf.data.AUTOTUNE)
+    bar = tqdm.tqdm(dataset.as_numpy_iterator(), total=report.pairs, desc=f"checking {split}", unit="image", disable=not progress)
+    for path, error, counts, ignored in bar:
+        if error != data.ERROR_NONE:
+            report.problems.append((path.decode(), int(error)))
+        else:
+            report.label_pixels += counts
+            report.ignored_pixels += int(ignored)
+    return report
+
+
+def check_dataset(root: str, num_classes: int = ade20k.NUM_CLASSES, progress: bool = True) -> list[SplitReport]:
+    """Scans both splits of the dataset at ``root``."""
+    return [check_split(root, split, num_classes, progress) for split in data.SPLITS]
+
+
+def format_report(root: str, reports: list[SplitReport], limit: int = 20) -> str:
+    """A human-readable report; lists at most ``limit`` files per kind of problem."""
+    lines = [f"dataset: {os.path.abspath(root)}"]
+
+    def listing(title, paths):
+        if paths:
+            lines.append(f"  {title}: {len(paths)}")
+            lines.extend(f"    {p}" for p in paths[:limit])
+            if len(paths) > limit:
+                lines.append(f"    ... and {len(paths) - limit} more")
+
+    for report in reports:
+        labelled = int(report.label_pixels.sum()) if report.label_pixels is not None else 0
+        classes_present = int(np.count_nonzero(report.label_pixels)) if report.label_pixels is not None else 0
+        lines.append(
+            f"{report.split}: {report.pairs} pairs, {report.pairs - len(report.problems)} usable, "
+            f"{classes_present} classes present, {labelled} labelled and {report.ignored_pixels} 'other' pixels"
+        )
+        listing("missing folders", list(report.missing_folders))
+        if report.pairs == 0 and not report.missing_folders:
+            lines.append("  no image/annotation pairs")
+        listing("images without annotation", list(report.images_without_annotation))
+        listing("annotations without image", list(report.annotations_without_image))
+        for code, message in data.ERROR_MESSAGES.items():
+            listing(message, [path for path, error in report.problems if error == code])
+    errors = sum(r.error_count for r in reports)
+    lines.append(f"{errors} problem(s) found" if errors else "no problems found")
+    return "\n".join(lines)

@@ -1,0 +1,388 @@
+"""Tests of fcn.download against a local HTTP server on 127.0.0.1."""
+
+import hashlib
+import http.server
+import io
+import os
+import random
+import re
+import socket
+import threading
+import zipfile
+
+import pytest
+
+from fcn import download
+
+# A few tiny files in the official layout; the bytes are arbitrary because
+# these tests check transport and unpacking, not decoding.
+DATASET_FILES = {
+    "ADEChallengeData2016/images/training/ADE_train_00000001.jpg": b"train image 1" * 50,
+    "ADEChallengeData2016/images/training/ADE_train_00000002.jpg": random.Random(1).randbytes(20_000),
+    "ADEChallengeData2016/images/validation/ADE_val_00000001.jpg": b"val image 1",
+    "ADEChallengeData2016/annotations/training/ADE_train_00000001.png": b"\x00\x01\x02" * 100,
+    "ADEChallengeData2016/annotations/training/ADE_train_00000002.png": random.Random(2).randbytes(5_000),
+    "ADEChallengeData2016/annotations/validation/ADE_val_00000001.png": b"val label 1",
+    "ADEChallengeData2016/objectInfo150.txt": b"Idx\tRatio\tTrain\tVal\tName\n",
+}
+
+
+def make_zip(files: dict[str, bytes], with_dir_entries: bool = True) -> bytes:
+    """Builds a zip in memory, with directory entries as the official one has."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        if with_dir_entries:
+            dirs = sorted({name.rsplit("/", 1)[0] + "/" for name in files if "/" in name})
+            for name in dirs:
+                archive.writestr(zipfile.ZipInfo(name), b"")
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def sha1_of(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+class ZipServer(http.server.ThreadingHTTPServer):
+    """Serves ``payload`` at every path and records each request's Range header.
+
+    ``mode`` picks the behaviour: ``normal`` (honours ``Range: bytes=N-``),
+    ``cut`` (announces the full length, sends half the body, hangs up),
+    ``ignore_range`` (always answers 200 with the whole body) and
+    ``not_found`` (404).
+    """
+
+    daemon_threads = True
+
+    def __init__(self, payload: bytes):
+        super().__init__(("127.0.0.1", 0), ZipRequestHandler)
+        self.payload = payload
+        self.mode = "normal"
+        self.ranges: list[str | None] = []  # one entry per request
+        self.statuses: list[int] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/ADEChallengeData2016.zip"
+
+
+class ZipRequestHandler(http.server.BaseHTTPRequestHandler):
+    server: ZipServer
+
+    def do_GET(self):
+        server = self.server
+        body = server.payload
+        range_header = self.headers.get("Range")
+        server.ranges.append(range_header)
+        if server.mode == "not_found":
+            self._start(404, {"Content-Length": "0"})
+            return
+
+        start = 0
+        if range_header and server.mode != "ignore_range":
+            match = re.fullmatch(r"bytes=(\d+)-", range_header)
+            assert match, f"unexpected Range header {range_header!r}"
+            start = int(match.group(1))
+            if start >= len(body):
+                self._start(416, {"Content-Range": f"bytes */{len(body)}", "Content-Length": "0"})
+                return
+            self._start(206, {"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"}, len(body) - start)
+        else:
+            self._start(200, {}, len(body))
+
+        data = body[start:]
+        if server.mode == "cut":
+            data = data[: len(data) // 2]
+        self.wfile.write(data)
+        self.wfile.flush()
+        self.close_connection = True  # with "cut", the client sees EOF before Content-Length
+
+    def _start(self, status: int, headers: dict[str, str], length: int | None = None) -> None:
+        self.server.statuses.append(status)
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+
+    def log_message(self, format, *args):  # keeps pytest output clean
+        pass
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    # A proxy from the environment would swallow requests to 127.0.0.1.
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def serve():
+    """Starts a ZipServer for a payload; every server is shut down afterwards."""
+    servers = []
+
+    def start(payload: bytes) -> ZipServer:
+        server = ZipServer(payload)
+        # A short poll interval keeps shutdown() from waiting half a second per test.
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        return server
+
+    yield start
+    for server, thread in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def payload() -> bytes:
+    return make_zip(DATASET_FILES)
+
+
+def read_tree(root) -> dict[str, bytes]:
+    """Relative path (with '/') -> bytes of every file under ``root``."""
+    tree = {}
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                tree[os.path.relpath(path, root).replace(os.sep, "/")] = f.read()
+    return tree
+
+
+def dataset_files_relative(files: dict[str, bytes]) -> dict[str, bytes]:
+    prefix = "ADEChallengeData2016/"
+    return {name[len(prefix) :]: content for name, content in files.items()}
+
+
+def leftovers(data_dir) -> list[str]:
+    """Partial downloads and temporary extraction folders under ``data_dir``."""
+    names = []
+    for directory, dirnames, filenames in os.walk(data_dir):
+        for name in dirnames + filenames:
+            if name.endswith(".part") or name.startswith(".extract-"):
+                names.append(os.path.relpath(os.path.join(directory, name), data_dir))
+    return names
+
+
+def part_path(data_dir) -> str:
+    return os.path.join(data_dir, ".downloads", "ADEChallengeData2016.zip.part")
+
+
+def verified_zip_path(data_dir) -> str:
+    return os.path.join(data_dir, ".downloads", "ADEChallengeData2016.zip")
+
+
+def test_download_extracts_exact_files_and_second_call_is_offline(tmp_path, serve, payload):
+    server = serve(payload)
+    data_dir = tmp_path / "data"
+
+    path = download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+
+    assert path == os.path.join(str(data_dir), "ADEChallengeData2016")
+    assert read_tree(path) == dataset_files_relative(DATASET_FILES)
+    assert leftovers(data_dir) == []
+    assert not os.path.exists(verified_zip_path(data_dir))  # keep_zip=False deletes it
+    assert server.ranges == [None]
+
+    assert download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False) == path
+    assert len(server.ranges) == 1, "the second call must not touch the network"
+
+
+def test_keep_zip_keeps_the_verified_zip(tmp_path, serve, payload):
+    server = serve(payload)
+    data_dir = tmp_path / "data"
+
+    download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False, keep_zip=True)
+
+    with open(verified_zip_path(data_dir), "rb") as f:
+        assert f.read() == payload
+
+
+def test_checksum_mismatch_deletes_the_file(tmp_path, serve, payload):
+    server = serve(payload)
+    data_dir = tmp_path / "data"
+    wrong_sha1 = "0123456789abcdef0123456789abcdef01234567"
+
+    with pytest.raises(download.DownloadError) as raised:
+        download.download_ade20k(str(data_dir), url=server.url, sha1=wrong_sha1, progress=False)
+
+    message = str(raised.value)
+    assert wrong_sha1 in message
+    assert sha1_of(payload) in message
+    assert server.url in message
+    assert not (data_dir / "ADEChallengeData2016").exists()
+    assert not os.path.exists(verified_zip_path(data_dir))
+    assert not os.path.exists(part_path(data_dir))
+
+
+def test_interrupted_transfer_keeps_part_and_resumes_with_range(tmp_path, serve, payload):
+    server = serve(payload)
+    server.mode = "cut"
+    data_dir = tmp_path / "data"
+    half = len(payload) // 2
+
+    with pytest.raises(download.DownloadError) as raised:
+        download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+
+    message = str(raised.value)
+    assert f"{half:,}" in message and "rerun" in message
+    assert not (data_dir / "ADEChallengeData2016").exists()
+    assert not os.path.exists(verified_zip_path(data_dir)), "a short file must never get the final name"
+    with open(part_path(data_dir), "rb") as f:
+        assert f.read() == payload[:half]
+
+    server.mode = "normal"
+    path = download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+
+    assert server.ranges[-1] == f"bytes={half}-"
+    assert server.statuses[-1] == 206
+    assert read_tree(path) == dataset_files_relative(DATASET_FILES)
+    assert leftovers(data_dir) == []
+
+
+def test_server_ignoring_range_starts_over(tmp_path, serve, payload):
+    server = serve(payload)
+    server.mode = "ignore_range"
+    data_dir = tmp_path / "data"
+    os.makedirs(data_dir / ".downloads")
+    junk = b"junk that must not stay in front of the real bytes"
+    with open(part_path(data_dir), "wb") as f:
+        f.write(junk)
+
+    path = download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+
+    assert server.ranges == [f"bytes={len(junk)}-"]
+    assert server.statuses == [200]
+    assert read_tree(path) == dataset_files_relative(DATASET_FILES)
+
+
+def test_complete_part_file_is_verified_after_416(tmp_path, serve, payload):
+    # A run stopped while hashing leaves a whole .part file; the server then
+    # answers 416 to "bytes=<size>-".
+    server = serve(payload)
+    data_dir = tmp_path / "data"
+    os.makedirs(data_dir / ".downloads")
+    with open(part_path(data_dir), "wb") as f:
+        f.write(payload)
+
+    path = download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+
+    assert server.statuses == [416]
+    assert read_tree(path) == dataset_files_relative(DATASET_FILES)
+
+
+def test_corrupt_verified_zip_is_rehashed_and_downloaded_again(tmp_path, serve, payload):
+    server = serve(payload)
+    data_dir = tmp_path / "data"
+    os.makedirs(data_dir / ".downloads")
+    with open(verified_zip_path(data_dir), "wb") as f:
+        f.write(payload[:-10])
+
+    path = download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+
+    assert server.ranges == [None]
+    assert read_tree(path) == dataset_files_relative(DATASET_FILES)
+
+
+@pytest.mark.parametrize("evil_name", ["../evil.txt", "ADEChallengeData2016/../../evil.txt", "/tmp/evil.txt"])
+def test_zip_slip_member_is_rejected(tmp_path, serve, evil_name):
+    files = dict(DATASET_FILES)
+    files[evil_name] = b"escaped"
+    payload = make_zip(files, with_dir_entries=False)
+    server = serve(payload)
+    data_dir = tmp_path / "root" / "data"
+
+    with pytest.raises(download.DownloadError, match="unsafe member"):
+        download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+
+    assert list(tmp_path.rglob("evil.txt")) == []
+    assert os.listdir(tmp_path) == ["root"]
+    assert os.listdir(tmp_path / "root") == ["data"]
+    assert not (data_dir / "ADEChallengeData2016").exists()
+    assert leftovers(data_dir) == []
+
+
+def test_zip_without_annotations_validation_is_rejected(tmp_path, serve):
+    files = {name: content for name, content in DATASET_FILES.items() if "annotations/validation" not in name}
+    payload = make_zip(files)
+    server = serve(payload)
+    data_dir = tmp_path / "data"
+
+    with pytest.raises(download.DownloadError, match="ADEChallengeData2016/annotations/validation"):
+        download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+
+    assert not (data_dir / "ADEChallengeData2016").exists()
+    assert leftovers(data_dir) == []
+
+
+def test_interrupted_extraction_leaves_no_dataset_and_rerun_cleans_up(tmp_path, serve, payload, monkeypatch):
+    server = serve(payload)
+    data_dir = tmp_path / "data"
+    real_extract = zipfile.ZipFile.extract
+    calls = []
+
+    def extract_then_interrupt(self, member, path=None, pwd=None):
+        calls.append(member)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_extract(self, member, path, pwd)
+
+    monkeypatch.setattr(zipfile.ZipFile, "extract", extract_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+    monkeypatch.undo()
+
+    assert len(calls) == 5
+    assert not (data_dir / "ADEChallengeData2016").exists()
+    assert leftovers(data_dir) == []
+    # What a killed process (no chance to clean up) leaves behind.
+    stale = data_dir / ".extract-killed" / "ADEChallengeData2016" / "images" / "training"
+    stale.mkdir(parents=True)
+    (stale / "ADE_train_00000001.jpg").write_bytes(b"half written")
+
+    path = download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+
+    assert read_tree(path) == dataset_files_relative(DATASET_FILES)
+    assert leftovers(data_dir) == []
+    assert len(server.ranges) == 1, "the verified zip from the first run is reused"
+
+
+def test_unfinished_folder_in_the_way_is_reported_before_downloading(tmp_path, serve, payload):
+    server = serve(payload)
+    data_dir = tmp_path / "data"
+    (data_dir / "ADEChallengeData2016" / "images").mkdir(parents=True)
+
+    with pytest.raises(download.DownloadError, match="move it away or delete it"):
+        download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+
+    assert server.ranges == []
+
+
+def test_http_error_names_the_url(tmp_path, serve, payload):
+    server = serve(payload)
+    server.mode = "not_found"
+
+    with pytest.raises(download.DownloadError) as raised:
+        download.download_ade20k(str(tmp_path), url=server.url, sha1=sha1_of(payload), progress=False)
+
+    assert server.url in str(raised.value) and "404" in str(raised.value)
+
+
+def test_refused_connection_is_wrapped(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/ADEChallengeData2016.zip"  # nothing listens there now
+
+    with pytest.raises(download.DownloadError) as raised:
+        download.download_ade20k(str(tmp_path), url=url, sha1="0" * 40, progress=False)
+
+    message = str(raised.value)
+    assert url in message and "Rerun" in message and "unzip it into" in message
+    assert isinstance(raised.value.__cause__, OSError)

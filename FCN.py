@@ -112,6 +112,7 @@ def main(argv=None) -> int:
         return EXIT_NOT_IMPLEMENTED
 
     from fcn import data  # TensorFlow is imported only once there is work to do
+    from fcn import download
 
     progress = not args.no_progress
     try:
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
         if args.mode == "check_data":
             return run_check_data(config, root, progress)
         return run_train(config, root)
-    except data.DataError as error:
+    except (data.DataError, download.DownloadError) as error:
         print(f"FCN.py: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -1,0 +1,234 @@
+"""Images per second through the training input pipeline (decode + augment + batch).
+
+Compares, in one run, ``fcn.data.training_dataset`` with a plain Python loop
+that calls the same per-example functions eagerly one at a time, and sets both
+beside the reference FCN-8s CPU training step. Only the ratios within one run
+mean anything: absolute rates move with machine load.
+
+The data are the three real ADE20K validation pairs of the test fixtures,
+linked into a temporary dataset root as the ``training`` split, which the
+stream cycles endlessly. The augmentation is the full recipe
+(``DataConfig()`` defaults).
+
+Usage, from the repo root::
+
+    python bench/input_pipeline.py [--seconds 20] [--batch_size 8] [--crop 512]
+"""
+
+import argparse
+import collections
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the table readable
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from fcn import data  # noqa: E402
+from fcn.config import DataConfig  # noqa: E402
+
+SAMPLE_ROOT = os.path.join(REPO, "tests", "fixtures", "ADEChallengeData2016")
+SAMPLE_SPLIT = "validation"
+WARMUP_BATCHES = 3
+# /work/shared/REFERENCE.md, "Measured on a 2-core development machine": one
+# FCN-8s training step of batch 8 at 256x256 takes ~22 s.
+REFERENCE_IMAGES, REFERENCE_SECONDS, REFERENCE_CROP = 8, 22.0, 256
+
+
+def make_training_root(directory: str) -> str:
+    """Lays out the sample pairs as the ``training`` split under ``directory``.
+
+    Symlinks where the file system allows them, copies otherwise, so the
+    fixtures are never modified.
+
+    Returns:
+      The dataset root.
+    """
+    for kind in ("images", "annotations"):
+        source_dir = os.path.join(SAMPLE_ROOT, kind, SAMPLE_SPLIT)
+        target_dir = os.path.join(directory, kind, "training")
+        os.makedirs(target_dir)
+        for name in sorted(os.listdir(source_dir)):
+            source, target = os.path.join(source_dir, name), os.path.join(target_dir, name)
+            try:
+                os.symlink(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
+    return directory
+
+
+def reference_images_per_second(crop: int) -> float:
+    """The reference training step's rate, scaled by pixel count to ``crop``.
+
+    A convolutional network's cost grows with the pixels, so 512x512 is ~4x
+    slower than the measured 256x256.
+    """
+    return REFERENCE_IMAGES / REFERENCE_SECONDS * (REFERENCE_CROP / crop) ** 2
+
+
+def time_batches(next_batch, seconds: float) -> tuple[int, int, float]:
+    """Calls ``next_batch`` until ``seconds`` have passed.
+
+    Args:
+      next_batch: returns one batch as a dict holding ``image`` (B, H, W, 3).
+      seconds: minimum time to measure; the last batch is always finished.
+
+    Returns:
+      (images, batches, elapsed seconds).
+    """
+    images = batches = 0
+    start = time.perf_counter()
+    while True:
+        images += next_batch()["image"].shape[0]
+        batches += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return images, batches, elapsed
+
+
+def pipeline_batches(config: DataConfig, root: str, batch_size: int, seed: int):
+    """The tf.data stream as numpy batches, failing on any skipped file."""
+    report = data.SkipReport()
+    for batch in data.training_dataset(config, root, batch_size, seed=seed):
+        # The loop hands out numpy too; .numpy() also guarantees the work is done.
+        batch = {key: value.numpy() for key, value in batch.items()}
+        if report.record(batch):
+            raise RuntimeError(report.summary())
+        yield batch
+
+
+def loop_batches(config: DataConfig, root: str, batch_size: int, seed: int, stage_seconds: dict):
+    """The same stream made by a plain Python loop, one eager example at a time.
+
+    Same file order (the pipeline's per-epoch permutation), same per-example
+    seeds, same ``load_example`` and ``augment``: only the parallelism,
+    prefetching and graph compilation of tf.data are missing. (Each eager op
+    may still use TensorFlow's intra-op threads; the loop itself is serial.)
+
+    Args:
+      config: the data config.
+      root: the dataset root.
+      batch_size: examples per batch.
+      seed: file order and augmentation seed.
+      stage_seconds: accumulates seconds under ``read``, ``augment`` and
+        ``stack``, to show where the serial loop spends its time.
+    """
+    pairs = data.list_split(root, "training").pairs
+    images, labels = [], []
+    epoch = 0
+    while True:
+        order = data._epoch_permutation(len(pairs), seed, tf.constant(epoch, tf.int64)).numpy()
+        for position, index in enumerate(order):
+            counter = epoch * len(pairs) + position
+            start = time.perf_counter()
+            image, label = data.load_example(*pairs[index])
+            read_done = time.perf_counter()
+            example_seed = tf.constant([seed, counter], tf.int64)
+            example = data.augment({"image": image, "label": label}, config, example_seed)
+            images.append(example["image"].numpy())
+            labels.append(example["label"].numpy())
+            augment_done = time.perf_counter()
+            stage_seconds["read"] += read_done - start
+            stage_seconds["augment"] += augment_done - read_done
+            if len(images) == batch_size:
+                batch = {"image": np.stack(images), "label": np.stack(labels)}  # (B, H, W, 3), (B, H, W)
+                stage_seconds["stack"] += time.perf_counter() - augment_done
+                yield batch
+                images, labels = [], []
+        epoch += 1
+
+
+def measure(batches, seconds: float, after_warmup=lambda: None) -> tuple[dict, int, int, float]:
+    """Warms ``batches`` up, then times it.
+
+    Args:
+      batches: an iterator of batches.
+      seconds: timed seconds after the warm-up.
+      after_warmup: called between warm-up and timing (to reset counters).
+
+    Returns:
+      (the first batch, images, batches, elapsed seconds).
+    """
+    first = next(batches)
+    # Later warm-up batches let tf.data's autotuner and the eager op caches settle.
+    for _ in range(WARMUP_BATCHES - 1):
+        next(batches)
+    after_warmup()
+    return (first, *time_batches(lambda: next(batches), seconds))
+
+
+def main(argv=None) -> None:
+    """Runs both measurements and prints the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per measurement (after warm-up)")
+    parser.add_argument("--batch_size", type=int, default=8, help="images per batch")
+    parser.add_argument("--crop", type=int, default=512, help="square crop size")
+    parser.add_argument("--seed", type=int, default=0, help="file order and augmentation seed")
+    args = parser.parse_args(argv)
+
+    config = dataclasses.replace(DataConfig(), crop_size=(args.crop, args.crop))
+    with tempfile.TemporaryDirectory(prefix="fcn_bench_") as directory:
+        root = make_training_root(directory)
+        pipeline_first, pipeline_images, _, pipeline_seconds = measure(
+            pipeline_batches(config, root, args.batch_size, args.seed), args.seconds
+        )
+        stage_seconds = collections.Counter()
+        loop_first, loop_images, _, loop_seconds = measure(
+            loop_batches(config, root, args.batch_size, args.seed, stage_seconds), args.seconds, stage_seconds.clear
+        )
+
+    # Both start at example 0 with the same seeds, so a mismatch means the loop
+    # is not doing the pipeline's work and the ratio would be meaningless.
+    same_work = all(np.array_equal(pipeline_first[key], loop_first[key]) for key in ("image", "label"))
+    pipeline_rate = pipeline_images / pipeline_seconds
+    loop_rate = loop_images / loop_seconds
+    reference_rate = reference_images_per_second(args.crop)
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"Input pipeline: 3 ADE20K sample images cycled, crop {args.crop}x{args.crop}, batch {args.batch_size},")
+    print("full recipe augmentation (rescale 0.5-2.0 of (2048, 512), crop, cat_max_ratio 0.75, flip, photometric)")
+    print(f"TensorFlow {tf.__version__}, {cores} CPU cores, {args.seconds:g} s timed after {WARMUP_BATCHES} warm-up batches")
+    print(f"first batch identical in pipeline and loop: {'yes' if same_work else 'NO'}")
+    print()
+    # The loop's stages show why it is slow: load_example builds a one-element
+    # tf.data dataset per file, which costs more than the augmentation itself.
+    stage_ms = {stage: f"{1000 * stage_seconds[stage] / loop_images:.1f}" for stage in ("read", "augment", "stack")}
+    print_table(
+        ("", "images/s", "ms/image", "images", "seconds"),
+        [
+            ("tf.data pipeline (training_dataset)", f"{pipeline_rate:.2f}", f"{1000 / pipeline_rate:.1f}",
+             str(pipeline_images), f"{pipeline_seconds:.1f}"),
+            ("plain Python loop (eager, one at a time)", f"{loop_rate:.2f}", f"{1000 / loop_rate:.1f}",
+             str(loop_images), f"{loop_seconds:.1f}"),
+            ("  of which read (load_example)", "", stage_ms["read"], "", ""),
+            ("  of which augment", "", stage_ms["augment"], "", ""),
+            ("  of which stack into batches", "", stage_ms["stack"], "", ""),
+            (f"reference FCN-8s CPU training step {args.crop}x{args.crop}", f"{reference_rate:.3f}",
+             f"{1000 / reference_rate:.0f}", "", ""),
+            ("", "", "", "", ""),
+            ("pipeline / loop", f"{pipeline_rate / loop_rate:.1f}x", "", "", ""),
+            ("pipeline / reference FCN-8s CPU training step", f"{pipeline_rate / reference_rate:.0f}x", "", "", ""),
+        ],
+    )
+    print(
+        f"(reference FCN-8s CPU training step: ~{REFERENCE_IMAGES} images / {REFERENCE_SECONDS:g} s at "
+        f"{REFERENCE_CROP}x{REFERENCE_CROP}, scaled by pixel count to {args.crop}x{args.crop})"
+    )
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Prints rows with the first column left-aligned and the rest right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
+        print("  ".join(cells).rstrip())
+
+if __name__ == "__main__":
+    main()

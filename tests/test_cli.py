@@ -1,0 +1,135 @@
+"""Tests of the command line (FCN.py), run as a user runs it."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, SAMPLE_ROOT, write_pair
+import FCN
+
+
+def run(*args, cwd=None, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", no_proxy="127.0.0.1,localhost")
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        env.pop(name, None)  # the local test server must be reached directly
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "FCN.py"), *args],
+        cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=env,
+    )
+
+
+def test_help_documents_every_flag():
+    result = run("--help")
+    assert result.returncode == 0
+    for flag in list(FCN.FLAG_KEYS) + ["mode", "config", "set"]:
+        assert f"--{flag}" in result.stdout
+    for mode in FCN.MODES:
+        assert mode in result.stdout
+
+
+@pytest.mark.parametrize("mode", FCN.NOT_IMPLEMENTED)
+def test_later_modes_say_not_implemented(mode):
+    result = run(f"--mode={mode}")
+    assert result.returncode == FCN.EXIT_NOT_IMPLEMENTED
+    assert "not implemented yet" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_config_fails_before_any_work(tmp_path):
+    result = run("--set", "train.batch_size=lots", "--logs_dir", str(tmp_path / "run"))
+    assert result.returncode == FCN.EXIT_USAGE
+    assert "train.batch_size must be an integer" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_without_dataset_explains_the_ways_out(tmp_path):
+    result = run("--mode=train", "--data_dir", str(tmp_path / "nowhere"), "--logs_dir", str(tmp_path / "run"))
+    assert result.returncode == FCN.EXIT_FAILED
+    assert "Traceback" not in result.stderr
+    assert str(tmp_path / "nowhere") in result.stderr
+    assert "--download" in result.stderr and "--config configs/sample.yaml" in result.stderr
+
+
+def test_train_on_sample_config_builds_the_sample_data(tmp_path):
+    data_dir, logs_dir = tmp_path / "sample", tmp_path / "run"
+    result = run("--mode=train", "--config", "configs/sample.yaml", "--data_dir", str(data_dir), "--logs_dir", str(logs_dir), "--no_progress")
+    assert result.returncode == 0, result.stderr
+    assert "training: 64 image/annotation pairs" in result.stdout
+    assert "training batches (4, 64, 64, 3)" in result.stdout
+    assert (logs_dir / "config.yaml").exists()
+    assert len(os.listdir(data_dir / "ADEChallengeData2016" / "images" / "training")) == 64
+    # The generated data passes the dataset check.
+    check = run("--mode=check_data", "--data_dir", str(data_dir), "--no_progress")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "training: 64 pairs, 64 usable" in check.stdout and "no problems found" in check.stdout
+
+
+def test_check_data_reports_each_problem_and_fails(tmp_path, rng):
+    root = str(tmp_path)
+    image = rng.integers(0, 255, (32, 40, 3)).astype(np.uint8)
+    label = rng.integers(1, 151, (32, 40)).astype(np.uint8)
+    for split, prefix in (("training", "ADE_train"), ("validation", "ADE_val")):
+        write_pair(root, split, f"{prefix}_00000001", image, label)
+    write_pair(root, "training", "ADE_train_00000002", image, None)  # no annotation
+    write_pair(root, "training", "ADE_train_00000003", None, label)  # no image
+    write_pair(root, "training", "ADE_train_00000004", image, np.where(label > 100, 151, label))
+    write_pair(root, "validation", "ADE_val_00000002", image, label[:30])
+    bad_jpeg, _ = write_pair(root, "validation", "ADE_val_00000003", image, label)
+    with open(bad_jpeg, "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 not really a jpeg")
+    result = run("--mode=check_data", "--data_dir", root)
+    assert result.returncode == FCN.EXIT_FAILED
+    out = result.stdout
+    assert "training: 2 pairs, 1 usable" in out and "validation: 3 pairs, 1 usable" in out
+    assert "images without annotation: 1" in out and "ADE_train_00000002.jpg" in out
+    assert "annotations without image: 1" in out and "ADE_train_00000003.png" in out
+    assert "label values above the number of classes: 1" in out and "ADE_train_00000004.jpg" in out
+    assert "annotation size differs from the image size: 1" in out and "ADE_val_00000002.jpg" in out
+    assert "image cannot be decoded" in out and "ADE_val_00000003.jpg" in out
+    assert "5 problem(s) found" in out
+    assert "checking training" in result.stderr  # the progress bar
+
+
+def test_check_data_on_the_real_samples(tmp_path):
+    # The fixture holds only the validation split: the missing training folders are reported.
+    result = run("--mode=check_data", "--data_dir", SAMPLE_ROOT, "--no_progress")
+    assert result.returncode == FCN.EXIT_FAILED
+    assert "validation: 3 pairs, 3 usable, 15 classes present" in result.stdout
+    assert "missing folders: 2" in result.stdout
+
+
+def test_download_flag_fetches_and_checks_the_dataset(tmp_path, rng):
+    import threading
+
+    from test_download import ZipServer, make_zip, sha1_of
+
+    source = tmp_path / "source"
+    image = rng.integers(0, 255, (24, 32, 3)).astype(np.uint8)
+    label = rng.integers(0, 151, (24, 32)).astype(np.uint8)
+    for split, prefix in (("training", "ADE_train"), ("validation", "ADE_val")):
+        for i in (1, 2):
+            write_pair(str(source), split, f"{prefix}_{i:08d}", image, label)
+    files = {}
+    for folder, _, names in os.walk(source):
+        for name in names:
+            relative = os.path.relpath(os.path.join(folder, name), source)
+            files["ADEChallengeData2016/" + relative.replace(os.sep, "/")] = open(os.path.join(folder, name), "rb").read()
+    payload = make_zip(files)
+    server = ZipServer(payload)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    try:
+        data_dir = tmp_path / "data"
+        common = ["--mode=check_data", "--data_dir", str(data_dir), "--no_progress", "--set", f"data.download_url={server.url}"]
+        wrong = run(*common, "--download", "--set", "data.download_sha1=" + "0" * 40)
+        assert wrong.returncode == FCN.EXIT_FAILED and "Traceback" not in wrong.stderr
+        assert "0" * 40 in wrong.stderr and not (data_dir / "ADEChallengeData2016").exists()
+        result = run(*common, "--download", "--set", f"data.download_sha1={sha1_of(payload)}")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "training: 2 pairs, 2 usable" in result.stdout and "no problems found" in result.stdout
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

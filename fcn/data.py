@@ -263,7 +263,16 @@ def load_example(image_path: str, annotation_path: str, num_classes: int = ade20
     Raises:
       DataError: naming the file and what is wrong with it.
     """
-    example = next(iter(read_example_dataset(image_path, annotation_path, num_classes)))
+    # Eagerly, decoding errors can be caught directly (the pipeline needs ignore_errors).
+    try:
+        image_read = _decode_image(tf.constant(image_path))
+    except tf.errors.OpError:
+        image_read = _unreadable_image(image_path)
+    try:
+        annotation_read = _decode_annotation(tf.constant(annotation_path))
+    except tf.errors.OpError:
+        annotation_read = _unreadable_annotation(annotation_path)
+    example = _checked_example(image_read, annotation_read, image_path, num_classes)
     error = int(example["error"])
     if error != ERROR_NONE:
         culprit = annotation_path if error in (ERROR_UNREADABLE_ANNOTATION, ERROR_ANNOTATION_FORMAT, ERROR_LABEL_OUT_OF_RANGE) else image_path

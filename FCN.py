@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         root = data.prepare_dataset(config.data, progress=progress)
         if args.mode == "check_data":
             return run_check_data(config, root, progress)
-        return run_train(config, root)
+        return run_train(config, root, progress)
     except (data.DataError, download.DownloadError) as error:
         print(f"FCN.py: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -142,22 +142,18 @@ def run_check_data(config: config_lib.Config, root: str, progress: bool) -> int:
     return EXIT_FAILED if any(r.error_count for r in reports) else EXIT_OK
 
 
-def run_train(config: config_lib.Config, root: str) -> int:
-    from fcn import data
+def run_train(config: config_lib.Config, root: str, progress: bool) -> int:
+    from fcn import model, train
 
     path = config_lib.save_config(config, config.logs_dir)
-    print(f"config written to {path}")
-    train_batch = next(iter(data.training_dataset(config.data, root, config.train.batch_size, config.train.seed)))
-    validation = data.validation_dataset(config.data, root, config.train.batch_size, config.train.val_images)
-    validation_batch = next(iter(validation))
-    for split in data.SPLITS:
-        print(f"{split}: {len(data.list_split(root, split).pairs)} image/annotation pairs in {root}")
-    print(
-        f"input pipeline ready: training batches {tuple(train_batch['image'].shape)}, "
-        f"validation batches {tuple(validation_batch['image'].shape)[1:]}"
-    )
-    print(f"FCN.py: the training loop is not implemented yet in fcn {version()}; the data above is ready for it.")
-    return EXIT_OK
+    print(f"dataset: {root}\nrun directory: {config.logs_dir} (config: {path})")
+    print(f"TensorBoard: tensorboard --logdir {config.logs_dir}")
+    try:
+        result = train.train(config, root, progress=progress)
+    except (train.TrainingError, model.WeightsError) as error:
+        print(f"FCN.py: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_FAILED if result.status == "non_finite" else EXIT_OK
 
 
 if __name__ == "__main__":

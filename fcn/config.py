@@ -108,6 +108,9 @@ class TrainConfig:
       checkpoint_every: steps between checkpoints.
       keep_checkpoints: how many recent checkpoints are kept.
       init_from: checkpoint whose weights start the run (not its step).
+      deterministic: deterministic TensorFlow ops, so that a run repeats
+        bit for bit (slower on some devices).
+      image_summaries: images per TensorBoard image summary.
     """
 
     batch_size: int = 16
@@ -122,6 +125,8 @@ class TrainConfig:
     checkpoint_every: int = 2000
     keep_checkpoints: int = 5
     init_from: str = ""
+    deterministic: bool = False
+    image_summaries: int = 3
 
 
 @dataclasses.dataclass(frozen=True)

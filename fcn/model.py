@@ -9,7 +9,9 @@ The network of the paper, "at-once" variant:
     fuse_pool3 -> upscore8 (16x16 / 8, frozen) -> logits at the input's size
 
 Score layers start at zero and the transposed convolutions as bilinear
-interpolation, so an untrained model outputs exactly zero logits. Instead of the
+interpolation, so an untrained model outputs exactly zero logits. Layers not
+taken from pretrained weights start from He initialisation, which suits the
+deep ReLU stack when training from scratch (``vgg_weights="none"``). Instead of the
 reference's 100-pixel padding, the preprocessed input is padded to a multiple
 of 32 with zeros (the mean colour) at the bottom and right and the logits are
 cropped back: any height and width work and the output has the input's size.
@@ -174,12 +176,14 @@ def build_fcn8s(
     pools = {}
     for block, convolutions, filters in VGG16_BLOCKS:
         for i in range(1, convolutions + 1):
-            x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{block}_conv{i}")(x)
+            x = keras.layers.Conv2D(
+                filters, 3, padding="same", activation="relu", kernel_initializer="he_normal", name=f"block{block}_conv{i}"
+            )(x)
         x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
         pools[block] = x
-    x = keras.layers.Conv2D(fc_channels, 7, padding="same", activation="relu", name="fc6")(x)
+    x = keras.layers.Conv2D(fc_channels, 7, padding="same", activation="relu", kernel_initializer="he_normal", name="fc6")(x)
     x = keras.layers.Dropout(dropout, name="drop6")(x)
-    x = keras.layers.Conv2D(fc_channels, 1, activation="relu", name="fc7")(x)
+    x = keras.layers.Conv2D(fc_channels, 1, activation="relu", kernel_initializer="he_normal", name="fc7")(x)
     x = keras.layers.Dropout(dropout, name="drop7")(x)
 
     def score(name):

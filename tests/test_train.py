@@ -195,3 +195,25 @@ def test_init_from_starts_from_another_runs_weights(tmp_path, sample_root):
     missing = run(*TINY, "--data_dir", sample_root, "--logs_dir", str(tmp_path / "x"), "--max_steps", "1",
                   "--set", f"train.init_from={tmp_path / 'nothing'}")
     assert missing.returncode == 1 and "no checkpoint there" in missing.stderr
+
+
+def test_training_learns_the_sample_data(tmp_path):
+    """From random weights, 80 steps on the sample data lift validation mIoU well above its start.
+
+    At step 0 the score layers are zero, every pixel is predicted as class 0 (wall):
+    mIoU ~0.014 and pixel accuracy ~0.17 on the 16 validation images. A model that
+    only learned the class frequencies would predict one class: its mIoU stays
+    below 0.05. Measured with the shipped sample config: mIoU 0.14-0.21 and pixel
+    accuracy 0.40-0.51 after 50-75 steps.
+    """
+    logs = str(tmp_path / "run")
+    result = run("--config", "configs/sample.yaml", "--no_progress", "--data_dir", str(tmp_path / "sample"),
+                 "--logs_dir", logs, "--max_steps", "80", "--set", "train.val_every=80", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    validation = read_events(os.path.join(logs, "validation"))
+    (start_step, _, start_iou), (end_step, _, end_iou) = validation["mean_iou"]
+    (_, _, start_accuracy), (_, _, end_accuracy) = validation["pixel_accuracy"]
+    assert (start_step, end_step) == (0, 80)
+    assert start_iou < 0.03 and start_accuracy < 0.25
+    assert end_iou > 0.1 and end_iou > 4 * start_iou
+    assert end_accuracy > 0.35

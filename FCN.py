@@ -5,6 +5,8 @@ library function of the chosen mode. Everything else lives in ``fcn/``.
 
     python FCN.py --mode=train --config configs/sample.yaml
     python FCN.py --mode=check_data --data_dir data/ADEChallengeData2016
+    python FCN.py --mode=evaluate --config configs/sample.yaml
+    python FCN.py --mode=predict --config configs/sample.yaml --image photo.jpg
 """
 
 import argparse
@@ -16,7 +18,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 from fcn import config as config_lib  # noqa: E402  (after the environment is set)
 
 MODES = ("train", "visualize", "evaluate", "predict", "export", "check_data")
-NOT_IMPLEMENTED = ("visualize", "evaluate", "predict", "export")
 
 # Dedicated flags and the config keys they set (FCN.tensorflow's flags keep their meaning).
 FLAG_KEYS = {
@@ -30,9 +31,10 @@ FLAG_KEYS = {
     "crop_size": "data.crop_size",
     "vgg_weights": "model.vgg_weights",
     "download": "data.download",
+    "seed": "train.seed",
 }
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_IMPLEMENTED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,8 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         choices=MODES,
         default="train",
-        help="train: train (resumes from LOGS_DIR); check_data: scan a dataset and report problems; "
-        "visualize, evaluate, predict, export: not implemented yet. Default: train.",
+        help="train: train (resumes from LOGS_DIR); evaluate: score a split at full resolution (metrics.json, "
+        "confusion matrix); visualize: a random validation batch in colour; predict: segment --image files; "
+        "export: a SavedModel for serving; check_data: scan a dataset and report problems. Default: train. "
+        "evaluate, visualize, predict and export restore the latest checkpoint of LOGS_DIR (or --checkpoint) "
+        "into the model of the config: pass the run's --config.",
     )
     parser.add_argument("--config", metavar="FILE", help="YAML file with differences from the defaults, e.g. configs/sample.yaml")
     parser.add_argument(
@@ -86,6 +91,42 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="when DATA_DIR holds no dataset, download and extract the official ADEChallengeData2016.zip (data.download)",
     )
+    parser.add_argument("--seed", type=int, help="seeds shuffling, augmentation, initialisation and the batch --mode=visualize draws (train.seed)")
+    parser.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        default="",
+        help="weights for evaluate, visualize, predict, export: a run directory, a checkpoint folder (e.g. LOGS_DIR/best) "
+        "or a checkpoint prefix. Default: the latest checkpoint in LOGS_DIR/checkpoints",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="DIR",
+        default="",
+        help="where evaluate (default LOGS_DIR), visualize (LOGS_DIR/visualize), predict (LOGS_DIR/predictions) "
+        "and export (LOGS_DIR/export) write",
+    )
+    parser.add_argument(
+        "--save_predictions",
+        metavar="DIR",
+        default="",
+        help="evaluate: also write one PNG per image in the challenge's submission format (same stem, uint8 labels 1..150)",
+    )
+    parser.add_argument("--image", metavar="PATH", nargs="+", default=[], help="predict: image files or folders of images")
+    parser.add_argument(
+        "--strategy",
+        choices=("default", "mirrored", "multi_worker"),
+        help="default: one device; mirrored: all local GPUs (or --set train.devices=...); "
+        "multi_worker: the cluster in TF_CONFIG (train.strategy)",
+    )
+    parser.add_argument(
+        "--mixed_precision",
+        choices=("float32", "bfloat16", "float16"),
+        help="compute precision; variables, logits and the loss stay float32; float16 uses loss scaling (train.mixed_precision)",
+    )
+    parser.add_argument(
+        "--jit_compile", action="store_true", default=None, help="compile the training step with XLA (train.jit_compile)"
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     return parser
 
@@ -107,31 +148,33 @@ def main(argv=None) -> int:
     except config_lib.ConfigError as error:
         print(f"FCN.py: {error}", file=sys.stderr)
         return EXIT_USAGE
-    if args.mode in NOT_IMPLEMENTED:
-        print(f"FCN.py: --mode={args.mode} is not implemented yet in fcn {version()}.", file=sys.stderr)
-        return EXIT_NOT_IMPLEMENTED
+    if args.mode == "predict" and not args.image:
+        print("FCN.py: --mode=predict needs --image PATH [PATH ...] (image files or folders)", file=sys.stderr)
+        return EXIT_USAGE
 
     from fcn import data  # TensorFlow is imported only once there is work to do
-    from fcn import download
+    from fcn import download, predict
 
     progress = not args.no_progress
     try:
+        if args.mode == "predict":
+            return run_predict(config, args, progress)
+        if args.mode == "export":
+            return run_export(config, args)
         root = data.prepare_dataset(config.data, progress=progress)
         if args.mode == "check_data":
             return run_check_data(config, root, progress)
+        if args.mode == "evaluate":
+            return run_evaluate(config, root, args, progress)
+        if args.mode == "visualize":
+            return run_visualize(config, root, args)
         return run_train(config, root, progress)
-    except (data.DataError, download.DownloadError) as error:
+    except (data.DataError, download.DownloadError, predict.InferenceError) as error:
         print(f"FCN.py: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("FCN.py: interrupted", file=sys.stderr)
         return 130
-
-
-def version() -> str:
-    import fcn
-
-    return fcn.__version__
 
 
 def run_check_data(config: config_lib.Config, root: str, progress: bool) -> int:
@@ -154,6 +197,52 @@ def run_train(config: config_lib.Config, root: str, progress: bool) -> int:
         print(f"FCN.py: {error}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_FAILED if result.status == "non_finite" else EXIT_OK
+
+
+def run_evaluate(config: config_lib.Config, root: str, args: argparse.Namespace, progress: bool) -> int:
+    from fcn import evaluate
+
+    result = evaluate.evaluate(config, root, args.checkpoint, args.output, args.save_predictions, progress=progress)
+    print(f"checkpoint: {result.checkpoint}\nsplit: {config.evaluate.split} ({root})\n")
+    print(evaluate.summary(result))
+    output = args.output or config.logs_dir
+    print(f"\nwritten: {os.path.join(output, evaluate.METRICS_FILE)}, confusion_matrix.png, confusion_matrix.npy")
+    if args.save_predictions:
+        print(f"submission PNGs: {args.save_predictions}")
+    return EXIT_OK
+
+
+def run_visualize(config: config_lib.Config, root: str, args: argparse.Namespace) -> int:
+    from fcn import visualize
+
+    result = visualize.visualize(config, root, args.output, args.checkpoint)
+    for reason in result.skipped.values():
+        print(f"skipped {reason}", file=sys.stderr)
+    print(f"checkpoint: {result.checkpoint}")
+    for k, path in enumerate(result.shown):
+        print(f"{k}: {path}")
+    print(f"written: {result.output_dir}/{{inp,gt,pred}}_k.png and {visualize.FIGURE_FILE}")
+    return EXIT_OK if result.shown else EXIT_FAILED
+
+
+def run_predict(config: config_lib.Config, args: argparse.Namespace, progress: bool) -> int:
+    from fcn import predict
+
+    result = predict.predict_images(config, args.image, args.output, args.checkpoint, progress=progress)
+    print(f"checkpoint: {result.checkpoint}")
+    for path, label_png in result.written.items():
+        print(f"{path} -> {label_png} (+ _mask.png, _overlay.png)")
+    for reason in result.failed.values():
+        print(f"FCN.py: {reason}", file=sys.stderr)
+    return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def run_export(config: config_lib.Config, args: argparse.Namespace) -> int:
+    from fcn import export
+
+    path, checkpoint = export.export(config, args.output, args.checkpoint)
+    print(f"checkpoint: {checkpoint}\nSavedModel: {path} (signature {export.SIGNATURE}: uint8 images -> labels 1..150, probabilities)")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

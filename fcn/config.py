@@ -111,6 +111,14 @@ class TrainConfig:
       deterministic: deterministic TensorFlow ops, so that a run repeats
         bit for bit (slower on some devices).
       image_summaries: images per TensorBoard image summary.
+      strategy: ``default`` (one device), ``mirrored`` (all local GPUs, or
+        the devices named in ``devices``) or ``multi_worker`` (from TF_CONFIG).
+      devices: comma-separated devices for ``mirrored``, e.g. ``GPU:0,GPU:1``.
+      cpu_devices: split the CPU into this many logical devices (0 = no
+        split), to run multi-device training on a machine without GPUs.
+      mixed_precision: ``float32``, ``bfloat16`` or ``float16`` (with loss
+        scaling; meant for GPUs). Variables, logits and the loss stay float32.
+      jit_compile: compile the training step with XLA.
     """
 
     batch_size: int = 16
@@ -127,6 +135,29 @@ class TrainConfig:
     init_from: str = ""
     deterministic: bool = False
     image_summaries: int = 3
+    strategy: str = "default"
+    devices: str = ""
+    cpu_devices: int = 0
+    mixed_precision: str = "float32"
+    jit_compile: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """Inference with a trained model (``--mode`` evaluate, visualize, predict, export).
+
+    Attributes:
+      split: the split that evaluate and visualize read.
+      scales: image scales whose class probabilities are averaged; (1.0,)
+        is whole-image inference at each image's own size.
+      flip: also average the probabilities of the horizontally flipped image.
+      visualize_images: images of the random batch that visualize shows.
+    """
+
+    split: str = "validation"
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    visualize_images: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +172,7 @@ class Config:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     logs_dir: str = "logs"
 
 
@@ -213,6 +245,15 @@ def _coerce(value, type_, key: str, source: str):
         fail("a string")
     if typing.get_origin(type_) is tuple:
         item_types = typing.get_args(type_)
+        if len(item_types) == 2 and item_types[1] is Ellipsis:  # tuple[float, ...]: one or more values
+            items = value
+            if isinstance(value, str):
+                items = [part for part in value.strip().strip("[]()").split(",") if part.strip()]
+            elif not isinstance(value, (list, tuple)):
+                items = [value]
+            if not items:
+                fail("a list of one or more values")
+            return tuple(_coerce(v, item_types[0], key, source) for v in items)
         items = value
         if isinstance(value, str):
             text = value.strip().strip("[]()")
@@ -323,7 +364,7 @@ def load_config(path: str | None = None, overrides: typing.Sequence[tuple[str, t
 def check_values(config: Config) -> None:
     """Checks ranges that types alone do not catch."""
     problems = []
-    d, m, t = config.data, config.model, config.train
+    d, m, t, e = config.data, config.model, config.train, config.evaluate
     if d.num_classes < 1 or d.num_classes > 254:
         problems.append(f"data.num_classes must be in 1..254 (labels are uint8, 255 is ignore), got {d.num_classes}")
     if min(d.crop_size) < 1 or min(d.val_size) < 1 or min(d.base_size) < 1:
@@ -343,8 +384,20 @@ def check_values(config: Config) -> None:
             problems.append(f"train.{name} must be at least 1, got {getattr(t, name)}")
     if t.learning_rate <= 0:
         problems.append(f"train.learning_rate must be positive, got {t.learning_rate}")
+    if t.strategy not in ("default", "mirrored", "multi_worker"):
+        problems.append(f"train.strategy must be default, mirrored or multi_worker, got {t.strategy!r}")
+    if t.mixed_precision not in ("float32", "bfloat16", "float16"):
+        problems.append(f"train.mixed_precision must be float32, bfloat16 or float16, got {t.mixed_precision!r}")
+    if t.cpu_devices < 0:
+        problems.append(f"train.cpu_devices must not be negative, got {t.cpu_devices}")
     if t.weight_decay < 0 or t.val_images < 0:
         problems.append("train.weight_decay and train.val_images must not be negative")
+    if e.split not in ("training", "validation"):
+        problems.append(f"evaluate.split must be training or validation, got {e.split!r}")
+    if min(e.scales) <= 0:
+        problems.append(f"evaluate.scales must all be positive, got {list(e.scales)}")
+    if e.visualize_images < 1:
+        problems.append(f"evaluate.visualize_images must be at least 1, got {e.visualize_images}")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 

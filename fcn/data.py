@@ -466,24 +466,42 @@ def training_dataset(
     seed: int = 0,
     start_example: int = 0,
     split: str = "training",
+    num_pipelines: int = 1,
+    pipeline_index: int = 0,
+    output_batch_size: int | None = None,
 ) -> tf.data.Dataset:
     """The endless, shuffled, augmented training stream.
 
     File names are permuted per epoch; only the images in flight are decoded,
     in parallel, and batches are prefetched.
 
+    Under a distribution strategy each input pipeline (one per worker) reads
+    its own slice of every global batch, so the examples of a global step are
+    the same whatever the number of workers and devices.
+
     Args:
       config: the data config.
       root: the dataset root (see ``prepare_dataset``).
-      batch_size: examples per batch (all of the same crop size).
+      batch_size: examples per global batch (all of the same crop size).
       seed: seeds the file order and the augmentation.
       start_example: the number of examples already consumed (``step x
         batch_size`` when resuming); the stream continues exactly there.
       split: the split to stream.
+      num_pipelines: input pipelines sharing each global batch.
+      pipeline_index: which of them this one is (0-based).
+      output_batch_size: size of the batches produced (default: this
+        pipeline's share, ``batch_size // num_pipelines``); a per-replica
+        batch size splits the share into consecutive replica batches.
 
     Returns:
       A dataset of batched dicts (see the module docstring).
     """
+    if batch_size % num_pipelines:
+        raise ValueError(f"batch size {batch_size} is not divisible by the {num_pipelines} input pipelines")
+    share = batch_size // num_pipelines
+    output_batch_size = output_batch_size or share
+    if share % output_batch_size:
+        raise ValueError(f"a pipeline's {share} examples per step do not split into batches of {output_batch_size}")
     pairs = _pairs_or_error(root, split)
     count = len(pairs)
     image_paths = tf.constant([p[0] for p in pairs])
@@ -502,10 +520,13 @@ def training_dataset(
 
     dataset = tf.data.Dataset.range(start_example // count, _INT64_MAX).flat_map(epoch_examples)
     dataset = dataset.skip(start_example % count)
+    if num_pipelines > 1:  # keep this pipeline's slice of each global batch, before any decoding
+        start, stop = pipeline_index * share, (pipeline_index + 1) * share
+        dataset = dataset.batch(batch_size, drop_remainder=True).map(lambda c, i: (c[start:stop], i[start:stop])).unbatch()
     dataset = dataset.interleave(
         read_and_augment, cycle_length=tf.data.AUTOTUNE, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
-    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(output_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def validation_dataset(

@@ -25,7 +25,9 @@
 import dataclasses
 import math
 import os
+import shutil
 import signal
+import tempfile
 import time
 
 import keras
@@ -92,31 +94,78 @@ def _find_checkpoint(path: str) -> str:
     raise TrainingError(f"--init_from {path}: no checkpoint there (give a run directory, a checkpoint folder or a prefix)")
 
 
+def make_strategy(config) -> tf.distribute.Strategy:
+    """The tf.distribute strategy that ``train.strategy`` names.
+
+    Must run before TensorFlow initialises its devices when ``train.cpu_devices``
+    splits the CPU.
+    """
+    train = config.train
+    if train.cpu_devices:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        try:
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * train.cpu_devices)
+        except RuntimeError as error:
+            raise TrainingError(f"train.cpu_devices={train.cpu_devices}: {error}") from None
+    if train.strategy == "mirrored":
+        devices = [d.strip() for d in train.devices.split(",") if d.strip()]
+        if not devices and train.cpu_devices and not tf.config.list_physical_devices("GPU"):
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices or None)
+    if train.strategy == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise TrainingError("--strategy multi_worker reads the cluster from the TF_CONFIG environment variable, which is not set")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the one worker that writes summaries, checkpoints and reports."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief":
+        return True
+    return task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+
+
 class Trainer:
-    """Holds a run's model, optimizer, checkpoints and compiled steps."""
+    """Holds a run's strategy, model, optimizer, checkpoints and compiled steps."""
 
     def __init__(self, config: Config, root: str):
         self.config = config
         self.root = root
         train = config.train
+        self.strategy = make_strategy(config)
+        self.chief = is_chief(self.strategy)
         keras.utils.set_random_seed(train.seed)
         if train.deterministic:
             tf.config.experimental.enable_op_determinism()
+        keras.mixed_precision.set_global_policy("float32" if train.mixed_precision == "float32" else f"mixed_{train.mixed_precision}")
         self.checkpoint_dir = os.path.join(config.logs_dir, CHECKPOINTS_DIR)
+        # Only the chief writes into the run directory; the other workers must still
+        # take part in every save (it may synchronise them), into a scratch folder.
+        self.scratch_dir = None if self.chief else tempfile.mkdtemp(prefix="fcn-worker-")
+        save_root = config.logs_dir if self.chief else self.scratch_dir
         resuming = tf.train.latest_checkpoint(self.checkpoint_dir) is not None
-        # A resumed run takes its weights from the checkpoint: no need to fetch VGG16 weights.
-        self.model = model_lib.build_fcn8s(
-            config.data.num_classes,
-            vgg_weights="none" if resuming or train.init_from else config.model.vgg_weights,
-            fc_channels=config.model.fc_channels,
-            dropout=config.model.dropout,
-            model_dir=config.model.model_dir,
-        )
-        self.optimizer = keras.optimizers.Adam(learning_rate=train.learning_rate)
-        self.optimizer.build(self.model.trainable_variables)  # slots must exist before a restore
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self.examples_seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="examples_seen")
-        self.best_mean_iou = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_mean_iou")
+        with self.strategy.scope():
+            # A resumed run takes its weights from the checkpoint: no need to fetch VGG16 weights.
+            self.model = model_lib.build_fcn8s(
+                config.data.num_classes,
+                vgg_weights="none" if resuming or train.init_from else config.model.vgg_weights,
+                fc_channels=config.model.fc_channels,
+                dropout=config.model.dropout,
+                model_dir=config.model.model_dir,
+            )
+            optimizer = keras.optimizers.Adam(learning_rate=train.learning_rate)
+            if train.mixed_precision == "float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            self.optimizer = optimizer
+            self.optimizer.build(self.model.trainable_variables)  # slots must exist before a restore
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.examples_seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="examples_seen")
+            self.best_mean_iou = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_mean_iou")
         self.checkpoint = tf.train.Checkpoint(
             model=self.model,
             optimizer=self.optimizer,
@@ -126,13 +175,15 @@ class Trainer:
             # Dropout's random state: without it a resumed run would draw other masks.
             dropout_seeds=[layer.seed_generator.state for layer in self.model.layers if isinstance(layer, keras.layers.Dropout)],
         )
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir, max_to_keep=train.keep_checkpoints)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(save_root, CHECKPOINTS_DIR), max_to_keep=train.keep_checkpoints
+        )
         self.best_manager = tf.train.CheckpointManager(
-            tf.train.Checkpoint(model=self.model, step=self.step), os.path.join(config.logs_dir, BEST_DIR), max_to_keep=1
+            tf.train.Checkpoint(model=self.model, step=self.step), os.path.join(save_root, BEST_DIR), max_to_keep=1
         )
         self.resumed_from = None
         if resuming:
-            self.resumed_from = self.manager.latest_checkpoint
+            self.resumed_from = tf.train.latest_checkpoint(self.checkpoint_dir)
             try:
                 self.checkpoint.restore(self.resumed_from).assert_existing_objects_matched()
             except (AssertionError, ValueError, tf.errors.OpError) as error:
@@ -143,52 +194,61 @@ class Trainer:
         elif train.init_from:
             source = _find_checkpoint(train.init_from)
             tf.train.Checkpoint(model=self.model).restore(source).expect_partial()
-            self.resumed_from = None
-            self.initialised_from = source
         self.variables = self.model.trainable_variables
         self.kernels = [v for v in self.variables if v.path.endswith("kernel")]
-        self.train_step = tf.function(self._train_step)
-        self.summary_step = tf.function(self._summary_step)
-        self.eval_step = tf.function(self._eval_step)
         if train.debug:
             outputs = {name: self.model.get_layer(name).output for name in RELU_LAYERS}
             self.probe = keras.Model(self.model.input, [self.model.output, outputs])
+        replica_step = tf.function(self._replica_step, jit_compile=train.jit_compile or None)
+        self.train_step = tf.function(lambda images, labels: self._distributed_step(replica_step, images, labels, False))
+        self.summary_step = tf.function(lambda images, labels: self._distributed_step(self._replica_step, images, labels, True))
+        self.eval_step = tf.function(self._eval_step)
 
     # -- compiled steps ---------------------------------------------------------
 
-    def _loss(self, images, labels, training):
-        logits = self.model(images, training=training)
-        loss_sum, count = masked_cross_entropy_sum(labels, logits)
-        return loss_sum / tf.maximum(count, 1.0), logits
+    def _replica_step(self, images, labels, with_outputs=False):
+        """One replica's share of a step.
 
-    def _regularised(self, loss):
-        if self.config.train.weight_decay:
-            loss += self.config.train.weight_decay * tf.add_n([tf.nn.l2_loss(k) for k in self.kernels])
-        return loss
-
-    def _train_step(self, images, labels):
+        The loss is the replica's summed pixel losses over the labelled pixels of
+        the whole global batch; the optimizer sums the replicas' gradients, which
+        gives the gradient of the global-batch mean.
+        """
+        replica_context = tf.distribute.get_replica_context()
         with tf.GradientTape() as tape:
-            loss, _ = self._loss(images, labels, training=True)
-            total = self._regularised(loss)
-        gradients = tape.gradient(total, self.variables)
-        self.optimizer.apply_gradients(zip(gradients, self.variables))
-        return loss
-
-    def _summary_step(self, images, labels):
-        """A training step that also returns what the summaries show."""
-        with tf.GradientTape() as tape:
-            if self.config.train.debug:
+            activations = {}
+            if with_outputs and self.config.train.debug:
                 logits, activations = self.probe(images, training=True)
-                loss_sum, count = masked_cross_entropy_sum(labels, logits)
-                loss = loss_sum / tf.maximum(count, 1.0)
             else:
-                loss, logits = self._loss(images, labels, training=True)
-                activations = {}
-            total = self._regularised(loss)
-        gradients = tape.gradient(total, self.variables)
+                logits = self.model(images, training=True)
+            loss_sum, count = masked_cross_entropy_sum(labels, logits)
+            global_count = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+            loss = loss_sum / tf.maximum(global_count, 1.0)
+            total = loss
+            if self.config.train.weight_decay:
+                # Each replica adds its share, so that the summed gradients carry it once.
+                decay = self.config.train.weight_decay * tf.add_n([tf.nn.l2_loss(k) for k in self.kernels])
+                total += decay / tf.cast(replica_context.num_replicas_in_sync, tf.float32)
+            scaled = self.optimizer.scale_loss(total)
+        gradients = tape.gradient(scaled, self.variables)
         self.optimizer.apply_gradients(zip(gradients, self.variables))
+        if not with_outputs:
+            return loss
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return loss, predictions, activations, gradients if self.config.train.debug else []
+
+    def _distributed_step(self, replica_step, images, labels, with_outputs):
+        """Runs a step on every replica; returns the global loss (and replica 0's outputs for summaries)."""
+        results = self.strategy.run(replica_step, args=(images, labels) + ((True,) if with_outputs else ()))
+        if not with_outputs:
+            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, results, axis=None)
+        loss, predictions, activations, gradients = results
+        first = lambda value: self.strategy.experimental_local_results(value)[0]
+        return (
+            self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+            first(predictions),
+            {name: first(value) for name, value in activations.items()},
+            [first(g) for g in gradients],
+        )
 
     def _eval_step(self, images, labels):
         logits = self.model(images, training=False)
@@ -198,6 +258,16 @@ class Trainer:
         return loss_sum, count, matrix, predictions
 
     # -- the loop ------------------------------------------------------------------
+
+    def _report(self, message: str) -> None:
+        """Prints on the chief only, without breaking the progress bar."""
+        if self.chief:
+            tqdm.tqdm.write(message)
+
+    def _local(self, value):
+        """The local replicas' parts of a distributed value, as one tensor."""
+        parts = self.strategy.experimental_local_results(value)
+        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
 
     def validate(self, dataset, writer) -> dict:
         """Loss, pixel accuracy and mean IoU over the validation subset, written to TensorBoard."""
@@ -230,23 +300,37 @@ class Trainer:
 
     def run(self, progress: bool = True) -> TrainResult:
         config, train = self.config, self.config.train
-        writers = summaries.writers(config.logs_dir)
+        progress = progress and self.chief
+        writers = summaries.writers(config.logs_dir) if self.chief else {
+            "train": tf.summary.create_noop_writer(), "validation": tf.summary.create_noop_writer()
+        }
         validation = data.validation_dataset(config.data, self.root, train.batch_size, train.val_images)
         start = int(self.step)
         if start >= train.max_steps:
-            print(f"{self.manager.latest_checkpoint} is at step {start} >= --max_steps {train.max_steps}: nothing to do")
+            self._report(f"{self.manager.latest_checkpoint} is at step {start} >= --max_steps {train.max_steps}: nothing to do")
             return TrainResult(start, "finished", {}, {})
         if self.resumed_from:
-            print(f"resuming from {self.resumed_from} at step {start}")
-        stream = data.training_dataset(
-            config.data, self.root, train.batch_size, seed=train.seed, start_example=int(self.examples_seen)
-        )
-        batches = iter(stream)
+            self._report(f"resuming from {self.resumed_from} at step {start}")
+        start_example = int(self.examples_seen)
+
+        def input_pipeline(context: tf.distribute.InputContext):
+            return data.training_dataset(
+                config.data,
+                self.root,
+                train.batch_size,
+                seed=train.seed,
+                start_example=start_example,
+                num_pipelines=context.num_input_pipelines,
+                pipeline_index=context.input_pipeline_id,
+                output_batch_size=context.get_per_replica_batch_size(train.batch_size),
+            )
+
+        batches = iter(self.strategy.distribute_datasets_from_function(input_pipeline))
         skipped = data.SkipReport()
         last_validation = {}
         if start == 0:
             last_validation = self.validate(validation, writers["validation"])
-            print(_validation_line(0, last_validation))
+            self._report(_validation_line(0, last_validation))
         stop_signal = []
 
         def request_stop(signum, _frame):
@@ -261,8 +345,9 @@ class Trainer:
         try:
             while int(self.step) < train.max_steps:
                 batch = next(batches)
-                if skipped.record(batch):
-                    tqdm.tqdm.write(skipped.summary())
+                local_batch = {key: self._local(value) for key, value in batch.items()}
+                if skipped.record(local_batch):
+                    self._report(skipped.summary())
                 step = int(self.step) + 1
                 summary_now = step % train.summary_every == 0 or step == train.max_steps
                 if summary_now:
@@ -272,7 +357,7 @@ class Trainer:
                 loss = float(loss)
                 if not math.isfinite(loss):
                     status = "non_finite"
-                    tqdm.tqdm.write(
+                    self._report(
                         f"training stopped: the loss became {loss} at step {step}; nothing was saved after it. "
                         f"The last good checkpoint is {self.manager.latest_checkpoint or '(none)'}; "
                         "try a lower --learning_rate."
@@ -292,7 +377,7 @@ class Trainer:
                         {"loss": loss, "learning_rate": float(self.optimizer.learning_rate), "images_per_second": images_per_second},
                     )
                     summaries.write_images(
-                        writers["train"], step, batch["image"], batch["label"], predictions, train.image_summaries
+                        writers["train"], step, local_batch["image"], local_batch["label"], predictions, train.image_summaries
                     )
                     if train.debug:
                         summaries.write_debug(writers["train"], step, activations, gradients, self.variables)
@@ -300,13 +385,13 @@ class Trainer:
                     timer_start, timer_images = time.perf_counter(), 0
                 if step % train.val_every == 0 or step == train.max_steps:
                     last_validation = self.validate(validation, writers["validation"])
-                    tqdm.tqdm.write(_validation_line(step, last_validation))
+                    self._report(_validation_line(step, last_validation))
                 if step % train.checkpoint_every == 0 or step == train.max_steps:
                     self.manager.save(checkpoint_number=step)
                 if stop_signal:
                     status = "interrupted"
                     path = self.manager.save(checkpoint_number=step)
-                    tqdm.tqdm.write(f"{signal.Signals(stop_signal[0]).name}: stopped at step {step}, checkpoint {path}")
+                    self._report(f"{signal.Signals(stop_signal[0]).name}: stopped at step {step}, checkpoint {path}")
                     break
         finally:
             bar.close()
@@ -314,8 +399,10 @@ class Trainer:
                 signal.signal(s, handler)
             for writer in writers.values():
                 writer.close()
+            if self.scratch_dir:
+                shutil.rmtree(self.scratch_dir, ignore_errors=True)
         if skipped:
-            print(skipped.summary())
+            self._report(skipped.summary())
         return TrainResult(int(self.step), status, last_validation, dict(skipped.skipped))
 
 

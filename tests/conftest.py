@@ -47,3 +47,54 @@ def write_pair(root, split, stem, image, label, image_format="JPEG", image_mode=
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def save_run(logs_dir, data_dir, fixed_class=None, seed=0, fc_channels=16):
+    """A run directory with a tiny FCN-8s checkpoint, as inference modes find it.
+
+    Writes ``logs_dir/config.yaml`` and ``logs_dir/checkpoints/ckpt-1`` holding
+    ``tf.train.Checkpoint(model=...)``, as training does.
+
+    Args:
+      fixed_class: a train id the model then predicts at every pixel (its
+        score_fr bias is the only non-zero score weight), or None for random
+        score_fr weights, so predictions vary over the image.
+
+    Returns:
+      (the resolved config, the Keras model saved).
+    """
+    import keras
+    import tensorflow as tf
+
+    from fcn import config as config_lib
+    from fcn import model as model_lib
+
+    config = config_lib.load_config(
+        None,
+        [("logs_dir", str(logs_dir)), ("data.data_dir", str(data_dir)), ("model.fc_channels", fc_channels),
+         ("model.vgg_weights", "none")],
+    )
+    keras.utils.set_random_seed(seed)
+    model = model_lib.build_fcn8s(config.data.num_classes, fc_channels=fc_channels)
+    score = model.get_layer("score_fr")
+    if fixed_class is None:
+        kernel = np.random.default_rng(seed).normal(0, 1, score.kernel.shape).astype(np.float32)
+        score.kernel.assign(kernel)
+    else:
+        bias = np.zeros(score.bias.shape, np.float32)
+        bias[fixed_class] = 1.0  # bilinear upsampling keeps it positive everywhere; every other logit stays 0
+        score.bias.assign(bias)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), os.path.join(str(logs_dir), "checkpoints"), 1)
+    manager.save(checkpoint_number=1)
+    config_lib.save_config(config, str(logs_dir))
+    return config, model
+
+
+def run_fcn(*args, timeout=600):
+    """Runs FCN.py as a user does; returns the CompletedProcess."""
+    import subprocess
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "FCN.py"), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )

@@ -111,8 +111,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, sample_
     a = checkpoint_weights(tf.train.latest_checkpoint(os.path.join(whole, "checkpoints")))
     b = checkpoint_weights(tf.train.latest_checkpoint(os.path.join(split, "checkpoints")))
     assert a.keys() == b.keys() and len(a) > 20
-    # Deterministic ops on one CPU: bit-identical.
-    for name in a:
+    # Deterministic ops on one CPU: bit-identical. The best validation mIoU may differ:
+    # the split run also validated at its end, step 6.
+    for name in a.keys() - {"best_mean_iou/.ATTRIBUTES/VARIABLE_VALUE"}:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     # And the runs did train: the weights moved away from a fresh start.
     fresh = run(*common, "--logs_dir", str(tmp_path / "fresh"), "--max_steps", "1")

@@ -1,0 +1,227 @@
+"""``--mode=evaluate``: the official benchmark numbers of a trained model on a whole split.
+
+Every image is segmented at its own resolution (whole-image inference, batch
+1, optionally averaged over the scales and flip of ``config.evaluate``) and
+compared with its annotation at full resolution: labels are never resized.
+One confusion matrix is summed over the whole split (label 0 "other"
+ignored) and every number is read from it by ``fcn.metrics.scores``: pixel
+accuracy, mean class accuracy, mean IoU, frequency-weighted IoU, per-class IoU
+and the challenge score (pixel accuracy + mean IoU) / 2.
+
+Absent classes: a class that occurs neither in the ground truth nor in the
+predictions of the split is left out of mean IoU (mmsegmentation's and Keras'
+convention, ``metrics.scores(absent="ignore")``) and has ``null`` IoU in
+``metrics.json``. The official CSAIL code counts it as 0 instead; on the full
+ADE20K validation split every class occurs in the ground truth, so the two
+agree there and differ only on subsets (the official number is then
+``mean_iou x classes_present / 150``).
+
+Outputs, in the run's ``logs_dir`` or ``--output DIR``: the table printed,
+``metrics.json``, ``confusion_matrix.npy`` (int64 (C, C), rows = ground truth)
+and ``confusion_matrix.png``; with ``--save_predictions DIR`` one submission
+PNG per image (same stem, the image's size, uint8 values 1..150). Files the
+pipeline flags as unusable are excluded, counted and reported.
+"""
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+import tqdm
+
+from fcn import data, metrics
+from fcn import predict as predict_lib
+from fcn.config import Config
+
+FIGURE_CLASSES = 30  # the confusion-matrix figure shows the most frequent classes only
+METRICS_FILE = "metrics.json"
+
+
+@dataclasses.dataclass
+class EvaluationResult:
+    """The outcome of an evaluation.
+
+    Attributes:
+      scores: ``metrics.scores`` of the split's confusion matrix, keyed by class name.
+      matrix: int64 (C, C), rows = ground truth, columns = prediction.
+      images: images evaluated.
+      skipped: the unusable files left out, with their reasons.
+      checkpoint: the checkpoint prefix evaluated ("" when a predictor was given).
+    """
+
+    scores: dict
+    matrix: np.ndarray
+    images: int
+    skipped: data.SkipReport
+    checkpoint: str = ""
+
+
+def native_resolution_dataset(root: str, split: str, num_classes: int) -> tf.data.Dataset:
+    """Every pair of a split at its own size, in file-name order, as batches of one.
+
+    Elements are the dicts of ``fcn/data.py`` with B = 1: ``image`` (1, H, W, 3)
+    uint8, ``label`` (1, H, W) train ids, ``path``, ``error``.
+    """
+    pairs = data._pairs_or_error(root, split)
+    dataset = tf.data.Dataset.from_tensor_slices(([p[0] for p in pairs], [p[1] for p in pairs]))
+    dataset = dataset.interleave(
+        lambda image_path, annotation_path: data.read_example_dataset(image_path, annotation_path, num_classes),
+        cycle_length=2,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    return dataset.batch(1).prefetch(2)
+
+
+def evaluate_split(
+    labels_fn, root: str, split: str, num_classes: int, save_predictions: str = "", progress: bool = True
+) -> EvaluationResult:
+    """Segments every image of a split at its own size and scores the split.
+
+    Args:
+      labels_fn: uint8 images (1, H, W, 3) -> train ids (1, H, W), e.g. ``Predictor.labels``.
+      root: the dataset root.
+      split: ``training`` or ``validation``.
+      num_classes: C.
+      save_predictions: a folder for submission PNGs, or "".
+      progress: show a progress bar.
+    """
+    count = len(data.list_split(root, split).pairs)
+    dataset = native_resolution_dataset(root, split, num_classes)
+    confusion = metrics.ConfusionMatrix(num_classes)
+    skipped = data.SkipReport()
+    if save_predictions:
+        os.makedirs(save_predictions, exist_ok=True)
+    images = 0
+    for example in tqdm.tqdm(dataset, total=count, desc=f"evaluating {split}", unit="image", disable=not progress, dynamic_ncols=True):
+        if skipped.record(example):
+            continue
+        predictions = labels_fn(example["image"])  # (1, H, W) at the image's own size
+        confusion.update(example["label"], predictions)
+        images += 1
+        if save_predictions:
+            stem = os.path.splitext(os.path.basename(example["path"][0].numpy().decode()))[0]
+            predict_lib.write_label_png(os.path.join(save_predictions, stem + ".png"), predictions[0].numpy())
+    matrix = confusion.matrix
+    return EvaluationResult(
+        scores=metrics.scores(matrix, predict_lib.class_names(num_classes)),
+        matrix=matrix,
+        images=images,
+        skipped=skipped,
+    )
+
+
+def evaluate(
+    config: Config, root: str, checkpoint: str = "", output_dir: str = "", save_predictions: str = "", progress: bool = True
+) -> EvaluationResult:
+    """``--mode=evaluate``: restores the run's model, scores ``config.evaluate.split``, writes the reports.
+
+    Args:
+      config: the run's config.
+      root: the dataset root.
+      checkpoint: see ``predict.find_checkpoint`` (default: the run's latest).
+      output_dir: where the reports go (default ``config.logs_dir``).
+      save_predictions: a folder for submission PNGs, or "".
+      progress: show a progress bar.
+
+    Raises:
+      predict.InferenceError: no usable checkpoint.
+    """
+    predictor, prefix = predict_lib.predictor_from_config(config, checkpoint)
+    result = evaluate_split(
+        predictor.labels, root, config.evaluate.split, config.data.num_classes, save_predictions, progress
+    )
+    result.checkpoint = prefix
+    write_reports(result, output_dir or config.logs_dir, config)
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Reports.
+
+
+def _json_number(value: float):
+    return None if math.isnan(value) else value
+
+
+def metrics_json(result: EvaluationResult, config: Config) -> dict:
+    """The content of ``metrics.json``; undefined values (absent classes) are null."""
+    scores = result.scores
+    return {
+        **{key: _json_number(scores[key]) for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "score")},
+        "per_class_iou": {name: _json_number(value) for name, value in scores["per_class_iou"].items()},
+        "per_class_accuracy": {name: _json_number(value) for name, value in scores["per_class_accuracy"].items()},
+        "classes_present": sum(not math.isnan(v) for v in scores["per_class_iou"].values()),
+        "absent_classes": "left out of mean_iou (mmsegmentation); the official code counts them as 0",
+        "split": config.evaluate.split,
+        "images": result.images,
+        "skipped": {path: data.ERROR_MESSAGES[error] for path, error in result.skipped.skipped.items()},
+        "checkpoint": result.checkpoint,
+        "scales": list(config.evaluate.scales),
+        "flip": config.evaluate.flip,
+    }
+
+
+def write_reports(result: EvaluationResult, output_dir: str, config: Config) -> dict[str, str]:
+    """Writes ``metrics.json``, ``confusion_matrix.npy`` and ``confusion_matrix.png``.
+
+    Returns:
+      what -> path written.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {
+        "metrics": os.path.join(output_dir, METRICS_FILE),
+        "matrix": os.path.join(output_dir, "confusion_matrix.npy"),
+        "figure": os.path.join(output_dir, "confusion_matrix.png"),
+    }
+    with open(paths["metrics"], "w", encoding="utf-8") as f:
+        json.dump(metrics_json(result, config), f, indent=2, allow_nan=False)
+        f.write("\n")
+    np.save(paths["matrix"], result.matrix)
+    figure = confusion_figure(result.matrix, predict_lib.class_names(result.matrix.shape[0]))
+    figure.savefig(paths["figure"], dpi=100, bbox_inches="tight")
+    return paths
+
+
+def confusion_figure(matrix, names, top: int = FIGURE_CLASSES):
+    """The confusion matrix of the ``top`` classes with the most ground-truth pixels.
+
+    Each row is divided by all pixels of its ground-truth class, including
+    those predicted as classes not shown, so a shown row sums to at most 1.
+    Colours are on a log scale from 1e-4 to 1; empty cells are blank.
+
+    Returns:
+      a matplotlib Figure (no pyplot state, so it works headless).
+    """
+    from matplotlib import colors
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(matrix, np.float64)
+    rows = counts.sum(axis=1)  # (C,) ground-truth pixels per class
+    shown = [i for i in np.argsort(-rows, kind="stable")[:top] if rows[i] > 0]
+    normalised = counts[shown][:, shown] / np.maximum(rows[shown], 1)[:, None]  # (N, N)
+    size = 3 + 0.28 * max(len(shown), 1)
+    figure = Figure(figsize=(size + 1.5, size))
+    axes = figure.add_subplot()
+    image = axes.imshow(
+        np.ma.masked_equal(normalised, 0.0), norm=colors.LogNorm(vmin=1e-4, vmax=1.0), cmap="viridis", interpolation="nearest"
+    )
+    labels = [names[i] for i in shown]
+    axes.set_xticks(range(len(shown)), labels, rotation=90, fontsize=8)
+    axes.set_yticks(range(len(shown)), labels, fontsize=8)
+    axes.set_xlabel("prediction")
+    axes.set_ylabel("ground truth")
+    axes.set_title(f"confusion matrix, {len(shown)} most frequent classes\n(fraction of each ground-truth class, log scale)")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    return figure
+
+
+def summary(result: EvaluationResult) -> str:
+    """The per-class table and summary lines, then the skipped files."""
+    text = metrics.format_table(result.scores) + f"\n\n{result.images} images evaluated"
+    if result.skipped:
+        text += "\n" + result.skipped.summary()
+    return text

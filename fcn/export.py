@@ -1,0 +1,92 @@
+"""``--mode=export``: a TensorFlow SavedModel of a trained FCN-8s for serving.
+
+The SavedModel's ``serving_default`` signature takes
+
+    images         uint8   (B, H, W, 3)   RGB, any height and width
+
+and returns
+
+    labels         uint8   (B, H, W)      ADE20K label values 1..150 (train id + 1, as in the
+                                          annotation PNGs and the challenge's submission format)
+    probabilities  float32 (B, H, W, C)   softmax class probabilities, channel c = train id c
+
+computed exactly as ``--mode=evaluate`` does (the scales and flip of
+``config.evaluate``; by default the model's own softmax at the image's size).
+Load it without this package::
+
+    serving = tf.saved_model.load(EXPORT_DIR).signatures["serving_default"]
+    outputs = serving(images=tf.constant(batch))   # batch: uint8 (B, H, W, 3)
+
+The class names, one per line in train-id order (line ``c`` names label value
+``c + 1``), are written beside it as ``classes.txt``.
+"""
+
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+
+from fcn import predict as predict_lib
+from fcn.config import Config
+
+SIGNATURE = "serving_default"
+
+
+def _check_replaceable(export_dir: str) -> None:
+    """Never deletes a folder of something else (a run directory given as --output, say)."""
+    if os.path.isdir(export_dir) and os.listdir(export_dir) and not tf.saved_model.contains_saved_model(export_dir):
+        raise predict_lib.InferenceError(f"{export_dir} exists and is not a SavedModel: give a new or empty folder")
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise predict_lib.InferenceError(f"{export_dir} exists and is not a folder")
+
+
+def export_predictor(predictor: predict_lib.Predictor, export_dir: str) -> str:
+    """Writes ``predictor`` as a SavedModel (see the module docstring) into ``export_dir``.
+
+    The folder is written beside its final place and renamed into it, so an
+    interrupted export never leaves a half SavedModel that looks whole.
+
+    Returns:
+      ``export_dir``.
+    """
+
+    def serve(images):
+        probabilities = predictor.probabilities(images)  # (B, H, W, C)
+        labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32) + 1  # (B, H, W)
+        return {"labels": tf.cast(labels, tf.uint8), "probabilities": probabilities}
+
+    archive = keras.export.ExportArchive()
+    archive.track(predictor.model)
+    archive.add_endpoint(SIGNATURE, serve, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    export_dir = os.path.abspath(export_dir)
+    _check_replaceable(export_dir)
+    temporary = export_dir + ".partial"
+    shutil.rmtree(temporary, ignore_errors=True)
+    archive.write_out(temporary, verbose=False)
+    with open(os.path.join(temporary, "classes.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(predict_lib.class_names(predictor.model.output_shape[-1])) + "\n")
+    if os.path.exists(export_dir):
+        shutil.rmtree(export_dir)
+    os.replace(temporary, export_dir)
+    return export_dir
+
+
+def export(config: Config, output_dir: str = "", checkpoint: str = "") -> tuple[str, str]:
+    """``--mode=export``: restores the run's model and exports it.
+
+    Args:
+      config: the run's config.
+      output_dir: the SavedModel folder (default ``LOGS_DIR/export``); replaced if it exists.
+      checkpoint: see ``predict.find_checkpoint``.
+
+    Returns:
+      (the SavedModel folder, the checkpoint prefix exported).
+
+    Raises:
+      predict.InferenceError: no usable checkpoint.
+    """
+    export_dir = output_dir or os.path.join(config.logs_dir, "export")
+    _check_replaceable(export_dir)  # before the work
+    predictor, prefix = predict_lib.predictor_from_config(config, checkpoint)
+    return export_predictor(predictor, export_dir), prefix

@@ -1,0 +1,323 @@
+"""Running a trained FCN-8s: restoring weights, whole-image inference, label PNGs, ``--mode=predict``.
+
+The one owner of inference, shared by evaluate, visualize and export:
+
+- ``restore_model`` rebuilds the run's FCN-8s from its config and restores a
+  checkpoint (the latest of ``logs_dir/checkpoints`` unless told otherwise);
+- ``Predictor`` runs it on uint8 images of any size (batch dimension first) at
+  their own resolution, optionally averaging the softmax probabilities of
+  several scales and of the horizontally flipped image, compiled once for all
+  sizes;
+- ``write_label_png`` writes the challenge's submission format: an 8-bit
+  greyscale PNG of the image's size holding ADE20K label values 1..150
+  (train id + 1; 0 "other" is never predicted).
+
+``predict_images`` is ``python FCN.py --mode=predict --image PATH...``: for each
+image a coloured mask, an overlay on the image and the raw label PNG.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+import tqdm
+from PIL import Image
+
+from fcn import ade20k, data
+from fcn import model as model_lib
+from fcn import train as train_lib
+from fcn.config import Config
+
+OVERLAY_ALPHA = 0.5  # weight of the mask colour in the overlay
+
+
+class InferenceError(RuntimeError):
+    """A checkpoint or input that cannot be used for inference; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------------------
+# Restoring a trained model.
+
+
+def find_checkpoint(config: Config, checkpoint: str = "") -> str:
+    """The checkpoint prefix to restore.
+
+    Args:
+      config: the run's config; its ``logs_dir`` is searched when ``checkpoint`` is empty.
+      checkpoint: a run directory, a checkpoint folder (``LOGS_DIR/checkpoints``,
+        ``LOGS_DIR/best``) or a checkpoint prefix; empty = the latest checkpoint of the run.
+
+    Raises:
+      InferenceError: there is no checkpoint there.
+    """
+    path = checkpoint or config.logs_dir
+    try:
+        return train_lib._find_checkpoint(path)
+    except train_lib.TrainingError:
+        if checkpoint:
+            raise InferenceError(
+                f"--checkpoint {checkpoint}: no checkpoint there (give a run directory, a checkpoint folder "
+                "such as LOGS_DIR/best, or a checkpoint prefix)"
+            ) from None
+        raise InferenceError(
+            f"no checkpoint in {os.path.join(config.logs_dir, train_lib.CHECKPOINTS_DIR)}: train first "
+            "(--mode=train with the same --config / --logs_dir) or pass --checkpoint"
+        ) from None
+
+
+def restore_model(config: Config, checkpoint: str = ""):
+    """Builds the run's FCN-8s and restores its trained weights.
+
+    Args:
+      config: the run's config (``data.num_classes`` and ``model.fc_channels``
+        must be those of the checkpoint: pass the run's ``config.yaml``).
+      checkpoint: see ``find_checkpoint``.
+
+    Returns:
+      (keras model, the checkpoint prefix restored).
+
+    Raises:
+      InferenceError: no checkpoint, or one of another model configuration.
+    """
+    prefix = find_checkpoint(config, checkpoint)
+    model = model_lib.build_fcn8s(
+        config.data.num_classes,
+        vgg_weights="none",  # every weight comes from the checkpoint
+        fc_channels=config.model.fc_channels,
+        dropout=config.model.dropout,
+    )
+    try:
+        # Training checkpoints also hold the optimizer and counters: only the model is wanted.
+        tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise InferenceError(
+            f"cannot restore {prefix} into the model of this config (num_classes={config.data.num_classes}, "
+            f"fc_channels={config.model.fc_channels}): {str(error).splitlines()[0]}. "
+            "Pass the run's own config: --config LOGS_DIR/config.yaml"
+        ) from None
+    return model, prefix
+
+
+# ---------------------------------------------------------------------------
+# Inference.
+
+
+class Predictor:
+    """Whole-image inference with optional multi-scale and flip averaging.
+
+    Both methods take uint8 RGB images (B, H, W, 3) of any size and are compiled
+    once for all sizes. The model runs on each view (scale x flip) and its
+    logits are resized back to (H, W) bilinearly; the softmax probabilities of
+    the views are averaged (the usual multi-scale recipe, as mmsegmentation's
+    ``aug_test``). With the single view (scales (1.0,), no flip) the labels are
+    the argmax of the model's logits at the image's own size.
+
+    Args:
+      model: an FCN-8s (images -> float32 logits (B, H, W, C)).
+      scales: image scales of the views.
+      flip: add the horizontally flipped view of every scale.
+    """
+
+    def __init__(self, model, scales=(1.0,), flip: bool = False):
+        self.model = model
+        self.scales = tuple(float(s) for s in scales)
+        self.flip = bool(flip)
+        spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+        self.probabilities = tf.function(self._probabilities, input_signature=[spec])
+        self.labels = tf.function(self._labels, input_signature=[spec])
+
+    @property
+    def single_view(self) -> bool:
+        return self.scales == (1.0,) and not self.flip
+
+    def _views(self) -> list[tuple[float, bool]]:
+        """(scale, flipped) of every view."""
+        return [(scale, flipped) for scale in self.scales for flipped in ((False, True) if self.flip else (False,))]
+
+    def _logits(self, images, scale, flipped):
+        size = tf.shape(images)[1:3]
+        if scale != 1.0:
+            scaled_size = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), 1)
+            images = tf.image.resize(images, scaled_size, method="bilinear")  # (B, h, w, 3)
+        if flipped:
+            images = tf.reverse(images, [2])
+        logits = self.model(images, training=False)  # (B, h, w, C)
+        if flipped:
+            logits = tf.reverse(logits, [2])
+        if scale != 1.0:
+            logits = tf.image.resize(logits, size, method="bilinear")  # (B, H, W, C)
+        return logits
+
+    def _probabilities(self, images):
+        """uint8 (B, H, W, 3) -> float32 class probabilities (B, H, W, C), averaged over the views."""
+        images = tf.cast(images, tf.float32)
+        views = self._views()
+        total = 0.0
+        for scale, flipped in views:  # a running sum holds one (B, H, W, C) map, not one per view
+            total += tf.nn.softmax(self._logits(images, scale, flipped))
+        return total / len(views)
+
+    def _labels(self, images):
+        """uint8 (B, H, W, 3) -> int32 train ids (B, H, W)."""
+        if self.single_view:  # the argmax of the logits: no (B, H, W, C) softmax to hold
+            scores = self.model(tf.cast(images, tf.float32), training=False)
+        else:
+            scores = self._probabilities(images)
+        return tf.argmax(scores, axis=-1, output_type=tf.int32)
+
+
+def predictor_from_config(config: Config, checkpoint: str = "") -> tuple[Predictor, str]:
+    """Restores the run's model into a ``Predictor`` with the config's scales and flip.
+
+    Returns:
+      (predictor, the checkpoint prefix restored).
+    """
+    model, prefix = restore_model(config, checkpoint)
+    return Predictor(model, config.evaluate.scales, config.evaluate.flip), prefix
+
+
+# ---------------------------------------------------------------------------
+# Files.
+
+
+def class_names(num_classes: int) -> list[str]:
+    """ADE20K's short class names by train id, or the ids as strings for another number of classes."""
+    if num_classes == ade20k.NUM_CLASSES:
+        return list(ade20k.class_names())
+    return [str(i) for i in range(num_classes)]
+
+
+def read_image(path: str) -> np.ndarray:
+    """Reads an image file as the input pipeline does: uint8 RGB (H, W, 3).
+
+    Raises:
+      InferenceError: the file is missing or cannot be decoded.
+    """
+    try:
+        image, _ = data._decode_image(tf.constant(path))
+    except tf.errors.OpError as error:
+        raise InferenceError(f"{path}: cannot be read as an image ({error.message.splitlines()[0]})") from None
+    return image.numpy()
+
+
+def list_images(paths) -> list[str]:
+    """Image files named directly, and those inside named folders (not recursive, sorted).
+
+    Raises:
+      InferenceError: a path that does not exist, a folder without images, or
+        two images with the same file stem (their outputs would collide).
+    """
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(
+                entry.path
+                for entry in os.scandir(path)
+                if entry.is_file() and os.path.splitext(entry.name)[1].lower() in data.IMAGE_EXTENSIONS
+            )
+            if not found:
+                raise InferenceError(f"{path}: no images ({', '.join(data.IMAGE_EXTENSIONS)}) in this folder")
+            files.extend(found)
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise InferenceError(f"--image {path}: no such file or folder")
+    stems = {}
+    for path in files:
+        stem = _stem(path)
+        if stem in stems:
+            raise InferenceError(f"{stems[stem]} and {path} have the same name {stem!r}: their outputs would overwrite each other")
+        stems[stem] = path
+    return files
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def write_label_png(path: str, train_ids) -> None:
+    """Writes the submission format: 8-bit greyscale PNG, ADE20K label values (train id + 1).
+
+    Args:
+      path: the PNG to write.
+      train_ids: integer array (H, W) of train ids 0..149.
+    """
+    ids = np.asarray(train_ids)
+    Image.fromarray((ids + 1).astype(np.uint8), mode="L").save(path)
+
+
+def write_rgb_png(path: str, rgb) -> None:
+    Image.fromarray(np.asarray(rgb, np.uint8), mode="RGB").save(path)
+
+
+def overlay(image, train_ids, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """The image blended with its ADE20K-coloured label map.
+
+    Args:
+      image: uint8 (H, W, 3).
+      train_ids: integer (H, W); 255 (ignored) pixels are left as they are.
+
+    Returns:
+      uint8 (H, W, 3).
+    """
+    image = np.asarray(image, np.float32)
+    blended = (1 - alpha) * image + alpha * ade20k.colorize(train_ids).astype(np.float32)
+    keep = (np.asarray(train_ids) == ade20k.IGNORE_LABEL)[..., None]
+    return np.round(np.where(keep, image, blended)).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------
+# --mode=predict
+
+
+@dataclasses.dataclass
+class PredictResult:
+    """What ``predict_images`` did.
+
+    Attributes:
+      written: image path -> its raw label PNG.
+      failed: image path -> why it could not be used.
+      checkpoint: the checkpoint prefix used.
+    """
+
+    written: dict
+    failed: dict
+    checkpoint: str
+
+
+def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str = "", progress: bool = True) -> PredictResult:
+    """Segments image files of any size and writes, per image ``STEM``:
+
+    ``STEM.png`` the raw labels (8-bit, ADE20K values 1..150, the submission
+    format), ``STEM_mask.png`` the labels in the ADE20K colours and
+    ``STEM_overlay.png`` the mask blended over the image.
+
+    Args:
+      config: the run's config (model shape, ``logs_dir``, ``evaluate.scales`` / ``flip``).
+      paths: image files and folders of images.
+      output_dir: where to write (default ``LOGS_DIR/predictions``).
+      checkpoint: see ``find_checkpoint``.
+      progress: show a progress bar.
+
+    Raises:
+      InferenceError: no checkpoint, a bad path, or colliding file names.
+    """
+    files = list_images(paths)
+    predictor, prefix = predictor_from_config(config, checkpoint)
+    output_dir = output_dir or os.path.join(config.logs_dir, "predictions")
+    os.makedirs(output_dir, exist_ok=True)
+    result = PredictResult({}, {}, prefix)
+    for path in tqdm.tqdm(files, desc="predicting", unit="image", disable=not progress, dynamic_ncols=True):
+        try:
+            image = read_image(path)
+        except InferenceError as error:
+            result.failed[path] = str(error)
+            continue
+        train_ids = predictor.labels(image[None])[0].numpy()  # (H, W)
+        base = os.path.join(output_dir, _stem(path))
+        write_label_png(base + ".png", train_ids)
+        write_rgb_png(base + "_mask.png", ade20k.colorize(train_ids))
+        write_rgb_png(base + "_overlay.png", overlay(image, train_ids))
+        result.written[path] = base + ".png"
+    return result

@@ -1,0 +1,129 @@
+"""``--mode=visualize``: a trained model's predictions on a random batch of a split, in the ADE20K colours.
+
+For the ``k``-th image of the batch it writes ``inp_k.png`` (the image),
+``gt_k.png`` (the ground truth) and ``pred_k.png`` (the prediction at the
+image's own size), both label maps in the ADE20K palette with label 0
+("other", ignored) black, and ``visualize.png``: one row per image with
+image | ground truth | prediction and a legend of the classes present.
+The batch is drawn from the split's files with ``train.seed`` (``--seed``):
+the same seed shows the same images.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from fcn import ade20k, data
+from fcn import predict as predict_lib
+from fcn.config import Config
+
+FIGURE_FILE = "visualize.png"
+
+
+def legend_classes(*label_maps) -> list[int]:
+    """Train ids present in any of the label maps (ignored 255 left out), ascending."""
+    present = set()
+    for label_map in label_maps:
+        present.update(int(i) for i in np.unique(np.asarray(label_map)))
+    return sorted(i for i in present if 0 <= i < ade20k.NUM_CLASSES)
+
+
+def comparison_figure(images, labels, predictions, names=None, titles=None):
+    """One row per image: image | ground truth | prediction, and a legend of the classes present.
+
+    Args:
+      images: uint8 (H, W, 3) arrays; sizes may differ.
+      labels: train-id maps (H, W) of the same sizes (255 ignored, drawn black), or Nones.
+      predictions: train-id maps (H, W) of the same sizes.
+      names: class names by train id (default: ADE20K's).
+      titles: an optional title per row (e.g. the file name).
+
+    Returns:
+      a matplotlib Figure (no pyplot state, so it works headless and in notebooks).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    names = list(names or ade20k.class_names())
+    present = legend_classes(*[l for l in labels if l is not None], *predictions)
+    aspects = [image.shape[0] / image.shape[1] for image in images]  # each row as tall as its image needs
+    legend_rows = (len(present) + 1 + 5) // 6
+    height = sum(4 * aspect + 0.4 for aspect in aspects) + 0.3 * legend_rows + 0.3
+    figure = Figure(figsize=(12, height), layout="constrained")
+    axes = figure.subplots(len(images), 3, squeeze=False, height_ratios=aspects)
+    for row, (image, label, prediction) in enumerate(zip(images, labels, predictions)):
+        panels = (image, None if label is None else ade20k.colorize(label), ade20k.colorize(prediction))
+        for column, (panel, heading) in enumerate(zip(panels, ("image", "ground truth", "prediction"))):
+            ax = axes[row, column]
+            ax.axis("off")
+            if panel is None:
+                ax.text(0.5, 0.5, "no annotation", ha="center", va="center", transform=ax.transAxes)
+                continue
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_title(titles[row] if titles and column == 0 else heading, fontsize=9)
+    handles = [Patch(facecolor=ade20k.palette()[i] / 255.0, edgecolor="grey", label=names[i]) for i in present]
+    handles.append(Patch(facecolor="black", label="other (ignored)"))
+    figure.legend(handles=handles, loc="outside lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
+    return figure
+
+
+@dataclasses.dataclass
+class VisualizeResult:
+    """What ``visualize`` wrote.
+
+    Attributes:
+      shown: the image files shown, in the order of ``k``.
+      output_dir: the folder written.
+      skipped: the unusable files drawn (not shown), with their reasons.
+      checkpoint: the checkpoint prefix used.
+    """
+
+    shown: list
+    output_dir: str
+    skipped: dict
+    checkpoint: str
+
+
+def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str = "") -> VisualizeResult:
+    """``--mode=visualize``: see the module docstring.
+
+    Args:
+      config: the run's config (``evaluate.split``, ``evaluate.visualize_images``,
+        ``train.seed``, the model shape and ``logs_dir``).
+      root: the dataset root.
+      output_dir: where to write (default ``LOGS_DIR/visualize``).
+      checkpoint: see ``predict.find_checkpoint``.
+
+    Raises:
+      predict.InferenceError: no usable checkpoint.
+      data.DataError: the split holds no pairs.
+    """
+    pairs = data._pairs_or_error(root, config.evaluate.split)
+    predictor, prefix = predict_lib.predictor_from_config(config, checkpoint)
+    order = np.random.default_rng(config.train.seed).permutation(len(pairs))
+    output_dir = output_dir or os.path.join(config.logs_dir, "visualize")
+    os.makedirs(output_dir, exist_ok=True)
+    images, labels, predictions, shown, skipped = [], [], [], [], {}
+    for index in order:  # draws on past unusable files until the batch is full
+        if len(shown) == config.evaluate.visualize_images:
+            break
+        image_path, annotation_path = pairs[index]
+        try:
+            image, label = data.load_example(image_path, annotation_path, config.data.num_classes)
+        except data.DataError as error:
+            skipped[image_path] = str(error)
+            continue
+        prediction = predictor.labels(image[None])[0].numpy()  # (H, W)
+        k = len(shown)
+        predict_lib.write_rgb_png(os.path.join(output_dir, f"inp_{k}.png"), image)
+        predict_lib.write_rgb_png(os.path.join(output_dir, f"gt_{k}.png"), ade20k.colorize(label))
+        predict_lib.write_rgb_png(os.path.join(output_dir, f"pred_{k}.png"), ade20k.colorize(prediction))
+        images.append(image)
+        labels.append(label)
+        predictions.append(prediction)
+        shown.append(image_path)
+    if shown:
+        figure = comparison_figure(images, labels, predictions, titles=[os.path.basename(p) for p in shown])
+        figure.savefig(os.path.join(output_dir, FIGURE_FILE), dpi=100)
+    return VisualizeResult(shown, output_dir, skipped, prefix)

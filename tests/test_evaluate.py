@@ -1,0 +1,149 @@
+"""Tests of --mode=evaluate (fcn/evaluate.py): native resolution, one confusion matrix, reports, submission PNGs."""
+
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import SAMPLE_ROOT, run_fcn, save_run, write_pair
+from fcn import ade20k, config as config_lib, evaluate
+
+SIZES = ((37, 53), (64, 48), (20, 90))  # (H, W): no two alike, none a multiple of 32
+
+
+def official_scores(labels, predictions, num_classes=ade20k.NUM_CLASSES):
+    """The official formula, per class and straight from the pixels (no confusion matrix).
+
+    Args:
+      labels: ADE20K label maps (0 = other, ignored; 1..150), full resolution.
+      predictions: train-id maps (0..149) of the same sizes.
+
+    Returns:
+      dict as in metrics.json, NaN for classes absent from both.
+    """
+    labelled = np.concatenate([l.ravel() > 0 for l in labels])
+    truth = np.concatenate([l.ravel().astype(int) - 1 for l in labels])[labelled]
+    guess = np.concatenate([p.ravel().astype(int) for p in predictions])[labelled]
+    iou, accuracy, frequency = [], [], []
+    for c in range(num_classes):
+        intersection = np.sum((truth == c) & (guess == c))
+        union = np.sum((truth == c) | (guess == c))
+        iou.append(intersection / union if union else math.nan)
+        accuracy.append(intersection / np.sum(truth == c) if np.sum(truth == c) else math.nan)
+        frequency.append(np.sum(truth == c) / truth.size)
+    iou, accuracy, frequency = np.array(iou), np.array(accuracy), np.array(frequency)
+    pixel_accuracy = np.mean(truth == guess)
+    mean_iou = np.nanmean(iou)
+    return {
+        "pixel_accuracy": pixel_accuracy,
+        "mean_accuracy": np.nanmean(accuracy),
+        "mean_iou": mean_iou,
+        "fw_iou": np.nansum(frequency * np.where(frequency > 0, iou, 0)),
+        "score": (pixel_accuracy + mean_iou) / 2,
+        "per_class_iou": dict(zip(ade20k.class_names(), iou)),
+    }
+
+
+def assert_metrics_match(written: dict, expected: dict):
+    for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "score"):
+        assert written[key] == pytest.approx(expected[key], rel=1e-12), key
+    assert list(written["per_class_iou"]) == list(ade20k.class_names())
+    for name, value in expected["per_class_iou"].items():
+        if math.isnan(value):
+            assert written["per_class_iou"][name] is None, name  # absent classes are null
+        else:
+            assert written["per_class_iou"][name] == pytest.approx(value, rel=1e-12), name
+
+
+def colour_predictor(images):
+    """A stand-in model whose predictions follow the red channel: train ids 0..4."""
+    return tf.cast(images[..., 0], tf.int32) // 52  # (B, H, W)
+
+
+def test_split_of_different_sizes_is_scored_at_full_resolution(tmp_path, rng):
+    root = str(tmp_path / "data")
+    labels, predictions = [], []
+    for k, (height, width) in enumerate(SIZES):
+        image = rng.integers(0, 256, (height, width, 3)).astype(np.uint8)
+        label = rng.integers(0, 7, (height, width)).astype(np.uint8)  # 0 ignored; 6 never predicted
+        write_pair(root, "validation", f"ADE_val_{k:08d}", image, label, image_format="PNG")  # lossless
+        labels.append(label)
+        predictions.append(image[..., 0].astype(int) // 52)
+    write_pair(root, "validation", "ADE_val_00000099", np.zeros((8, 8, 3), np.uint8), np.ones((8, 9), np.uint8))
+    submission = str(tmp_path / "submission")
+
+    result = evaluate.evaluate_split(colour_predictor, root, "validation", ade20k.NUM_CLASSES, submission, progress=False)
+
+    assert result.images == len(SIZES)
+    assert list(result.skipped.skipped) == [os.path.join(root, "images", "validation", "ADE_val_00000099.jpg")]
+    # Every labelled pixel of every image at its own size, and nothing else.
+    assert result.matrix.sum() == sum(int(np.sum(l > 0)) for l in labels)
+    config = config_lib.Config()
+    paths = evaluate.write_reports(result, str(tmp_path / "out"), config)
+    with open(paths["metrics"]) as f:
+        written = json.load(f)
+    assert_metrics_match(written, official_scores(labels, predictions))
+    assert written["classes_present"] == 6 and written["images"] == 3
+    assert "size differs" in next(iter(written["skipped"].values()))
+    np.testing.assert_array_equal(np.load(paths["matrix"]), result.matrix)
+    assert Image.open(paths["figure"]).size[0] > 100
+    for k, prediction in enumerate(predictions):
+        png = Image.open(os.path.join(submission, f"ADE_val_{k:08d}.png"))
+        assert png.mode == "L" and png.size == (SIZES[k][1], SIZES[k][0])
+        np.testing.assert_array_equal(np.asarray(png), prediction + 1)
+    assert sorted(os.listdir(submission)) == [f"ADE_val_{k:08d}.png" for k in range(len(SIZES))]
+
+
+def test_absent_class_convention_is_the_documented_one(tmp_path):
+    matrix = np.zeros((150, 150), np.int64)
+    matrix[0, 0], matrix[0, 1], matrix[2, 2] = 6, 2, 4  # classes 0, 1, 2 present; 147 absent
+    result = evaluate.EvaluationResult(
+        evaluate.metrics.scores(matrix, ade20k.class_names()), matrix, 1, evaluate.data.SkipReport()
+    )
+    written = evaluate.metrics_json(result, config_lib.Config())
+    assert written["mean_iou"] == pytest.approx((6 / 8 + 0 + 1) / 3)  # absent classes left out, as mmsegmentation
+    assert written["per_class_iou"]["building"] == 0.0 and written["per_class_iou"]["flag"] is None
+    json.dumps(written, allow_nan=False)  # valid JSON: no NaN
+
+
+def test_cli_evaluates_real_images_of_different_sizes(tmp_path):
+    root = str(tmp_path / "ADEChallengeData2016")
+    shutil.copytree(SAMPLE_ROOT, root)
+    write_pair(root, "validation", "ADE_val_00000004", np.zeros((30, 40, 3), np.uint8), np.ones((30, 41), np.uint8))
+    sky = ade20k.class_names().index("sky")
+    logs = tmp_path / "run"
+    save_run(logs, root, fixed_class=sky)
+    output, submission = tmp_path / "out", tmp_path / "submission"
+
+    result = run_fcn("--mode=evaluate", "--data_dir", root, "--logs_dir", str(logs), "--set", "model.fc_channels=16",
+                     "--output", str(output), "--save_predictions", str(submission), "--no_progress")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mean IoU" in result.stdout and "sky" in result.stdout and "3 images evaluated" in result.stdout
+    assert "ADE_val_00000004.jpg: annotation size differs from the image size" in result.stdout
+    stems = [f"ADE_val_0000000{k}" for k in (1, 2, 3)]
+    labels = [np.asarray(Image.open(os.path.join(root, "annotations", "validation", s + ".png"))) for s in stems]
+    assert len({l.shape for l in labels}) == 3  # 683x512, 500x364, 400x300
+    with open(output / "metrics.json") as f:
+        written = json.load(f)
+    assert_metrics_match(written, official_scores(labels, [np.full(l.shape, sky) for l in labels]))
+    assert written["checkpoint"].endswith("ckpt-1") and written["split"] == "validation"
+    assert (output / "confusion_matrix.png").exists() and not (logs / "metrics.json").exists()
+    for stem, label in zip(stems, labels):
+        png = Image.open(submission / f"{stem}.png")
+        image = Image.open(os.path.join(root, "images", "validation", stem + ".jpg"))
+        assert png.mode == "L" and png.size == image.size
+        values = np.asarray(png)
+        assert values.min() >= 1 and values.max() <= 150
+        np.testing.assert_array_equal(values, sky + 1)
+
+
+def test_cli_without_checkpoint_says_what_to_do(tmp_path):
+    result = run_fcn("--mode=evaluate", "--data_dir", SAMPLE_ROOT, "--logs_dir", str(tmp_path / "empty"), "--no_progress")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "no checkpoint in" in result.stderr and "--checkpoint" in result.stderr

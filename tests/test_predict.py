@@ -1,0 +1,110 @@
+"""Tests of inference (fcn/predict.py), --mode=predict and --mode=export (fcn/export.py)."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import run_fcn, save_run
+from fcn import ade20k, predict
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run directory whose model predicts varying classes (random score_fr weights)."""
+    logs = tmp_path_factory.mktemp("run")
+    config, model = save_run(logs, tmp_path_factory.mktemp("no_data"))
+    return logs, config, model
+
+
+def test_single_view_is_the_models_softmax_at_the_images_size(tiny_run):
+    _, _, model = tiny_run
+    images = np.random.default_rng(0).integers(0, 256, (2, 37, 53, 3)).astype(np.uint8)
+    predictor = predict.Predictor(model)
+    logits = model(images).numpy()
+    probabilities = predictor.probabilities(images).numpy()
+    assert probabilities.shape == (2, 37, 53, 150)
+    np.testing.assert_allclose(probabilities, tf.nn.softmax(logits).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(predictor.labels(images).numpy(), logits.argmax(-1))
+    assert len(np.unique(logits.argmax(-1))) > 1  # the test model's predictions do vary
+
+
+def test_multi_scale_and_flip_views_are_averaged_at_the_images_size(tiny_run):
+    _, _, model = tiny_run
+    image = np.random.default_rng(1).integers(0, 256, (1, 45, 70, 3)).astype(np.uint8)
+    predictor = predict.Predictor(model, scales=(0.5, 1.0, 1.5), flip=True)
+    probabilities = predictor.probabilities(image).numpy()
+    assert probabilities.shape == (1, 45, 70, 150)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    # Averaging over a flip makes the prediction of the mirrored image the mirrored prediction.
+    mirrored = predictor.probabilities(image[:, :, ::-1].copy()).numpy()
+    np.testing.assert_allclose(mirrored, probabilities[:, :, ::-1], atol=1e-4)  # float rounding of the resizes
+    single = predict.Predictor(model).probabilities(image).numpy()
+    assert np.abs(single - probabilities).max() > 1e-4  # the other views did count
+    np.testing.assert_array_equal(predictor.labels(image).numpy(), probabilities.argmax(-1))
+
+
+def test_predict_on_a_folder_of_images_of_different_sizes(tmp_path, tiny_run):
+    logs, _, model = tiny_run
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    images = {"a": rng.integers(0, 256, (50, 70, 3)), "b": rng.integers(0, 256, (33, 21, 3))}
+    Image.fromarray(images["a"].astype(np.uint8)).save(folder / "a.png")
+    Image.fromarray(images["b"].astype(np.uint8)).save(folder / "b.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    (folder / "notes.txt").write_text("not an image")
+    output = tmp_path / "out"
+
+    result = run_fcn("--mode=predict", "--logs_dir", str(logs), "--set", "model.fc_channels=16", "--image", str(folder),
+                     "--output", str(output), "--no_progress")
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr  # one image could not be read
+    assert "broken.jpg: cannot be read as an image" in result.stderr
+    assert sorted(os.listdir(output)) == ["a.png", "a_mask.png", "a_overlay.png", "b.png", "b_mask.png", "b_overlay.png"]
+    for stem, image in images.items():
+        height, width, _ = image.shape
+        labels = Image.open(output / f"{stem}.png")
+        assert labels.mode == "L" and labels.size == (width, height)
+        values = np.asarray(labels)
+        assert values.min() >= 1 and values.max() <= 150
+        expected = model(image[None].astype(np.uint8)).numpy()[0].argmax(-1)
+        np.testing.assert_array_equal(values, expected + 1)
+        mask = np.asarray(Image.open(output / f"{stem}_mask.png"))
+        np.testing.assert_array_equal(mask, ade20k.palette()[expected])
+        overlay = np.asarray(Image.open(output / f"{stem}_overlay.png"))
+        assert overlay.shape == (height, width, 3)
+        np.testing.assert_allclose(overlay, 0.5 * image + 0.5 * mask, atol=1)
+
+
+def test_export_round_trip_reproduces_the_keras_model(tmp_path, tiny_run):
+    logs, _, model = tiny_run
+    export_dir = tmp_path / "export"
+
+    result = run_fcn("--mode=export", "--logs_dir", str(logs), "--set", "model.fc_channels=16", "--output", str(export_dir))
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert tf.saved_model.contains_saved_model(str(export_dir))
+    assert (export_dir / "classes.txt").read_text().splitlines() == list(ade20k.class_names())
+    serving = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+    rng = np.random.default_rng(3)
+    for shape in ((1, 41, 29, 3), (2, 64, 96, 3)):  # any size, any batch
+        images = rng.integers(0, 256, shape).astype(np.uint8)
+        outputs = serving(images=tf.constant(images))
+        logits = model(images).numpy()
+        assert outputs["labels"].dtype == tf.uint8 and outputs["labels"].shape == shape[:3]
+        np.testing.assert_array_equal(outputs["labels"].numpy(), logits.argmax(-1) + 1)
+        np.testing.assert_allclose(outputs["probabilities"].numpy(), tf.nn.softmax(logits).numpy(), atol=1e-6)
+    # An existing folder that is not a SavedModel is never replaced.
+    refused = run_fcn("--mode=export", "--logs_dir", str(logs), "--set", "model.fc_channels=16", "--output", str(logs))
+    assert refused.returncode == 1 and "is not a SavedModel" in refused.stderr
+    assert (logs / "config.yaml").exists()
+
+
+def test_checkpoint_of_another_model_names_the_fix(tmp_path, tiny_run):
+    logs, _, _ = tiny_run
+    result = run_fcn("--mode=export", "--logs_dir", str(logs), "--set", "model.fc_channels=8", "--output", str(tmp_path / "x"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "cannot restore" in result.stderr and "--config LOGS_DIR/config.yaml" in result.stderr

@@ -32,6 +32,9 @@ FLAG_KEYS = {
     "vgg_weights": "model.vgg_weights",
     "download": "data.download",
     "seed": "train.seed",
+    "strategy": "train.strategy",
+    "mixed_precision": "train.mixed_precision",
+    "jit_compile": "train.jit_compile",
 }
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

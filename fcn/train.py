@@ -121,13 +121,7 @@ def make_strategy(config) -> tf.distribute.Strategy:
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True on the one worker that writes summaries, checkpoints and reports."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    if task_type == "chief":
-        return True
-    return task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+    return bool(strategy.extended.should_checkpoint and strategy.extended.should_save_summary)
 
 
 class Trainer:
@@ -163,9 +157,10 @@ class Trainer:
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             self.optimizer = optimizer
             self.optimizer.build(self.model.trainable_variables)  # slots must exist before a restore
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-            self.examples_seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="examples_seen")
-            self.best_mean_iou = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_mean_iou")
+        # Host-side counters: plain variables, read and written by the loop, not by replicas.
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.examples_seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="examples_seen")
+        self.best_mean_iou = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_mean_iou")
         self.checkpoint = tf.train.Checkpoint(
             model=self.model,
             optimizer=self.optimizer,
@@ -173,7 +168,10 @@ class Trainer:
             examples_seen=self.examples_seen,
             best_mean_iou=self.best_mean_iou,
             # Dropout's random state: without it a resumed run would draw other masks.
-            dropout_seeds=[layer.seed_generator.state for layer in self.model.layers if isinstance(layer, keras.layers.Dropout)],
+            # (A layer with rate 0 has no random state.)
+            dropout_seeds=[
+                layer.seed_generator.state for layer in self.model.layers if getattr(layer, "seed_generator", None) is not None
+            ],
         )
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(save_root, CHECKPOINTS_DIR), max_to_keep=train.keep_checkpoints
@@ -309,6 +307,11 @@ class Trainer:
         if start >= train.max_steps:
             self._report(f"{self.manager.latest_checkpoint} is at step {start} >= --max_steps {train.max_steps}: nothing to do")
             return TrainResult(start, "finished", {}, {})
+        if self.strategy.num_replicas_in_sync > 1:
+            self._report(
+                f"{type(self.strategy).__name__}: {self.strategy.num_replicas_in_sync} replicas, "
+                f"{train.batch_size // self.strategy.num_replicas_in_sync} examples each per step"
+            )
         if self.resumed_from:
             self._report(f"resuming from {self.resumed_from} at step {start}")
         start_example = int(self.examples_seen)
@@ -374,7 +377,7 @@ class Trainer:
                     summaries.write_scalars(
                         writers["train"],
                         step,
-                        {"loss": loss, "learning_rate": float(self.optimizer.learning_rate), "images_per_second": images_per_second},
+                        {"loss": loss, "learning_rate": float(np.asarray(self.optimizer.learning_rate)), "images_per_second": images_per_second},
                     )
                     summaries.write_images(
                         writers["train"], step, local_batch["image"], local_batch["label"], predictions, train.image_summaries

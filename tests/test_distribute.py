@@ -1,0 +1,120 @@
+"""Multi-device and multi-worker training, mixed precision and XLA, through the real command line."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO
+from fcn import model as model_lib
+from fcn import sample_data
+from test_train import TINY, checkpoint_weights, read_events, run
+
+# Dropout off: replicas draw their own masks, so only a dropout-free model can match one device exactly.
+COMMON = [*TINY, "--set", "model.dropout=0", "--set", "train.val_every=100000", "--set", "train.summary_every=1"]
+
+
+@pytest.fixture(scope="module")
+def sample_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("sample") / "ADEChallengeData2016")
+    sample_data.generate_sample_dataset(root, num_train=16, num_val=4, progress=False)
+    return root
+
+
+def model_weights(logs_dir):
+    weights = checkpoint_weights(tf.train.latest_checkpoint(os.path.join(logs_dir, "checkpoints")))
+    # The trainable variables are saved under the optimizer; Adam's moments too.
+    return {name: value for name, value in weights.items() if name.startswith(("optimizer/_trainable_variables", "model/"))}
+
+
+def assert_same_training(reference_logs, other_logs):
+    """Same per-step losses and the same weights (up to the order of floating-point sums)."""
+    reference_losses = [float(v) for _, _, v in read_events(os.path.join(reference_logs, "train"))["loss"]]
+    other_losses = [float(v) for _, _, v in read_events(os.path.join(other_logs, "train"))["loss"]]
+    np.testing.assert_allclose(other_losses, reference_losses, rtol=1e-5)
+    a, b = model_weights(reference_logs), model_weights(other_logs)
+    assert a.keys() == b.keys() and len(a) > 20
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=2e-6, err_msg=name)
+
+
+def test_mirrored_over_two_cpus_matches_one_device(tmp_path, sample_root):
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    assert run(*COMMON, "--data_dir", sample_root, "--logs_dir", one, "--max_steps", "3").returncode == 0
+    result = run(*COMMON, "--data_dir", sample_root, "--logs_dir", two, "--max_steps", "3",
+                 "--strategy", "mirrored", "--set", "train.cpu_devices=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MirroredStrategy: 2 replicas, 1 examples each per step" in result.stdout
+    assert_same_training(one, two)
+    # A checkpoint written under one strategy resumes under another.
+    resumed = run(*COMMON, "--data_dir", sample_root, "--logs_dir", two, "--max_steps", "4")
+    assert resumed.returncode == 0 and "at step 3" in resumed.stdout, resumed.stderr[-3000:]
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_train_like_one_device_and_only_the_chief_writes(tmp_path, sample_root):
+    reference = str(tmp_path / "reference")
+    assert run(*COMMON, "--data_dir", sample_root, "--logs_dir", reference, "--max_steps", "3").returncode == 0
+    logs = str(tmp_path / "cluster")
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "grpc_proxy"):
+            env.pop(name, None)
+        command = [sys.executable, os.path.join(REPO, "FCN.py"), *COMMON, "--data_dir", sample_root, "--logs_dir", logs,
+                   "--max_steps", "3", "--strategy", "multi_worker"]
+        processes.append(subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outputs = [process.communicate(timeout=600) for process in processes]
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    assert_same_training(reference, logs)
+    # One writer of summaries and checkpoints: the chief (worker 0).
+    assert len([f for f in os.listdir(os.path.join(logs, "train")) if f.startswith("events")]) == 1
+    assert tf.train.latest_checkpoint(os.path.join(logs, "checkpoints")).endswith("ckpt-3")
+    assert "step 0: validation" in outputs[0][0] and "step 0: validation" not in outputs[1][0]
+    assert "CollectiveAllReduceStrategy: 2 replicas" in outputs[0][0]
+
+
+def test_bfloat16_trains_with_float32_logits(tmp_path, sample_root):
+    logs = str(tmp_path / "bf16")
+    result = run(*COMMON, "--data_dir", sample_root, "--logs_dir", logs, "--max_steps", "3", "--mixed_precision", "bfloat16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = [float(v) for _, _, v in read_events(os.path.join(logs, "train"))["loss"]]
+    assert len(losses) == 3 and all(np.isfinite(losses)) and losses[0] > 1.0
+    # Variables stay float32 in the checkpoint.
+    assert all(w.dtype == np.float32 for name, w in model_weights(logs).items())
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = model_lib.build_fcn8s(5, fc_channels=8)
+        assert model.get_layer("block1_conv1").compute_dtype == "bfloat16"
+        assert model.get_layer("block1_conv1").kernel.dtype == "float32"
+        assert model(np.zeros((1, 40, 40, 3), np.uint8)).dtype == tf.float32
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def test_xla_step_matches_the_plain_step(tmp_path, sample_root):
+    plain, xla = str(tmp_path / "plain"), str(tmp_path / "xla")
+    assert run(*COMMON, "--data_dir", sample_root, "--logs_dir", plain, "--max_steps", "2", "--set", "train.summary_every=100").returncode == 0
+    result = run(*COMMON, "--data_dir", sample_root, "--logs_dir", xla, "--max_steps", "2", "--jit_compile", "--set", "train.summary_every=100")
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = model_weights(plain), model_weights(xla)
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-3, atol=1e-5, err_msg=name)

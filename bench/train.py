@@ -1,0 +1,342 @@
+"""Steady-state speed of the real training step of ``fcn.train.Trainer``: images/s and GFLOP/s.
+
+Builds a ``Trainer`` from a resolved ``Config`` (the full model: fc6/fc7 4096
+wide, random weights, Adam) and times its compiled steps on one fixed batch
+of random uint8 images and labels, so the input pipeline is left out, at
+256x256 batch 8 and 512x512 batch 2:
+
+- ``debug False``: ``train_step``, the ordinary step;
+- ``debug True``: the cost of a summary step with ``--debug``, first
+  ``summary_step`` alone (it also returns the ReLU activations and the
+  gradients), then ``summary_step`` + ``summaries.write_debug`` of their
+  histograms to an event writer, flushed.
+
+Each measurement is one warm-up (tracing) and ``--steps`` timed steps, whose
+median is reported. FLOPs come from ``bench/model.py``'s counter (training
+step = 3x forward), and the same run measures that script's 3x3 convolution
+peak at its start and end, so the fractions of the peak, plain and corrected
+by the CPU share the process got, are comparable with ``bench/model.py``'s.
+Only the ratios within one run mean anything: absolute rates move with
+machine load.
+
+A setting is a set of config overrides (``setting_options`` makes them from
+the command line). Each setting and size runs in a fresh process, because the
+Trainer sets process-wide state (the Keras precision policy, the logical CPU
+devices of a strategy) and because a step may need more memory than the
+machine has: the process is killed when its resident memory passes
+``--max_memory_gb``, and the table says so instead of the machine's OOM killer
+taking it (or another job).
+
+Usage, from the repo root::
+
+    python bench/train.py [--quick] [--steps 2] [--max_memory_gb 10]
+"""
+
+import argparse
+import itertools
+import math
+import multiprocessing
+import os
+import resource
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the table readable
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from fcn import summaries  # noqa: E402
+from fcn.config import Config, load_config  # noqa: E402
+from fcn.train import Trainer  # noqa: E402
+# bench/ is on sys.path as the script's folder.
+from input_pipeline import make_training_root, print_table  # noqa: E402
+from model import (  # noqa: E402
+    CORES,
+    PEAK_FILTERS,
+    PEAK_INPUT_SHAPE,
+    PEAK_REPEATS,
+    TRAIN_FLOPS_PER_FORWARD,
+    check_flop_counter,
+    conv_flops,
+    measure_peak,
+    time_runs,
+)
+
+# (crop size, batch size): the same pixels per step.
+SHAPES = ((256, 8), (512, 2))
+MEMORY_POLL_SECONDS = 0.1
+# Of the memory available at the start, so the limit stays below what the OOM killer would act on.
+MAX_MEMORY_FRACTION = 0.8
+
+
+# ---------------------------------------------------------------------------
+# Settings.
+
+
+def setting_options(args: argparse.Namespace) -> dict[str, tuple]:
+    """Config key -> the values to measure; every combination is one setting.
+
+    A new flag (a strategy, a precision, XLA) adds a key here, and the table
+    a column for it.
+    """
+    return {"train.debug": (False,) if args.quick else (False, True)}
+
+
+def settings(options: dict[str, tuple]) -> list[tuple[tuple[str, object], ...]]:
+    """Every combination of the option values, as (config key, value) pairs."""
+    keys = list(options)
+    return [tuple(zip(keys, values)) for values in itertools.product(*(options[key] for key in keys))]
+
+
+def base_overrides(work_dir: str) -> list[tuple[str, object]]:
+    """The full model with random weights, on a throwaway run directory and dataset root.
+
+    The steps timed here take the batch they are given; the dataset root (the
+    three sample images of ``tests/fixtures`` as the training split) is only
+    there so that the config describes a run that could start.
+    """
+    root = make_training_root(os.path.join(work_dir, "data"))
+    return [
+        ("model.vgg_weights", "none"),
+        ("model.fc_channels", 4096),
+        ("data.data_dir", root),
+        ("logs_dir", os.path.join(work_dir, "logs")),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# The measuring process.
+
+
+def random_batch(batch: int, size: int, num_classes: int, seed: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random uint8 images (B, H, W, 3) and labels in 0..num_classes-1 (B, H, W), as the pipeline gives."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, (batch, size, size), dtype=np.uint8)
+    return tf.constant(images), tf.constant(labels)
+
+
+def steps_to_time(trainer: Trainer, writer, images: tf.Tensor, labels: tf.Tensor) -> list[tuple[str, callable]]:
+    """(name, step returning the loss) for what a run of ``trainer``'s config does each step."""
+    if not trainer.config.train.debug:
+        return [("train_step", lambda: float(trainer.train_step(images, labels)))]
+    written = []
+
+    def summary_step_with_debug():
+        loss, _predictions, activations, gradients = trainer.summary_step(images, labels)
+        summaries.write_debug(writer, len(written), activations, gradients, trainer.variables)
+        writer.flush()
+        written.append(True)
+        return float(loss)
+
+    return [
+        ("summary_step", lambda: float(trainer.summary_step(images, labels)[0])),
+        ("summary_step + write_debug", summary_step_with_debug),
+    ]
+
+
+def run_measurements(config: Config, size: int, batch: int, steps: int, connection) -> None:
+    """In a child process: builds the Trainer, times its steps and sends the results.
+
+    Sends ``("parameters", count)``, then for each step ``("phase", name)``
+    before timing it and ``("result", name, FLOPs, median seconds, CPU share,
+    peak resident GB, all losses finite)`` after.
+    """
+    trainer = Trainer(config, config.data.data_dir)
+    connection.send(("parameters", trainer.model.count_params()))
+    flops = TRAIN_FLOPS_PER_FORWARD * batch * sum(conv_flops(trainer.model, size, size).values())
+    images, labels = random_batch(batch, size, config.data.num_classes, seed=size + batch)
+    writers = summaries.writers(config.logs_dir)
+    try:
+        for name, step in steps_to_time(trainer, writers["train"], images, labels):
+            connection.send(("phase", name))
+            losses = []
+            seconds, cpu_share = time_runs(lambda: losses.append(step()), steps)
+            peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+            connection.send(("result", name, flops, seconds, cpu_share, peak_gb, all(map(math.isfinite, losses))))
+    finally:
+        for writer in writers.values():
+            writer.close()
+        connection.close()
+
+
+def resident_gb(pid: int) -> float:
+    """Resident memory of a process, in GiB (0 once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def available_gb() -> float:
+    """MemAvailable of /proc/meminfo, in GiB."""
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    raise RuntimeError("/proc/meminfo has no MemAvailable")
+
+
+def measure(config: Config, size: int, batch: int, steps: int, memory_limit_gb: float) -> tuple[int, list, str]:
+    """Runs ``run_measurements`` in a fresh process, killing it above ``memory_limit_gb``.
+
+    Returns:
+      (parameters, results as sent, "" or why the process died: "out of memory: ..." or "failed: ...").
+    """
+    context = multiprocessing.get_context("spawn")  # a fresh TensorFlow, not a fork of this one
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=run_measurements, args=(config, size, batch, steps, sender))
+    process.start()
+    sender.close()
+    parameters, results, phase, failure = 0, [], "Trainer construction", ""
+
+    def handle(message):
+        nonlocal parameters, phase
+        if message[0] == "parameters":
+            parameters = message[1]
+        elif message[0] == "phase":
+            phase = message[1]
+        else:
+            results.append(message[1:])
+
+    while process.is_alive():
+        if receiver.poll(MEMORY_POLL_SECONDS):
+            try:
+                handle(receiver.recv())
+            except EOFError:
+                break
+        rss = resident_gb(process.pid)
+        if rss > memory_limit_gb:
+            process.kill()
+            failure = f"out of memory: killed in {phase}, resident {rss:.1f} GB > limit {memory_limit_gb:.1f} GB"
+            break
+    process.join()
+    while receiver.poll():
+        try:
+            handle(receiver.recv())
+        except EOFError:
+            break
+    if not failure and process.exitcode != 0:
+        failure = f"failed: in {phase}, exit code {process.exitcode}"
+    return parameters, results, failure
+
+
+# ---------------------------------------------------------------------------
+# Main.
+
+
+def main(argv=None) -> None:
+    """Runs the measurements and prints the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="only 256x256 batch 8, without --debug")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per measurement, after one warm-up")
+    parser.add_argument(
+        "--max_memory_gb",
+        type=float,
+        default=10.0,
+        help=f"kill a measurement whose process uses more (also capped at {MAX_MEMORY_FRACTION:g} x available memory)",
+    )
+    args = parser.parse_args(argv)
+    tf.get_logger().setLevel("ERROR")  # tf.profiler's v1 deprecation notices
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    options = setting_options(args)
+    memory_limit_gb = min(args.max_memory_gb, MAX_MEMORY_FRACTION * available_gb())
+
+    load_at_start = os.getloadavg()[0]
+    check_flop_counter()
+    # At the start and the end, as in bench/model.py, so one burst of other jobs does not set the yardstick.
+    peaks = [measure_peak()]
+    rows, notes = [], []
+    parameters = 0
+    with tempfile.TemporaryDirectory(prefix="fcn-bench-train-") as work_dir:
+        base = base_overrides(work_dir)
+        for overrides in settings(options):
+            config = load_config(None, base + list(overrides))  # a bad setting fails here, before any child
+            for size, batch in shapes:
+                count, results, failure = measure(config, size, batch, args.steps, memory_limit_gb)
+                parameters = count or parameters
+                for name, flops, seconds, cpu_share, peak_gb, finite in results:
+                    rows.append((overrides, size, batch, name, flops, (seconds, cpu_share, peak_gb)))
+                    if not finite:
+                        notes.append(f"{dict(overrides)} {size}x{size} {name}: a non-finite loss (the timing stands)")
+                if failure:
+                    status = "(killed)" if failure.startswith("out of memory") else "(failed)"
+                    rows.append((overrides, size, batch, status, 0, failure))
+                    notes.append(f"{dict(overrides)} {size}x{size} batch {batch}: {failure}")
+    peaks.append(measure_peak())
+    load_at_end = os.getloadavg()[0]
+
+    peak_rate = max(rate for rate, _, _ in peaks)
+    peak_rate_per_cpu = max(rate / cpu_share for rate, _, cpu_share in peaks)
+
+    print(f"fcn.train.Trainer, full FCN-8s (fc6/fc7 4096, vgg_weights none, {parameters:,} parameters), Adam")
+    print(
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {CORES} CPU cores, "
+        "one fixed random batch (no input pipeline)"
+    )
+    print(
+        f"median of {args.steps} timed steps after 1 warm-up, one process per setting and size; 1-minute load average "
+        f"{load_at_start:.2f} at start, {load_at_end:.2f} at end (this benchmark counts as up to {CORES})"
+    )
+    print()
+    table = []
+    for overrides, size, batch, name, flops, timing in rows:
+        cells = [*(str(value) for _, value in overrides), f"{size}x{size}", str(batch), name]
+        if isinstance(timing, str):  # why the process died
+            cells += ["", timing.split(":")[0], "", "", "", "", "", ""]
+        else:
+            seconds, cpu_share, peak_gb = timing
+            rate = flops / seconds / 1e9
+            cells += [
+                f"{flops / 1e9:.0f}",
+                f"{seconds:.2f}",
+                f"{batch / seconds:.2f}",
+                f"{rate:.0f}",
+                f"{rate / peak_rate:.2f}",
+                f"{cpu_share:.2f}",
+                f"{rate / cpu_share / peak_rate_per_cpu:.2f}",
+                f"{peak_gb:.1f}",
+            ]
+        table.append(tuple(cells))
+    print_table(
+        (*(key.split(".")[-1] for key in options), "size", "batch", "timed",
+         "GFLOP", "s/step", "images/s", "GFLOP/s", "/peak", "CPU", "/peak per CPU", "peak GB"),
+        table,
+    )
+    print()
+    batch, height, width, in_channels = PEAK_INPUT_SHAPE
+    for when, (rate, seconds, cpu_share) in zip(("start", "end"), peaks):
+        print(
+            f"peak at {when}: 3x3 conv {batch}x{height}x{width}x{in_channels} -> {PEAK_FILTERS} filters, "
+            f"{seconds:.3f} s, {rate:.0f} GFLOP/s (median of {PEAK_REPEATS}), CPU {cpu_share:.2f}"
+        )
+    print(f"peak used: {peak_rate:.0f} GFLOP/s wall clock, {peak_rate_per_cpu:.0f} GFLOP/s per full CPU share")
+    for note in notes:
+        print(note)
+    print(
+        "timed: train_step = Trainer.train_step; summary_step = Trainer.summary_step (debug outputs returned); "
+        "+ write_debug = summaries.write_debug of them and a flush (the scalars and images of a summary step left out)."
+    )
+    print(
+        f"CPU: the measuring process's CPU time / (wall time x {CORES} cores) over the timed steps; below ~0.9 it "
+        "waited, for other jobs or for serial work. '/peak per CPU' divides both rates by their CPU share. "
+        "peak GB: the process's peak resident memory up to the end of that row."
+    )
+    print(
+        "FLOPs: 2 x multiply-adds of the Conv2D/Conv2DTranspose layers (bench/model.py's counter); "
+        f"training step = {TRAIN_FLOPS_PER_FORWARD} x forward, an approximation (the histograms are not counted)."
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -83,7 +83,16 @@ def setting_options(args: argparse.Namespace) -> dict[str, tuple]:
     A new flag (a strategy, a precision, XLA) adds a key here, and the table
     a column for it.
     """
-    return {"train.debug": (False,) if args.quick else (False, True)}
+    options = {"train.debug": (False,) if args.quick else (False, True)}
+    if args.strategy:
+        options["train.strategy"] = tuple(args.strategy)
+    if args.cpu_devices:
+        options["train.cpu_devices"] = (args.cpu_devices,)
+    if args.mixed_precision:
+        options["train.mixed_precision"] = tuple(args.mixed_precision)
+    if args.jit_compile:
+        options["train.jit_compile"] = (False, True)
+    return options
 
 
 def settings(options: dict[str, tuple]) -> list[tuple[tuple[str, object], ...]]:
@@ -150,6 +159,9 @@ def run_measurements(config: Config, size: int, batch: int, steps: int, connecti
     connection.send(("parameters", trainer.model.count_params()))
     flops = TRAIN_FLOPS_PER_FORWARD * batch * sum(conv_flops(trainer.model, size, size).values())
     images, labels = random_batch(batch, size, config.data.num_classes, seed=size + batch)
+    # Split the global batch over the strategy's replicas, as the training loop's input does.
+    batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch, drop_remainder=True)
+    images, labels = next(iter(trainer.strategy.experimental_distribute_dataset(batches)))
     writers = summaries.writers(config.logs_dir)
     try:
         for name, step in steps_to_time(trainer, writers["train"], images, labels):
@@ -238,6 +250,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="only 256x256 batch 8, without --debug")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per measurement, after one warm-up")
+    parser.add_argument(
+        "--strategy", nargs="+", choices=("default", "mirrored"), help="measure each of these strategies (train.strategy)"
+    )
+    parser.add_argument("--cpu_devices", type=int, default=0, help="split the CPU into N logical devices (train.cpu_devices)")
+    parser.add_argument(
+        "--mixed_precision", nargs="+", choices=("float32", "bfloat16", "float16"), help="measure each precision"
+    )
+    parser.add_argument("--jit_compile", action="store_true", help="measure with and without XLA")
     parser.add_argument(
         "--max_memory_gb",
         type=float,

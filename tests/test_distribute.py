@@ -14,7 +14,7 @@ import tensorflow as tf
 from conftest import REPO
 from fcn import model as model_lib
 from fcn import sample_data
-from test_train import TINY, checkpoint_weights, read_events, run
+from test_train import TINY, model_weights, read_events, run
 
 # Dropout off: replicas draw their own masks, so only a dropout-free model can match one device exactly.
 COMMON = [*TINY, "--set", "model.dropout=0", "--set", "train.val_every=100000", "--set", "train.summary_every=1"]
@@ -25,12 +25,6 @@ def sample_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("sample") / "ADEChallengeData2016")
     sample_data.generate_sample_dataset(root, num_train=16, num_val=4, progress=False)
     return root
-
-
-def model_weights(logs_dir):
-    weights = checkpoint_weights(tf.train.latest_checkpoint(os.path.join(logs_dir, "checkpoints")))
-    # The trainable variables are saved under the optimizer; Adam's moments too.
-    return {name: value for name, value in weights.items() if name.startswith(("optimizer/_trainable_variables", "model/"))}
 
 
 def assert_same_training(reference_logs, other_logs):

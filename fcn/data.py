@@ -160,7 +160,8 @@ def list_split(root: str, split: str) -> SplitListing:
     )
 
 
-def _pairs_or_error(root: str, split: str) -> tuple[tuple[str, str], ...]:
+def usable_pairs(root: str, split: str) -> tuple[tuple[str, str], ...]:
+    """The (image, annotation) pairs of a split; DataError naming the folders if there are none."""
     pairs = list_split(root, split).pairs
     if not pairs:
         raise DataError(
@@ -174,7 +175,8 @@ def _pairs_or_error(root: str, split: str) -> tuple[tuple[str, str], ...]:
 # Reading one example.
 
 
-def _decode_image(path):
+def decode_image(path):
+    """Reads any image file as RGB uint8 (H, W, 3); returns (image, True). Raises on a corrupt file."""
     data = tf.io.read_file(path)
     # The accurate integer IDCT decodes JPEGs as PIL and OpenCV do; TensorFlow's
     # default fast IDCT is off by a grey level or two on many pixels.
@@ -249,7 +251,7 @@ def _checked_example(image_read, annotation_read, image_path, num_classes):
 def read_example_dataset(image_path, annotation_path, num_classes: int) -> tf.data.Dataset:
     """A one-element dataset with the checked example of one file pair (unbatched dict)."""
     return tf.data.Dataset.zip(
-        _with_fallback(_decode_image, _unreadable_image, image_path),
+        _with_fallback(decode_image, _unreadable_image, image_path),
         _with_fallback(_decode_annotation, _unreadable_annotation, annotation_path),
     ).map(lambda image_read, annotation_read: _checked_example(image_read, annotation_read, image_path, num_classes))
 
@@ -265,7 +267,7 @@ def load_example(image_path: str, annotation_path: str, num_classes: int = ade20
     """
     # Eagerly, decoding errors can be caught directly (the pipeline needs ignore_errors).
     try:
-        image_read = _decode_image(tf.constant(image_path))
+        image_read = decode_image(tf.constant(image_path))
     except tf.errors.OpError:
         image_read = _unreadable_image(image_path)
     try:
@@ -502,7 +504,7 @@ def training_dataset(
     output_batch_size = output_batch_size or share
     if share % output_batch_size:
         raise ValueError(f"a pipeline's {share} examples per step do not split into batches of {output_batch_size}")
-    pairs = _pairs_or_error(root, split)
+    pairs = usable_pairs(root, split)
     count = len(pairs)
     image_paths = tf.constant([p[0] for p in pairs])
     annotation_paths = tf.constant([p[1] for p in pairs])
@@ -544,7 +546,7 @@ def validation_dataset(
     Returns:
       A finite dataset of batched dicts, the same every time it is iterated.
     """
-    pairs = _pairs_or_error(root, split)
+    pairs = usable_pairs(root, split)
     if num_images:
         pairs = pairs[:num_images]
     dataset = tf.data.Dataset.from_tensor_slices(([p[0] for p in pairs], [p[1] for p in pairs]))

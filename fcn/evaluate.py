@@ -65,7 +65,7 @@ def native_resolution_dataset(root: str, split: str, num_classes: int) -> tf.dat
     Elements are the dicts of ``fcn/data.py`` with B = 1: ``image`` (1, H, W, 3)
     uint8, ``label`` (1, H, W) train ids, ``path``, ``error``.
     """
-    pairs = data._pairs_or_error(root, split)
+    pairs = data.usable_pairs(root, split)
     dataset = tf.data.Dataset.from_tensor_slices(([p[0] for p in pairs], [p[1] for p in pairs]))
     dataset = dataset.interleave(
         lambda image_path, annotation_path: data.read_example_dataset(image_path, annotation_path, num_classes),

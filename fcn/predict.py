@@ -195,7 +195,7 @@ def read_image(path: str) -> np.ndarray:
       InferenceError: the file is missing or cannot be decoded.
     """
     try:
-        image, _ = data._decode_image(tf.constant(path))
+        image, _ = data.decode_image(tf.constant(path))
     except tf.errors.OpError as error:
         raise InferenceError(f"{path}: cannot be read as an image ({error.message.splitlines()[0]})") from None
     return image.numpy()

@@ -99,7 +99,7 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
       predict.InferenceError: no usable checkpoint.
       data.DataError: the split holds no pairs.
     """
-    pairs = data._pairs_or_error(root, config.evaluate.split)
+    pairs = data.usable_pairs(root, config.evaluate.split)
     predictor, prefix = predict_lib.predictor_from_config(config, checkpoint)
     order = np.random.default_rng(config.train.seed).permutation(len(pairs))
     output_dir = output_dir or os.path.join(config.logs_dir, "visualize")

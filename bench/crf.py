@@ -11,7 +11,9 @@ forward + backward (gradients for the unaries and the three weight matrices):
   bilateral filter call and again in its gradient, as the crfasrnn_keras C++
   op does (1 + T builds forward, T more backward).
 
-Both use the same exact spatial filter. Then, in a fresh process, the peak
+Both use the same exact spatial filter (crfasrnn_keras filtered the spatial
+kernel on a lattice too, rebuilt at every call, which is not reproduced here).
+Then, in a fresh process, the peak
 resident memory of forward + backward with C = 150 at 512x512, batch 1.
 
 Images are the three ADE20K validation samples of the test fixtures (and the

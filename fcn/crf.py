@@ -187,7 +187,8 @@ def mean_field(
     Returns:
       (B, H, W, C) refined logits U - pairwise.
     """
-    ones = tf.ones_like(unaries[..., :1])  # (B, H, W, 1)
+    # Built from the shape alone, so that no gradient is traced through the norms.
+    ones = tf.ones(tf.concat([tf.shape(unaries)[:-1], [1]], axis=0), unaries.dtype)  # (B, H, W, 1)
     spatial_norm = spatial(ones)
     bilateral_norm = bilateral(ones)
     # pairwise = mu (W_s spatial + W_b bilateral), as one product per iteration.

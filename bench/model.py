@@ -194,6 +194,17 @@ def random_batch(batch: int, size: int, seed: int) -> tuple[tf.Tensor, tf.Tensor
 # Main.
 
 
+def print_peaks(peaks, peak_rate: float, peak_rate_per_cpu: float) -> None:
+    """Prints the convolution peaks measured at the start and the end of a run, and the one used."""
+    batch, height, width, in_channels = PEAK_INPUT_SHAPE
+    for when, (rate, seconds, cpu_share) in zip(("start", "end"), peaks):
+        print(
+            f"peak at {when}: 3x3 conv {batch}x{height}x{width}x{in_channels} -> {PEAK_FILTERS} filters, "
+            f"{seconds:.3f} s, {rate:.0f} GFLOP/s (median of {PEAK_REPEATS}), CPU {cpu_share:.2f}"
+        )
+    print(f"peak used: {peak_rate:.0f} GFLOP/s wall clock, {peak_rate_per_cpu:.0f} GFLOP/s per full CPU share")
+
+
 def main(argv=None) -> None:
     """Runs the measurements and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -295,13 +306,7 @@ def main(argv=None) -> None:
         table,
     )
     print()
-    batch, height, width, in_channels = PEAK_INPUT_SHAPE
-    for when, (rate, seconds, cpu_share) in zip(("start", "end"), peaks):
-        print(
-            f"peak at {when}: 3x3 conv {batch}x{height}x{width}x{in_channels} -> {PEAK_FILTERS} filters, "
-            f"{seconds:.3f} s, {rate:.0f} GFLOP/s (median of {PEAK_REPEATS}), CPU {cpu_share:.2f}"
-        )
-    print(f"peak used: {peak_rate:.0f} GFLOP/s wall clock, {peak_rate_per_cpu:.0f} GFLOP/s per full CPU share")
+    print_peaks(peaks, peak_rate, peak_rate_per_cpu)
     for note in notes:
         print(note)
     print(

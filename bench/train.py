@@ -56,13 +56,11 @@ from fcn.train import Trainer  # noqa: E402
 from input_pipeline import make_training_root, print_table  # noqa: E402
 from model import (  # noqa: E402
     CORES,
-    PEAK_FILTERS,
-    PEAK_INPUT_SHAPE,
-    PEAK_REPEATS,
     TRAIN_FLOPS_PER_FORWARD,
     check_flop_counter,
     conv_flops,
     measure_peak,
+    print_peaks,
     time_runs,
 )
 
@@ -334,13 +332,7 @@ def main(argv=None) -> None:
         table,
     )
     print()
-    batch, height, width, in_channels = PEAK_INPUT_SHAPE
-    for when, (rate, seconds, cpu_share) in zip(("start", "end"), peaks):
-        print(
-            f"peak at {when}: 3x3 conv {batch}x{height}x{width}x{in_channels} -> {PEAK_FILTERS} filters, "
-            f"{seconds:.3f} s, {rate:.0f} GFLOP/s (median of {PEAK_REPEATS}), CPU {cpu_share:.2f}"
-        )
-    print(f"peak used: {peak_rate:.0f} GFLOP/s wall clock, {peak_rate_per_cpu:.0f} GFLOP/s per full CPU share")
+    print_peaks(peaks, peak_rate, peak_rate_per_cpu)
     for note in notes:
         print(note)
     print(

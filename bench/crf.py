@@ -136,9 +136,11 @@ def time_table(class_counts, batch_sizes, repeats: int) -> None:
             layer.build([unaries.shape, image.shape])
             once = crf_functions(layer, rebuild=False)
             rebuilt = crf_functions(layer, rebuild=True)
-            for name, index, args in (("forward", 0, (unaries, image)), ("forward+backward", 1, (unaries, image, cotangent))):
+            passes = (("forward", 0, (unaries, image)), ("forward+backward", 1, (unaries, image, cotangent)))
+            for name, index, args in passes:
                 fast, slow = (t / batch_size for t in interleaved_seconds([once[index], rebuilt[index]], args, repeats))
-                print(f"{num_classes:>4} {batch_size:>5} {name:<17} {fast:>8.3f} {slow:>8.3f} {slow / fast:>8.1f}x", flush=True)
+                row = f"{num_classes:>4} {batch_size:>5} {name:<17} {fast:>8.3f} {slow:>8.3f} {slow / fast:>8.1f}x"
+                print(row, flush=True)
     for batch_size, seconds in build_seconds.items():
         print(
             f"lattice build alone, batch {batch_size}: {seconds:.3f} s per image; 'rebuilt' does it "

@@ -190,8 +190,9 @@ def build_lattice(features: tf.Tensor) -> Lattice:
     # Next vertex along each direction, by key arithmetic and binary search.
     offsets = _next_vertex_key_offsets(d, strides)  # (k, j)
     next_keys = unique_keys[:, None] + tf.gather(offsets, tf.math.floormod(unique_keys, d + 1))  # (M, d + 1)
-    found_at = tf.minimum(tf.searchsorted(sorted_keys, tf.reshape(next_keys, [-1]), out_type=tf.int32), num_vertices - 1)
-    present = tf.reshape(tf.equal(tf.gather(sorted_keys, found_at), tf.reshape(next_keys, [-1])), (-1, d + 1))
+    next_keys = tf.reshape(next_keys, [-1])  # (M * (d + 1),)
+    found_at = tf.minimum(tf.searchsorted(sorted_keys, next_keys, out_type=tf.int32), num_vertices - 1)
+    present = tf.reshape(tf.equal(tf.gather(sorted_keys, found_at), next_keys), (-1, d + 1))
     following = tf.reshape(tf.gather(key_order, found_at), (-1, d + 1))  # (M, d + 1), valid where present
 
     # Blur along direction j: B_j = s (I / 2 + (N_j + N_j^T) / 4), N_j[v, next_j(v)] = 1;

@@ -35,6 +35,8 @@ FLAG_KEYS = {
     "strategy": "train.strategy",
     "mixed_precision": "train.mixed_precision",
     "jit_compile": "train.jit_compile",
+    "crf": "model.crf",
+    "init_from": "train.init_from",
 }
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -130,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--jit_compile", action="store_true", default=None, help="compile the training step with XLA (train.jit_compile)"
     )
+    parser.add_argument(
+        "--crf",
+        action="store_true",
+        default=None,
+        help="append the CRF-RNN refinement stage, trained end to end (model.crf; see also model.crf_iterations, "
+        "model.crf_test_iterations). Pass it to every mode of such a run, or use the run's config.yaml",
+    )
+    parser.add_argument(
+        "--init_from",
+        metavar="PATH",
+        help="train: start from the model weights of this run directory or checkpoint (not its step), e.g. a trained "
+        "FCN run to fine-tune with --crf (train.init_from)",
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     return parser
 
@@ -224,7 +239,8 @@ def run_visualize(config: config_lib.Config, root: str, args: argparse.Namespace
     print(f"checkpoint: {result.checkpoint}")
     for k, path in enumerate(result.shown):
         print(f"{k}: {path}")
-    print(f"written: {result.output_dir}/{{inp,gt,pred}}_k.png and {visualize.FIGURE_FILE}")
+    pictures = "inp,gt,pred_fcn,pred" if config.model.crf else "inp,gt,pred"
+    print(f"written: {result.output_dir}/{{{pictures}}}_k.png and {visualize.FIGURE_FILE}")
     return EXIT_OK if result.shown else EXIT_FAILED
 
 

@@ -79,7 +79,16 @@ class ModelConfig:
       fc_channels: width of fc6 and fc7 (4096 in VGG16; smaller values make a
         cheap model for tests and the sample data, without pretrained fc6/fc7).
       dropout: dropout rate after fc6 and fc7.
-      crf: append the CRF-RNN refinement stage.
+      crf: append the CRF-RNN refinement stage (``fcn/crf.py``) to FCN-8s,
+        trained end to end with it; usually fine-tuned from a trained FCN run
+        with ``train.init_from``.
+      crf_iterations: mean-field iterations in training and in the
+        validations during training.
+      crf_test_iterations: mean-field iterations for evaluate, visualize,
+        predict and export (the paper uses 5 in training and 10 at test).
+      crf_theta_alpha: bilateral kernel, spatial standard deviation (pixels).
+      crf_theta_beta: bilateral kernel, colour standard deviation (0..255).
+      crf_theta_gamma: spatial kernel standard deviation (pixels).
     """
 
     vgg_weights: str = "imagenet"
@@ -87,6 +96,11 @@ class ModelConfig:
     fc_channels: int = 4096
     dropout: float = 0.5
     crf: bool = False
+    crf_iterations: int = 5
+    crf_test_iterations: int = 10
+    crf_theta_alpha: float = 160.0
+    crf_theta_beta: float = 3.0
+    crf_theta_gamma: float = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,12 +166,15 @@ class EvaluateConfig:
         is whole-image inference at each image's own size.
       flip: also average the probabilities of the horizontally flipped image.
       visualize_images: images of the random batch that visualize shows.
+      compare_fcn: with ``model.crf``, evaluate also scores the FCN's own
+        logits (before the CRF) in the same pass and reports both.
     """
 
     split: str = "validation"
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     visualize_images: int = 4
+    compare_fcn: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,6 +396,17 @@ def check_values(config: Config) -> None:
         problems.append(f"model.dropout must be in [0, 1), got {m.dropout}")
     if m.fc_channels < 1:
         problems.append(f"model.fc_channels must be positive, got {m.fc_channels}")
+    if m.crf_iterations < 0 or m.crf_test_iterations < 0:
+        problems.append("model.crf_iterations and model.crf_test_iterations must not be negative")
+    if min(m.crf_theta_alpha, m.crf_theta_beta, m.crf_theta_gamma) <= 0:
+        problems.append("model.crf_theta_alpha, crf_theta_beta and crf_theta_gamma must be positive")
+    if m.crf and t.jit_compile:
+        problems.append(
+            "train.jit_compile cannot compile the CRF stage (its lattice has data-dependent shapes): "
+            "drop --jit_compile or model.crf"
+        )
+    if e.compare_fcn and not m.crf:
+        problems.append("evaluate.compare_fcn compares the FCN with its CRF stage: it needs model.crf")
     for name in ("batch_size", "max_steps", "summary_every", "val_every", "checkpoint_every", "keep_checkpoints"):
         if getattr(t, name) < 1:
             problems.append(f"train.{name} must be at least 1, got {getattr(t, name)}")

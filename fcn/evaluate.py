@@ -16,6 +16,11 @@ ADE20K validation split every class occurs in the ground truth, so the two
 agree there and differ only on subsets (the official number is then
 ``mean_iou x classes_present / 150``).
 
+With the CRF stage (``model.crf``) the numbers are those of FCN + CRF at
+``model.crf_test_iterations``; ``evaluate.compare_fcn`` also scores the FCN's
+own logits in the same pass (``fcn_alone`` in ``metrics.json`` and a
+comparison table).
+
 Outputs, in the run's ``logs_dir`` or ``--output DIR``: the table printed,
 ``metrics.json``, ``confusion_matrix.npy`` (int64 (C, C), rows = ground truth)
 and ``confusion_matrix.png``; with ``--save_predictions DIR`` one submission
@@ -50,6 +55,8 @@ class EvaluationResult:
       images: images evaluated.
       skipped: the unusable files left out, with their reasons.
       checkpoint: the checkpoint prefix evaluated ("" when a predictor was given).
+      fcn_scores, fcn_matrix: with ``evaluate.compare_fcn``, the same for the
+        FCN's logits before the CRF stage (``scores`` is then FCN + CRF).
     """
 
     scores: dict
@@ -57,6 +64,8 @@ class EvaluationResult:
     images: int
     skipped: data.SkipReport
     checkpoint: str = ""
+    fcn_scores: dict | None = None
+    fcn_matrix: np.ndarray | None = None
 
 
 def native_resolution_dataset(root: str, split: str, num_classes: int) -> tf.data.Dataset:
@@ -82,7 +91,9 @@ def evaluate_split(
     """Segments every image of a split at its own size and scores the split.
 
     Args:
-      labels_fn: uint8 images (1, H, W, 3) -> train ids (1, H, W), e.g. ``Predictor.labels``.
+      labels_fn: uint8 images (1, H, W, 3) -> train ids (1, H, W), e.g.
+        ``Predictor.labels``; or -> [FCN alone, FCN + CRF] train ids, which
+        scores both (``fcn_scores``).
       root: the dataset root.
       split: ``training`` or ``validation``.
       num_classes: C.
@@ -92,6 +103,7 @@ def evaluate_split(
     count = len(data.list_split(root, split).pairs)
     dataset = native_resolution_dataset(root, split, num_classes)
     confusion = metrics.ConfusionMatrix(num_classes)
+    fcn_confusion = None
     skipped = data.SkipReport()
     if save_predictions:
         os.makedirs(save_predictions, exist_ok=True)
@@ -100,17 +112,24 @@ def evaluate_split(
         if skipped.record(example):
             continue
         predictions = labels_fn(example["image"])  # (1, H, W) at the image's own size
+        if isinstance(predictions, (list, tuple)):
+            fcn_predictions, predictions = predictions
+            fcn_confusion = fcn_confusion or metrics.ConfusionMatrix(num_classes)
+            fcn_confusion.update(example["label"], fcn_predictions)
         confusion.update(example["label"], predictions)
         images += 1
         if save_predictions:
             stem = os.path.splitext(os.path.basename(example["path"][0].numpy().decode()))[0]
             predict_lib.write_label_png(os.path.join(save_predictions, stem + ".png"), predictions[0].numpy())
     matrix = confusion.matrix
+    names = predict_lib.class_names(num_classes)
     return EvaluationResult(
-        scores=metrics.scores(matrix, predict_lib.class_names(num_classes)),
+        scores=metrics.scores(matrix, names),
         matrix=matrix,
         images=images,
         skipped=skipped,
+        fcn_scores=None if fcn_confusion is None else metrics.scores(fcn_confusion.matrix, names),
+        fcn_matrix=None if fcn_confusion is None else fcn_confusion.matrix,
     )
 
 
@@ -130,7 +149,7 @@ def evaluate(
     Raises:
       predict.InferenceError: no usable checkpoint.
     """
-    predictor, prefix = predict_lib.predictor_from_config(config, checkpoint)
+    predictor, prefix = predict_lib.predictor_from_config(config, checkpoint, with_fcn=config.evaluate.compare_fcn)
     result = evaluate_split(
         predictor.labels, root, config.evaluate.split, config.data.num_classes, save_predictions, progress
     )
@@ -151,7 +170,7 @@ def metrics_json(result: EvaluationResult, config: Config) -> dict:
     """The content of ``metrics.json``; undefined values (absent classes) are null."""
     scores = result.scores
     return {
-        **{key: _json_number(scores[key]) for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "score")},
+        **_headline(scores),
         "per_class_iou": {name: _json_number(value) for name, value in scores["per_class_iou"].items()},
         "per_class_accuracy": {name: _json_number(value) for name, value in scores["per_class_accuracy"].items()},
         "classes_present": sum(not math.isnan(v) for v in scores["per_class_iou"].values()),
@@ -162,7 +181,17 @@ def metrics_json(result: EvaluationResult, config: Config) -> dict:
         "checkpoint": result.checkpoint,
         "scales": list(config.evaluate.scales),
         "flip": config.evaluate.flip,
+        "crf": config.model.crf,
+        "crf_iterations": config.model.crf_test_iterations if config.model.crf else 0,
+        **({"fcn_alone": _headline(result.fcn_scores)} if result.fcn_scores is not None else {}),
     }
+
+
+HEADLINE = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "score")
+
+
+def _headline(scores: dict) -> dict:
+    return {key: _json_number(scores[key]) for key in HEADLINE}
 
 
 def write_reports(result: EvaluationResult, output_dir: str, config: Config) -> dict[str, str]:
@@ -222,6 +251,11 @@ def confusion_figure(matrix, names, top: int = FIGURE_CLASSES):
 def summary(result: EvaluationResult) -> str:
     """The per-class table and summary lines, then the skipped files."""
     text = metrics.format_table(result.scores) + f"\n\n{result.images} images evaluated"
+    if result.fcn_scores is not None:
+        rows = [("FCN alone", result.fcn_scores), ("FCN + CRF", result.scores)]
+        text += "\n\n" + f"{'(%)':<10} {'pixel acc':>9} {'mean IoU':>9} {'score':>9}"
+        for name, scores in rows:
+            text += "\n" + f"{name:<10}" + "".join(f" {100 * scores[key]:>9.2f}" for key in ("pixel_accuracy", "mean_iou", "score"))
     if result.skipped:
         text += "\n" + result.skipped.summary()
     return text

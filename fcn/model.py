@@ -7,6 +7,7 @@ The network of the paper, "at-once" variant:
     score_fr 1x1 -> upscore2 (4x4 / 2)                     + score_pool4(0.01 x pool4)  = fuse_pool4
     fuse_pool4 -> upscore_pool4 (4x4 / 2)                 + score_pool3(1e-4 x pool3)  = fuse_pool3
     fuse_pool3 -> upscore8 (16x16 / 8, frozen) -> logits at the input's size
+    optional: CRF-RNN ([logits, input image]) -> refined logits (``fcn/crf.py``)
 
 Score layers start at zero and the transposed convolutions as bilinear
 interpolation, so an untrained model outputs exactly zero logits. Layers not
@@ -27,6 +28,8 @@ import h5py
 import keras
 import numpy as np
 from keras import ops
+
+from fcn import crf as crf_lib
 
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)
 # (block, convolutions, filters) of VGG16.
@@ -151,6 +154,7 @@ def build_fcn8s(
     dropout: float = 0.5,
     model_dir: str | None = None,
     name: str = "fcn8s",
+    crf: dict | None = None,
 ) -> keras.Model:
     """Builds FCN-8s on VGG16.
 
@@ -165,6 +169,10 @@ def build_fcn8s(
       model_dir: where ``imagenet`` weights are downloaded and cached
         (default: Keras' cache, ``~/.keras/models``).
       name: the model's name.
+      crf: None, or the keyword arguments of ``crf.CrfRnn`` to append the
+        CRF-RNN stage; it refines the logits with the input image itself (RGB
+        0..255 at the logits' size). The FCN's own logits stay available as
+        the output of the layer named ``logits`` (see ``with_fcn_output``).
 
     Returns:
       A Keras model: images (B, H, W, 3) RGB 0..255 -> float32 logits
@@ -210,9 +218,50 @@ def build_fcn8s(
     upscore8 = upsample(8, "upscore8", trainable=False)(fuse_pool3)  # (B, H', W', C), H' = H padded
     logits = CropToReference(name="crop")([upscore8, images])
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+    if crf is not None:
+        logits = crf_lib.CrfRnn(name="crf", **crf)([logits, images])
     model = keras.Model(images, logits, name=name)
     load_vgg_weights(model, vgg_weights, model_dir)
     return model
+
+
+def build_from_config(model_config, num_classes: int, vgg_weights: str | None = None, crf_iterations: int | None = None):
+    """``build_fcn8s`` as a run's ``ModelConfig`` describes it.
+
+    Args:
+      model_config: ``config.model``.
+      num_classes: ``config.data.num_classes``.
+      vgg_weights: overrides ``model_config.vgg_weights`` (``none`` when the
+        weights come from a checkpoint).
+      crf_iterations: overrides ``model_config.crf_iterations``.
+    """
+    crf = None
+    if model_config.crf:
+        crf = dict(
+            theta_alpha=model_config.crf_theta_alpha,
+            theta_beta=model_config.crf_theta_beta,
+            theta_gamma=model_config.crf_theta_gamma,
+            num_iterations=model_config.crf_iterations if crf_iterations is None else crf_iterations,
+        )
+    return build_fcn8s(
+        num_classes,
+        vgg_weights=model_config.vgg_weights if vgg_weights is None else vgg_weights,
+        fc_channels=model_config.fc_channels,
+        dropout=model_config.dropout,
+        model_dir=model_config.model_dir,
+        crf=crf,
+    )
+
+
+def has_crf(model: keras.Model) -> bool:
+    return any(isinstance(layer, crf_lib.CrfRnn) for layer in model.layers)
+
+
+def with_fcn_output(model: keras.Model) -> keras.Model:
+    """The same model (shared weights) returning [FCN logits, CRF-refined logits]."""
+    if not has_crf(model):
+        raise ValueError(f"model {model.name} has no CRF stage")
+    return keras.Model(model.input, [model.get_layer("logits").output, model.output], name=model.name + "_with_fcn")
 
 
 # ---------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def find_checkpoint(config: Config, checkpoint: str = "") -> str:
 
 
 def restore_model(config: Config, checkpoint: str = ""):
-    """Builds the run's FCN-8s and restores its trained weights.
+    """Builds the run's FCN-8s (with its CRF stage if ``model.crf``) and restores its trained weights.
 
     Args:
       config: the run's config (``data.num_classes`` and ``model.fc_channels``
@@ -81,11 +81,9 @@ def restore_model(config: Config, checkpoint: str = ""):
       InferenceError: no checkpoint, or one of another model configuration.
     """
     prefix = find_checkpoint(config, checkpoint)
-    model = model_lib.build_fcn8s(
-        config.data.num_classes,
-        vgg_weights="none",  # every weight comes from the checkpoint
-        fc_channels=config.model.fc_channels,
-        dropout=config.model.dropout,
+    # Every weight comes from the checkpoint; the CRF stage runs its test-time iterations.
+    model = model_lib.build_from_config(
+        config.model, config.data.num_classes, vgg_weights="none", crf_iterations=config.model.crf_test_iterations
     )
     try:
         # Training checkpoints also hold the optimizer and counters: only the model is wanted.
@@ -93,7 +91,7 @@ def restore_model(config: Config, checkpoint: str = ""):
     except (AssertionError, ValueError, tf.errors.OpError) as error:
         raise InferenceError(
             f"cannot restore {prefix} into the model of this config (num_classes={config.data.num_classes}, "
-            f"fc_channels={config.model.fc_channels}): {str(error).splitlines()[0]}. "
+            f"fc_channels={config.model.fc_channels}, crf={config.model.crf}): {str(error).splitlines()[0]}. "
             "Pass the run's own config: --config LOGS_DIR/config.yaml"
         ) from None
     return model, prefix
@@ -113,8 +111,13 @@ class Predictor:
     ``aug_test``). With the single view (scales (1.0,), no flip) the labels are
     the argmax of the model's logits at the image's own size.
 
+    A model with several outputs (``model.with_fcn_output``: the FCN's logits
+    and the CRF-refined ones) gives a list of results, one per output, from
+    one run of the network per view.
+
     Args:
-      model: an FCN-8s (images -> float32 logits (B, H, W, C)).
+      model: an FCN-8s (images -> float32 logits (B, H, W, C)), or a model
+        returning a list of such logits.
       scales: image scales of the views.
       flip: add the horizontally flipped view of every scale.
     """
@@ -142,21 +145,24 @@ class Predictor:
             images = tf.image.resize(images, scaled_size, method="bilinear")  # (B, h, w, 3)
         if flipped:
             images = tf.reverse(images, [2])
-        logits = self.model(images, training=False)  # (B, h, w, C)
-        if flipped:
-            logits = tf.reverse(logits, [2])
-        if scale != 1.0:
-            logits = tf.image.resize(logits, size, method="bilinear")  # (B, H, W, C)
-        return logits
+        def back_to_image(logits):  # (B, h, w, C) -> (B, H, W, C)
+            if flipped:
+                logits = tf.reverse(logits, [2])
+            if scale != 1.0:
+                logits = tf.image.resize(logits, size, method="bilinear")
+            return logits
+
+        return tf.nest.map_structure(back_to_image, self.model(images, training=False))
 
     def _probabilities(self, images):
         """uint8 (B, H, W, 3) -> float32 class probabilities (B, H, W, C), averaged over the views."""
         images = tf.cast(images, tf.float32)
         views = self._views()
-        total = 0.0
+        total = None
         for scale, flipped in views:  # a running sum holds one (B, H, W, C) map, not one per view
-            total += tf.nn.softmax(self._logits(images, scale, flipped))
-        return total / len(views)
+            probabilities = tf.nest.map_structure(tf.nn.softmax, self._logits(images, scale, flipped))
+            total = probabilities if total is None else tf.nest.map_structure(tf.add, total, probabilities)
+        return tf.nest.map_structure(lambda t: t / len(views), total)
 
     def _labels(self, images):
         """uint8 (B, H, W, 3) -> int32 train ids (B, H, W)."""
@@ -164,16 +170,23 @@ class Predictor:
             scores = self.model(tf.cast(images, tf.float32), training=False)
         else:
             scores = self._probabilities(images)
-        return tf.argmax(scores, axis=-1, output_type=tf.int32)
+        return tf.nest.map_structure(lambda t: tf.argmax(t, axis=-1, output_type=tf.int32), scores)
 
 
-def predictor_from_config(config: Config, checkpoint: str = "") -> tuple[Predictor, str]:
+def predictor_from_config(config: Config, checkpoint: str = "", with_fcn: bool = False) -> tuple[Predictor, str]:
     """Restores the run's model into a ``Predictor`` with the config's scales and flip.
+
+    Args:
+      config, checkpoint: see ``restore_model``.
+      with_fcn: for a model with the CRF stage, predict [FCN alone, FCN + CRF]
+        (``model.with_fcn_output``); ignored without it.
 
     Returns:
       (predictor, the checkpoint prefix restored).
     """
     model, prefix = restore_model(config, checkpoint)
+    if with_fcn and model_lib.has_crf(model):
+        model = model_lib.with_fcn_output(model)
     return Predictor(model, config.evaluate.scales, config.evaluate.flip), prefix
 
 

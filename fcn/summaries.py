@@ -2,10 +2,13 @@
 
 Train and validation events go to ``logs_dir/train`` and ``logs_dir/validation``
 under the same tags, so TensorBoard draws both loss curves in one chart.
+With the CRF stage, its parameters are written on every summary step
+(``write_crf``).
 """
 
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from fcn import ade20k
@@ -88,3 +91,53 @@ def write_debug(writer, step: int, activations: dict, gradients: list, variables
         tf.summary.scalar("gradients/global_norm", tf.linalg.global_norm(gradients))
         for variable in variables:
             histogram(f"variables/{variable.path}", variable)
+
+
+def crf_parameter_summary(spatial_kernel_weights, bilateral_kernel_weights, compatibility) -> dict:
+    """Scalar digests of the CRF stage's three C x C matrices (numpy arrays).
+
+    Keys: the mean diagonal of each kernel weight matrix (the weight of a label's
+    own filtered probability, 3 and 5 at initialisation), the mean absolute
+    off-diagonal kernel weight (0 at initialisation), and the mean diagonal and
+    off-diagonal of the compatibility (0 and 1 for the initial Potts model).
+    """
+    out = {}
+    for name, matrix in (("spatial_kernel_weights", spatial_kernel_weights), ("bilateral_kernel_weights", bilateral_kernel_weights)):
+        matrix = np.asarray(matrix, np.float64)
+        off_diagonal = ~np.eye(matrix.shape[0], dtype=bool)
+        out[f"crf/{name}/diagonal_mean"] = float(np.diagonal(matrix).mean())
+        out[f"crf/{name}/off_diagonal_abs_mean"] = float(np.abs(matrix[off_diagonal]).mean()) if off_diagonal.any() else 0.0
+    compatibility = np.asarray(compatibility, np.float64)
+    off_diagonal = ~np.eye(compatibility.shape[0], dtype=bool)
+    out["crf/compatibility/diagonal_mean"] = float(np.diagonal(compatibility).mean())
+    out["crf/compatibility/off_diagonal_mean"] = float(compatibility[off_diagonal].mean()) if off_diagonal.any() else 0.0
+    return out
+
+
+def _matrix_image(matrix) -> np.ndarray:
+    """(C, C) -> uint8 (1, C, C, 3): blue negative, white 0, red positive, scaled by the largest magnitude."""
+    matrix = np.asarray(matrix, np.float64)
+    scaled = matrix / max(np.abs(matrix).max(), 1e-12)  # -1..1
+    red = np.where(scaled < 0, 1.0 + scaled, 1.0)
+    blue = np.where(scaled > 0, 1.0 - scaled, 1.0)
+    green = 1.0 - np.abs(scaled)
+    return np.round(255 * np.stack([red, green, blue], axis=-1))[None].astype(np.uint8)
+
+
+def write_crf(writer, step: int, layer) -> None:
+    """The CRF stage's parameters: scalar digests, histograms and a picture of each C x C matrix.
+
+    Args:
+      layer: the model's ``crf.CrfRnn`` layer.
+    """
+    matrices = {
+        "spatial_kernel_weights": layer.spatial_kernel_weights.numpy(),
+        "bilateral_kernel_weights": layer.bilateral_kernel_weights.numpy(),
+        "compatibility": layer.compatibility.numpy(),
+    }
+    with writer.as_default(step=step):
+        for name, value in crf_parameter_summary(**matrices).items():
+            tf.summary.scalar(name, value)
+        for name, matrix in matrices.items():
+            histogram(f"crf/{name}", matrix)
+            tf.summary.image(f"crf/{name}", _matrix_image(matrix))

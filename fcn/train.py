@@ -9,7 +9,8 @@
   accuracy and mean IoU (one confusion matrix over the subset);
 - TensorBoard events go to ``logs_dir/train`` and ``logs_dir/validation``;
   ``--debug`` adds histograms on summary steps only, through a second compiled
-  step, so ordinary steps pay nothing for it;
+  step, so ordinary steps pay nothing for it; with the CRF stage
+  (``model.crf``) its parameters are written on summary steps;
 - checkpoints (model, optimizer, step, examples consumed, best mIoU) go to
   ``logs_dir/checkpoints`` (the last ``keep_checkpoints``) and the best by
   validation mIoU to ``logs_dir/best``. TensorFlow writes a checkpoint's files
@@ -145,12 +146,8 @@ class Trainer:
         resuming = tf.train.latest_checkpoint(self.checkpoint_dir) is not None
         with self.strategy.scope():
             # A resumed run takes its weights from the checkpoint: no need to fetch VGG16 weights.
-            self.model = model_lib.build_fcn8s(
-                config.data.num_classes,
-                vgg_weights="none" if resuming or train.init_from else config.model.vgg_weights,
-                fc_channels=config.model.fc_channels,
-                dropout=config.model.dropout,
-                model_dir=config.model.model_dir,
+            self.model = model_lib.build_from_config(
+                config.model, config.data.num_classes, vgg_weights="none" if resuming or train.init_from else None
             )
             optimizer = keras.optimizers.Adam(learning_rate=train.learning_rate)
             if train.mixed_precision == "float16":
@@ -191,7 +188,8 @@ class Trainer:
                 ) from None
         elif train.init_from:
             source = _find_checkpoint(train.init_from)
-            tf.train.Checkpoint(model=self.model).restore(source).expect_partial()
+            self._initialise_from(source)
+        self.crf_layer = self.model.get_layer("crf") if model_lib.has_crf(self.model) else None
         self.variables = self.model.trainable_variables
         self.kernels = [v for v in self.variables if v.path.endswith("kernel")]
         if train.debug:
@@ -201,6 +199,24 @@ class Trainer:
         self.train_step = tf.function(lambda images, labels: self._distributed_step(replica_step, images, labels, False))
         self.summary_step = tf.function(lambda images, labels: self._distributed_step(self._replica_step, images, labels, True))
         self.eval_step = tf.function(self._eval_step)
+
+    def _initialise_from(self, source: str) -> None:
+        """Takes the model weights of checkpoint ``source`` (not its optimizer or step).
+
+        Every FCN layer must find its weights there. The CRF stage takes its
+        weights too when ``source`` has them, and otherwise keeps its initial
+        values: an FCN run starts an FCN + CRF run.
+        """
+        fcn_view = keras.Model(self.model.input, self.model.get_layer("logits").output) if model_lib.has_crf(self.model) else self.model
+        try:
+            tf.train.Checkpoint(model=fcn_view).restore(source).expect_partial().assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as error:
+            raise TrainingError(
+                f"--init_from {source}: its weights do not fit this model (data.num_classes, model.fc_channels must "
+                f"be those of its run): {str(error).splitlines()[0]}"
+            ) from None
+        if fcn_view is not self.model:
+            tf.train.Checkpoint(model=self.model).restore(source).expect_partial()
 
     # -- compiled steps ---------------------------------------------------------
 
@@ -382,6 +398,8 @@ class Trainer:
                     summaries.write_images(
                         writers["train"], step, local_batch["image"], local_batch["label"], predictions, train.image_summaries
                     )
+                    if self.crf_layer is not None:
+                        summaries.write_crf(writers["train"], step, self.crf_layer)
                     if train.debug:
                         summaries.write_debug(writers["train"], step, activations, gradients, self.variables)
                     writers["train"].flush()

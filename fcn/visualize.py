@@ -5,6 +5,9 @@ For the ``k``-th image of the batch it writes ``inp_k.png`` (the image),
 image's own size), both label maps in the ADE20K palette with label 0
 ("other", ignored) black, and ``visualize.png``: one row per image with
 image | ground truth | prediction and a legend of the classes present.
+With the CRF stage (``model.crf``) the FCN's own prediction is shown beside
+the CRF-refined one: ``pred_fcn_k.png`` holds it, ``pred_k.png`` the refined
+labels, and the figure has the columns image | ground truth | FCN | FCN + CRF.
 The batch is drawn from the split's files with ``train.seed`` (``--seed``):
 the same seed shows the same images.
 """
@@ -29,7 +32,7 @@ def legend_classes(*label_maps) -> list[int]:
     return sorted(i for i in present if 0 <= i < ade20k.NUM_CLASSES)
 
 
-def comparison_figure(images, labels, predictions, names=None, titles=None):
+def comparison_figure(images, labels, predictions, names=None, titles=None, fcn_predictions=None):
     """One row per image: image | ground truth | prediction, and a legend of the classes present.
 
     Args:
@@ -38,6 +41,8 @@ def comparison_figure(images, labels, predictions, names=None, titles=None):
       predictions: train-id maps (H, W) of the same sizes.
       names: class names by train id (default: ADE20K's).
       titles: an optional title per row (e.g. the file name).
+      fcn_predictions: the FCN's own predictions when ``predictions`` are
+        CRF-refined: shown in a column "FCN" before "FCN + CRF".
 
     Returns:
       a matplotlib Figure (no pyplot state, so it works headless and in notebooks).
@@ -46,15 +51,18 @@ def comparison_figure(images, labels, predictions, names=None, titles=None):
     from matplotlib.patches import Patch
 
     names = list(names or ade20k.class_names())
-    present = legend_classes(*[l for l in labels if l is not None], *predictions)
+    columns = [predictions] if fcn_predictions is None else [fcn_predictions, predictions]
+    headings = ("image", "ground truth") + (("prediction",) if fcn_predictions is None else ("FCN", "FCN + CRF"))
+    present = legend_classes(*[l for l in labels if l is not None], *[p for column in columns for p in column])
     aspects = [image.shape[0] / image.shape[1] for image in images]  # each row as tall as its image needs
     legend_rows = (len(present) + 1 + 5) // 6
+    width = 4 * len(headings)
     height = sum(4 * aspect + 0.4 for aspect in aspects) + 0.3 * legend_rows + 0.3
-    figure = Figure(figsize=(12, height), layout="constrained")
-    axes = figure.subplots(len(images), 3, squeeze=False, height_ratios=aspects)
-    for row, (image, label, prediction) in enumerate(zip(images, labels, predictions)):
-        panels = (image, None if label is None else ade20k.colorize(label), ade20k.colorize(prediction))
-        for column, (panel, heading) in enumerate(zip(panels, ("image", "ground truth", "prediction"))):
+    figure = Figure(figsize=(width, height), layout="constrained")
+    axes = figure.subplots(len(images), len(headings), squeeze=False, height_ratios=aspects)
+    for row, (image, label, *row_predictions) in enumerate(zip(images, labels, *columns)):
+        panels = (image, None if label is None else ade20k.colorize(label), *map(ade20k.colorize, row_predictions))
+        for column, (panel, heading) in enumerate(zip(panels, headings)):
             ax = axes[row, column]
             ax.axis("off")
             if panel is None:
@@ -100,11 +108,11 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
       data.DataError: the split holds no pairs.
     """
     pairs = data.usable_pairs(root, config.evaluate.split)
-    predictor, prefix = predict_lib.predictor_from_config(config, checkpoint)
+    predictor, prefix = predict_lib.predictor_from_config(config, checkpoint, with_fcn=True)
     order = np.random.default_rng(config.train.seed).permutation(len(pairs))
     output_dir = output_dir or os.path.join(config.logs_dir, "visualize")
     os.makedirs(output_dir, exist_ok=True)
-    images, labels, predictions, shown, skipped = [], [], [], [], {}
+    images, labels, predictions, fcn_predictions, shown, skipped = [], [], [], [], [], {}
     for index in order:  # draws on past unusable files until the batch is full
         if len(shown) == config.evaluate.visualize_images:
             break
@@ -114,8 +122,14 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
         except data.DataError as error:
             skipped[image_path] = str(error)
             continue
-        prediction = predictor.labels(image[None])[0].numpy()  # (H, W)
+        prediction = predictor.labels(image[None])  # (1, H, W), or [FCN alone, FCN + CRF]
         k = len(shown)
+        if isinstance(prediction, (list, tuple)):
+            fcn_prediction, prediction = (p[0].numpy() for p in prediction)
+            predict_lib.write_rgb_png(os.path.join(output_dir, f"pred_fcn_{k}.png"), ade20k.colorize(fcn_prediction))
+            fcn_predictions.append(fcn_prediction)
+        else:
+            prediction = prediction[0].numpy()  # (H, W)
         predict_lib.write_rgb_png(os.path.join(output_dir, f"inp_{k}.png"), image)
         predict_lib.write_rgb_png(os.path.join(output_dir, f"gt_{k}.png"), ade20k.colorize(label))
         predict_lib.write_rgb_png(os.path.join(output_dir, f"pred_{k}.png"), ade20k.colorize(prediction))
@@ -124,6 +138,8 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
         predictions.append(prediction)
         shown.append(image_path)
     if shown:
-        figure = comparison_figure(images, labels, predictions, titles=[os.path.basename(p) for p in shown])
+        figure = comparison_figure(
+            images, labels, predictions, titles=[os.path.basename(p) for p in shown], fcn_predictions=fcn_predictions or None
+        )
         figure.savefig(os.path.join(output_dir, FIGURE_FILE), dpi=100)
     return VisualizeResult(shown, output_dir, skipped, prefix)

@@ -186,6 +186,8 @@ class Trainer:
                     f"cannot resume from {self.resumed_from}: {error}. The run directory {config.logs_dir} holds a run "
                     "of another model configuration; use a new --logs_dir or the config.yaml written there."
                 ) from None
+            # The checkpoint holds the learning rate it was saved with; the config (and --learning_rate) decides.
+            self.optimizer.learning_rate = train.learning_rate
         elif train.init_from:
             source = _find_checkpoint(train.init_from)
             self._initialise_from(source)

@@ -66,6 +66,18 @@ def find_checkpoint(config: Config, checkpoint: str = "") -> str:
         ) from None
 
 
+CRF_WEIGHTS = frozenset({"spatial_kernel_weights", "bilateral_kernel_weights", "compatibility"})
+
+
+def checkpoint_has_crf(prefix: str) -> bool:
+    """True if the checkpoint's object graph holds the three weights of a ``CrfRnn`` layer."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(tf.train.load_checkpoint(prefix).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    return any(CRF_WEIGHTS <= {child.local_name for child in node.children} for node in graph.nodes)
+
+
 def restore_model(config: Config, checkpoint: str = ""):
     """Builds the run's FCN-8s (with its CRF stage if ``model.crf``) and restores its trained weights.
 
@@ -81,6 +93,11 @@ def restore_model(config: Config, checkpoint: str = ""):
       InferenceError: no checkpoint, or one of another model configuration.
     """
     prefix = find_checkpoint(config, checkpoint)
+    if not config.model.crf and checkpoint_has_crf(prefix):
+        # The FCN part would restore on its own and silently skip the trained CRF stage.
+        raise InferenceError(
+            f"{prefix} holds a model with the CRF stage: pass --crf, or the run's own config (--config LOGS_DIR/config.yaml)"
+        )
     # Every weight comes from the checkpoint; the CRF stage runs its test-time iterations.
     model = model_lib.build_from_config(
         config.model, config.data.num_classes, vgg_weights="none", crf_iterations=config.model.crf_test_iterations

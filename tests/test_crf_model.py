@@ -162,10 +162,18 @@ def test_crf_is_trained_end_to_end_and_resumes(crf_runs):
 
 
 def test_inference_modes_use_fcn_and_crf(crf_runs, tmp_path):
-    root, _, crf_run = crf_runs
+    root, fcn_run, crf_run = crf_runs
     config = config_lib.load_config(os.path.join(crf_run, "config.yaml"))
     model, _ = predict.restore_model(config)
     assert model.get_layer("crf").num_iterations == 3  # model.crf_test_iterations
+    # Without the CRF stage the FCN layers alone would restore: refused, not silently dropped.
+    without_crf = config_lib.load_config(os.path.join(crf_run, "config.yaml"), [("model.crf", "false")])
+    with pytest.raises(predict.InferenceError, match="holds a model with the CRF stage: pass --crf"):
+        predict.restore_model(without_crf)
+    fcn_run_config = config_lib.load_config(os.path.join(fcn_run, "config.yaml"))
+    assert not predict.checkpoint_has_crf(predict.find_checkpoint(fcn_run_config))
+    with pytest.raises(predict.InferenceError, match="crf=True"):
+        predict.restore_model(config, checkpoint=fcn_run)  # and a CRF model needs the CRF weights
     both = predict.Predictor(model_lib.with_fcn_output(model))
 
     # evaluate with compare_fcn: both sets of numbers, each from its own labels.

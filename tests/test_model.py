@@ -18,9 +18,10 @@ from fcn import model as model_lib
 
 # FCN-8s for 150 classes: VGG16 convs 14,714,688 + fc6 102,764,544 + fc7 16,781,312
 # + score_fr 614,550 + score_pool4 76,950 + score_pool3 38,550 + upscore2 and upscore_pool4
-# 2 x 360,000; upscore8 (16x16x150x150 = 5,760,000) is frozen.
+# 2 x 360,000. upscore8 is fixed bilinear upsampling without weights (the reference's frozen
+# 16x16x150x150 kernel, 5,760,000 values, is zero across channels).
 FCN8S_TRAINABLE_PARAMETERS = 135_710_594
-FCN8S_FROZEN_PARAMETERS = 5_760_000
+FCN8S_FROZEN_PARAMETERS = 0
 
 
 def relative_error(a, b):
@@ -262,6 +263,30 @@ def test_bilinear_transposed_convolutions_reproduce_a_ramp():
         np.testing.assert_allclose(upsampled[interior, interior], expected[interior, interior], atol=1e-4)
 
 
+@pytest.mark.parametrize("height, width, factor", [(4, 7, 8), (13, 5, 8), (6, 9, 2)])
+def test_bilinear_upsample_equals_the_frozen_transposed_convolution(height, width, factor):
+    """The per-channel layer gives what FCN's dense, frozen, bilinear Conv2DTranspose gives, values and gradients."""
+    channels = 5
+    x = tf.constant(np.random.default_rng(height).normal(0, 1, (2, height, width, channels)), tf.float32)
+    dense = keras.layers.Conv2DTranspose(
+        channels, 2 * factor, strides=factor, padding="same", use_bias=False, kernel_initializer=model_lib.BilinearUpsampling()
+    )
+    fixed = model_lib.BilinearUpsample(factor)
+    cotangent = tf.constant(np.random.default_rng(1).normal(0, 1, (2, height * factor, width * factor, channels)), tf.float32)
+    results = []
+    for layer in (dense, fixed):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * cotangent)
+        results.append((y.numpy(), tape.gradient(loss, x).numpy()))
+    (dense_y, dense_grad), (fixed_y, fixed_grad) = results
+    assert fixed_y.shape == (2, height * factor, width * factor, channels)
+    np.testing.assert_allclose(fixed_y, dense_y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fixed_grad, dense_grad, rtol=1e-4, atol=1e-4)
+    assert not fixed.weights and fixed.compute_output_shape((2, None, width, channels)) == (2, None, width * factor, channels)
+
+
 def test_uint8_and_float_inputs_agree_and_preprocessing_is_caffe_style(sample_crop):
     fcn = model_lib.build_fcn8s(5, fc_channels=16)
     np.testing.assert_allclose(fcn(sample_crop[None]), fcn(sample_crop[None].astype(np.float32)), rtol=0, atol=0)
@@ -287,4 +312,4 @@ def test_get_config_and_keras_file_round_trip(tmp_path, sample_crop):
     reloaded = keras.models.load_model(path)
     np.testing.assert_array_equal(reloaded(images), expected)
     assert reloaded.get_layer("drop6").rate == 0.3 and reloaded.get_layer("scale_pool3").factor == 0.0001
-    assert not reloaded.get_layer("upscore8").trainable
+    assert reloaded.get_layer("upscore8").factor == 8

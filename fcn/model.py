@@ -119,6 +119,36 @@ class Scale(keras.layers.Layer):
         return {**super().get_config(), "factor": self.factor}
 
 
+@keras.saving.register_keras_serializable(package="fcn")
+class PatchConv2D(keras.layers.Conv2D):
+    """A stride-1, "same"-padded Conv2D computed as image patches times the kernel matrix.
+
+    The same weights (``kernel`` (kh, kw, in, out), ``bias``) and the same
+    output as ``Conv2D``; for fc6 (7x7x512 -> 4096 on a feature map a few
+    cells wide) the patch matrix turns the kernel gradient into one large
+    matrix product, which the CPU convolution kernels do several times slower.
+    """
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(filters, kernel_size, padding="same", **kwargs)
+        if self.strides != (1, 1) or self.dilation_rate != (1, 1) or self.data_format != "channels_last":
+            raise ValueError("PatchConv2D supports stride 1, no dilation, channels_last only")
+
+    def call(self, inputs):
+        height, width = self.kernel_size
+        patches = ops.image.extract_patches(inputs, (height, width), strides=1, padding="same")  # (B, H, W, kh*kw*in)
+        kernel = ops.reshape(self.kernel, (-1, self.filters))  # (kh*kw*in, out), the patches' order
+        outputs = ops.matmul(patches, ops.cast(kernel, patches.dtype))
+        if self.use_bias:
+            outputs = outputs + ops.cast(self.bias, outputs.dtype)
+        return self.activation(outputs) if self.activation is not None else outputs
+
+    def get_config(self):
+        config = super().get_config()
+        del config["padding"]  # always "same"
+        return config
+
+
 def bilinear_kernel(size: int) -> np.ndarray:
     """1-D bilinear interpolation weights for upsampling by ``size // 2``."""
     factor = (size + 1) // 2
@@ -238,7 +268,7 @@ def build_fcn8s(
             )(x)
         x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
         pools[block] = x
-    x = keras.layers.Conv2D(fc_channels, 7, padding="same", activation="relu", kernel_initializer="he_normal", name="fc6")(x)
+    x = PatchConv2D(fc_channels, 7, activation="relu", kernel_initializer="he_normal", name="fc6")(x)
     x = keras.layers.Dropout(dropout, name="drop6")(x)
     x = keras.layers.Conv2D(fc_channels, 1, activation="relu", kernel_initializer="he_normal", name="fc7")(x)
     x = keras.layers.Dropout(dropout, name="drop7")(x)

@@ -287,6 +287,30 @@ def test_bilinear_upsample_equals_the_frozen_transposed_convolution(height, widt
     assert not fixed.weights and fixed.compute_output_shape((2, None, width, channels)) == (2, None, width * factor, channels)
 
 
+def test_patch_conv2d_equals_conv2d_values_and_gradients():
+    """fc6's layer: the same weights and results as a "same" Conv2D, including the kernel gradient."""
+    x = tf.constant(np.random.default_rng(0).normal(0, 1, (2, 3, 5, 6)), tf.float32)
+    conv = keras.layers.Conv2D(4, 7, padding="same", activation="relu")
+    patches = model_lib.PatchConv2D(4, 7, activation="relu")
+    conv.build(x.shape)
+    patches.build(x.shape)
+    rng = np.random.default_rng(1)
+    weights = [rng.normal(0, 0.2, w.shape).astype(np.float32) for w in conv.get_weights()]
+    conv.set_weights(weights)
+    patches.set_weights(weights)
+    results = []
+    for layer in (conv, patches):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * y)
+        results.append([y.numpy()] + [g.numpy() for g in tape.gradient(loss, [x, *layer.trainable_weights])])
+    assert float(np.abs(results[0][0]).max()) > 0.1
+    for expected, actual in zip(*results):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    assert keras.layers.deserialize(keras.layers.serialize(patches)).kernel_size == (7, 7)
+
+
 def test_uint8_and_float_inputs_agree_and_preprocessing_is_caffe_style(sample_crop):
     fcn = model_lib.build_fcn8s(5, fc_channels=16)
     np.testing.assert_allclose(fcn(sample_crop[None]), fcn(sample_crop[None].astype(np.float32)), rtol=0, atol=0)

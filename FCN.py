@@ -206,9 +206,10 @@ def run_check_data(config: config_lib.Config, root: str, progress: bool) -> int:
 def run_train(config: config_lib.Config, root: str, progress: bool) -> int:
     from fcn import model, train
 
-    path = config_lib.save_config(config, config.logs_dir)
-    print(f"dataset: {root}\nrun directory: {config.logs_dir} (config: {path})")
-    print(f"TensorBoard: tensorboard --logdir {config.logs_dir}")
+    if train.is_chief_task(config):  # the other workers of a cluster neither write nor report
+        path = config_lib.save_config(config, config.logs_dir)
+        print(f"dataset: {root}\nrun directory: {config.logs_dir} (config: {path})")
+        print(f"TensorBoard: tensorboard --logdir {config.logs_dir}")
     try:
         result = train.train(config, root, progress=progress)
     except (train.TrainingError, model.WeightsError) as error:

@@ -24,6 +24,7 @@
 """
 
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -118,6 +119,24 @@ def make_strategy(config) -> tf.distribute.Strategy:
             raise TrainingError("--strategy multi_worker reads the cluster from the TF_CONFIG environment variable, which is not set")
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def is_chief_task(config) -> bool:
+    """Whether this process will be the chief, from the config and ``TF_CONFIG`` alone (no TensorFlow set-up).
+
+    For messages printed before the strategy exists: with ``multi_worker`` the
+    chief is the task of type ``chief``, or worker 0 when the cluster has none.
+    """
+    if config.train.strategy != "multi_worker":
+        return True
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    except ValueError:
+        return True  # make_strategy reports the problem
+    task = tf_config.get("task", {})
+    if "chief" in tf_config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -82,6 +82,7 @@ def test_two_workers_train_like_one_device_and_only_the_chief_writes(tmp_path, s
     assert len([f for f in os.listdir(os.path.join(logs, "train")) if f.startswith("events")]) == 1
     assert tf.train.latest_checkpoint(os.path.join(logs, "checkpoints")).endswith("ckpt-3")
     assert "step 0: validation" in outputs[0][0] and "step 0: validation" not in outputs[1][0]
+    assert "run directory:" in outputs[0][0] and "run directory:" not in outputs[1][0]
     assert "CollectiveAllReduceStrategy: 2 replicas" in outputs[0][0]
 
 

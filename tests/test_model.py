@@ -263,6 +263,15 @@ def test_bilinear_transposed_convolutions_reproduce_a_ramp():
         np.testing.assert_allclose(upsampled[interior, interior], expected[interior, interior], atol=1e-4)
 
 
+def outputs_and_gradients(layer, x, cotangent=None):
+    """[layer(x), d loss / d x, d loss / d each trainable weight]; loss = sum(y * cotangent), or sum(y^2)."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * (y if cotangent is None else cotangent))
+    return [y.numpy()] + [g.numpy() for g in tape.gradient(loss, [x, *layer.trainable_weights])]
+
+
 @pytest.mark.parametrize("height, width, factor", [(4, 7, 8), (13, 5, 8), (6, 9, 2)])
 def test_bilinear_upsample_equals_the_frozen_transposed_convolution(height, width, factor):
     """The per-channel layer gives what FCN's dense, frozen, bilinear Conv2DTranspose gives, values and gradients."""
@@ -273,14 +282,7 @@ def test_bilinear_upsample_equals_the_frozen_transposed_convolution(height, widt
     )
     fixed = model_lib.BilinearUpsample(factor)
     cotangent = tf.constant(np.random.default_rng(1).normal(0, 1, (2, height * factor, width * factor, channels)), tf.float32)
-    results = []
-    for layer in (dense, fixed):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x)
-            loss = tf.reduce_sum(y * cotangent)
-        results.append((y.numpy(), tape.gradient(loss, x).numpy()))
-    (dense_y, dense_grad), (fixed_y, fixed_grad) = results
+    (dense_y, dense_grad), (fixed_y, fixed_grad) = (outputs_and_gradients(layer, x, cotangent)[:2] for layer in (dense, fixed))
     assert fixed_y.shape == (2, height * factor, width * factor, channels)
     np.testing.assert_allclose(fixed_y, dense_y, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(fixed_grad, dense_grad, rtol=1e-4, atol=1e-4)
@@ -298,13 +300,7 @@ def test_patch_conv2d_equals_conv2d_values_and_gradients():
     weights = [rng.normal(0, 0.2, w.shape).astype(np.float32) for w in conv.get_weights()]
     conv.set_weights(weights)
     patches.set_weights(weights)
-    results = []
-    for layer in (conv, patches):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x)
-            loss = tf.reduce_sum(y * y)
-        results.append([y.numpy()] + [g.numpy() for g in tape.gradient(loss, [x, *layer.trainable_weights])])
+    results = [outputs_and_gradients(layer, x) for layer in (conv, patches)]
     assert float(np.abs(results[0][0]).max()) > 0.1
     for expected, actual in zip(*results):
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)

@@ -53,15 +53,19 @@ _SPATIAL_BLOCK = 64
 # Filters.
 
 
-def bilateral_features(image: tf.Tensor, theta_alpha: float, theta_beta: float) -> tf.Tensor:
-    """(B, H, W, 3) RGB -> (B, H * W, 5) features (x, y, r, g, b) scaled by the kernel widths."""
-    image = tf.cast(image, tf.float32)  # (B, H, W, 3)
+def spatial_features(image: tf.Tensor, theta: float) -> tf.Tensor:
+    """(B, H, W, ...) -> (B, H * W, 2) pixel positions (x, y) divided by ``theta``, row-major."""
     shape = tf.shape(image)
     rows, cols = tf.meshgrid(tf.range(shape[1]), tf.range(shape[2]), indexing="ij")  # (H, W)
-    positions = tf.cast(tf.stack([cols, rows], axis=-1), tf.float32) / theta_alpha  # (H, W, 2)
-    positions = tf.broadcast_to(positions[None], tf.concat([shape[:3], [2]], axis=0))  # (B, H, W, 2)
-    features = tf.concat([positions, image / theta_beta], axis=-1)  # (B, H, W, 5)
-    return tf.reshape(features, (shape[0], -1, 5))
+    positions = tf.cast(tf.reshape(tf.stack([cols, rows], axis=-1), (1, -1, 2)), tf.float32) / theta  # (1, H * W, 2)
+    return tf.tile(positions, tf.stack([shape[0], 1, 1]))
+
+
+def bilateral_features(image: tf.Tensor, theta_alpha: float, theta_beta: float) -> tf.Tensor:
+    """(B, H, W, 3) RGB -> (B, H * W, 5) features (x, y, r, g, b) scaled by the kernel widths."""
+    colours = tf.cast(image, tf.float32) / theta_beta  # (B, H, W, 3)
+    colours = tf.reshape(colours, (tf.shape(image)[0], -1, 3))  # (B, H * W, 3)
+    return tf.concat([spatial_features(image, theta_alpha), colours], axis=-1)
 
 
 def bilateral_filter(values: tf.Tensor, image: tf.Tensor, theta_alpha: float, theta_beta: float) -> tf.Tensor:

@@ -20,15 +20,25 @@ Splat, blur and slice are linear and depend only on the features, so
 ``build_lattice`` does all the geometry once (int64 vertex keys, ``tf.unique``,
 neighbours by ``tf.searchsorted``) and returns them as sparse matrices;
 ``lattice_filter`` is then d + 3 sparse-dense matrix products per call, for any
-number of channels. A batch is one lattice: the batch index is the most
-significant digit of every vertex key, so the feature sets (images) of a batch
-never share a vertex and are filtered independently.
+number of channels. A batch of known size gets one lattice per feature set
+(image); a batch of unknown size is one lattice, in which the batch index is
+the most significant digit of every vertex key, so that its feature sets never
+share a vertex. Either way they are filtered independently.
 
 The filter matrix is ``S^T B_d ... B_0 S`` with ``S`` the splat matrix and each
 blur ``B_k`` symmetric, so its transpose is the same product with the blur
 directions reversed: the gradient is one more filter call, and the backward
 pass keeps nothing of the forward one (memory does not grow with lattice
 vertices times channels per call). The lattice itself carries no gradient.
+
+Why sparse matrices: on this 2-core CPU (TF 2.21, 500x375 image, C = 21) they
+beat every dense index formulation tried. Slice as d + 1 row gathers times
+weights took 2-3x the ``sparse_dense_matmul``; splat by
+``unsorted_segment_sum`` 10x, by sorted ``segment_sum`` 7x, as the adjoint of
+the slice matrix 1-3x; blur as two neighbour gathers and an ``add_n`` made the
+whole filter 1.2x (C = 21) to 1.6x (C = 150) slower, and the diagonal of the
+blur as a scaled copy 1.8x. At these channel counts the cost is per stored
+index, not per multiply-add.
 
 No custom op, no ``py_function``, no strings: runs eagerly and in ``tf.function``
 on any device. It does not compile with XLA (``tf.unique`` has a data-dependent
@@ -45,11 +55,11 @@ import tensorflow as tf
 _MAX_KEY = 2.0**62
 
 
-class Lattice(NamedTuple):
-    """What ``lattice_filter`` needs, built once per batch of feature sets.
+class LatticePart(NamedTuple):
+    """The lattice of one or more feature sets, as sparse matrices.
 
-    M is the number of lattice vertices in the whole batch, P = B * N the
-    number of points (batch element major). All are float32 SparseTensors,
+    M is the number of lattice vertices of its B feature sets, P = B * N the
+    number of their points (set major). All are float32 SparseTensors,
     applied with ``tf.sparse.sparse_dense_matmul``.
 
     Attributes:
@@ -62,6 +72,17 @@ class Lattice(NamedTuple):
     splat: tf.SparseTensor
     blur: tuple
     slice: tf.SparseTensor
+
+
+class Lattice(NamedTuple):
+    """What ``lattice_filter`` needs, built once per batch of feature sets.
+
+    Attributes:
+      parts: one ``LatticePart`` per feature set when the batch size is known
+        when tracing, else a single one for the whole batch.
+    """
+
+    parts: tuple
 
 
 def _embedding(d: int) -> np.ndarray:
@@ -123,9 +144,21 @@ def build_lattice(features: tf.Tensor) -> Lattice:
       A ``Lattice`` for ``lattice_filter``.
     """
     features = tf.stop_gradient(tf.cast(features, tf.float32))  # (B, N, d)
-    d = features.shape[-1]
-    if d is None:
+    if features.shape[-1] is None:
         raise ValueError("build_lattice needs a static feature dimension.")
+    # One lattice per feature set when B is static: smaller hash tables, vertex
+    # arrays that stay in cache, and sets that build and filter in parallel.
+    # At 500x375, batch 4, alone: build 1.5x, filter (C = 21) 2x faster; the
+    # whole CRF-RNN forward only 1.0-1.1x (loaded machine).
+    batch_size = features.shape[0]
+    if batch_size is not None and batch_size > 1:
+        return Lattice(tuple(_build_part(features[i : i + 1]) for i in range(batch_size)))
+    return Lattice((_build_part(features),))
+
+
+def _build_part(features: tf.Tensor) -> LatticePart:
+    """``build_lattice`` for (B, N, d) float32 features, B sets in one lattice."""
+    d = features.shape[-1]
     batch_size, num_points = tf.shape(features)[0], tf.shape(features)[1]
     points = tf.reshape(features, (-1, d))  # (P, d)
 
@@ -220,7 +253,7 @@ def build_lattice(features: tf.Tensor) -> Lattice:
     vertex_rows = tf.cast(num_vertices, tf.int64)
     splat = tf.SparseTensor(tf.stack([vertex, point_index], axis=1), flat_weights, [vertex_rows, num_points_total])
     slice_ = tf.SparseTensor(tf.stack([point_index, vertex], axis=1), flat_weights, [num_points_total, vertex_rows])
-    return Lattice(splat, tuple(blur), slice_)
+    return LatticePart(splat, tuple(blur), slice_)
 
 
 # Channels filtered per pass. Vertex arrays of (M, 24) float32 stay in the CPU
@@ -238,7 +271,7 @@ def in_channel_chunks(function, values: tf.Tensor) -> tf.Tensor:
     return tf.concat([function(part) for part in tf.split(values, sizes, axis=-1)], axis=-1)
 
 
-def _apply(lattice: Lattice, values: tf.Tensor, reverse: bool) -> tf.Tensor:
+def _apply(lattice: LatticePart, values: tf.Tensor, reverse: bool) -> tf.Tensor:
     """Splat, blur, slice; values (P, C) -> (P, C). ``reverse`` blurs in the transposed order."""
 
     def cast(matrix):
@@ -267,13 +300,20 @@ def lattice_filter(lattice: Lattice, values: tf.Tensor, transpose: bool = False)
     """
     values = tf.convert_to_tensor(values)
     channels = values.shape[-1] if values.shape[-1] is not None else tf.shape(values)[-1]
+    parts = lattice.parts
 
-    def apply(flat_values, reverse):
-        return in_channel_chunks(lambda part: _apply(lattice, part, reverse), flat_values)
+    def apply(batched_values, reverse):  # (B, N, C)
+        def apply_part(part, part_values):
+            flat = tf.reshape(part_values, (-1, channels))  # (P, C)
+            return in_channel_chunks(lambda chunk: _apply(part, chunk, reverse), flat)
+
+        if len(parts) == 1:
+            return tf.reshape(apply_part(parts[0], batched_values), tf.shape(batched_values))
+        return tf.stack([apply_part(part, x) for part, x in zip(parts, tf.unstack(batched_values, len(parts)))])
 
     @tf.custom_gradient
-    def filtered(flat_values):
-        return apply(flat_values, transpose), lambda upstream: apply(upstream, not transpose)
+    def filtered(batched_values):
+        return apply(batched_values, transpose), lambda upstream: apply(upstream, not transpose)
 
-    output = filtered(tf.reshape(values, (-1, channels)))  # (P, C)
+    output = filtered(tf.reshape(values, tf.stack([tf.shape(values)[0], -1, channels])))  # (B, N, C)
     return tf.reshape(output, tf.shape(values))

@@ -135,13 +135,27 @@ class PatchConv2D(keras.layers.Conv2D):
             raise ValueError("PatchConv2D supports stride 1, no dilation, channels_last only")
 
     def call(self, inputs):
-        height, width = self.kernel_size
-        patches = ops.image.extract_patches(inputs, (height, width), strides=1, padding="same")  # (B, H, W, kh*kw*in)
+        patches = self._patches(inputs)  # (B, H, W, kh*kw*in)
         kernel = ops.reshape(self.kernel, (-1, self.filters))  # (kh*kw*in, out), the patches' order
         outputs = ops.matmul(patches, ops.cast(kernel, patches.dtype))
         if self.use_bias:
             outputs = outputs + ops.cast(self.bias, outputs.dtype)
         return self.activation(outputs) if self.activation is not None else outputs
+
+    def _patches(self, inputs):
+        """(B, H, W, in) -> (B, H, W, kh*kw*in), zero-padded "same" windows in the kernel's (kh, kw, in) order.
+
+        Shifted slices of the padded input, concatenated: unlike
+        ``extract_patches``, whose gradient is a slow scatter on the CPU, their
+        gradient is plain slicing and padding.
+        """
+        height, width = self.kernel_size
+        top, left = (height - 1) // 2, (width - 1) // 2
+        padded = ops.pad(inputs, [[0, 0], [top, height - 1 - top], [left, width - 1 - left], [0, 0]])
+        rows, cols = ops.shape(inputs)[1], ops.shape(inputs)[2]
+        return ops.concatenate(
+            [padded[:, i : i + rows, j : j + cols, :] for i in range(height) for j in range(width)], axis=-1
+        )
 
     def get_config(self):
         config = super().get_config()

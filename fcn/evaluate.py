@@ -114,7 +114,8 @@ def evaluate_split(
         predictions = labels_fn(example["image"])  # (1, H, W) at the image's own size
         if isinstance(predictions, (list, tuple)):
             fcn_predictions, predictions = predictions
-            fcn_confusion = fcn_confusion or metrics.ConfusionMatrix(num_classes)
+            if fcn_confusion is None:
+                fcn_confusion = metrics.ConfusionMatrix(num_classes)
             fcn_confusion.update(example["label"], fcn_predictions)
         confusion.update(example["label"], predictions)
         images += 1

@@ -103,12 +103,11 @@ def restore_model(config: Config, checkpoint: str = ""):
         config.model, config.data.num_classes, vgg_weights="none", crf_iterations=config.model.crf_test_iterations
     )
     try:
-        # Training checkpoints also hold the optimizer and counters: only the model is wanted.
-        tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        train_lib.restore_model_weights(model, prefix)
+    except ValueError as error:
         raise InferenceError(
             f"cannot restore {prefix} into the model of this config (num_classes={config.data.num_classes}, "
-            f"fc_channels={config.model.fc_channels}, crf={config.model.crf}): {str(error).splitlines()[0]}. "
+            f"fc_channels={config.model.fc_channels}, crf={config.model.crf}): {error}. "
             "Pass the run's own config: --config LOGS_DIR/config.yaml"
         ) from None
     return model, prefix

@@ -96,6 +96,22 @@ def _find_checkpoint(path: str) -> str:
     raise TrainingError(f"--init_from {path}: no checkpoint there (give a run directory, a checkpoint folder or a prefix)")
 
 
+def restore_model_weights(model, prefix: str) -> None:
+    """Restores every weight of ``model`` from a checkpoint holding ``model=...``.
+
+    The checkpoint's other objects (optimizer, counters, a CRF stage the model
+    lacks) are left out.
+
+    Raises:
+      ValueError: a weight of the model that the checkpoint lacks or holds in
+        another shape; the message is TensorFlow's first line.
+    """
+    try:
+        tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise ValueError(str(error).splitlines()[0]) from None
+
+
 def make_strategy(config) -> tf.distribute.Strategy:
     """The tf.distribute strategy that ``train.strategy`` names.
 
@@ -230,11 +246,11 @@ class Trainer:
         """
         fcn_view = keras.Model(self.model.input, self.model.get_layer("logits").output) if model_lib.has_crf(self.model) else self.model
         try:
-            tf.train.Checkpoint(model=fcn_view).restore(source).expect_partial().assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as error:
+            restore_model_weights(fcn_view, source)
+        except ValueError as error:
             raise TrainingError(
                 f"--init_from {source}: its weights do not fit this model (data.num_classes, model.fc_channels must "
-                f"be those of its run): {str(error).splitlines()[0]}"
+                f"be those of its run): {error}"
             ) from None
         if fcn_view is not self.model:
             tf.train.Checkpoint(model=self.model).restore(source).expect_partial()

@@ -171,7 +171,7 @@ def main(argv=None) -> int:
         return EXIT_USAGE
 
     from fcn import data  # TensorFlow is imported only once there is work to do
-    from fcn import download, predict
+    from fcn import checkpoints, download, predict
 
     progress = not args.no_progress
     try:
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
         if args.mode == "visualize":
             return run_visualize(config, root, args)
         return run_train(config, root, progress)
-    except (data.DataError, download.DownloadError, predict.InferenceError) as error:
+    except (data.DataError, download.DownloadError, predict.InferenceError, checkpoints.CheckpointError) as error:
         print(f"FCN.py: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -204,15 +204,16 @@ def run_check_data(config: config_lib.Config, root: str, progress: bool) -> int:
 
 
 def run_train(config: config_lib.Config, root: str, progress: bool) -> int:
-    from fcn import model, train
+    from fcn import checkpoints, train, weights
 
     if train.is_chief_task(config):  # the other workers of a cluster neither write nor report
         path = config_lib.save_config(config, config.logs_dir)
         print(f"dataset: {root}\nrun directory: {config.logs_dir} (config: {path})")
         print(f"TensorBoard: tensorboard --logdir {config.logs_dir}")
     try:
-        result = train.train(config, root, progress=progress)
-    except (train.TrainingError, model.WeightsError) as error:
+        strategy = train.setup_process(config)
+        result = train.train(config, root, strategy, progress=progress)
+    except (train.TrainingError, weights.WeightsError, checkpoints.CheckpointError) as error:
         print(f"FCN.py: {error}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_FAILED if result.status == "non_finite" else EXIT_OK

@@ -78,7 +78,7 @@ def export(config: Config, output_dir: str = "", checkpoint: str = "") -> tuple[
     Args:
       config: the run's config.
       output_dir: the SavedModel folder (default ``LOGS_DIR/export``); replaced if it exists.
-      checkpoint: see ``predict.find_checkpoint``.
+      checkpoint: see ``predict.restore_model``.
 
     Returns:
       (the SavedModel folder, the checkpoint prefix exported).

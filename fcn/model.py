@@ -12,7 +12,9 @@ The network of the paper, "at-once" variant:
 Score layers start at zero and the transposed convolutions as bilinear
 interpolation, so an untrained model outputs exactly zero logits. Layers not
 taken from pretrained weights start from He initialisation, which suits the
-deep ReLU stack when training from scratch (``vgg_weights="none"``). Instead of the
+deep ReLU stack when training from scratch. Building reads no file and fetches
+nothing: pretrained VGG16 weights are loaded afterwards by
+``fcn/weights.py``. Instead of the
 reference's 100-pixel padding, the preprocessed input is padded to a multiple
 of 32 with zeros (the mean colour) at the bottom and right and the logits are
 cropped back: any height and width work and the output has the input's size.
@@ -22,9 +24,6 @@ convention its VGG16 weights expect (RGB -> BGR, ImageNet mean subtracted).
 It returns float32 logits (B, H, W, num_classes); softmax is left to the loss.
 """
 
-import os
-
-import h5py
 import keras
 import numpy as np
 from keras import ops
@@ -37,17 +36,6 @@ VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 VGG16_CONV_LAYERS = tuple(f"block{b}_conv{i}" for b, n, _ in VGG16_BLOCKS for i in range(1, n + 1))
 VGG16_FC_CHANNELS = 4096
 STRIDE = 32  # the total downsampling of VGG16's five poolings
-
-# Keras' published VGG16 ImageNet weights (the files keras.applications.VGG16 fetches).
-KERAS_WEIGHTS_ORIGIN = "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
-KERAS_WEIGHTS = {
-    "imagenet": ("vgg16_weights_tf_dim_ordering_tf_kernels.h5", "64373286793e3c8b2b4e3219cbf3544b"),
-    "imagenet_notop": ("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "6d6bbae143d832006294945121d1f1fc"),
-}
-
-
-class WeightsError(ValueError):
-    """Pretrained weights that cannot be used; the message names the file and layer."""
 
 
 # ---------------------------------------------------------------------------
@@ -242,25 +230,17 @@ class BilinearUpsampling(keras.initializers.Initializer):
 
 def build_fcn8s(
     num_classes: int = 150,
-    vgg_weights: str = "none",
     fc_channels: int = VGG16_FC_CHANNELS,
     dropout: float = 0.5,
-    model_dir: str | None = None,
     name: str = "fcn8s",
     crf: dict | None = None,
 ) -> keras.Model:
-    """Builds FCN-8s on VGG16.
+    """Builds FCN-8s on VGG16, with freshly initialised weights (see ``fcn.weights`` for pretrained ones).
 
     Args:
       num_classes: output channels (150 for ADE20K).
-      vgg_weights: ``none`` (random), ``imagenet`` (Keras' VGG16 with top:
-        conv layers, fc1 -> fc6, fc2 -> fc7), ``imagenet_notop`` (conv layers
-        only), or a path to one of those ``.h5`` files (either Keras format) or
-        to MatConvNet's ``imagenet-vgg-verydeep-16.mat``.
       fc_channels: width of fc6 and fc7; pretrained fc weights need 4096.
       dropout: dropout rate after fc6 and fc7.
-      model_dir: where ``imagenet`` weights are downloaded and cached
-        (default: Keras' cache, ``~/.keras/models``).
       name: the model's name.
       crf: None, or the keyword arguments of ``crf.CrfRnn`` to append the
         CRF-RNN stage; it refines the logits with the input image itself (RGB
@@ -312,20 +292,17 @@ def build_fcn8s(
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
     if crf is not None:
         logits = crf_lib.CrfRnn(name="crf", **crf)([logits, images])
-    model = keras.Model(images, logits, name=name)
-    load_vgg_weights(model, vgg_weights, model_dir)
-    return model
+    return keras.Model(images, logits, name=name)
 
 
-def build_from_config(model_config, num_classes: int, vgg_weights: str | None = None, crf_iterations: int | None = None):
-    """``build_fcn8s`` as a run's ``ModelConfig`` describes it.
+def build_from_config(model_config, num_classes: int, crf_iterations: int | None = None) -> keras.Model:
+    """``build_fcn8s`` as a run's ``ModelConfig`` describes it (fresh weights; nothing is read or fetched).
 
     Args:
       model_config: ``config.model``.
       num_classes: ``config.data.num_classes``.
-      vgg_weights: overrides ``model_config.vgg_weights`` (``none`` when the
-        weights come from a checkpoint).
-      crf_iterations: overrides ``model_config.crf_iterations``.
+      crf_iterations: overrides ``model_config.crf_iterations`` (inference
+        runs ``crf_test_iterations``).
     """
     crf = None
     if model_config.crf:
@@ -335,14 +312,11 @@ def build_from_config(model_config, num_classes: int, vgg_weights: str | None = 
             theta_gamma=model_config.crf_theta_gamma,
             num_iterations=model_config.crf_iterations if crf_iterations is None else crf_iterations,
         )
-    return build_fcn8s(
-        num_classes,
-        vgg_weights=model_config.vgg_weights if vgg_weights is None else vgg_weights,
-        fc_channels=model_config.fc_channels,
-        dropout=model_config.dropout,
-        model_dir=model_config.model_dir,
-        crf=crf,
-    )
+    return build_fcn8s(num_classes, fc_channels=model_config.fc_channels, dropout=model_config.dropout, crf=crf)
+
+
+# The weights of a ``CrfRnn`` layer, by their names in a checkpoint.
+CRF_WEIGHTS = frozenset({"spatial_kernel_weights", "bilateral_kernel_weights", "compatibility"})
 
 
 def has_crf(model: keras.Model) -> bool:
@@ -354,173 +328,3 @@ def with_fcn_output(model: keras.Model) -> keras.Model:
     if not has_crf(model):
         raise ValueError(f"model {model.name} has no CRF stage")
     return keras.Model(model.input, [model.get_layer("logits").output, model.output], name=model.name + "_with_fcn")
-
-
-# ---------------------------------------------------------------------------
-# Pretrained weights.
-
-
-def fetch_keras_weights(which: str, model_dir: str | None = None, origin: str | None = None) -> str:
-    """Downloads (once) and returns the path of Keras' VGG16 ImageNet weights.
-
-    Keras' own download helper fetches the file and checks its published MD5.
-
-    Args:
-      which: ``imagenet`` (with the fully connected top) or ``imagenet_notop``.
-      model_dir: the cache folder (default: Keras' ``~/.keras/models``).
-      origin: the folder URL the file is fetched from (default: Keras' own).
-
-    Raises:
-      WeightsError: the download failed or the file's MD5 does not match.
-    """
-    filename, md5 = KERAS_WEIGHTS[which]
-    url = (origin or KERAS_WEIGHTS_ORIGIN).rstrip("/") + "/" + filename
-    if model_dir:
-        # Keras silently falls back to /tmp when the cache folder does not exist yet.
-        os.makedirs(model_dir, exist_ok=True)
-        cache = {"cache_dir": os.path.abspath(model_dir), "cache_subdir": "."}
-        cached = os.path.join(os.path.abspath(model_dir), filename)
-    else:
-        cache = {"cache_subdir": "models"}
-        cached = os.path.join(os.path.expanduser("~"), ".keras", "models", filename)
-    try:
-        return keras.utils.get_file(filename, url, file_hash=md5, hash_algorithm="md5", **cache)
-    except Exception as error:  # Keras raises ValueError for a bad hash and various errors for the network
-        if os.path.exists(cached):
-            os.remove(cached)  # never keep a file that failed verification
-        raise WeightsError(
-            f"could not fetch {which} VGG16 weights from {url} into {cached}: {error}. "
-            f"Download {filename} yourself and pass its path to --vgg_weights."
-        ) from None
-
-
-def read_keras_h5(path: str) -> dict[str, list[np.ndarray]]:
-    """Reads layer weights from a Keras ``.h5`` file, old (Keras 2) or new (Keras 3) format.
-
-    Returns:
-      layer name -> its weights in order (kernel, bias).
-    """
-    layers = {}
-    with h5py.File(path, "r") as f:
-        root = f["model_weights"] if "model_weights" in f else f
-        if "layer_names" in root.attrs:  # Keras 2 / legacy layout
-            for layer_name in root.attrs["layer_names"]:
-                layer_name = layer_name.decode() if isinstance(layer_name, bytes) else str(layer_name)
-                group = root[layer_name]
-                names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
-                if names:
-                    layers[layer_name] = [np.asarray(group[n]) for n in names]
-        elif "layers" in root:  # Keras 3 .weights.h5 layout
-
-            def visit(_, node):
-                if isinstance(node, h5py.Group) and "vars" in node and "name" in node["vars"].attrs:
-                    variables = node["vars"]
-                    if len(variables):
-                        layers[str(node["vars"].attrs["name"])] = [np.asarray(variables[str(i)]) for i in range(len(variables))]
-
-            root["layers"].visititems(visit)
-        else:
-            raise WeightsError(f"{path}: not a Keras weights file (no 'layer_names' attribute and no 'layers' group)")
-    return layers
-
-
-def _mat_value(value):
-    """Unwraps scipy.io's 1x1 object/cell arrays down to the value inside."""
-    while isinstance(value, np.ndarray) and value.dtype == object and value.size == 1:
-        value = value.item()
-    if isinstance(value, np.ndarray) and value.dtype.kind == "U":
-        value = str(value.item()) if value.size == 1 else "".join(value.ravel())
-    return value
-
-
-def read_matconvnet(path: str) -> dict[str, list[np.ndarray]]:
-    """Reads MatConvNet's ``imagenet-vgg-verydeep-16.mat`` into Keras layer names and layouts.
-
-    MatConvNet stores kernels as (W, H, in, out) for RGB input; they are
-    transposed to (H, W, in, out) and the first layer's input channels are
-    reversed to the BGR order the model feeds. Names map conv1_1 ->
-    block1_conv1, ..., fc6/fc7 stay.
-    """
-    import scipy.io  # only needed for this format
-
-    try:
-        contents = scipy.io.loadmat(path, struct_as_record=False, squeeze_me=False)
-    except Exception as error:  # scipy raises several kinds for a file that is not a .mat
-        raise WeightsError(f"{path}: cannot be read as a MatConvNet .mat file ({error})") from None
-    if "layers" not in contents:
-        raise WeightsError(f"{path}: no 'layers' variable; expected MatConvNet's imagenet-vgg-verydeep-16.mat")
-    layers = {}
-    for entry in np.asarray(contents["layers"]).ravel():
-        layer = _mat_value(entry)
-        name = _mat_value(layer.name)
-        if _mat_value(layer.type) != "conv":
-            continue
-        weights = np.asarray(layer.weights).ravel()
-        kernel = np.transpose(np.asarray(weights[0], np.float32), (1, 0, 2, 3))  # (W, H, in, out) -> (H, W, in, out)
-        bias = np.asarray(weights[1], np.float32).reshape(-1)
-        if name.startswith("conv"):
-            block, index = name[4:].split("_")
-            name = f"block{block}_conv{index}"
-        if name == "block1_conv1":
-            kernel = kernel[:, :, ::-1, :]  # RGB -> BGR input channels
-        layers[name] = [kernel, bias]
-    return layers
-
-
-def _read_weights(source: str, model_dir: str | None) -> tuple[str, dict[str, list[np.ndarray]]]:
-    if source in KERAS_WEIGHTS:
-        path = fetch_keras_weights(source, model_dir)
-    else:
-        path = source
-    if not os.path.isfile(path):
-        raise WeightsError(
-            f"VGG16 weights {path!r} not found: --vgg_weights takes none, imagenet, imagenet_notop or the path "
-            "of a Keras VGG16 .h5 file or MatConvNet's imagenet-vgg-verydeep-16.mat"
-        )
-    if path.endswith(".mat"):
-        return path, read_matconvnet(path)
-    try:
-        return path, read_keras_h5(path)
-    except OSError as error:
-        raise WeightsError(f"{path}: cannot be read as an HDF5 (.h5) weights file ({error})") from None
-
-
-def load_vgg_weights(model: keras.Model, source: str, model_dir: str | None = None) -> None:
-    """Copies pretrained VGG16 weights into an FCN-8s built by ``build_fcn8s``.
-
-    Conv layers are copied as they are; a file with the fully connected top
-    gives fc6 (fc1 reshaped to 7x7x512x4096) and fc7 (fc2 as 1x1x4096x4096).
-
-    Raises:
-      WeightsError: naming the file and the layer, for a missing layer or a
-        shape that does not fit.
-    """
-    if source in ("", "none"):
-        return
-    path, weights = _read_weights(source, model_dir)
-    fc6 = model.get_layer("fc6")
-    fc_kernel_shapes = {"fc6": tuple(fc6.kernel.shape), "fc7": tuple(model.get_layer("fc7").kernel.shape)}
-    if "fc1" in weights and "fc6" not in weights:  # Keras' dense top
-        weights["fc6"] = [weights["fc1"][0].reshape(7, 7, 512, -1), weights["fc1"][1]]
-        weights["fc7"] = [weights["fc2"][0].reshape(1, 1, *weights["fc2"][0].shape), weights["fc2"][1]] if "fc2" in weights else None
-    names = list(VGG16_CONV_LAYERS)
-    if "fc6" in weights:
-        names += ["fc6", "fc7"]
-        if fc6.filters != VGG16_FC_CHANNELS:
-            raise WeightsError(
-                f"{path}: holds fc6/fc7 with {VGG16_FC_CHANNELS} channels but the model has model.fc_channels="
-                f"{fc6.filters}; use fc_channels 4096, or imagenet_notop weights"
-            )
-    elif source == "imagenet":
-        raise WeightsError(f"{path}: has no fully connected layers (fc1, fc2) although imagenet (with top) was asked for")
-    for name in names:
-        values = weights.get(name)
-        if not values:
-            raise WeightsError(f"{path}: layer {name} is missing (found: {', '.join(sorted(weights)) or 'no layers'})")
-        layer = model.get_layer(name)
-        expected = [tuple(v.shape) for v in layer.weights]
-        found = [tuple(v.shape) for v in values]
-        if expected != found:
-            hint = f" (fc kernels should be {fc_kernel_shapes[name]})" if name in fc_kernel_shapes else ""
-            raise WeightsError(f"{path}: layer {name} has weights of shapes {found}, the model needs {expected}{hint}")
-        layer.set_weights(values)

@@ -3,7 +3,8 @@
 The one owner of inference, shared by evaluate, visualize and export:
 
 - ``restore_model`` rebuilds the run's FCN-8s from its config and restores a
-  checkpoint (the latest of ``logs_dir/checkpoints`` unless told otherwise);
+  checkpoint (the newest intact one of ``logs_dir/checkpoints`` unless told
+  otherwise; ``fcn/checkpoints.py`` finds and checks it);
 - ``Predictor`` runs it on uint8 images of any size (batch dimension first) at
   their own resolution, optionally averaging the softmax probabilities of
   several scales and of the horizontally flipped image, compiled once for all
@@ -24,9 +25,8 @@ import tensorflow as tf
 import tqdm
 from PIL import Image
 
-from fcn import ade20k, data
+from fcn import ade20k, checkpoints, data
 from fcn import model as model_lib
-from fcn import train as train_lib
 from fcn.config import Config
 
 OVERLAY_ALPHA = 0.5  # weight of the mask colour in the overlay
@@ -40,77 +40,59 @@ class InferenceError(RuntimeError):
 # Restoring a trained model.
 
 
-def find_checkpoint(config: Config, checkpoint: str = "") -> str:
-    """The checkpoint prefix to restore.
-
-    Args:
-      config: the run's config; its ``logs_dir`` is searched when ``checkpoint`` is empty.
-      checkpoint: a run directory, a checkpoint folder (``LOGS_DIR/checkpoints``,
-        ``LOGS_DIR/best``) or a checkpoint prefix; empty = the latest checkpoint of the run.
-
-    Raises:
-      InferenceError: there is no checkpoint there.
-    """
-    path = checkpoint or config.logs_dir
-    try:
-        return train_lib._find_checkpoint(path)
-    except train_lib.TrainingError:
-        if checkpoint:
-            raise InferenceError(
-                f"--checkpoint {checkpoint}: no checkpoint there (give a run directory, a checkpoint folder "
-                "such as LOGS_DIR/best, or a checkpoint prefix)"
-            ) from None
-        raise InferenceError(
-            f"no checkpoint in {os.path.join(config.logs_dir, train_lib.CHECKPOINTS_DIR)}: train first "
-            "(--mode=train with the same --config / --logs_dir) or pass --checkpoint"
-        ) from None
-
-
-CRF_WEIGHTS = frozenset({"spatial_kernel_weights", "bilateral_kernel_weights", "compatibility"})
-
-
-def checkpoint_has_crf(prefix: str) -> bool:
-    """True if the checkpoint's object graph holds the three weights of a ``CrfRnn`` layer."""
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
-
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(tf.train.load_checkpoint(prefix).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-    return any(CRF_WEIGHTS <= {child.local_name for child in node.children} for node in graph.nodes)
-
-
 def restore_model(config: Config, checkpoint: str = ""):
     """Builds the run's FCN-8s (with its CRF stage if ``model.crf``) and restores its trained weights.
 
     Args:
       config: the run's config (``data.num_classes`` and ``model.fc_channels``
         must be those of the checkpoint: pass the run's ``config.yaml``).
-      checkpoint: see ``find_checkpoint``.
+      checkpoint: a run directory, a checkpoint folder (``LOGS_DIR/checkpoints``,
+        ``LOGS_DIR/best``) or a checkpoint prefix; empty = the run's newest
+        intact checkpoint (a damaged newer one is reported and passed over).
 
     Returns:
       (keras model, the checkpoint prefix restored).
 
     Raises:
-      InferenceError: no checkpoint, or one of another model configuration.
+      InferenceError: no checkpoint, none intact, or one of another model configuration.
     """
-    prefix = find_checkpoint(config, checkpoint)
-    if not config.model.crf and checkpoint_has_crf(prefix):
-        # The FCN part would restore on its own and silently skip the trained CRF stage.
-        raise InferenceError(
-            f"{prefix} holds a model with the CRF stage: pass --crf, or the run's own config (--config LOGS_DIR/config.yaml)"
-        )
+    path = checkpoint or config.logs_dir
     # Every weight comes from the checkpoint; the CRF stage runs its test-time iterations.
-    model = model_lib.build_from_config(
-        config.model, config.data.num_classes, vgg_weights="none", crf_iterations=config.model.crf_test_iterations
-    )
+    model = model_lib.build_from_config(config.model, config.data.num_classes, crf_iterations=config.model.crf_test_iterations)
     try:
-        train_lib.restore_model_weights(model, prefix)
-    except ValueError as error:
+        if not config.model.crf:
+            _refuse_crf_checkpoint(path)
+        prefix = checkpoints.restore_model_weights(model, path)
+    except checkpoints.NoCheckpointError:
+        if checkpoint:
+            raise InferenceError(
+                f"--checkpoint {checkpoint}: no checkpoint there (give a run directory, a checkpoint folder "
+                "such as LOGS_DIR/best, or a checkpoint prefix)"
+            ) from None
         raise InferenceError(
-            f"cannot restore {prefix} into the model of this config (num_classes={config.data.num_classes}, "
-            f"fc_channels={config.model.fc_channels}, crf={config.model.crf}): {error}. "
-            "Pass the run's own config: --config LOGS_DIR/config.yaml"
+            f"no checkpoint in {os.path.join(config.logs_dir, checkpoints.CHECKPOINTS_DIR)}: train first "
+            "(--mode=train with the same --config / --logs_dir) or pass --checkpoint"
         ) from None
+    except checkpoints.MismatchError as error:
+        raise InferenceError(
+            f"{error}. This config's model has num_classes={config.data.num_classes}, "
+            f"fc_channels={config.model.fc_channels}, crf={config.model.crf}: pass the run's own config "
+            "(--config LOGS_DIR/config.yaml)"
+        ) from None
+    except checkpoints.CheckpointError as error:
+        raise InferenceError(str(error)) from None
     return model, prefix
+
+
+def _refuse_crf_checkpoint(path: str) -> None:
+    """Without ``model.crf``, the FCN part of a CRF checkpoint would restore and silently drop the CRF stage."""
+    for prefix in checkpoints.candidates(path).prefixes:
+        if checkpoints.problem(prefix) is None:
+            if checkpoints.holds_layer_weights(prefix, model_lib.CRF_WEIGHTS):
+                raise InferenceError(
+                    f"{prefix} holds a model with the CRF stage: pass --crf, or the run's own config (--config LOGS_DIR/config.yaml)"
+                )
+            return
 
 
 # ---------------------------------------------------------------------------

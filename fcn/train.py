@@ -1,28 +1,33 @@
-"""Training FCN-8s: the Adam loop, validation, TensorBoard, checkpoints and exact resume.
+"""Training FCN-8s: the Adam step, the loop, validation, TensorBoard and exact resume.
 
-``train(config, root)`` is ``python FCN.py --mode=train``:
+The pieces, in the order ``train`` uses them (flax's ImageNet example is the
+model; every piece can be built twice in one process):
 
-- the step is a compiled ``tf.function``: softmax cross-entropy from logits,
-  averaged over labelled pixels (label 255 ignored), optional L2 weight decay,
-  Adam;
-- every ``val_every`` steps the fixed validation subset gives loss, pixel
-  accuracy and mean IoU (one confusion matrix over the subset);
-- TensorBoard events go to ``logs_dir/train`` and ``logs_dir/validation``;
-  ``--debug`` adds histograms on summary steps only, through a second compiled
-  step, so ordinary steps pay nothing for it; with the CRF stage
-  (``model.crf``) its parameters are written on summary steps;
-- checkpoints (model, optimizer, step, examples consumed, best mIoU) go to
-  ``logs_dir/checkpoints`` (the last ``keep_checkpoints``) and the best by
-  validation mIoU to ``logs_dir/best``. TensorFlow writes a checkpoint's files
-  before it atomically rewrites the ``checkpoint`` index, so a process killed
-  mid-write leaves the previous checkpoint as the latest;
-- the input pipeline is stateless (see ``fcn/data.py``): resuming only needs
-  the number of examples consumed, so a resumed run sees exactly the batches
-  an uninterrupted run would have seen;
-- SIGINT / SIGTERM finish the current step, save a checkpoint and return;
-  a non-finite loss stops the run without saving, naming the step.
+- ``setup_process(config)``: the process-wide settings (logical CPU devices,
+  seeds, op determinism, the Keras precision policy) and the tf.distribute
+  strategy. Called once by the entry point, never by the trainer.
+- ``create_train_state(config, strategy)``: the model, Adam and the counters
+  (step, examples consumed, best validation mIoU), as one checkpointable state.
+- ``initialise(state, config, run_dir)``: resume from the run's newest intact
+  checkpoint, or take another run's weights (``--init_from``), or load the
+  pretrained VGG16 weights.
+- ``make_train_step(state, config, strategy)``: the compiled step: softmax
+  cross-entropy from logits averaged over the labelled pixels of the global
+  batch (label 255 ignored), optional L2 weight decay, Adam. It always returns
+  a ``StepOutput`` (the ``--debug`` activations and gradients are empty
+  without ``--debug``).
+- ``train(config, root, strategy)``: the loop and its cadence: summaries every
+  ``summary_every`` steps, validation every ``val_every`` steps, a checkpoint
+  every ``checkpoint_every`` steps (``fcn/checkpoints.py``: nothing non-finite
+  is saved, a damaged newest checkpoint is passed over); SIGINT / SIGTERM
+  finish the current step, save and return (``stop_requests``).
+
+The input pipeline is stateless (see ``fcn/data.py``): resuming only needs the
+number of examples consumed, so a resumed run sees exactly the batches an
+uninterrupted run would have seen.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -37,12 +42,10 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fcn import data, metrics, summaries
+from fcn import checkpoints, data, metrics, summaries, weights
 from fcn import model as model_lib
 from fcn.config import Config
 
-CHECKPOINTS_DIR = "checkpoints"
-BEST_DIR = "best"
 # Layers whose outputs are ReLU activations, for --debug histograms.
 RELU_LAYERS = model_lib.VGG16_CONV_LAYERS + ("fc6", "fc7")
 
@@ -60,63 +63,25 @@ class TrainResult:
       status: ``finished``, ``interrupted`` or ``non_finite``.
       validation: the last validation results (empty if none ran).
       skipped: file -> reason of every unusable training file met.
+      checkpoint: the newest checkpoint written or restored ("" if none).
     """
 
     step: int
     status: str
     validation: dict
     skipped: dict
+    checkpoint: str = ""
 
 
-def masked_cross_entropy_sum(labels, logits):
-    """Summed softmax cross-entropy over labelled pixels, and their count.
-
-    Args:
-      labels: (B, H, W) train ids, 255 ignored.
-      logits: (B, H, W, C) float32.
-
-    Returns:
-      (sum of the per-pixel losses, number of labelled pixels), float32 scalars.
-    """
-    labels = tf.cast(labels, tf.int32)
-    labelled = labels != data.IGNORE_LABEL
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(labelled, labels, 0), logits=logits)
-    return tf.reduce_sum(tf.where(labelled, losses, 0.0)), tf.reduce_sum(tf.cast(labelled, tf.float32))
+# ---------------------------------------------------------------------------
+# The process.
 
 
-def _find_checkpoint(path: str) -> str:
-    """A checkpoint prefix from a prefix, a checkpoint folder or a run directory."""
-    for candidate in (path, os.path.join(path, CHECKPOINTS_DIR)):
-        if os.path.isdir(candidate):
-            latest = tf.train.latest_checkpoint(candidate)
-            if latest:
-                return latest
-    if tf.io.gfile.exists(path + ".index"):
-        return path
-    raise TrainingError(f"--init_from {path}: no checkpoint there (give a run directory, a checkpoint folder or a prefix)")
+def setup_process(config: Config) -> tf.distribute.Strategy:
+    """Applies the process-wide settings of ``config.train`` and returns its strategy.
 
-
-def restore_model_weights(model, prefix: str) -> None:
-    """Restores every weight of ``model`` from a checkpoint holding ``model=...``.
-
-    The checkpoint's other objects (optimizer, counters, a CRF stage the model
-    lacks) are left out.
-
-    Raises:
-      ValueError: a weight of the model that the checkpoint lacks or holds in
-        another shape; the message is TensorFlow's first line.
-    """
-    try:
-        tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
-        raise ValueError(str(error).splitlines()[0]) from None
-
-
-def make_strategy(config) -> tf.distribute.Strategy:
-    """The tf.distribute strategy that ``train.strategy`` names.
-
-    Must run before TensorFlow initialises its devices when ``train.cpu_devices``
-    splits the CPU.
+    Logical CPU devices can only be set before TensorFlow initialises its
+    devices, so this runs first, once per process.
     """
     train = config.train
     if train.cpu_devices:
@@ -125,6 +90,16 @@ def make_strategy(config) -> tf.distribute.Strategy:
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * train.cpu_devices)
         except RuntimeError as error:
             raise TrainingError(f"train.cpu_devices={train.cpu_devices}: {error}") from None
+    keras.utils.set_random_seed(train.seed)
+    if train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy("float32" if train.mixed_precision == "float32" else f"mixed_{train.mixed_precision}")
+    return make_strategy(config)
+
+
+def make_strategy(config: Config) -> tf.distribute.Strategy:
+    """The tf.distribute strategy that ``train.strategy`` names."""
+    train = config.train
     if train.strategy == "mirrored":
         devices = [d.strip() for d in train.devices.split(",") if d.strip()]
         if not devices and train.cpu_devices and not tf.config.list_physical_devices("GPU"):
@@ -137,7 +112,7 @@ def make_strategy(config) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def is_chief_task(config) -> bool:
+def is_chief_task(config: Config) -> bool:
     """Whether this process will be the chief, from the config and ``TF_CONFIG`` alone (no TensorFlow set-up).
 
     For messages printed before the strategy exists: with ``multi_worker`` the
@@ -160,308 +135,273 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return bool(strategy.extended.should_checkpoint and strategy.extended.should_save_summary)
 
 
-class Trainer:
-    """Holds a run's strategy, model, optimizer, checkpoints and compiled steps."""
+# ---------------------------------------------------------------------------
+# The state.
 
-    def __init__(self, config: Config, root: str):
-        self.config = config
-        self.root = root
-        train = config.train
-        self.strategy = make_strategy(config)
-        self.chief = is_chief(self.strategy)
-        keras.utils.set_random_seed(train.seed)
-        if train.deterministic:
-            tf.config.experimental.enable_op_determinism()
-        keras.mixed_precision.set_global_policy("float32" if train.mixed_precision == "float32" else f"mixed_{train.mixed_precision}")
-        self.checkpoint_dir = os.path.join(config.logs_dir, CHECKPOINTS_DIR)
-        # Only the chief writes into the run directory; the other workers must still
-        # take part in every save (it may synchronise them), into a scratch folder.
-        self.scratch_dir = None if self.chief else tempfile.mkdtemp(prefix="fcn-worker-")
-        save_root = config.logs_dir if self.chief else self.scratch_dir
-        resuming = tf.train.latest_checkpoint(self.checkpoint_dir) is not None
-        with self.strategy.scope():
-            # A resumed run takes its weights from the checkpoint: no need to fetch VGG16 weights.
-            self.model = model_lib.build_from_config(
-                config.model, config.data.num_classes, vgg_weights="none" if resuming or train.init_from else None
-            )
-            optimizer = keras.optimizers.Adam(learning_rate=train.learning_rate)
-            if train.mixed_precision == "float16":
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            self.optimizer = optimizer
-            self.optimizer.build(self.model.trainable_variables)  # slots must exist before a restore
-        # Host-side counters: plain variables, read and written by the loop, not by replicas.
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self.examples_seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="examples_seen")
-        self.best_mean_iou = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_mean_iou")
-        self.checkpoint = tf.train.Checkpoint(
-            model=self.model,
-            optimizer=self.optimizer,
-            step=self.step,
-            examples_seen=self.examples_seen,
-            best_mean_iou=self.best_mean_iou,
-            # Dropout's random state: without it a resumed run would draw other masks.
-            # (A layer with rate 0 has no random state.)
-            dropout_seeds=[
-                layer.seed_generator.state for layer in self.model.layers if getattr(layer, "seed_generator", None) is not None
-            ],
-        )
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(save_root, CHECKPOINTS_DIR), max_to_keep=train.keep_checkpoints
-        )
-        self.best_manager = tf.train.CheckpointManager(
-            tf.train.Checkpoint(model=self.model, step=self.step), os.path.join(save_root, BEST_DIR), max_to_keep=1
-        )
-        self.resumed_from = None
-        if resuming:
-            self.resumed_from = tf.train.latest_checkpoint(self.checkpoint_dir)
-            try:
-                self.checkpoint.restore(self.resumed_from).assert_existing_objects_matched()
-            except (AssertionError, ValueError, tf.errors.OpError) as error:
-                raise TrainingError(
-                    f"cannot resume from {self.resumed_from}: {error}. The run directory {config.logs_dir} holds a run "
-                    "of another model configuration; use a new --logs_dir or the config.yaml written there."
-                ) from None
-            # The checkpoint holds the learning rate it was saved with; the config (and --learning_rate) decides.
-            self.optimizer.learning_rate = train.learning_rate
-        elif train.init_from:
-            source = _find_checkpoint(train.init_from)
-            self._initialise_from(source)
-        self.crf_layer = self.model.get_layer("crf") if model_lib.has_crf(self.model) else None
-        self.variables = self.model.trainable_variables
-        self.kernels = [v for v in self.variables if v.path.endswith("kernel")]
-        if train.debug:
-            outputs = {name: self.model.get_layer(name).output for name in RELU_LAYERS}
-            self.probe = keras.Model(self.model.input, [self.model.output, outputs])
-        replica_step = tf.function(self._replica_step, jit_compile=train.jit_compile or None)
-        self.train_step = tf.function(lambda images, labels: self._distributed_step(replica_step, images, labels, False))
-        self.summary_step = tf.function(lambda images, labels: self._distributed_step(self._replica_step, images, labels, True))
-        self.eval_step = tf.function(self._eval_step)
 
-    def _initialise_from(self, source: str) -> None:
-        """Takes the model weights of checkpoint ``source`` (not its optimizer or step).
+@dataclasses.dataclass
+class TrainState:
+    """Everything a checkpoint holds, and the checkpoint objects that write it.
 
-        Every FCN layer must find its weights there. The CRF stage takes its
-        weights too when ``source`` has them, and otherwise keeps its initial
-        values: an FCN run starts an FCN + CRF run.
-        """
-        fcn_view = keras.Model(self.model.input, self.model.get_layer("logits").output) if model_lib.has_crf(self.model) else self.model
+    Attributes:
+      model: FCN-8s (with its CRF stage if ``model.crf``).
+      optimizer: Adam (wrapped for loss scaling under float16).
+      step, examples_seen, best_mean_iou: host-side counters.
+      checkpoint: model, optimizer, counters and dropout's random state.
+      best_checkpoint: the model and step, for ``LOGS_DIR/best``.
+    """
+
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    step: tf.Variable
+    examples_seen: tf.Variable
+    best_mean_iou: tf.Variable
+    checkpoint: tf.train.Checkpoint
+    best_checkpoint: tf.train.Checkpoint
+
+    def variables(self) -> list:
+        """Every variable ``checkpoint`` writes."""
+        seeds = [layer.seed_generator.state for layer in _dropout_layers(self.model)]
+        counters = [self.step, self.examples_seen, self.best_mean_iou]
+        return list(self.model.weights) + list(self.optimizer.variables) + seeds + counters
+
+
+def _dropout_layers(model):
+    # A layer with rate 0 has no random state.
+    return [layer for layer in model.layers if getattr(layer, "seed_generator", None) is not None]
+
+
+def create_train_state(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
+    """Builds the model (fresh weights), Adam with its slots, and the counters."""
+    with strategy.scope():
+        model = model_lib.build_from_config(config.model, config.data.num_classes)
+        optimizer = keras.optimizers.Adam(learning_rate=config.train.learning_rate)
+        if config.train.mixed_precision == "float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)  # slots must exist before a restore
+    # Plain variables, read and written by the loop, not by replicas.
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    examples_seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="examples_seen")
+    best_mean_iou = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_mean_iou")
+    checkpoint = tf.train.Checkpoint(
+        model=model,
+        optimizer=optimizer,
+        step=step,
+        examples_seen=examples_seen,
+        best_mean_iou=best_mean_iou,
+        # Dropout's random state: without it a resumed run would draw other masks.
+        dropout_seeds=[layer.seed_generator.state for layer in _dropout_layers(model)],
+    )
+    best_checkpoint = tf.train.Checkpoint(model=model, step=step)
+    return TrainState(model, optimizer, step, examples_seen, best_mean_iou, checkpoint, best_checkpoint)
+
+
+def initialise(state: TrainState, config: Config, strategy: tf.distribute.Strategy, report=print) -> str:
+    """Resumes the run, or starts it from ``--init_from`` or the pretrained VGG16 weights.
+
+    Returns:
+      The checkpoint resumed from, or "" for a new run.
+
+    Raises:
+      TrainingError: the run directory holds checkpoints none of which is
+        intact, or a run of another model configuration; ``--init_from`` does
+        not fit.
+      weights.WeightsError: unusable pretrained weights.
+    """
+    train = config.train
+    checkpoint_dir = os.path.join(config.logs_dir, checkpoints.CHECKPOINTS_DIR)
+    if checkpoints.has_checkpoint_files(checkpoint_dir):
         try:
-            restore_model_weights(fcn_view, source)
-        except ValueError as error:
+            prefix = checkpoints.restore(state.checkpoint, checkpoint_dir, state.variables(), report=report)
+        except checkpoints.MismatchError as error:
             raise TrainingError(
-                f"--init_from {source}: its weights do not fit this model (data.num_classes, model.fc_channels must "
-                f"be those of its run): {error}"
+                f"cannot resume: {error}. The run directory {config.logs_dir} holds a run of another model "
+                "configuration; use a new --logs_dir, or the config.yaml written there"
             ) from None
-        if fcn_view is not self.model:
-            tf.train.Checkpoint(model=self.model).restore(source).expect_partial()
+        except checkpoints.CheckpointError as error:
+            raise TrainingError(f"cannot resume: {error}") from None
+        # The checkpoint holds the learning rate it was saved with; the config (and --learning_rate) decides.
+        state.optimizer.learning_rate = train.learning_rate
+        return prefix
+    if train.init_from:
+        _initialise_from(state.model, train.init_from, report)
+    else:
+        with strategy.scope():
+            weights.load_vgg_weights(state.model, config.model.vgg_weights, config.model.model_dir)
+    return ""
 
-    # -- compiled steps ---------------------------------------------------------
 
-    def _replica_step(self, images, labels, with_outputs=False):
-        """One replica's share of a step.
+def _initialise_from(model: keras.Model, source: str, report) -> None:
+    """Takes the model weights of another run (not its optimizer or step).
 
-        The loss is the replica's summed pixel losses over the labelled pixels of
-        the whole global batch; the optimizer sums the replicas' gradients, which
-        gives the gradient of the global-batch mean.
-        """
+    Every FCN layer must find its weights there. The CRF stage takes its
+    weights too when ``source`` has them, and otherwise keeps its initial
+    values: an FCN run starts an FCN + CRF run.
+    """
+    has_crf = model_lib.has_crf(model)
+    fcn_view = keras.Model(model.input, model.get_layer("logits").output) if has_crf else model
+    try:
+        prefix = checkpoints.restore_model_weights(fcn_view, source, report=report)
+    except checkpoints.MismatchError as error:
+        raise TrainingError(
+            f"--init_from {source}: its weights do not fit this model (data.num_classes, model.fc_channels must "
+            f"be those of its run): {error}"
+        ) from None
+    except checkpoints.CheckpointError as error:
+        raise TrainingError(f"--init_from {source}: {error}") from None
+    if has_crf and checkpoints.holds_layer_weights(prefix, model_lib.CRF_WEIGHTS):
+        checkpoints.restore_model_weights(model, prefix, report=report)
+
+
+# ---------------------------------------------------------------------------
+# The step.
+
+
+def masked_cross_entropy_sum(labels, logits):
+    """Summed softmax cross-entropy over labelled pixels, and their count.
+
+    Args:
+      labels: (B, H, W) train ids, 255 ignored.
+      logits: (B, H, W, C) float32.
+
+    Returns:
+      (sum of the per-pixel losses, number of labelled pixels), float32 scalars.
+    """
+    labels = tf.cast(labels, tf.int32)
+    labelled = labels != data.IGNORE_LABEL
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(labelled, labels, 0), logits=logits)
+    return tf.reduce_sum(tf.where(labelled, losses, 0.0)), tf.reduce_sum(tf.cast(labelled, tf.float32))
+
+
+def weight_decay_loss(kernels, weight_decay: float):
+    """L2 weight decay, ``weight_decay * sum(k**2) / 2`` over the convolution kernels."""
+    return weight_decay * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
+
+
+@dataclasses.dataclass
+class StepOutput:
+    """What a training step returns, always in this shape.
+
+    Attributes:
+      loss: the global batch's mean loss over its labelled pixels (float32 scalar).
+      predictions: the first local replica's predicted train ids (B', H, W).
+      activations: layer name -> its ReLU output, with ``--debug``; else empty.
+      gradients: one per trainable variable, with ``--debug``; else empty.
+    """
+
+    loss: tf.Tensor
+    predictions: tf.Tensor
+    activations: dict
+    gradients: list
+
+
+def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.Strategy):
+    """The compiled training step: ``step(images, labels) -> StepOutput``.
+
+    Each replica's loss is its summed pixel losses divided by the labelled
+    pixels of the whole global batch; the optimizer sums the replicas'
+    gradients, which gives the gradient of the global-batch mean.
+    """
+    train = config.train
+    model, optimizer = state.model, state.optimizer
+    variables = model.trainable_variables
+    kernels = [v for v in variables if v.path.endswith("kernel")]
+    probe = None
+    if train.debug:
+        probe = keras.Model(model.input, [model.output, {name: model.get_layer(name).output for name in RELU_LAYERS}])
+
+    def replica_step(images, labels):
         replica_context = tf.distribute.get_replica_context()
         with tf.GradientTape() as tape:
-            activations = {}
-            if with_outputs and self.config.train.debug:
-                logits, activations = self.probe(images, training=True)
+            if probe is not None:
+                logits, activations = probe(images, training=True)
             else:
-                logits = self.model(images, training=True)
+                logits, activations = model(images, training=True), {}
             loss_sum, count = masked_cross_entropy_sum(labels, logits)
             global_count = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, count)
             loss = loss_sum / tf.maximum(global_count, 1.0)
             total = loss
-            if self.config.train.weight_decay:
+            if train.weight_decay:
                 # Each replica adds its share, so that the summed gradients carry it once.
-                decay = self.config.train.weight_decay * tf.add_n([tf.nn.l2_loss(k) for k in self.kernels])
-                total += decay / tf.cast(replica_context.num_replicas_in_sync, tf.float32)
-            scaled = self.optimizer.scale_loss(total)
-        gradients = tape.gradient(scaled, self.variables)
-        self.optimizer.apply_gradients(zip(gradients, self.variables))
-        if not with_outputs:
-            return loss
+                total += weight_decay_loss(kernels, train.weight_decay) / replica_context.num_replicas_in_sync
+            scaled = optimizer.scale_loss(total)
+        gradients = tape.gradient(scaled, variables)
+        optimizer.apply_gradients(zip(gradients, variables))
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        return loss, predictions, activations, gradients if self.config.train.debug else []
+        return loss, predictions, activations, gradients if train.debug else []
 
-    def _distributed_step(self, replica_step, images, labels, with_outputs):
-        """Runs a step on every replica; returns the global loss (and replica 0's outputs for summaries)."""
-        results = self.strategy.run(replica_step, args=(images, labels) + ((True,) if with_outputs else ()))
-        if not with_outputs:
-            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, results, axis=None)
-        loss, predictions, activations, gradients = results
-        first = lambda value: self.strategy.experimental_local_results(value)[0]
+    compiled_replica_step = tf.function(replica_step, jit_compile=train.jit_compile or None)
+
+    def first(value):
+        return strategy.experimental_local_results(value)[0]
+
+    @tf.function
+    def step(images, labels):
+        loss, predictions, activations, gradients = strategy.run(compiled_replica_step, args=(images, labels))
         return (
-            self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+            strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
             first(predictions),
             {name: first(value) for name, value in activations.items()},
             [first(g) for g in gradients],
         )
 
-    def _eval_step(self, images, labels):
-        logits = self.model(images, training=False)
+    return lambda images, labels: StepOutput(*step(images, labels))
+
+
+def make_eval_step(model: keras.Model, num_classes: int):
+    """The compiled validation step: (summed loss, labelled pixels, confusion matrix, predictions)."""
+
+    @tf.function
+    def eval_step(images, labels):
+        logits = model(images, training=False)
         loss_sum, count = masked_cross_entropy_sum(labels, logits)
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        matrix = metrics.confusion_matrix(labels, predictions, self.config.data.num_classes)
-        return loss_sum, count, matrix, predictions
+        return loss_sum, count, metrics.confusion_matrix(labels, predictions, num_classes), predictions
 
-    # -- the loop ------------------------------------------------------------------
+    return eval_step
 
-    def _report(self, message: str) -> None:
-        """Prints on the chief only, without breaking the progress bar."""
-        if self.chief:
-            tqdm.tqdm.write(message)
 
-    def _local(self, value):
-        """The local replicas' parts of a distributed value, as one tensor."""
-        parts = self.strategy.experimental_local_results(value)
-        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+def validate(eval_step, dataset, num_classes: int) -> tuple[dict, tuple | None]:
+    """Loss, pixel accuracy and mean IoU over the validation subset, and its first batch with predictions."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    loss_sum = labelled = 0.0
+    first = None
+    for batch in dataset:
+        batch_loss, batch_count, batch_matrix, predictions = eval_step(batch["image"], batch["label"])
+        loss_sum += float(batch_loss)
+        labelled += float(batch_count)
+        matrix += batch_matrix.numpy()
+        if first is None:
+            first = (batch["image"], batch["label"], predictions)
+    result = metrics.scores(matrix)
+    values = {"loss": loss_sum / max(labelled, 1.0), "pixel_accuracy": result["pixel_accuracy"], "mean_iou": result["mean_iou"]}
+    return values, first
 
-    def validate(self, dataset, writer) -> dict:
-        """Loss, pixel accuracy and mean IoU over the validation subset, written to TensorBoard."""
-        num_classes = self.config.data.num_classes
-        matrix = np.zeros((num_classes, num_classes), np.int64)
-        loss_sum = labelled = 0.0
-        first = None
-        for batch in dataset:
-            batch_loss, batch_count, batch_matrix, predictions = self.eval_step(batch["image"], batch["label"])
-            loss_sum += float(batch_loss)
-            labelled += float(batch_count)
-            matrix += batch_matrix.numpy()
-            if first is None:
-                first = (batch["image"], batch["label"], predictions)
-        result = metrics.scores(matrix)
-        values = {
-            "loss": loss_sum / max(labelled, 1.0),
-            "pixel_accuracy": result["pixel_accuracy"],
-            "mean_iou": result["mean_iou"],
-        }
-        step = int(self.step)
-        summaries.write_scalars(writer, step, values)
-        if first is not None:
-            summaries.write_images(writer, step, *first, max_outputs=self.config.train.image_summaries)
-        writer.flush()
-        if values["mean_iou"] > float(self.best_mean_iou):
-            self.best_mean_iou.assign(values["mean_iou"])
-            self.best_manager.save(checkpoint_number=step)
-        return values
 
-    def run(self, progress: bool = True) -> TrainResult:
-        config, train = self.config, self.config.train
-        progress = progress and self.chief
-        writers = summaries.writers(config.logs_dir) if self.chief else {
-            "train": tf.summary.create_noop_writer(), "validation": tf.summary.create_noop_writer()
-        }
-        validation = data.validation_dataset(config.data, self.root, train.batch_size, train.val_images)
-        start = int(self.step)
-        if start >= train.max_steps:
-            self._report(f"{self.manager.latest_checkpoint} is at step {start} >= --max_steps {train.max_steps}: nothing to do")
-            return TrainResult(start, "finished", {}, {})
-        if self.strategy.num_replicas_in_sync > 1:
-            self._report(
-                f"{type(self.strategy).__name__}: {self.strategy.num_replicas_in_sync} replicas, "
-                f"{train.batch_size // self.strategy.num_replicas_in_sync} examples each per step"
-            )
-        if self.resumed_from:
-            self._report(f"resuming from {self.resumed_from} at step {start}")
-        start_example = int(self.examples_seen)
+# ---------------------------------------------------------------------------
+# The loop.
 
-        def input_pipeline(context: tf.distribute.InputContext):
-            return data.training_dataset(
-                config.data,
-                self.root,
-                train.batch_size,
-                seed=train.seed,
-                start_example=start_example,
-                num_pipelines=context.num_input_pipelines,
-                pipeline_index=context.input_pipeline_id,
-                output_batch_size=context.get_per_replica_batch_size(train.batch_size),
-            )
 
-        batches = iter(self.strategy.distribute_datasets_from_function(input_pipeline))
-        skipped = data.SkipReport()
-        last_validation = {}
-        if start == 0:
-            last_validation = self.validate(validation, writers["validation"])
-            self._report(_validation_line(0, last_validation))
-        stop_signal = []
+@contextlib.contextmanager
+def stop_requests():
+    """Within it, SIGINT and SIGTERM are recorded in the yielded list instead of stopping the process.
 
-        def request_stop(signum, _frame):
-            if stop_signal:  # a second Ctrl-C: stop now
-                raise KeyboardInterrupt
-            stop_signal.append(signum)
+    A second Ctrl-C (or SIGTERM) stops at once with ``KeyboardInterrupt``.
+    The previous handlers are back on exit.
+    """
+    requests = []
 
-        previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        bar = tqdm.tqdm(total=train.max_steps, initial=start, unit="step", desc="training", disable=not progress, dynamic_ncols=True)
-        status = "finished"
-        timer_start, timer_images = time.perf_counter(), 0
-        try:
-            while int(self.step) < train.max_steps:
-                batch = next(batches)
-                local_batch = {key: self._local(value) for key, value in batch.items()}
-                if skipped.record(local_batch):
-                    self._report(skipped.summary())
-                step = int(self.step) + 1
-                summary_now = step % train.summary_every == 0 or step == train.max_steps
-                if summary_now:
-                    loss, predictions, activations, gradients = self.summary_step(batch["image"], batch["label"])
-                else:
-                    loss = self.train_step(batch["image"], batch["label"])
-                loss = float(loss)
-                if not math.isfinite(loss):
-                    status = "non_finite"
-                    self._report(
-                        f"training stopped: the loss became {loss} at step {step}; nothing was saved after it. "
-                        f"The last good checkpoint is {self.manager.latest_checkpoint or '(none)'}; "
-                        "try a lower --learning_rate."
-                    )
-                    break
-                self.step.assign(step)
-                self.examples_seen.assign_add(train.batch_size)
-                timer_images += train.batch_size
-                elapsed = time.perf_counter() - timer_start
-                images_per_second = timer_images / max(elapsed, 1e-9)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", images_per_s=f"{images_per_second:.2f}")
-                if summary_now:
-                    summaries.write_scalars(
-                        writers["train"],
-                        step,
-                        {"loss": loss, "learning_rate": float(np.asarray(self.optimizer.learning_rate)), "images_per_second": images_per_second},
-                    )
-                    summaries.write_images(
-                        writers["train"], step, local_batch["image"], local_batch["label"], predictions, train.image_summaries
-                    )
-                    if self.crf_layer is not None:
-                        summaries.write_crf(writers["train"], step, self.crf_layer)
-                    if train.debug:
-                        summaries.write_debug(writers["train"], step, activations, gradients, self.variables)
-                    writers["train"].flush()
-                    timer_start, timer_images = time.perf_counter(), 0
-                if step % train.val_every == 0 or step == train.max_steps:
-                    last_validation = self.validate(validation, writers["validation"])
-                    self._report(_validation_line(step, last_validation))
-                if step % train.checkpoint_every == 0 or step == train.max_steps:
-                    self.manager.save(checkpoint_number=step)
-                if stop_signal:
-                    status = "interrupted"
-                    path = self.manager.save(checkpoint_number=step)
-                    self._report(f"{signal.Signals(stop_signal[0]).name}: stopped at step {step}, checkpoint {path}")
-                    break
-        finally:
-            bar.close()
-            for s, handler in previous_handlers.items():
-                signal.signal(s, handler)
-            for writer in writers.values():
-                writer.close()
-            if self.scratch_dir:
-                shutil.rmtree(self.scratch_dir, ignore_errors=True)
-        if skipped:
-            self._report(skipped.summary())
-        return TrainResult(int(self.step), status, last_validation, dict(skipped.skipped))
+    def request_stop(signum, _frame):
+        if requests:
+            raise KeyboardInterrupt
+        requests.append(signum)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requests
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _validation_line(step: int, values: dict) -> str:
@@ -471,6 +411,177 @@ def _validation_line(step: int, values: dict) -> str:
     )
 
 
-def train(config: Config, root: str, progress: bool = True) -> TrainResult:
-    """Trains (or resumes training) as the config says; see the module docstring."""
-    return Trainer(config, root).run(progress)
+def _input_batches(config: Config, root: str, strategy, start_example: int):
+    train = config.train
+
+    def input_pipeline(context: tf.distribute.InputContext):
+        return data.training_dataset(
+            config.data,
+            root,
+            train.batch_size,
+            seed=train.seed,
+            start_example=start_example,
+            num_pipelines=context.num_input_pipelines,
+            pipeline_index=context.input_pipeline_id,
+            output_batch_size=context.get_per_replica_batch_size(train.batch_size),
+        )
+
+    return iter(strategy.distribute_datasets_from_function(input_pipeline))
+
+
+class _Run:
+    """One call of ``train``: the state, where it writes, and how it reports."""
+
+    def __init__(self, config: Config, root: str, strategy: tf.distribute.Strategy, progress: bool):
+        self.config, self.root, self.strategy = config, root, strategy
+        self.chief = is_chief(strategy)
+        self.progress = progress and self.chief
+        # Only the chief writes into the run directory; the other workers must still
+        # take part in every save (it may synchronise them), into a scratch folder.
+        self.scratch_dir = None if self.chief else tempfile.mkdtemp(prefix="fcn-worker-")
+        save_root = config.logs_dir if self.chief else self.scratch_dir
+        self.checkpoint_dir = os.path.join(save_root, checkpoints.CHECKPOINTS_DIR)
+        self.best_dir = os.path.join(save_root, checkpoints.BEST_DIR)
+        self.state = create_train_state(config, strategy)
+        self.last_checkpoint = initialise(self.state, config, strategy, report=self.report)
+        self.resumed_from = self.last_checkpoint
+        self.train_step = make_train_step(self.state, config, strategy)
+        self.eval_step = make_eval_step(self.state.model, config.data.num_classes)
+        self.crf_layer = self.state.model.get_layer("crf") if model_lib.has_crf(self.state.model) else None
+        self.writers = summaries.writers(config.logs_dir) if self.chief else {
+            "train": tf.summary.create_noop_writer(), "validation": tf.summary.create_noop_writer()
+        }
+
+    def report(self, message: str) -> None:
+        """Prints on the chief only, without breaking the progress bar."""
+        if self.chief:
+            tqdm.tqdm.write(message)
+
+    def local(self, value):
+        """The local replicas' parts of a distributed value, as one tensor."""
+        parts = self.strategy.experimental_local_results(value)
+        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+
+    def save(self, step: int) -> None:
+        """A training checkpoint; raises ``checkpoints.NonFiniteError`` instead of saving NaN or Inf."""
+        state = self.state
+        self.last_checkpoint = checkpoints.save(
+            state.checkpoint, self.checkpoint_dir, step, self.config.train.keep_checkpoints, state.variables()
+        )
+
+    def validate(self, dataset, step: int) -> dict:
+        """Validation written to TensorBoard; a new best mIoU saves the model to ``best/``."""
+        values, first = validate(self.eval_step, dataset, self.config.data.num_classes)
+        writer = self.writers["validation"]
+        summaries.write_scalars(writer, step, values)
+        if first is not None:
+            summaries.write_images(writer, step, *first, max_outputs=self.config.train.image_summaries)
+        writer.flush()
+        if values["mean_iou"] > float(self.state.best_mean_iou):
+            self.state.best_mean_iou.assign(values["mean_iou"])
+            state = self.state
+            checkpoints.save(state.best_checkpoint, self.best_dir, step, 1, list(state.model.weights) + [state.step])
+        self.report(_validation_line(step, values))
+        return values
+
+    def write_train_summaries(self, step: int, output: StepOutput, local_batch, images_per_second: float) -> None:
+        train, writer = self.config.train, self.writers["train"]
+        learning_rate = float(np.asarray(self.state.optimizer.learning_rate))
+        summaries.write_scalars(
+            writer, step, {"loss": float(output.loss), "learning_rate": learning_rate, "images_per_second": images_per_second}
+        )
+        summaries.write_images(writer, step, local_batch["image"], local_batch["label"], output.predictions, train.image_summaries)
+        if self.crf_layer is not None:
+            summaries.write_crf(writer, step, self.crf_layer)
+        if train.debug:
+            summaries.write_debug(writer, step, output.activations, output.gradients, self.state.model.trainable_variables)
+        writer.flush()
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        if self.scratch_dir:
+            shutil.rmtree(self.scratch_dir, ignore_errors=True)
+
+
+def train(config: Config, root: str, strategy: tf.distribute.Strategy | None = None, progress: bool = True) -> TrainResult:
+    """Trains (or resumes training) as the config says; see the module docstring.
+
+    Args:
+      config: the run's config.
+      root: the dataset root.
+      strategy: from ``setup_process`` (default: the current strategy).
+      progress: show a progress bar.
+    """
+    run = _Run(config, root, strategy or tf.distribute.get_strategy(), progress)
+    try:
+        return _loop(run)
+    finally:
+        run.close()
+
+
+def _loop(run: _Run) -> TrainResult:
+    config, train, state = run.config, run.config.train, run.state
+    start = int(state.step)
+    if start >= train.max_steps:
+        run.report(f"{run.last_checkpoint} is at step {start} >= --max_steps {train.max_steps}: nothing to do")
+        return TrainResult(start, "finished", {}, {}, run.last_checkpoint)
+    if run.strategy.num_replicas_in_sync > 1:
+        run.report(
+            f"{type(run.strategy).__name__}: {run.strategy.num_replicas_in_sync} replicas, "
+            f"{train.batch_size // run.strategy.num_replicas_in_sync} examples each per step"
+        )
+    if run.resumed_from:
+        run.report(f"resuming from {run.resumed_from} at step {start}")
+    validation = data.validation_dataset(config.data, run.root, train.batch_size, train.val_images)
+    batches = _input_batches(config, run.root, run.strategy, int(state.examples_seen))
+    skipped = data.SkipReport()
+    last_validation = run.validate(validation, 0) if start == 0 else {}
+    status = "finished"
+    bar = tqdm.tqdm(total=train.max_steps, initial=start, unit="step", desc="training", disable=not run.progress, dynamic_ncols=True)
+    timer_start, timer_images = time.perf_counter(), 0
+    with stop_requests() as stop, contextlib.closing(bar):
+        while int(state.step) < train.max_steps:
+            batch = next(batches)
+            local_batch = {key: run.local(value) for key, value in batch.items()}
+            if skipped.record(local_batch):
+                run.report(skipped.summary())
+            step = int(state.step) + 1
+            output = run.train_step(batch["image"], batch["label"])
+            loss = float(output.loss)
+            if not math.isfinite(loss):
+                run.report(_stopped_message(f"the loss became {loss} at step {step}", run.last_checkpoint))
+                status = "non_finite"
+                break
+            state.step.assign(step)
+            state.examples_seen.assign_add(train.batch_size)
+            timer_images += train.batch_size
+            images_per_second = timer_images / max(time.perf_counter() - timer_start, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", images_per_s=f"{images_per_second:.2f}")
+            try:
+                if step % train.summary_every == 0 or step == train.max_steps:
+                    run.write_train_summaries(step, output, local_batch, images_per_second)
+                    timer_start, timer_images = time.perf_counter(), 0
+                if step % train.val_every == 0 or step == train.max_steps:
+                    last_validation = run.validate(validation, step)
+                if step % train.checkpoint_every == 0 or step == train.max_steps or stop:
+                    run.save(step)
+            except checkpoints.NonFiniteError as error:
+                run.report(_stopped_message(f"the weights became non-finite at step {step} (loss {loss:.4f}): {error}", run.last_checkpoint))
+                status = "non_finite"
+                break
+            if stop:
+                status = "interrupted"
+                run.report(f"{signal.Signals(stop[0]).name}: stopped at step {step}, checkpoint {run.last_checkpoint}")
+                break
+    if skipped:
+        run.report(skipped.summary())
+    return TrainResult(int(state.step), status, last_validation, dict(skipped.skipped), run.last_checkpoint)
+
+
+def _stopped_message(what: str, last_checkpoint: str) -> str:
+    return (
+        f"training stopped: {what}; nothing was saved after it. "
+        f"The last good checkpoint is {last_checkpoint or '(none)'}; try a lower --learning_rate."
+    )

@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import SAMPLE_ROOT, run_fcn
-from fcn import ade20k, crf, data, metrics, predict, sample_data, summaries
+from fcn import ade20k, checkpoints, crf, data, metrics, predict, sample_data, summaries
 from fcn import config as config_lib
 from fcn import model as model_lib
 
@@ -171,7 +171,7 @@ def test_inference_modes_use_fcn_and_crf(crf_runs, tmp_path):
     with pytest.raises(predict.InferenceError, match="holds a model with the CRF stage: pass --crf"):
         predict.restore_model(without_crf)
     fcn_run_config = config_lib.load_config(os.path.join(fcn_run, "config.yaml"))
-    assert not predict.checkpoint_has_crf(predict.find_checkpoint(fcn_run_config))
+    assert not checkpoints.holds_layer_weights(checkpoints.candidates(fcn_run_config.logs_dir).prefixes[0], model_lib.CRF_WEIGHTS)
     with pytest.raises(predict.InferenceError, match="crf=True"):
         predict.restore_model(config, checkpoint=fcn_run)  # and a CRF model needs the CRF weights
     both = predict.Predictor(model_lib.with_fcn_output(model))

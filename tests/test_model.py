@@ -1,4 +1,4 @@
-"""Tests of FCN-8s (fcn/model.py): architecture, sizes, initialisation and VGG16 weight loading."""
+"""Tests of FCN-8s (fcn/model.py): architecture, sizes, initialisation; VGG16 weight files (fcn/weights.py)."""
 
 import hashlib
 import http.server
@@ -15,6 +15,7 @@ import tensorflow as tf
 from conftest import SAMPLE_ROOT
 from fcn import data
 from fcn import model as model_lib
+from fcn import weights
 
 # FCN-8s for 150 classes: VGG16 convs 14,714,688 + fc6 102,764,544 + fc7 16,781,312
 # + score_fr 614,550 + score_pool4 76,950 + score_pool3 38,550 + upscore2 and upscore_pool4
@@ -22,6 +23,13 @@ from fcn import model as model_lib
 # 16x16x150x150 kernel, 5,760,000 values, is zero across channels).
 FCN8S_TRAINABLE_PARAMETERS = 135_710_594
 FCN8S_FROZEN_PARAMETERS = 0
+
+
+def pretrained(source, fc_channels=model_lib.VGG16_FC_CHANNELS, model_dir=None):
+    """A 150-class FCN-8s built, then given the VGG16 weights of ``source``."""
+    fcn = model_lib.build_fcn8s(150, fc_channels=fc_channels)
+    weights.load_vgg_weights(fcn, source, model_dir)
+    return fcn
 
 
 def relative_error(a, b):
@@ -68,7 +76,7 @@ def assert_matches_keras(fcn, sample_crop, keras_reference):
 def test_keras3_weights_file_gives_keras_activations(tmp_path, keras_vgg16, sample_crop, keras_reference):
     path = str(tmp_path / "vgg16.weights.h5")
     keras_vgg16.save_weights(path)
-    fcn = model_lib.build_fcn8s(150, vgg_weights=path)
+    fcn = pretrained(path)
     assert_matches_keras(fcn, sample_crop, keras_reference)
 
 
@@ -89,7 +97,7 @@ def write_legacy_h5(path, vgg16, include_top=True):
 def test_legacy_keras_h5_gives_keras_activations(tmp_path, keras_vgg16, sample_crop, keras_reference):
     path = str(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels.h5")
     write_legacy_h5(path, keras_vgg16)
-    fcn = model_lib.build_fcn8s(150, vgg_weights=path)
+    fcn = pretrained(path)
     assert_matches_keras(fcn, sample_crop, keras_reference)
 
 
@@ -124,34 +132,34 @@ def write_matconvnet(path, vgg16):
 def test_matconvnet_file_gives_keras_activations(tmp_path, keras_vgg16, sample_crop, keras_reference):
     path = str(tmp_path / "imagenet-vgg-verydeep-16.mat")
     write_matconvnet(path, keras_vgg16)
-    fcn = model_lib.build_fcn8s(150, vgg_weights=path)
+    fcn = pretrained(path)
     assert_matches_keras(fcn, sample_crop, keras_reference)
 
 
 def test_notop_weights_fill_the_convolutions_only(tmp_path, keras_vgg16, sample_crop, keras_reference):
     path = str(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
     write_legacy_h5(path, keras_vgg16, include_top=False)
-    fcn = model_lib.build_fcn8s(150, vgg_weights=path, fc_channels=64)
+    fcn = pretrained(path, fc_channels=64)
     pool5, _ = fcn_activations(fcn, sample_crop)
     assert relative_error(pool5, keras_reference[0]) < 1e-5
     # A narrow fc6/fc7 cannot take the 4096-wide pretrained top.
     top = str(tmp_path / "top.h5")
     write_legacy_h5(top, keras_vgg16)
-    with pytest.raises(model_lib.WeightsError, match="fc_channels"):
-        model_lib.build_fcn8s(150, vgg_weights=top, fc_channels=64)
+    with pytest.raises(weights.WeightsError, match="fc_channels"):
+        pretrained(top, fc_channels=64)
 
 
 def test_bad_weight_files_name_file_and_layer(tmp_path, keras_vgg16):
     small = model_lib.build_fcn8s(10, fc_channels=8)
-    with pytest.raises(model_lib.WeightsError, match="not found"):
-        model_lib.load_vgg_weights(small, str(tmp_path / "missing.h5"))
+    with pytest.raises(weights.WeightsError, match="not found"):
+        weights.load_vgg_weights(small, str(tmp_path / "missing.h5"))
     # A file without block3_conv2.
     path = str(tmp_path / "partial.h5")
     write_legacy_h5(path, keras_vgg16, include_top=False)
     with h5py.File(path, "a") as f:
         f.attrs["layer_names"] = np.array([n for n in f.attrs["layer_names"] if n != b"block3_conv2"])
-    with pytest.raises(model_lib.WeightsError) as raised:
-        model_lib.load_vgg_weights(small, path)
+    with pytest.raises(weights.WeightsError) as raised:
+        weights.load_vgg_weights(small, path)
     assert path in str(raised.value) and "block3_conv2 is missing" in str(raised.value)
     # Wrong shapes: another network's weights under the VGG16 names.
     wrong = str(tmp_path / "wrong.h5")
@@ -162,17 +170,17 @@ def test_bad_weight_files_name_file_and_layer(tmp_path, keras_vgg16):
             group.attrs["weight_names"] = np.array([b"k", b"b"])
             group.create_dataset("k", data=np.zeros((3, 3, 3, 3), np.float32))
             group.create_dataset("b", data=np.zeros((3,), np.float32))
-    with pytest.raises(model_lib.WeightsError, match=r"layer block1_conv1 has weights of shapes \[\(3, 3, 3, 3\), \(3,\)\]"):
-        model_lib.load_vgg_weights(small, wrong)
+    with pytest.raises(weights.WeightsError, match=r"layer block1_conv1 has weights of shapes \[\(3, 3, 3, 3\), \(3,\)\]"):
+        weights.load_vgg_weights(small, wrong)
     # Not a weights file at all.
     junk = tmp_path / "junk.h5"
     junk.write_bytes(b"not hdf5")
-    with pytest.raises(model_lib.WeightsError, match="junk.h5"):
-        model_lib.load_vgg_weights(small, str(junk))
+    with pytest.raises(weights.WeightsError, match="junk.h5"):
+        weights.load_vgg_weights(small, str(junk))
     junk_mat = tmp_path / "junk.mat"
     junk_mat.write_bytes(b"not a mat file")
-    with pytest.raises(model_lib.WeightsError, match="junk.mat"):
-        model_lib.load_vgg_weights(small, str(junk_mat))
+    with pytest.raises(weights.WeightsError, match="junk.mat"):
+        weights.load_vgg_weights(small, str(junk_mat))
 
 
 class _FileServer(http.server.ThreadingHTTPServer):
@@ -206,21 +214,21 @@ def test_imagenet_weights_are_fetched_verified_and_cached(tmp_path, monkeypatch,
     source = tmp_path / "served.h5"
     write_legacy_h5(str(source), keras_vgg16, include_top=False)
     body = source.read_bytes()
-    filename = model_lib.KERAS_WEIGHTS["imagenet_notop"][0]
+    filename = weights.KERAS_WEIGHTS["imagenet_notop"][0]
     server = _FileServer({filename: body})
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     try:
-        monkeypatch.setattr(model_lib, "KERAS_WEIGHTS_ORIGIN", f"http://127.0.0.1:{server.server_address[1]}/vgg16/")
+        monkeypatch.setattr(weights, "KERAS_WEIGHTS_ORIGIN", f"http://127.0.0.1:{server.server_address[1]}/vgg16/")
         # The published MD5 does not match this file: rejected, and nothing is left in the cache.
-        with pytest.raises(model_lib.WeightsError, match="could not fetch imagenet_notop"):
-            model_lib.build_fcn8s(150, vgg_weights="imagenet_notop", model_dir=str(tmp_path / "cache"), fc_channels=64)
+        with pytest.raises(weights.WeightsError, match="could not fetch imagenet_notop"):
+            pretrained("imagenet_notop", model_dir=str(tmp_path / "cache"), fc_channels=64)
         assert not (tmp_path / "cache" / filename).exists()
-        monkeypatch.setitem(model_lib.KERAS_WEIGHTS, "imagenet_notop", (filename, hashlib.md5(body).hexdigest()))
-        fcn = model_lib.build_fcn8s(150, vgg_weights="imagenet_notop", model_dir=str(tmp_path / "cache"), fc_channels=64)
+        monkeypatch.setitem(weights.KERAS_WEIGHTS, "imagenet_notop", (filename, hashlib.md5(body).hexdigest()))
+        fcn = pretrained("imagenet_notop", model_dir=str(tmp_path / "cache"), fc_channels=64)
         assert (tmp_path / "cache" / filename).read_bytes() == body
         assert relative_error(fcn_activations(fcn, sample_crop)[0], keras_reference[0]) < 1e-5
         requests = server.requests
-        model_lib.build_fcn8s(150, vgg_weights="imagenet_notop", model_dir=str(tmp_path / "cache"), fc_channels=64)
+        pretrained("imagenet_notop", model_dir=str(tmp_path / "cache"), fc_channels=64)
         assert server.requests == requests  # served from the cache
     finally:
         server.shutdown()

@@ -18,6 +18,13 @@ and is never guessed at: its example arrives with ``error`` set, every label
 pixel ignored, and its path, so that the consumer counts and reports it (see
 ``SkipReport``). ``load_example`` raises ``DataError`` naming the file instead.
 
+A folder entry that cannot be paired without guessing (a stem present as both
+``.jpg`` and ``.png``, a symbolic link that loops or points nowhere) is a
+listing problem: ``list_split`` reports it, ``usable_pairs`` refuses the split
+with a message naming it. File names need not be UTF-8: paths enter tensors as
+their file-system bytes (``decode_path`` turns them back, ``display_path``
+prints them).
+
 Randomness is stateless: the file order of epoch ``e`` and the augmentation of
 the ``k``-th example drawn are pure functions of (seed, e) and (seed, k). A run
 resumed at example ``k`` therefore sees exactly the stream it would have seen,

@@ -300,7 +300,7 @@ def usable_pairs(root: str, split: str) -> tuple[tuple[str, str], ...]:
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         raise DataError(
-            f"{display_path(os.path.join(root, '*', split))}: {len(problems)} file(s) cannot be used as they are:\n  "
+            f"{display_path(root)} ({split} split): {len(problems)} file(s) cannot be used as they are:\n  "
             + "\n  ".join(shown)
             + f"\nFix them, then rerun; --mode=check_data --data_dir {display_path(root)} lists every problem."
         )

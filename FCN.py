@@ -53,10 +53,13 @@ def on_off(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False (or 1, 0), got {text!r}")
 
 
-def add_switch(parser: argparse.ArgumentParser, flag: str, help: str, default=None) -> None:
-    """An on/off flag that accepts ``--flag``, ``--flag=True`` and ``--flag=False`` (also 1 and 0)."""
+def add_switch(parser: argparse.ArgumentParser, flag: str, description: str, default=None) -> None:
+    """An on/off flag that accepts ``--flag``, ``--flag=True`` and ``--flag=False`` (also 1 and 0).
+
+    The default None means "not given", so that the config decides.
+    """
     parser.add_argument(
-        flag, nargs="?", const=True, default=default, type=on_off, metavar="True|False", help=help
+        flag, nargs="?", const=True, default=default, type=on_off, metavar="True|False", help=description
     )
 
 

@@ -186,7 +186,7 @@ def scan_image_folder(folder: str, extensions: tuple[str, ...] = IMAGE_EXTENSION
     """Lists the image files of ``folder`` (not recursive) without ever raising on an entry.
 
     Args:
-      folder: the folder; a missing folder gives an empty scan.
+      folder: the folder; a missing folder (or a file in its place) gives an empty scan.
       extensions: lower-case extensions with the dot.
 
     Raises:
@@ -203,7 +203,7 @@ def scan_image_folder(folder: str, extensions: tuple[str, ...] = IMAGE_EXTENSION
                     unreadable.append((entry.path, reason))
                 else:
                     files.append(entry.path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # reported as a missing folder by check_data
         return FolderScan((), ())
     except OSError as error:
         raise DataError(f"{display_path(folder)}: cannot list this folder ({error.strerror})") from None

@@ -40,6 +40,27 @@ FLAG_KEYS = {
 }
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+
+
+def on_off(text: str) -> bool:
+    """The value of an on/off flag given as ``--flag=VALUE`` (FCN.tensorflow wrote ``--debug=True``)."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False (or 1, 0), got {text!r}")
+
+
+def add_switch(parser: argparse.ArgumentParser, flag: str, description: str, default=None) -> None:
+    """An on/off flag that accepts ``--flag``, ``--flag=True`` and ``--flag=False`` (also 1 and 0).
+
+    The default None means "not given", so that the config decides.
+    """
+    parser.add_argument(
+        flag, nargs="?", const=True, default=default, type=on_off, metavar="True|False", help=description
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,12 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--learning_rate", type=float, help="Adam learning rate (train.learning_rate)")
     parser.add_argument("--model_dir", help="where pretrained VGG16 weight files are cached (model.model_dir)")
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        default=None,
-        help="histograms of activations, gradients and variables in TensorBoard (train.debug)",
-    )
+    add_switch(parser, "--debug", "histograms of activations, gradients and variables in TensorBoard (train.debug)")
     parser.add_argument("--max_steps", type=int, help="total training steps of the run (train.max_steps)")
     parser.add_argument("--crop_size", metavar="H[,W]", help="training crop, e.g. 512 or 384,512 (data.crop_size)")
     parser.add_argument(
@@ -90,11 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="none|imagenet|imagenet_notop|PATH",
         help="initial VGG16 weights: none, imagenet, imagenet_notop, or a Keras .h5 / MatConvNet .mat file (model.vgg_weights)",
     )
-    parser.add_argument(
+    add_switch(
+        parser,
         "--download",
-        action="store_true",
-        default=None,
-        help="when DATA_DIR holds no dataset, download and extract the official ADEChallengeData2016.zip (data.download)",
+        "when DATA_DIR holds no dataset, download and extract the official ADEChallengeData2016.zip (data.download)",
     )
     parser.add_argument("--seed", type=int, help="seeds shuffling, augmentation, initialisation and the batch --mode=visualize draws (train.seed)")
     parser.add_argument(
@@ -129,14 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("float32", "bfloat16", "float16"),
         help="compute precision; variables, logits and the loss stay float32; float16 uses loss scaling (train.mixed_precision)",
     )
-    parser.add_argument(
-        "--jit_compile", action="store_true", default=None, help="compile the training step with XLA (train.jit_compile)"
-    )
-    parser.add_argument(
+    add_switch(parser, "--jit_compile", "compile the training step with XLA (train.jit_compile)")
+    add_switch(
+        parser,
         "--crf",
-        action="store_true",
-        default=None,
-        help="append the CRF-RNN refinement stage, trained end to end (model.crf; see also model.crf_iterations, "
+        "append the CRF-RNN refinement stage, trained end to end (model.crf; see also model.crf_iterations, "
         "model.crf_test_iterations). Pass it to every mode of such a run, or use the run's config.yaml",
     )
     parser.add_argument(
@@ -145,7 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="train: start from the model weights of this run directory or checkpoint (not its step), e.g. a trained "
         "FCN run to fine-tune with --crf (train.init_from)",
     )
-    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    add_switch(parser, "--no_progress", "no progress bars", default=False)
+    parser.epilog += (
+        " On/off flags take --flag, --flag=True or --flag=False (also 1, 0). Exit status: 0 success, "
+        "1 a failure explained on stderr, 2 a bad configuration or flag, 130 interrupted."
+    )
     return parser
 
 
@@ -170,8 +186,12 @@ def main(argv=None) -> int:
         print("FCN.py: --mode=predict needs --image PATH [PATH ...] (image files or folders)", file=sys.stderr)
         return EXIT_USAGE
 
-    from fcn import data  # TensorFlow is imported only once there is work to do
-    from fcn import checkpoints, download, predict
+    try:  # importing TensorFlow takes seconds: a Ctrl-C is likely to land here
+        from fcn import data  # TensorFlow is imported only once there is work to do
+        from fcn import checkpoints, download, predict
+    except KeyboardInterrupt:
+        print("FCN.py: interrupted while starting", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
     progress = not args.no_progress
     try:
@@ -179,7 +199,7 @@ def main(argv=None) -> int:
             return run_predict(config, args, progress)
         if args.mode == "export":
             return run_export(config, args)
-        root = data.prepare_dataset(config.data, progress=progress)
+        root = data.prepare_dataset(config.data, progress=progress, generate_sample=args.mode != "check_data")
         if args.mode == "check_data":
             return run_check_data(config, root, progress)
         if args.mode == "evaluate":

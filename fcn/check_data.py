@@ -23,6 +23,10 @@ class SplitReport:
       label_pixels: pixel count per train id (0..num_classes-1) over the usable pairs.
       ignored_pixels: pixels labelled 0 ("other") over the usable pairs.
       missing_folders: expected folders that do not exist.
+      unreadable: (path, reason) of entries named like images or annotations
+        that cannot be opened (a symbolic link loop, a folder named X.jpg).
+      same_stem: groups of files sharing a stem (``X.jpg`` and ``X.png``),
+        which the pipeline refuses to choose between.
     """
 
     split: str
@@ -33,15 +37,25 @@ class SplitReport:
     label_pixels: np.ndarray | None = None
     ignored_pixels: int = 0
     missing_folders: tuple[str, ...] = ()
+    unreadable: tuple[tuple[str, str], ...] = ()
+    same_stem: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def no_pairs(self) -> bool:
+        """No pairs, and no missing folder or listing problem that already explains why."""
+        return self.pairs == 0 and not (self.missing_folders or self.unreadable or self.same_stem)
 
     @property
     def error_count(self) -> int:
+        """Problems as ``format_report`` lists them: one per file or group, plus an empty split."""
         return (
             len(self.images_without_annotation)
             + len(self.annotations_without_image)
             + len(self.problems)
             + len(self.missing_folders)
-            + (self.pairs == 0)
+            + len(self.unreadable)
+            + len(self.same_stem)
+            + self.no_pairs
         )
 
 
@@ -63,9 +77,12 @@ def check_split(root: str, split: str, num_classes: int = ade20k.NUM_CLASSES, pr
     report.pairs = len(listing.pairs)
     report.images_without_annotation = listing.images_without_annotation
     report.annotations_without_image = listing.annotations_without_image
+    report.unreadable = listing.unreadable
+    report.same_stem = listing.same_stem
     if not listing.pairs:
         return report
-    dataset = tf.data.Dataset.from_tensor_slices(([p[0] for p in listing.pairs], [p[1] for p in listing.pairs]))
+    paths = [os.fsencode(p) for pair in listing.pairs for p in pair]  # bytes: any file name, UTF-8 or not
+    dataset = tf.data.Dataset.from_tensor_slices((paths[0::2], paths[1::2]))
     dataset = dataset.interleave(
         lambda image, annotation: data.read_example_dataset(image, annotation, num_classes).map(
             lambda example: _summarise(example, num_classes)
@@ -77,7 +94,7 @@ def check_split(root: str, split: str, num_classes: int = ade20k.NUM_CLASSES, pr
     bar = tqdm.tqdm(dataset.as_numpy_iterator(), total=report.pairs, desc=f"checking {split}", unit="image", disable=not progress)
     for path, error, counts, ignored in bar:
         if error != data.ERROR_NONE:
-            report.problems.append((path.decode(), int(error)))
+            report.problems.append((data.decode_path(path), int(error)))
         else:
             report.label_pixels += counts
             report.ignored_pixels += int(ignored)
@@ -96,7 +113,7 @@ def format_report(root: str, reports: list[SplitReport], limit: int = 20) -> str
     def listing(title, paths):
         if paths:
             lines.append(f"  {title}: {len(paths)}")
-            lines.extend(f"    {p}" for p in paths[:limit])
+            lines.extend(f"    {data.display_path(p)}" for p in paths[:limit])
             if len(paths) > limit:
                 lines.append(f"    ... and {len(paths) - limit} more")
 
@@ -108,8 +125,16 @@ def format_report(root: str, reports: list[SplitReport], limit: int = 20) -> str
             f"{classes_present} classes present, {labelled} labelled and {report.ignored_pixels} 'other' pixels"
         )
         listing("missing folders", list(report.missing_folders))
-        if report.pairs == 0 and not report.missing_folders:
+        if report.no_pairs:
             lines.append("  no image/annotation pairs")
+        listing(
+            "files that cannot be opened",
+            [f"{data.display_path(path)}: {reason}" for path, reason in report.unreadable],
+        )
+        listing(
+            "names used by more than one file (keep one: rename or remove the others)",
+            [" and ".join(data.display_path(p) for p in group) for group in report.same_stem],
+        )
         listing("images without annotation", list(report.images_without_annotation))
         listing("annotations without image", list(report.annotations_without_image))
         for code, message in data.ERROR_MESSAGES.items():

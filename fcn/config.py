@@ -11,6 +11,7 @@ overrides, the dedicated flags (``--batch_size`` and friends).
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 
@@ -19,6 +20,7 @@ import yaml
 ADE20K_URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
 ADE20K_SHA1 = "219e1696abb36c8ba3a3afe7fb2f4b4606a897c7"
 ADE20K_ZIP_BYTES = 967_382_037  # only used for the progress bar when the server sends no size
+MAX_SEED = 2**32 - 1  # NumPy and Keras seeds are 32-bit unsigned integers
 
 
 class ConfigError(ValueError):
@@ -335,6 +337,26 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
+def _read_yaml(path: str) -> dict:
+    """The mapping of a config file; ConfigError naming the file for anything unreadable."""
+    if os.path.isdir(path):
+        raise ConfigError(f"--config {path} is a folder; give a YAML file, e.g. configs/sample.yaml")
+    try:
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist (configs/ holds ade20k.yaml and sample.yaml)") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8"
+        ) from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
+    return loaded or {}
+
+
 def load_config(path: str | None = None, overrides: typing.Sequence[tuple[str, typing.Any]] = ()) -> Config:
     """Resolves a run's configuration.
 
@@ -354,14 +376,7 @@ def load_config(path: str | None = None, overrides: typing.Sequence[tuple[str, t
     source = "defaults"
     if path:
         source = path
-        try:
-            with open(path, encoding="utf-8") as f:
-                loaded = yaml.safe_load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist (configs/ holds ade20k.yaml and sample.yaml)") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
-        values = loaded or {}
+        values = _read_yaml(path)
         config = _build(Config, values, "", source)  # report file errors against the file
     keys = set(valid_keys())
     for key, value in overrides:
@@ -380,7 +395,9 @@ def load_config(path: str | None = None, overrides: typing.Sequence[tuple[str, t
 
 def check_values(config: Config) -> None:
     """Checks ranges that types alone do not catch."""
-    problems = []
+    problems = _non_finite(config)
+    if problems:  # NaN passes every comparison below (NaN <= 0 is false): stop here
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     d, m, t, e = config.data, config.model, config.train, config.evaluate
     if d.num_classes < 1 or d.num_classes > 254:
         problems.append(f"data.num_classes must be in 1..254 (labels are uint8, 255 is ignore), got {d.num_classes}")
@@ -410,6 +427,8 @@ def check_values(config: Config) -> None:
     for name in ("batch_size", "max_steps", "summary_every", "val_every", "checkpoint_every", "keep_checkpoints"):
         if getattr(t, name) < 1:
             problems.append(f"train.{name} must be at least 1, got {getattr(t, name)}")
+    if not 0 <= t.seed <= MAX_SEED:
+        problems.append(f"train.seed must be in 0..{MAX_SEED} (a 32-bit unsigned integer), got {t.seed}")
     if t.learning_rate <= 0:
         problems.append(f"train.learning_rate must be positive, got {t.learning_rate}")
     if t.strategy not in ("default", "mirrored", "multi_worker"):
@@ -426,8 +445,50 @@ def check_values(config: Config) -> None:
         problems.append(f"evaluate.scales must all be positive, got {list(e.scales)}")
     if e.visualize_images < 1:
         problems.append(f"evaluate.visualize_images must be at least 1, got {e.visualize_images}")
+    problems += _folder_problems(config)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _non_finite(config, prefix: str = "") -> list[str]:
+    """One message per float value (alone or in a tuple) that is NaN or infinite."""
+    problems = []
+    for field in dataclasses.fields(config):
+        key, value = prefix + field.name, getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            problems += _non_finite(value, key + ".")
+            continue
+        items = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            problems.append(f"{key} must be a finite number, got {list(value) if isinstance(value, tuple) else value}")
+    return problems
+
+
+def _folder_problems(config: Config) -> list[str]:
+    """Folders that can never be used: empty names, or an existing file in their path."""
+    problems = []
+    for key, path in (("logs_dir", config.logs_dir), ("data.data_dir", config.data.data_dir)):
+        if not path.strip():
+            problems.append(f"{key} must name a folder, got an empty value")
+            continue
+        blocker = _existing_non_folder(path)
+        if blocker:
+            what = "is a file" if blocker == path else f"lies under {blocker}, which is a file"
+            problems.append(f"{key} {path} {what}, not a folder: choose another --{key.split('.')[-1]}")
+    return problems
+
+
+def _existing_non_folder(path: str) -> str:
+    """``path`` or its nearest existing ancestor when that is not a folder, else ""."""
+    current = os.path.abspath(path)
+    while not os.path.exists(current):
+        parent = os.path.dirname(current)
+        if parent == current:
+            return ""
+        current = parent
+    if os.path.isdir(current):
+        return ""
+    return path if current == os.path.abspath(path) else current
 
 
 def to_dict(config) -> dict:

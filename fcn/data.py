@@ -18,6 +18,13 @@ and is never guessed at: its example arrives with ``error`` set, every label
 pixel ignored, and its path, so that the consumer counts and reports it (see
 ``SkipReport``). ``load_example`` raises ``DataError`` naming the file instead.
 
+A folder entry that cannot be paired without guessing (a stem present as both
+``.jpg`` and ``.png``, a symbolic link that loops or points nowhere) is a
+listing problem: ``list_split`` reports it, ``usable_pairs`` refuses the split
+with a message naming it. File names need not be UTF-8: paths enter tensors as
+their file-system bytes (``decode_path`` turns them back, ``display_path``
+prints them).
+
 Randomness is stateless: the file order of epoch ``e`` and the augmentation of
 the ``k``-th example drawn are pure functions of (seed, e) and (seed, k). A run
 resumed at example ``k`` therefore sees exactly the stream it would have seen,
@@ -27,6 +34,7 @@ without saving any iterator state.
 import collections
 import dataclasses
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -81,12 +89,17 @@ def find_dataset_root(data_dir: str) -> str | None:
     return None
 
 
-def prepare_dataset(config: DataConfig, progress: bool = True) -> str:
+def prepare_dataset(config: DataConfig, progress: bool = True, generate_sample: bool = True) -> str:
     """Finds the dataset, generating or downloading it when the config says so.
+
+    A dataset already at ``data_dir`` is always used as it is, also with
+    ``synthetic`` set: the sample data is generated only where there is none.
 
     Args:
       config: the data section of the run's config.
       progress: show progress bars.
+      generate_sample: False for a caller that only reads (``--mode=check_data``):
+        ``synthetic`` then generates nothing, so a mistyped ``data_dir`` is reported.
 
     Returns:
       The dataset root (the folder with ``images/`` and ``annotations/``).
@@ -94,29 +107,121 @@ def prepare_dataset(config: DataConfig, progress: bool = True) -> str:
     Raises:
       DatasetNotFoundError: no dataset and neither ``synthetic`` nor
         ``download`` set; the message says where it looked and both ways out.
+      DataError: ``data_dir/ADEChallengeData2016`` holds something that is
+        neither a dataset nor the sample data (it is left untouched).
     """
-    if config.synthetic:
-        from fcn import sample_data  # only runs that use the sample data need it
-
-        root = os.path.join(config.data_dir, "ADEChallengeData2016")
-        if find_dataset_root(config.data_dir) in (None, root):
-            return sample_data.generate_sample_dataset(root, progress=progress)
     root = find_dataset_root(config.data_dir)
     if root is not None:
         return root
+    if config.synthetic and generate_sample:
+        from fcn import sample_data  # only runs that use the sample data need it
+
+        target = os.path.join(config.data_dir, "ADEChallengeData2016")
+        try:
+            return sample_data.generate_sample_dataset(target, progress=progress)
+        except sample_data.FolderInUseError as error:
+            raise DataError(f"{error}. Point --data_dir at another folder for the sample data.") from None
     if config.download:
         from fcn import download
 
         return download.download_ade20k(config.data_dir, config.download_url, config.download_sha1, progress=progress)
     looked = [os.path.abspath(config.data_dir), os.path.abspath(os.path.join(config.data_dir, "ADEChallengeData2016"))]
+    note = ""
+    if config.synthetic:
+        note = "--mode=check_data only checks: it does not generate the sample data (--mode=train does)\n"
     raise DatasetNotFoundError(
         "no ADE20K dataset found: looked for images/ and annotations/ in\n"
         + "".join(f"  {path}\n" for path in looked)
+        + note
         + "Ways out:\n"
         "  --download                      fetch ADEChallengeData2016.zip (~923 MB) into --data_dir and extract it\n"
         "  --data_dir DIR                  point at an existing ADEChallengeData2016 folder\n"
         "  --config configs/sample.yaml    train on the small synthetic sample data instead"
     )
+
+
+def display_path(path) -> str:
+    """A path as text that can always be printed: undecodable name bytes appear as \\xNN escapes.
+
+    Args:
+      path: str (possibly holding the surrogate escapes ``os`` functions return
+        for non-UTF-8 names) or bytes (as in the ``path`` tensors).
+    """
+    raw = path if isinstance(path, bytes) else os.fsencode(path)
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def decode_path(value) -> str:
+    """A ``path`` tensor element (bytes) as a str the ``os`` functions accept, whatever its bytes."""
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    return os.fsdecode(value) if isinstance(value, bytes) else str(value)
+
+
+def _path_tensor(paths):
+    """Paths as a string tensor of their file-system bytes.
+
+    ``tf.constant`` refuses a str holding the surrogate escapes of a non-UTF-8
+    file name; the bytes are the name as the file system has it.
+    """
+    return tf.constant([os.fsencode(p) for p in paths] if isinstance(paths, (list, tuple)) else os.fsencode(paths))
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderScan:
+    """The image files of one folder.
+
+    Attributes:
+      files: readable files with one of the extensions, sorted by name.
+      unreadable: (path, reason) of entries with one of the extensions that
+        cannot be opened: a symbolic link looping or pointing nowhere, or a
+        name that is not a file.
+    """
+
+    files: tuple[str, ...]
+    unreadable: tuple[tuple[str, str], ...]
+
+
+def scan_image_folder(folder: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> FolderScan:
+    """Lists the image files of ``folder`` (not recursive) without ever raising on an entry.
+
+    Args:
+      folder: the folder; a missing folder (or a file in its place) gives an empty scan.
+      extensions: lower-case extensions with the dot.
+
+    Raises:
+      DataError: the folder itself cannot be read.
+    """
+    files, unreadable = [], []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if os.path.splitext(entry.name)[1].lower() not in extensions:
+                    continue
+                reason = _entry_problem(entry)
+                if reason:
+                    unreadable.append((entry.path, reason))
+                else:
+                    files.append(entry.path)
+    except (FileNotFoundError, NotADirectoryError):  # reported as a missing folder by check_data
+        return FolderScan((), ())
+    except OSError as error:
+        raise DataError(f"{display_path(folder)}: cannot list this folder ({error.strerror})") from None
+    return FolderScan(tuple(sorted(files)), tuple(sorted(unreadable)))
+
+
+def _entry_problem(entry: os.DirEntry) -> str:
+    """Why a folder entry named like an image cannot be read as a file, or ""."""
+    try:
+        if entry.is_file():
+            return ""
+        if entry.is_dir():
+            return "a folder, not a file: rename or move it"
+    except OSError as error:  # a symbolic link loop (ELOOP) raises here
+        return f"cannot be opened ({error.strerror}): remove it or fix the link"
+    if entry.is_symlink():
+        return "a symbolic link to nothing: remove it or fix the link"
+    return "not a regular file: remove it"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,47 +233,83 @@ class SplitListing:
         sorted by file name.
       images_without_annotation: image paths with no annotation PNG.
       annotations_without_image: annotation paths with no image.
+      unreadable: (path, reason) of entries named like images or annotations
+        that cannot be opened (see ``scan_image_folder``).
+      same_stem: groups of files of one folder sharing a stem, e.g.
+        ``X.jpg`` and ``X.png``; no pair is made for such a stem, since
+        picking one would silently depend on the folder order.
     """
 
     pairs: tuple[tuple[str, str], ...]
     images_without_annotation: tuple[str, ...]
     annotations_without_image: tuple[str, ...]
+    unreadable: tuple[tuple[str, str], ...] = ()
+    same_stem: tuple[tuple[str, ...], ...] = ()
+
+    def problems(self) -> list[str]:
+        """One line per entry that training and evaluation cannot use as it is (not unpaired files)."""
+        lines = [f"{display_path(path)}: {reason}" for path, reason in self.unreadable]
+        lines += [
+            " and ".join(display_path(p) for p in group) + ": the same name with different extensions; "
+            "keep one (rename or remove the others)"
+            for group in self.same_stem
+        ]
+        return lines
 
 
-def _files_by_stem(folder: str, extensions: tuple[str, ...]) -> dict[str, str]:
-    if not os.path.isdir(folder):
-        return {}
-    files = {}
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            stem, extension = os.path.splitext(entry.name)
-            if extension.lower() in extensions and entry.is_file():
-                files[stem] = entry.path
-    return files
+def _files_by_stem(folder: str, extensions: tuple[str, ...]):
+    """(stem -> path of stems with one file, groups sharing a stem, unreadable entries)."""
+    scan = scan_image_folder(folder, extensions)
+    by_stem = collections.defaultdict(list)
+    for path in scan.files:
+        by_stem[os.path.splitext(os.path.basename(path))[0]].append(path)
+    unique = {stem: paths[0] for stem, paths in by_stem.items() if len(paths) == 1}
+    shared = tuple(tuple(paths) for stem, paths in sorted(by_stem.items()) if len(paths) > 1)
+    return unique, shared, scan.unreadable
 
 
 def list_split(root: str, split: str) -> SplitListing:
     """Pairs the images and annotations of ``split`` by file stem."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    images = _files_by_stem(os.path.join(root, "images", split), IMAGE_EXTENSIONS)
-    annotations = _files_by_stem(os.path.join(root, "annotations", split), (".png",))
+    images, shared_images, bad_images = _files_by_stem(os.path.join(root, "images", split), IMAGE_EXTENSIONS)
+    annotations, shared_annotations, bad_annotations = _files_by_stem(os.path.join(root, "annotations", split), (".png",))
+    # A stem whose image is ambiguous is neither paired nor "without image".
+    ambiguous = {os.path.splitext(os.path.basename(group[0]))[0] for group in shared_images + shared_annotations}
+    images = {stem: path for stem, path in images.items() if stem not in ambiguous}
+    annotations = {stem: path for stem, path in annotations.items() if stem not in ambiguous}
     return SplitListing(
         pairs=tuple((images[s], annotations[s]) for s in sorted(images.keys() & annotations.keys())),
         images_without_annotation=tuple(images[s] for s in sorted(images.keys() - annotations.keys())),
         annotations_without_image=tuple(annotations[s] for s in sorted(annotations.keys() - images.keys())),
+        unreadable=bad_images + bad_annotations,
+        same_stem=shared_images + shared_annotations,
     )
 
 
 def usable_pairs(root: str, split: str) -> tuple[tuple[str, str], ...]:
-    """The (image, annotation) pairs of a split; DataError naming the folders if there are none."""
-    pairs = list_split(root, split).pairs
-    if not pairs:
+    """The (image, annotation) pairs of a split.
+
+    Raises:
+      DataError: there are none, or some files cannot be paired without
+        guessing (a stem with two images, an unreadable entry): the message
+        lists them and the fix, since leaving them out would go unnoticed.
+    """
+    listing = list_split(root, split)
+    problems = listing.problems()
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise DataError(
+            f"{display_path(root)} ({split} split): {len(problems)} file(s) cannot be used as they are:\n  "
+            + "\n  ".join(shown)
+            + f"\nFix them, then rerun; --mode=check_data --data_dir {display_path(root)} lists every problem."
+        )
+    if not listing.pairs:
         raise DataError(
             f"{os.path.join(root, 'images', split)}: no image with a matching annotation in "
             f"{os.path.join(root, 'annotations', split)}; run --mode=check_data --data_dir {root}"
         )
-    return pairs
+    return listing.pairs
 
 
 # ---------------------------------------------------------------------------
@@ -177,15 +318,52 @@ def usable_pairs(root: str, split: str) -> tuple[tuple[str, str], ...]:
 
 def decode_image(path):
     """Reads any image file as RGB uint8 (H, W, 3); returns (image, True). Raises on a corrupt file."""
-    data = tf.io.read_file(path)
+    return _decode_image_bytes(tf.io.read_file(path)), tf.constant(True)
+
+
+def _decode_image_bytes(data):
+    """JPEG, PNG, GIF or BMP file contents -> RGB uint8 (H, W, 3)."""
     # The accurate integer IDCT decodes JPEGs as PIL and OpenCV do; TensorFlow's
     # default fast IDCT is off by a grey level or two on many pixels.
-    image = tf.cond(
+    return tf.cond(
         tf.io.is_jpeg(data),
         lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
         lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
     )  # (H, W, 3)
-    return image, tf.constant(True)
+
+
+def read_image_file(path: str) -> np.ndarray:
+    """Reads one image file eagerly, decoded exactly as the pipeline decodes it.
+
+    Args:
+      path: the file; a str from ``os`` functions may hold a non-UTF-8 name.
+
+    Returns:
+      uint8 RGB (H, W, 3).
+
+    Raises:
+      DataError: naming the file: it cannot be opened, or it is not an image
+        this reader can decode (JPEG, PNG, GIF, BMP), with the decoder's reason.
+    """
+    try:
+        with open(path, "rb") as f:
+            contents = f.read()
+    except OSError as error:
+        raise DataError(f"{display_path(path)}: cannot be read ({error.strerror})") from None
+    try:
+        return _decode_image_bytes(tf.constant(contents)).numpy()
+    except tf.errors.OpError as error:
+        raise DataError(
+            f"{display_path(path)}: not an image it can read: {_decoder_reason(error)} (JPEG, PNG, GIF and BMP files are read)"
+        ) from None
+
+
+def _decoder_reason(error: tf.errors.OpError) -> str:
+    """The decoder's own words, without TensorFlow's op and device decorations."""
+    text = re.sub(r"\{\{[^}]*\}\}", "", error.message)
+    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text, flags=re.S)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0].rstrip(".") if lines else "the decoder rejected it"
 
 
 def _unreadable_image(path):
@@ -267,19 +445,20 @@ def load_example(image_path: str, annotation_path: str, num_classes: int = ade20
     """
     # Eagerly, decoding errors can be caught directly (the pipeline needs ignore_errors).
     try:
-        image_read = decode_image(tf.constant(image_path))
+        image_read = decode_image(_path_tensor(image_path))
     except tf.errors.OpError:
         image_read = _unreadable_image(image_path)
     try:
-        annotation_read = _decode_annotation(tf.constant(annotation_path))
+        annotation_read = _decode_annotation(_path_tensor(annotation_path))
     except tf.errors.OpError:
         annotation_read = _unreadable_annotation(annotation_path)
-    example = _checked_example(image_read, annotation_read, image_path, num_classes)
+    example = _checked_example(image_read, annotation_read, _path_tensor(image_path), num_classes)
     error = int(example["error"])
     if error != ERROR_NONE:
-        culprit = annotation_path if error in (ERROR_UNREADABLE_ANNOTATION, ERROR_ANNOTATION_FORMAT, ERROR_LABEL_OUT_OF_RANGE) else image_path
+        image_name, annotation_name = display_path(image_path), display_path(annotation_path)
+        culprit = annotation_name if error in (ERROR_UNREADABLE_ANNOTATION, ERROR_ANNOTATION_FORMAT, ERROR_LABEL_OUT_OF_RANGE) else image_name
         if error == ERROR_SIZE_MISMATCH:
-            culprit = f"{annotation_path} (image {image_path})"
+            culprit = f"{annotation_name} (image {image_name})"
         raise DataError(f"{culprit}: {ERROR_MESSAGES[error]}")
     return example["image"].numpy(), example["label"].numpy()
 
@@ -506,8 +685,8 @@ def training_dataset(
         raise ValueError(f"a pipeline's {share} examples per step do not split into batches of {output_batch_size}")
     pairs = usable_pairs(root, split)
     count = len(pairs)
-    image_paths = tf.constant([p[0] for p in pairs])
-    annotation_paths = tf.constant([p[1] for p in pairs])
+    image_paths = _path_tensor([p[0] for p in pairs])
+    annotation_paths = _path_tensor([p[1] for p in pairs])
 
     def epoch_examples(epoch):
         order = _epoch_permutation(count, seed, epoch)
@@ -549,7 +728,7 @@ def validation_dataset(
     pairs = usable_pairs(root, split)
     if num_images:
         pairs = pairs[:num_images]
-    dataset = tf.data.Dataset.from_tensor_slices(([p[0] for p in pairs], [p[1] for p in pairs]))
+    dataset = tf.data.Dataset.from_tensor_slices((_path_tensor([p[0] for p in pairs]), _path_tensor([p[1] for p in pairs])))
     dataset = dataset.interleave(
         lambda image_path, annotation_path: read_example_dataset(image_path, annotation_path, config.num_classes).map(
             lambda example: fit_and_pad(example, config.val_size)
@@ -562,24 +741,37 @@ def validation_dataset(
 
 
 class SkipReport:
-    """Counts the examples a pipeline skipped, with their files and reasons.
+    """The unusable examples a consumer met, with their files and reasons, each file reported once.
 
-    Feed it every batch (``record``); ``summary`` gives a report for the user.
+    Feed it every batch of every split (``record``); ``new_messages`` gives the
+    lines of files not reported yet, ``summary`` the whole list.
     """
 
     def __init__(self):
         self.skipped: dict[str, int] = collections.OrderedDict()
         self.examples = 0
+        self._reported = 0
 
     def record(self, batch) -> int:
-        """Notes the skipped examples of a batch; returns how many it had."""
-        errors = np.asarray(batch["error"])
-        paths = np.asarray(batch["path"])
+        """Notes the skipped examples of a batch (training or validation); returns how many it had.
+
+        Args:
+          batch: a dict with ``error`` (B,) and ``path`` (B,) as the datasets
+            of this module make them (numpy or tensors).
+        """
+        errors = np.asarray(batch["error"]).reshape(-1)
+        paths = np.asarray(batch["path"]).reshape(-1)
         self.examples += errors.size
         bad = np.flatnonzero(errors)
         for i in bad:
-            self.skipped[paths[i].decode()] = int(errors[i])
+            self.skipped.setdefault(decode_path(paths[i]), int(errors[i]))
         return len(bad)
+
+    def new_messages(self) -> list[str]:
+        """One line per file first met since the last call (files already reported are left out)."""
+        fresh = list(self.skipped.items())[self._reported :]
+        self._reported = len(self.skipped)
+        return [_skip_line(path, error) for path, error in fresh]
 
     def __len__(self):
         return len(self.skipped)
@@ -589,5 +781,9 @@ class SkipReport:
         if not self.skipped:
             return ""
         lines = [f"skipped {len(self.skipped)} unusable file(s) (their pixels were ignored):"]
-        lines += [f"  {path}: {ERROR_MESSAGES[error]}" for path, error in self.skipped.items()]
+        lines += [f"  {display_path(path)}: {ERROR_MESSAGES[error]}" for path, error in self.skipped.items()]
         return "\n".join(lines)
+
+
+def _skip_line(path: str, error: int) -> str:
+    return f"skipped {display_path(path)}: {ERROR_MESSAGES[error]} (its pixels are ignored)"

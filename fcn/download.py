@@ -257,7 +257,10 @@ def _transfer(url: str, part_path: str, offset: int, data_dir: str, progress: bo
 
 
 def _check_member_names(archive: zipfile.ZipFile, zip_path: str) -> None:
-    """Rejects members that would land outside the extraction folder (zip-slip)."""
+    """Rejects members that would land outside the extraction folder (zip-slip),
+    and a name that is both a file and a folder (``a/b`` and ``a/b/c``), which
+    cannot be extracted."""
+    folders, files = set(), {}
     for name in archive.namelist():
         normalized = name.replace("\\", "/")
         parts = normalized.split("/")
@@ -266,6 +269,16 @@ def _check_member_names(archive: zipfile.ZipFile, zip_path: str) -> None:
                 f"{zip_path} contains the unsafe member path {name!r} (absolute or with '..'); "
                 "refusing to extract it. The file is not the official ADE20K zip."
             )
+        parts = [part for part in parts if part not in ("", ".")]
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        if parts and not normalized.endswith("/"):
+            files["/".join(parts)] = name
+    clashes = sorted(folders & files.keys())
+    if clashes:
+        raise DownloadError(
+            f"{zip_path} holds {files[clashes[0]]!r} both as a file and as a folder of other members; "
+            "it cannot be extracted. The file is not the official ADE20K zip."
+        )
 
 
 def _extract(zip_path: str, data_dir: str, progress: bool) -> None:
@@ -283,6 +296,10 @@ def _extract(zip_path: str, data_dir: str, progress: bool) -> None:
                     archive.extract(member, staging_dir)
         except zipfile.BadZipFile as error:
             raise DownloadError(f"{zip_path} is not a readable zip file: {error}") from error
+        except OSError as error:  # e.g. a full disk, or a member that cannot be written here
+            raise DownloadError(
+                f"extracting {zip_path} failed: {error}. Nothing extracted was kept; rerun once it is fixed."
+            ) from error
 
         extracted_dir = os.path.join(staging_dir, DATASET_DIR_NAME)
         missing = [name for name in REQUIRED_DIRS if not os.path.isdir(os.path.join(extracted_dir, name))]

@@ -97,6 +97,10 @@ _LOOKS = {
 }
 
 
+class FolderInUseError(ValueError):
+    """The folder meant for the sample data already holds other files."""
+
+
 def is_complete(root: str) -> bool:
     """Whether ``root`` holds a finished sample dataset.
 
@@ -144,8 +148,9 @@ def generate_sample_dataset(
       ``root`` as an absolute path.
 
     Raises:
-      ValueError: on bad arguments, or when ``root`` exists and holds anything
-        other than a complete sample dataset (user data is never overwritten).
+      ValueError: on bad arguments.
+      FolderInUseError: ``root`` exists and holds anything other than a
+        complete sample dataset (user data is never overwritten).
     """
     if num_train < 0 or num_val < 0:
         raise ValueError(f"image counts must be >= 0, got num_train={num_train}, num_val={num_val}")
@@ -155,9 +160,10 @@ def generate_sample_dataset(
     if is_complete(root):
         return root
     if os.path.exists(root) and not _is_empty_dir(root):
-        raise ValueError(
-            f"{root} exists but is not a complete sample dataset (no {MARKER_FILENAME}); "
-            "it may be an unfinished generation or other data. Delete it or choose another folder."
+        raise FolderInUseError(
+            f"{root} exists and holds other files, but no dataset (images/ and annotations/) and no "
+            f"{MARKER_FILENAME}: the sample data is generated only into a new or empty folder, and "
+            "nothing in this one was changed"
         )
 
     parent = os.path.dirname(root)

@@ -4,6 +4,12 @@ Train and validation events go to ``logs_dir/train`` and ``logs_dir/validation``
 under the same tags, so TensorBoard draws both loss curves in one chart.
 With the CRF stage, its parameters are written on every summary step
 (``write_crf``).
+
+TensorBoard orders charts by tag group (the part before the first ``/``),
+alphabetically, and opens the first groups. The numbered groups put what
+users look at first: ``1_metrics`` (loss, pixel accuracy, mean IoU), then
+``2_training`` (speed, learning rate), then ``activations``, ``crf``,
+``gradients`` and ``variables`` (``--debug`` and the CRF stage).
 """
 
 import os
@@ -25,10 +31,40 @@ def colorize(labels: tf.Tensor) -> tf.Tensor:
     return tf.gather(lookup, tf.cast(labels, tf.int32))
 
 
+# The training loop's keys -> TensorBoard tags.
+SCALAR_TAGS = {
+    "loss": "1_metrics/loss",
+    "pixel_accuracy": "1_metrics/pixel_accuracy",
+    "mean_iou": "1_metrics/mean_iou",
+    "images_per_second": "2_training/images_per_second",
+    "learning_rate": "2_training/learning_rate",
+}
+
+
+def scalar_tag(name: str) -> str:
+    """The TensorBoard tag of a scalar the training loop names ``name``.
+
+    A name holding a ``/`` is already a tag and is kept.
+
+    Raises:
+      KeyError: a bare name without a tag, so that no chart is silently misfiled.
+    """
+    if name in SCALAR_TAGS:
+        return SCALAR_TAGS[name]
+    if "/" in name:
+        return name
+    raise KeyError(f"no TensorBoard tag for the scalar {name!r}; known: {', '.join(SCALAR_TAGS)}")
+
+
 def write_scalars(writer: tf.summary.SummaryWriter, step: int, values: dict) -> None:
+    """Writes scalars under their tags (``SCALAR_TAGS``).
+
+    Args:
+      values: name -> number, names being the keys of ``SCALAR_TAGS`` (or tags).
+    """
     with writer.as_default(step=step):
         for name, value in values.items():
-            tf.summary.scalar(name, value)
+            tf.summary.scalar(scalar_tag(name), value)
 
 
 def write_images(writer, step: int, images, labels, predictions, max_outputs: int) -> None:
@@ -48,24 +84,36 @@ def write_images(writer, step: int, images, labels, predictions, max_outputs: in
 HISTOGRAM_BUCKETS = 30
 
 
-def histogram(tag: str, values, buckets: int = HISTOGRAM_BUCKETS) -> None:
+def histogram(tag: str, values, buckets: int = HISTOGRAM_BUCKETS) -> int:
     """Writes a TensorBoard histogram in memory linear in the number of values.
 
     ``tf.summary.histogram`` builds a (values x buckets) float64 table: 25 GB
     for fc6's kernel alone. Counting with ``tf.histogram_fixed_width`` needs
     one index per value. The written tensor has TensorBoard's histogram format:
     (buckets, 3) rows of [left edge, right edge, count].
+
+    A histogram has no bucket for NaN or infinity: when there are such values
+    their count is written as the scalar ``TAG/non_finite_values`` (which
+    appears exactly when it matters) and the histogram shows the rest.
+
+    Returns:
+      The number of NaN and infinite values.
     """
     values = tf.reshape(tf.cast(values, tf.float32), [-1])
-    values = tf.boolean_mask(values, tf.math.is_finite(values))
+    finite = tf.math.is_finite(values)
+    non_finite = int(tf.size(values)) - int(tf.math.count_nonzero(finite))
+    if non_finite:
+        tf.summary.scalar(f"{tag}/non_finite_values", non_finite)
+    values = tf.boolean_mask(values, finite)
     if tf.size(values) == 0:
-        return
+        return non_finite
     low, high = tf.reduce_min(values), tf.reduce_max(values)
     high = tf.where(high > low, high, low + 1.0)  # a constant tensor still gets one visible bucket
     counts = tf.histogram_fixed_width(values, tf.stack([low, high]), nbins=buckets)
     edges = tf.cast(tf.linspace(low, high, buckets + 1), tf.float64)
     table = tf.stack([edges[:-1], edges[1:], tf.cast(counts, tf.float64)], axis=1)
     tf.summary.write(tag, table, metadata=_histogram_metadata())
+    return non_finite
 
 
 def _histogram_metadata():
@@ -77,20 +125,25 @@ def _histogram_metadata():
 def write_debug(writer, step: int, activations: dict, gradients: list, variables: list) -> None:
     """Histograms and zero fractions of ReLU activations, gradients and variables.
 
+    Each group also gets ``GROUP/non_finite_values``, the number of NaN and
+    infinite values over its tensors (0 while training is healthy); a tensor
+    holding any has its own ``TAG/non_finite_values``.
+
     Args:
       activations: layer name -> its ReLU output.
       gradients: one gradient per variable, in the order of ``variables``.
       variables: the trainable variables.
     """
     with writer.as_default(step=step):
+        non_finite = sum(histogram(f"activations/{name}", activation) for name, activation in activations.items())
+        tf.summary.scalar("activations/non_finite_values", non_finite)
         for name, activation in activations.items():
-            histogram(f"activations/{name}", activation)
             tf.summary.scalar(f"activations/{name}/zero_fraction", tf.math.zero_fraction(activation))
-        for variable, gradient in zip(variables, gradients):
-            histogram(f"gradients/{variable.path}", gradient)
+        non_finite = sum(histogram(f"gradients/{v.path}", g) for v, g in zip(variables, gradients))
+        tf.summary.scalar("gradients/non_finite_values", non_finite)
         tf.summary.scalar("gradients/global_norm", tf.linalg.global_norm(gradients))
-        for variable in variables:
-            histogram(f"variables/{variable.path}", variable)
+        non_finite = sum(histogram(f"variables/{variable.path}", variable) for variable in variables)
+        tf.summary.scalar("variables/non_finite_values", non_finite)
 
 
 def crf_parameter_summary(spatial_kernel_weights, bilateral_kernel_weights, compatibility) -> dict:

@@ -91,6 +91,7 @@ def test_check_data_on_the_real_samples(tmp_path):
     assert result.returncode == FCN.EXIT_FAILED
     assert "validation: 3 pairs, 3 usable, 15 classes present" in result.stdout
     assert "missing folders: 2" in result.stdout
+    assert "2 problem(s) found" in result.stdout  # as many as listed
 
 
 def test_download_flag_fetches_and_checks_the_dataset(tmp_path, rng):
@@ -126,3 +127,108 @@ def test_download_flag_fetches_and_checks_the_dataset(tmp_path, rng):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def test_on_off_flags_take_true_and_false_values():
+    parse = FCN.build_parser().parse_args
+    # FCN.tensorflow's form --debug=True, and the plain switch.
+    assert parse(["--debug=True"]).debug is True and parse(["--debug"]).debug is True
+    assert parse(["--debug=False"]).debug is False and parse([]).debug is None
+    for flag in ("debug", "download", "jit_compile", "crf", "no_progress"):
+        assert getattr(parse([f"--{flag}=1"]), flag) is True
+        assert getattr(parse([f"--{flag}=0"]), flag) is False
+        assert getattr(parse([f"--{flag}=false"]), flag) is False
+    assert parse(["--crf", "--mode", "predict"]).crf is True and parse([]).no_progress is False
+    config = FCN.resolve_config(parse(["--debug=False", "--set", "train.debug=true"]))
+    assert config.train.debug is False  # the flag, given as False, wins over --set
+
+
+def test_bad_on_off_value_is_a_usage_error():
+    result = run("--debug=maybe")
+    assert result.returncode == FCN.EXIT_USAGE
+    assert "expected True or False" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_configurations_exit_2_with_a_message(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"logs_dir: caf\xe9\n")
+    cases = [
+        (["--set", "logs_dir="], "logs_dir must name a folder"),
+        (["--logs_dir", str(a_file)], "is a file, not a folder"),
+        (["--config", str(tmp_path)], "is a folder"),
+        (["--config", str(latin1)], "is not UTF-8 text"),
+        (["--seed", "-1"], "train.seed must be in 0..4294967295"),
+        (["--seed", str(2**32)], "train.seed must be in 0..4294967295"),
+        (["--mode=predict", "--image", "README.md", "--set", "evaluate.scales=nan"], "evaluate.scales must be a finite number"),
+    ]
+    for args, message in cases:
+        result = run(*args)
+        assert result.returncode == FCN.EXIT_USAGE, (args, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+    assert a_file.read_text() == "keep"
+
+
+def test_ctrl_c_while_starting_is_one_line_and_status_130(tmp_path):
+    import signal
+    import time
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "FCN.py"), "--mode=check_data", "--data_dir", str(tmp_path), "--no_progress"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        # Interrupt once TensorFlow's library is being loaded: the slow part of starting.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            with open(f"/proc/{process.pid}/maps") as maps:
+                if "tensorflow" in maps.read():
+                    break
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == FCN.EXIT_INTERRUPTED, stderr
+    assert "Traceback" not in stderr and "FCN.py: interrupted" in stderr
+
+
+def test_check_data_creates_nothing(tmp_path):
+    typo = tmp_path / "typo"
+    result = run("--mode=check_data", "--config", "configs/sample.yaml", "--data_dir", str(typo), "--no_progress")
+    assert result.returncode == FCN.EXIT_FAILED, result.stdout + result.stderr
+    assert "no ADE20K dataset found" in result.stderr and str(typo) in result.stderr
+    assert "does not generate the sample data" in result.stderr and "Traceback" not in result.stderr
+    assert not typo.exists()
+
+
+def test_check_data_lists_unopenable_and_ambiguous_files(tmp_path, rng, capsys):
+    root = str(tmp_path)
+    image = rng.integers(0, 255, (24, 32, 3)).astype(np.uint8)
+    label = rng.integers(1, 151, (24, 32)).astype(np.uint8)
+    for split, prefix in (("training", "ADE_train"), ("validation", "ADE_val")):
+        write_pair(root, split, f"{prefix}_00000001", image, label)
+    write_pair(root, "training", "ADE_train_00000002", image, label)
+    write_pair(root, "training", "ADE_train_00000002", image, label, image_format="PNG")  # same stem, .jpg and .png
+    os.symlink("L.jpg", os.path.join(root, "images", "training", "L.jpg"))  # ln -s L.jpg L.jpg
+    write_pair(root, "validation", os.fsdecode(b"B17_\xff\xfe"), image, label)  # a non-UTF-8 name is fine
+    status = FCN.main(["--mode=check_data", "--data_dir", root, "--no_progress"])
+    out = capsys.readouterr().out
+    assert status == FCN.EXIT_FAILED
+    assert "training: 1 pairs, 1 usable" in out and "validation: 2 pairs, 2 usable" in out
+    assert "files that cannot be opened: 1" in out and "L.jpg: cannot be opened (Too many levels of symbolic links)" in out
+    assert "names used by more than one file (keep one: rename or remove the others): 1" in out
+    assert "ADE_train_00000002.jpg and " in out and "ADE_train_00000002.png" in out
+    assert "2 problem(s) found" in out
+
+
+def test_check_data_counts_what_it_lists(capsys):
+    from fcn import check_data
+
+    reports = check_data.check_dataset(SAMPLE_ROOT, progress=False)
+    text = check_data.format_report(SAMPLE_ROOT, reports)
+    listed = [line for line in text.splitlines() if line.startswith("    ")]
+    assert len(listed) == 2 and "2 problem(s) found" in text  # the two missing training folders

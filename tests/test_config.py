@@ -117,3 +117,48 @@ def test_saved_config_round_trips(tmp_path):
     assert os.path.basename(path) == "config.yaml" and not os.path.exists(path + ".tmp")
     assert yaml.safe_load(open(path))["data"]["crop_size"] == [33, 65]
     assert config_lib.load_config(path) == config
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("evaluate.scales", "nan"), ("evaluate.scales", "1.0,inf"), ("train.learning_rate", "nan"), ("model.dropout", "nan"),
+     ("data.ratio_range", "nan,2"), ("data.cat_max_ratio", "-inf")],
+)
+def test_non_finite_floats_are_rejected(key, value):
+    # NaN passes every range check written as a comparison (nan <= 0 is false).
+    with pytest.raises(config_lib.ConfigError, match=rf"{key} must be a finite number"):
+        config_lib.load_config(None, [(key, value)])
+
+
+def test_non_finite_float_in_a_file_is_rejected(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match="evaluate.scales must be a finite number"):
+        config_lib.load_config(write(tmp_path, "evaluate:\n  scales: [1.0, .nan]\n"))
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_seed_outside_32_bits_is_rejected(seed):
+    with pytest.raises(config_lib.ConfigError, match=r"train.seed must be in 0\.\.4294967295"):
+        config_lib.load_config(None, [("train.seed", seed)])
+    assert config_lib.load_config(None, [("train.seed", str(2**32 - 1))]).train.seed == 2**32 - 1
+
+
+def test_folders_that_cannot_be_folders_are_rejected(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    with pytest.raises(config_lib.ConfigError, match="logs_dir must name a folder, got an empty value"):
+        config_lib.load_config(None, [("logs_dir", "")])
+    with pytest.raises(config_lib.ConfigError, match=rf"logs_dir {a_file} is a file, not a folder"):
+        config_lib.load_config(None, [("logs_dir", str(a_file))])
+    with pytest.raises(config_lib.ConfigError, match=rf"data.data_dir {a_file}/data lies under {a_file}, which is a file"):
+        config_lib.load_config(None, [("data.data_dir", str(a_file / "data"))])
+    assert a_file.read_text() == "keep"
+    assert config_lib.load_config(None, [("logs_dir", str(tmp_path / "new" / "run"))]).logs_dir.endswith("run")
+
+
+def test_unreadable_config_files_are_config_errors(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match=rf"--config {tmp_path} is a folder"):
+        config_lib.load_config(str(tmp_path))
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("logs_dir: logs/caf\xe9\n".encode("latin-1"))
+    with pytest.raises(config_lib.ConfigError, match=r"latin1.yaml is not UTF-8 text.*save it as UTF-8"):
+        config_lib.load_config(str(latin1))

@@ -307,3 +307,112 @@ def test_listing_reports_unpaired_files(tmp_path, rng):
     assert data.find_dataset_root(str(tmp_path)) == str(tmp_path)
     assert data.find_dataset_root(os.path.dirname(SAMPLE_ROOT)) == SAMPLE_ROOT
     assert data.find_dataset_root(str(tmp_path / "nothing")) is None
+
+
+def small_pair(tmp_path, rng, split, stem, image_format="JPEG"):
+    image, label = colour_coded_scene(rng, 24, 32)
+    return write_pair(str(tmp_path), split, stem, image, label, image_format=image_format)
+
+
+def test_symlink_loop_is_a_listed_problem_not_an_oserror(tmp_path, rng):
+    small_pair(tmp_path, rng, "training", "ADE_train_00000001")
+    loop = tmp_path / "images" / "training" / "L.jpg"
+    os.symlink("L.jpg", loop)  # ln -s L.jpg L.jpg
+    os.symlink("gone.png", tmp_path / "annotations" / "training" / "D.png")
+    listing = data.list_split(str(tmp_path), "training")
+    assert [os.path.basename(p[0]) for p in listing.pairs] == ["ADE_train_00000001.jpg"]
+    reasons = dict(listing.unreadable)
+    assert "Too many levels of symbolic links" in reasons[str(loop)]
+    assert "symbolic link to nothing" in reasons[str(tmp_path / "annotations" / "training" / "D.png")]
+    with pytest.raises(data.DataError, match=r"2 file\(s\) cannot be used(.|\n)*L.jpg: cannot be opened"):
+        data.usable_pairs(str(tmp_path), "training")
+    scan = data.scan_image_folder(str(tmp_path / "images" / "training"))
+    assert [os.path.basename(p) for p in scan.files] == ["ADE_train_00000001.jpg"]
+    assert [p for p, _ in scan.unreadable] == [str(loop)]
+
+
+def test_same_stem_as_jpg_and_png_is_never_picked_silently(tmp_path, rng):
+    small_pair(tmp_path, rng, "training", "ADE_train_00000001")
+    jpg, _ = small_pair(tmp_path, rng, "training", "ADE_train_00000002")
+    png, _ = small_pair(tmp_path, rng, "training", "ADE_train_00000002", image_format="PNG")
+    listing = data.list_split(str(tmp_path), "training")
+    assert [os.path.basename(p[0]) for p in listing.pairs] == ["ADE_train_00000001.jpg"]
+    assert listing.same_stem == ((jpg, png),) and not listing.annotations_without_image
+    with pytest.raises(data.DataError, match=rf"{jpg} and {png}: the same name with different extensions"):
+        data.usable_pairs(str(tmp_path), "training")
+
+
+def test_non_utf8_file_names_are_read_and_reported(tmp_path, rng):
+    stem = os.fsdecode(b"B17_\xff\xfe")  # as os.listdir returns the name
+    good_image, _ = small_pair(tmp_path, rng, "validation", stem)
+    bad_image, bad_annotation = write_pair(str(tmp_path), "training", stem, colour_coded_scene(rng, 24, 32)[0], np.full((5, 5), 1, np.uint8))
+    small_pair(tmp_path, rng, "training", "ADE_train_00000001")
+    image, label = data.load_example(*data.list_split(str(tmp_path), "validation").pairs[0])
+    assert image.shape == (24, 32, 3) and (label != 255).all()
+    assert data.read_image_file(good_image).shape == (24, 32, 3)
+    batches = list(data.validation_dataset(data_config(val_size=(32, 32)), str(tmp_path), batch_size=2).as_numpy_iterator())
+    assert batches[0]["path"].tolist() == [os.fsencode(good_image)] and batches[0]["error"].tolist() == [0]
+    report = data.SkipReport()
+    for batch in data.training_dataset(data_config(base_size=(32, 24), crop_size=(16, 16)), str(tmp_path), 2).take(1).as_numpy_iterator():
+        report.record(batch)
+    assert list(report.skipped) == [bad_image]  # the name as the file system has it
+    assert report.new_messages() == [
+        f"skipped {tmp_path}/images/training/B17_\\xff\\xfe.jpg: annotation size differs from the image size (its pixels are ignored)"
+    ]
+    with pytest.raises(data.DataError, match=r"B17_\\xff\\xfe.png \(image .*B17_\\xff\\xfe.jpg\): annotation size differs"):
+        data.load_example(bad_image, bad_annotation)
+
+
+def test_read_image_file_names_the_file_it_cannot_read(tmp_path):
+    readme = os.path.join(os.path.dirname(SAMPLE_ROOT), "..", "..", "README.md")
+    with pytest.raises(data.DataError, match=r"README.md: not an image it can read: Unknown image file format") as raised:
+        data.read_image_file(readme)
+    assert "{{" not in str(raised.value) and "Op:" not in str(raised.value)
+    with pytest.raises(data.DataError, match=r"missing.jpg: cannot be read \(No such file or directory\)"):
+        data.read_image_file(str(tmp_path / "missing.jpg"))
+    image = data.read_image_file(os.path.join(SAMPLE_ROOT, "images", "validation", "ADE_val_00000003.jpg"))
+    assert image.shape == (300, 400, 3) and image.dtype == np.uint8
+
+
+def test_skip_report_reports_each_file_once_for_both_splits():
+    def batch(split, *names_errors):
+        return {
+            "path": np.array([f"/d/images/{split}/{name}.jpg".encode() for name, _ in names_errors]),
+            "error": np.array([error for _, error in names_errors], np.int32),
+        }
+
+    report = data.SkipReport()
+    assert report.record(batch("training", ("a", 0), ("b", data.ERROR_UNREADABLE_IMAGE))) == 1
+    assert report.new_messages() == [
+        "skipped /d/images/training/b.jpg: image cannot be decoded (corrupt or truncated file) (its pixels are ignored)"
+    ]
+    for _ in range(15):  # the same bad file in every later batch is not reported again
+        assert report.record(batch("training", ("b", data.ERROR_UNREADABLE_IMAGE), ("c", 0))) == 1
+        assert report.new_messages() == []
+    report.record(batch("validation", ("v", data.ERROR_SIZE_MISMATCH)))
+    assert report.new_messages() == [
+        "skipped /d/images/validation/v.jpg: annotation size differs from the image size (its pixels are ignored)"
+    ]
+    assert len(report) == 2 and report.examples == 33
+    assert report.summary().splitlines()[0] == "skipped 2 unusable file(s) (their pixels were ignored):"
+
+
+def test_sample_config_uses_an_existing_dataset_as_it_is():
+    # configs/sample.yaml with --data_dir pointing at real data: the data is used, nothing is generated.
+    fixtures = os.path.dirname(SAMPLE_ROOT)
+    before = sorted(os.listdir(SAMPLE_ROOT))
+    assert data.prepare_dataset(data_config(data_dir=fixtures, synthetic=True), progress=False) == SAMPLE_ROOT
+    assert sorted(os.listdir(SAMPLE_ROOT)) == before
+
+
+def test_sample_data_is_not_generated_over_other_files_or_when_only_checking(tmp_path):
+    other = tmp_path / "mine" / "ADEChallengeData2016"
+    other.mkdir(parents=True)
+    (other / "notes.txt").write_text("keep")
+    with pytest.raises(data.DataError, match=r"holds other files(.|\n)*nothing in this one was changed(.|\n)*--data_dir"):
+        data.prepare_dataset(data_config(data_dir=str(tmp_path / "mine"), synthetic=True), progress=False)
+    assert os.listdir(other) == ["notes.txt"]
+    typo = tmp_path / "typo"
+    with pytest.raises(data.DatasetNotFoundError, match="does not generate the sample data"):
+        data.prepare_dataset(data_config(data_dir=str(typo), synthetic=True), progress=False, generate_sample=False)
+    assert not typo.exists()

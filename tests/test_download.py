@@ -386,3 +386,31 @@ def test_refused_connection_is_wrapped(tmp_path):
     message = str(raised.value)
     assert url in message and "Rerun" in message and "unzip it into" in message
     assert isinstance(raised.value.__cause__, OSError)
+
+
+def test_member_that_is_both_file_and_folder_is_a_download_error(tmp_path, serve):
+    files = dict(DATASET_FILES)
+    files["ADEChallengeData2016/images/training"] = b"a file where a folder is"
+    payload = make_zip(files, with_dir_entries=False)
+    server = serve(payload)
+    data_dir = tmp_path / "data"
+
+    with pytest.raises(download.DownloadError, match="'ADEChallengeData2016/images/training' both as a file and as a folder"):
+        download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+
+    assert not (data_dir / "ADEChallengeData2016").exists()
+    assert leftovers(data_dir) == []
+
+
+def test_failed_write_while_extracting_is_a_download_error(tmp_path, serve, payload, monkeypatch):
+    server = serve(payload)
+    data_dir = tmp_path / "data"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(download.zipfile.ZipFile, "extract", disk_full)
+    with pytest.raises(download.DownloadError, match="extracting .*ADEChallengeData2016.zip failed: .*No space left on device"):
+        download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+    assert not (data_dir / "ADEChallengeData2016").exists()
+    assert leftovers(data_dir) == []

@@ -149,8 +149,10 @@ def test_existing_incomplete_root_is_refused(tmp_path):
     root = tmp_path / "ADEChallengeData2016"
     root.mkdir()
     (root / "my_notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="ADEChallengeData2016.*Delete it"):
+    # Never advise deleting: the folder may hold the user's own data.
+    with pytest.raises(sample_data.FolderInUseError, match="ADEChallengeData2016 exists and holds other files.*nothing in this one was changed") as raised:
         sample_data.generate_sample_dataset(str(root), num_train=1, num_val=1, progress=False)
+    assert "elete" not in str(raised.value)
     assert os.listdir(root) == ["my_notes.txt"]
 
 

@@ -46,10 +46,8 @@ def test_multi_scale_and_flip_views_are_averaged_at_the_images_size(tiny_run):
 
     assert probabilities.shape == (1, 46, 70, 150)
     np.testing.assert_allclose(probabilities, expected, atol=2e-4)  # float32 against float64
-    labels, clear = clear_argmax(expected)
-    np.testing.assert_array_equal(predictor.labels(image).numpy()[clear], labels[clear])
     # The views do change the answer: one view alone disagrees with their average on many pixels.
-    assert np.mean(model(image).numpy().argmax(-1) != labels) > 0.05
+    assert np.mean(model(image).numpy().argmax(-1) != expected.argmax(-1)) > 0.05
 
 
 def test_predict_mode_averages_the_scales_and_flip_of_the_config(tmp_path, tiny_run):

@@ -121,7 +121,8 @@ class Predictor:
     """Whole-image inference with optional multi-scale and flip averaging.
 
     Both methods take uint8 RGB images (B, H, W, 3) of any size and are compiled
-    once for all sizes. The model runs on each view (scale x flip) and its
+    once for all sizes; the network is one compiled function shared by all the
+    views and both methods. The model runs on each view (scale x flip) and its
     logits are resized back to (H, W) bilinearly; the softmax probabilities of
     the views are averaged (the usual multi-scale recipe, as mmsegmentation's
     ``aug_test``). With the single view (scales (1.0,), no flip) the labels are
@@ -143,8 +144,8 @@ class Predictor:
         self.scales = tuple(float(s) for s in scales)
         self.flip = bool(flip)
         spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
-        # The network as one function of any image size: every view calls it, so it is traced once
-        # instead of once per view (each trace of FCN-8s costs seconds, a view only its run).
+        # The network as one function of any image size, called by every view: traced once, not once
+        # per view and method (a trace of FCN-8s takes seconds, as long as running several views).
         self._forward = tf.function(
             lambda images: self.model(images, training=False),
             input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],

@@ -50,6 +50,32 @@ def test_multi_scale_and_flip_views_are_averaged_at_the_images_size(tiny_run):
     assert np.mean(model(image).numpy().argmax(-1) != expected.argmax(-1)) > 0.05
 
 
+def test_the_network_is_traced_once_for_all_views_and_both_methods():
+    import keras
+
+    class CountingModel:
+        """A 1x1 convolution that counts the Python calls, i.e. the traces of the network."""
+
+        def __init__(self):
+            self.model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 1)])
+            self.calls = 0
+
+        def __call__(self, images, training=False):
+            self.calls += 1
+            return self.model(images, training=training)
+
+    model = CountingModel()
+    predictor = predict.Predictor(model, scales=(0.5, 1.0, 1.5), flip=True)  # 6 views
+    images = np.random.default_rng(6).integers(0, 256, (1, 20, 28, 3)).astype(np.uint8)
+
+    probabilities = predictor.probabilities(images).numpy()
+    labels = predictor.labels(images[:, :15]).numpy()  # another size
+
+    assert model.calls == 1  # a trace of FCN-8s takes seconds: not one per view, size and method
+    np.testing.assert_allclose(probabilities, multi_scale_probabilities(model.model, images, (0.5, 1.0, 1.5), True), atol=1e-4)
+    assert labels.shape == (1, 15, 28)
+
+
 def test_predict_mode_averages_the_scales_and_flip_of_the_config(tmp_path, tiny_run):
     logs, _, model = tiny_run
     config = config_lib.load_config(str(logs / "config.yaml"), MULTI_SCALE)

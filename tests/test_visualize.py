@@ -1,4 +1,4 @@
-"""Tests of --mode=visualize (fcn/visualize.py) and notebooks/colormap.ipynb, on a run trained by the real CLI."""
+"""Tests of --mode=visualize (fcn/visualize.py) and notebooks/colormap.ipynb: pictures and printed numbers checked against the model."""
 
 import os
 import re
@@ -6,6 +6,7 @@ import re
 import nbformat
 import numpy as np
 import pytest
+import tensorflow as tf
 from nbclient import NotebookClient
 from PIL import Image
 
@@ -35,8 +36,6 @@ def restored_model(run_dir):
 
     Independent of the package's restoring code, so that expectations do not share it.
     """
-    import tensorflow as tf
-
     model = model_lib.build_fcn8s(ade20k.NUM_CLASSES, fc_channels=16)
     prefix = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
@@ -154,8 +153,6 @@ def test_notebook_shows_a_trained_runs_predictions_and_evaluation(trained_run, m
     text, pictures = execute_notebook(logs, monkeypatch)
 
     assert "NOTE" not in text
-    import tensorflow as tf
-
     assert f"trained run: {tf.train.latest_checkpoint(os.path.join(logs, 'checkpoints'))}\n" in text
     model = restored_model(logs)
     expected = expected_accuracies(root, lambda image: model(image[None]).numpy()[0].argmax(-1))

@@ -103,7 +103,8 @@ class Predictor:
     """Whole-image inference with optional multi-scale and flip averaging.
 
     Both methods take uint8 RGB images (B, H, W, 3) of any size and are compiled
-    once for all sizes. The model runs on each view (scale x flip) and its
+    once for all sizes; the network is one compiled function shared by all the
+    views and both methods. The model runs on each view (scale x flip) and its
     logits are resized back to (H, W) bilinearly; the softmax probabilities of
     the views are averaged (the usual multi-scale recipe, as mmsegmentation's
     ``aug_test``). With the single view (scales (1.0,), no flip) the labels are
@@ -125,6 +126,12 @@ class Predictor:
         self.scales = tuple(float(s) for s in scales)
         self.flip = bool(flip)
         spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+        # The network as one function of any image size, called by every view: traced once, not once
+        # per view and method (a trace of FCN-8s takes seconds, as long as running several views).
+        self._forward = tf.function(
+            lambda images: self.model(images, training=False),
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
+        )
         self.probabilities = tf.function(self._probabilities, input_signature=[spec])
         self.labels = tf.function(self._labels, input_signature=[spec])
 
@@ -150,7 +157,7 @@ class Predictor:
                 logits = tf.image.resize(logits, size, method="bilinear")
             return logits
 
-        return tf.nest.map_structure(back_to_image, self.model(images, training=False))
+        return tf.nest.map_structure(back_to_image, self._forward(images))
 
     def _probabilities(self, images):
         """uint8 (B, H, W, 3) -> float32 class probabilities (B, H, W, C), averaged over the views."""
@@ -165,9 +172,9 @@ class Predictor:
     def _labels(self, images):
         """uint8 (B, H, W, 3) -> int32 train ids (B, H, W)."""
         if self.single_view:  # the argmax of the logits: no (B, H, W, C) softmax to hold
-            scores = self.model(tf.cast(images, tf.float32), training=False)
+            scores = self._forward(tf.cast(images, tf.float32))
         else:
-            scores = self._probabilities(images)
+            scores = self.probabilities(images)  # the same compiled function: traced once for both methods
         return tf.nest.map_structure(lambda t: tf.argmax(t, axis=-1, output_type=tf.int32), scores)
 
 

@@ -98,3 +98,73 @@ def run_fcn(*args, timeout=600):
     return subprocess.run(
         [sys.executable, os.path.join(REPO, "FCN.py"), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+def bilinear_resize(array, height, width):
+    """Bilinear resize of a (B, h, w, C) array to (B, height, width, C), written out in numpy.
+
+    Half-pixel centres without antialiasing, the convention of TensorFlow 2's
+    ``tf.image.resize(method="bilinear")``: output pixel i samples the input at
+    (i + 0.5) * h / height - 0.5, clamped to the border. Independent of
+    TensorFlow, so that tests of multi-scale inference do not share its code.
+    """
+    array = np.asarray(array, np.float64)
+
+    def taps(size, source_size):  # per output index: lower and upper source index, weight of the upper
+        position = np.clip((np.arange(size) + 0.5) * (source_size / size) - 0.5, 0, source_size - 1)
+        lower = np.floor(position).astype(int)
+        return lower, np.minimum(lower + 1, source_size - 1), position - lower
+
+    top, bottom, row_weight = taps(height, array.shape[1])
+    left, right, column_weight = taps(width, array.shape[2])
+    row_weight = row_weight[None, :, None, None]
+    rows = array[:, top] * (1 - row_weight) + array[:, bottom] * row_weight  # (B, height, w, C)
+    column_weight = column_weight[None, None, :, None]
+    return rows[:, :, left] * (1 - column_weight) + rows[:, :, right] * column_weight
+
+
+def multi_scale_probabilities(model, images, scales=(1.0,), flip=False):
+    """The documented multi-scale and flip inference, computed view by view in numpy.
+
+    For every scale (and, with ``flip``, for the mirrored image too) the image
+    is resized to round(size x scale), the model runs on it, its logits are
+    mirrored back and resized to the image's size, and their softmax is taken;
+    the result is the mean of those probabilities over the views.
+
+    Args:
+      model: images float32 (B, h, w, 3) -> logits (B, h, w, C).
+      images: uint8 (B, H, W, 3).
+
+    Returns:
+      float64 (B, H, W, C).
+    """
+    images = np.asarray(images, np.float64)
+    height, width = images.shape[1:3]
+    views = []
+    for scale in scales:
+        scaled = bilinear_resize(images, max(round(height * scale), 1), max(round(width * scale), 1))
+        for flipped in (False, True) if flip else (False,):
+            view = scaled[:, :, ::-1] if flipped else scaled
+            logits = np.asarray(model(np.ascontiguousarray(view, np.float32), training=False), np.float64)
+            logits = bilinear_resize(logits[:, :, ::-1] if flipped else logits, height, width)
+            exponentials = np.exp(logits - logits.max(-1, keepdims=True))
+            views.append(exponentials / exponentials.sum(-1, keepdims=True))
+    return np.mean(views, axis=0)
+
+
+def clear_argmax(probabilities, margin=1e-3, min_clear=0.8):
+    """The argmax of ``probabilities`` (..., C) and where it is clear of near ties.
+
+    float32 inference and a float64 reference round differently (by up to
+    about 1e-4 in a probability), which may swap classes whose probabilities
+    are that close; tests compare labels only where the best class leads the
+    second by more than ``margin``, and assert that this is most pixels.
+
+    Returns:
+      (labels (...), boolean mask (...) of the pixels with a clear best class).
+    """
+    probabilities = np.asarray(probabilities)
+    second, first = np.moveaxis(np.sort(probabilities, axis=-1)[..., -2:], -1, 0)
+    clear = first - second > margin
+    assert clear.mean() >= min_clear, f"only {clear.mean():.3f} of the pixels have a clear best class"
+    return probabilities.argmax(-1), clear

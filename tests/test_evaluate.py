@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import SAMPLE_ROOT, run_fcn, save_run, write_pair
+from conftest import SAMPLE_ROOT, clear_argmax, multi_scale_probabilities, run_fcn, save_run, write_pair
 from fcn import ade20k, config as config_lib, evaluate
 
 SIZES = ((37, 53), (64, 48), (20, 90))  # (H, W): no two alike, none a multiple of 32
@@ -97,6 +97,64 @@ def test_split_of_different_sizes_is_scored_at_full_resolution(tmp_path, rng):
         assert png.mode == "L" and png.size == (SIZES[k][1], SIZES[k][0])
         np.testing.assert_array_equal(np.asarray(png), prediction + 1)
     assert sorted(os.listdir(submission)) == [f"ADE_val_{k:08d}.png" for k in range(len(SIZES))]
+
+
+def test_evaluate_averages_the_scales_and_flip_of_the_config(tmp_path, rng):
+    root = str(tmp_path / "ADEChallengeData2016")
+    images, labels = [], []
+    for k, (height, width) in enumerate(((38, 54), (30, 46))):
+        images.append(rng.integers(0, 256, (height, width, 3)).astype(np.uint8))
+        labels.append(rng.integers(0, 5, (height, width)).astype(np.uint8))
+        write_pair(root, "validation", f"ADE_val_{k:08d}", images[-1], labels[-1], image_format="PNG")  # lossless
+    logs = tmp_path / "run"
+    _, model = save_run(logs, root)  # random score_fr weights: predictions vary over the image
+    config = config_lib.load_config(str(logs / "config.yaml"), [("evaluate.scales", "0.5,1.5"), ("evaluate.flip", "true")])
+    submission = tmp_path / "submission"
+
+    result = evaluate.evaluate(config, root, output_dir=str(tmp_path / "out"), save_predictions=str(submission), progress=False)
+
+    assert result.images == 2
+    predictions = []
+    for k, image in enumerate(images):
+        expected, clear = clear_argmax(multi_scale_probabilities(model, image[None], (0.5, 1.5), flip=True)[0])
+        written = np.asarray(Image.open(submission / f"ADE_val_{k:08d}.png")).astype(int) - 1
+        np.testing.assert_array_equal(written[clear], expected[clear])
+        predictions.append(written)
+    with open(tmp_path / "out" / "metrics.json") as f:
+        metrics_written = json.load(f)
+    assert metrics_written["scales"] == [0.5, 1.5] and metrics_written["flip"] is True
+    assert_metrics_match(metrics_written, official_scores(labels, predictions))  # scored from those predictions
+
+
+def test_confusion_figure_shows_the_30_most_frequent_classes_on_a_log_scale():
+    from matplotlib.colors import LogNorm
+
+    # 40 classes with ground truth, class c with 1000 + 10 c pixels in a shuffled order of classes,
+    # each with a few pixels predicted as the next class listed and 1 as the class 100 ids on.
+    classes = np.random.default_rng(7).permutation(ade20k.NUM_CLASSES)[:40]
+    matrix = np.zeros((ade20k.NUM_CLASSES, ade20k.NUM_CLASSES), np.int64)
+    for rank, c in enumerate(classes):
+        total = 1000 + 10 * (40 - rank)  # the first class listed is the most frequent
+        matrix[c, classes[(rank + 1) % 40]] = 5 + rank
+        matrix[c, (c + 100) % ade20k.NUM_CLASSES] += 1
+        matrix[c, c] = total - matrix[c].sum()
+    names = ade20k.class_names()
+
+    figure = evaluate.confusion_figure(matrix, names)
+
+    axes = figure.axes[0]
+    top = classes[:30]
+    assert [label.get_text() for label in axes.get_yticklabels()] == [names[c] for c in top]
+    assert [label.get_text() for label in axes.get_xticklabels()] == [names[c] for c in top]
+    (picture,) = axes.images
+    assert isinstance(picture.norm, LogNorm) and (picture.norm.vmin, picture.norm.vmax) == (1e-4, 1.0)
+    shown = picture.get_array()
+    # Each row is a fraction of all the ground-truth pixels of its class, pixels predicted
+    # as classes left out of the figure included; cells without pixels are blank (masked).
+    expected = matrix[np.ix_(top, top)] / matrix[top].sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(shown.filled(0.0), expected, rtol=1e-12)
+    np.testing.assert_array_equal(np.ma.getmaskarray(shown), expected == 0)
+    assert "30 most frequent classes" in axes.get_title() and "log scale" in axes.get_title()
 
 
 def test_absent_class_convention_is_the_documented_one(tmp_path):

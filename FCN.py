@@ -212,7 +212,7 @@ def main(argv=None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("FCN.py: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def run_check_data(config: config_lib.Config, root: str, progress: bool) -> int:
@@ -267,12 +267,12 @@ def run_visualize(config: config_lib.Config, root: str, args: argparse.Namespace
 
 
 def run_predict(config: config_lib.Config, args: argparse.Namespace, progress: bool) -> int:
-    from fcn import predict
+    from fcn import data, predict
 
     result = predict.predict_images(config, args.image, args.output, args.checkpoint, progress=progress)
     print(f"checkpoint: {result.checkpoint}")
     for path, label_png in result.written.items():
-        print(f"{path} -> {label_png} (+ _mask.png, _overlay.png)")
+        print(f"{data.display_path(path)} -> {data.display_path(label_png)} (+ _mask.png, _overlay.png)")
     for reason in result.failed.values():
         print(f"FCN.py: {reason}", file=sys.stderr)
     return EXIT_FAILED if result.failed else EXIT_OK

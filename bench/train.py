@@ -1,15 +1,15 @@
-"""Steady-state speed of the real training step of ``fcn.train.Trainer``: images/s and GFLOP/s.
+"""Steady-state speed of the real training step of ``fcn.train``: images/s and GFLOP/s.
 
-Builds a ``Trainer`` from a resolved ``Config`` (the full model: fc6/fc7 4096
-wide, random weights, Adam) and times its compiled steps on one fixed batch
+Builds the training state of a resolved ``Config`` (``train.setup_process``,
+``create_train_state``, ``make_train_step``: the full model, fc6/fc7 4096
+wide, random weights, Adam) and times its compiled step on one fixed batch
 of random uint8 images and labels, so the input pipeline is left out, at
 256x256 batch 8 and 512x512 batch 2:
 
 - ``debug False``: ``train_step``, the ordinary step;
-- ``debug True``: the cost of a summary step with ``--debug``, first
-  ``summary_step`` alone (it also returns the ReLU activations and the
-  gradients), then ``summary_step`` + ``summaries.write_debug`` of their
-  histograms to an event writer, flushed.
+- ``debug True``: the step of a ``--debug`` run (it also returns the ReLU
+  activations and the gradients), alone and followed by
+  ``summaries.write_debug`` of their histograms to an event writer, flushed.
 
 Each measurement is one warm-up (tracing) and ``--steps`` timed steps, whose
 median is reported. FLOPs come from ``bench/model.py``'s counter (training
@@ -20,9 +20,9 @@ Only the ratios within one run mean anything: absolute rates move with
 machine load.
 
 A setting is a set of config overrides (``setting_options`` makes them from
-the command line). Each setting and size runs in a fresh process, because the
-Trainer sets process-wide state (the Keras precision policy, the logical CPU
-devices of a strategy) and because a step may need more memory than the
+the command line). Each setting and size runs in a fresh process, because
+logical CPU devices can be set only once per process and because a step may
+need more memory than the
 machine has: the process is killed when its resident memory passes
 ``--max_memory_gb``, and the table says so instead of the machine's OOM killer
 taking it (or another job).
@@ -51,7 +51,7 @@ import tensorflow as tf  # noqa: E402
 
 from fcn import summaries  # noqa: E402
 from fcn.config import Config, load_config  # noqa: E402
-from fcn.train import Trainer  # noqa: E402
+from fcn import train  # noqa: E402
 # bench/ is on sys.path as the script's folder.
 from input_pipeline import make_training_root, print_table  # noqa: E402
 from model import (  # noqa: E402
@@ -127,45 +127,47 @@ def random_batch(batch: int, size: int, num_classes: int, seed: int) -> tuple[tf
     return tf.constant(images), tf.constant(labels)
 
 
-def steps_to_time(trainer: Trainer, writer, images: tf.Tensor, labels: tf.Tensor) -> list[tuple[str, callable]]:
-    """(name, step returning the loss) for what a run of ``trainer``'s config does each step."""
-    if not trainer.config.train.debug:
-        return [("train_step", lambda: float(trainer.train_step(images, labels)))]
+def steps_to_time(config: Config, state: train.TrainState, step, writer, images, labels) -> list[tuple[str, callable]]:
+    """(name, step returning the loss) for what a run of ``config`` does each step."""
+    if not config.train.debug:
+        return [("train_step", lambda: float(step(images, labels).loss))]
     written = []
 
-    def summary_step_with_debug():
-        loss, _predictions, activations, gradients = trainer.summary_step(images, labels)
-        summaries.write_debug(writer, len(written), activations, gradients, trainer.variables)
+    def step_with_debug():
+        output = step(images, labels)
+        summaries.write_debug(writer, len(written), output.activations, output.gradients, state.model.trainable_variables)
         writer.flush()
         written.append(True)
-        return float(loss)
+        return float(output.loss)
 
     return [
-        ("summary_step", lambda: float(trainer.summary_step(images, labels)[0])),
-        ("summary_step + write_debug", summary_step_with_debug),
+        ("train_step (debug outputs)", lambda: float(step(images, labels).loss)),
+        ("train_step + write_debug", step_with_debug),
     ]
 
 
 def run_measurements(config: Config, size: int, batch: int, steps: int, connection) -> None:
-    """In a child process: builds the Trainer, times its steps and sends the results.
+    """In a child process: builds the training state, times its step and sends the results.
 
     Sends ``("parameters", count)``, then for each step ``("phase", name)``
     before timing it and ``("result", name, FLOPs, median seconds, CPU share,
     peak resident GB, all losses finite)`` after.
     """
-    trainer = Trainer(config, config.data.data_dir)
-    connection.send(("parameters", trainer.model.count_params()))
-    flops = TRAIN_FLOPS_PER_FORWARD * batch * sum(conv_flops(trainer.model, size, size).values())
+    strategy = train.setup_process(config)
+    state = train.create_train_state(config, strategy)
+    step = train.make_train_step(state, config, strategy)
+    connection.send(("parameters", state.model.count_params()))
+    flops = TRAIN_FLOPS_PER_FORWARD * batch * sum(conv_flops(state.model, size, size).values())
     images, labels = random_batch(batch, size, config.data.num_classes, seed=size + batch)
     # Split the global batch over the strategy's replicas, as the training loop's input does.
     batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch, drop_remainder=True)
-    images, labels = next(iter(trainer.strategy.experimental_distribute_dataset(batches)))
+    images, labels = next(iter(strategy.experimental_distribute_dataset(batches)))
     writers = summaries.writers(config.logs_dir)
     try:
-        for name, step in steps_to_time(trainer, writers["train"], images, labels):
+        for name, timed in steps_to_time(config, state, step, writers["train"], images, labels):
             connection.send(("phase", name))
             losses = []
-            seconds, cpu_share = time_runs(lambda: losses.append(step()), steps)
+            seconds, cpu_share = time_runs(lambda: losses.append(timed()), steps)
             peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
             connection.send(("result", name, flops, seconds, cpu_share, peak_gb, all(map(math.isfinite, losses))))
     finally:
@@ -206,7 +208,7 @@ def measure(config: Config, size: int, batch: int, steps: int, memory_limit_gb: 
     process = context.Process(target=run_measurements, args=(config, size, batch, steps, sender))
     process.start()
     sender.close()
-    parameters, results, phase, failure = 0, [], "Trainer construction", ""
+    parameters, results, phase, failure = 0, [], "building the training state", ""
 
     def handle(message):
         nonlocal parameters, phase
@@ -297,7 +299,7 @@ def main(argv=None) -> None:
     peak_rate = max(rate for rate, _, _ in peaks)
     peak_rate_per_cpu = max(rate / cpu_share for rate, _, cpu_share in peaks)
 
-    print(f"fcn.train.Trainer, full FCN-8s (fc6/fc7 4096, vgg_weights none, {parameters:,} parameters), Adam")
+    print(f"fcn.train.make_train_step, full FCN-8s (fc6/fc7 4096, vgg_weights none, {parameters:,} parameters), Adam")
     print(
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {CORES} CPU cores, "
         "one fixed random batch (no input pipeline)"
@@ -336,8 +338,8 @@ def main(argv=None) -> None:
     for note in notes:
         print(note)
     print(
-        "timed: train_step = Trainer.train_step; summary_step = Trainer.summary_step (debug outputs returned); "
-        "+ write_debug = summaries.write_debug of them and a flush (the scalars and images of a summary step left out)."
+        "timed: train_step = the step of fcn.train.make_train_step (with --debug it also returns the activations and "
+        "gradients); + write_debug = summaries.write_debug of them and a flush (the scalars and images of a summary step left out)."
     )
     print(
         f"CPU: the measuring process's CPU time / (wall time x {CORES} cores) over the timed steps; below ~0.9 it "

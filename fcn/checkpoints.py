@@ -299,6 +299,16 @@ def save(checkpoint: tf.train.Checkpoint, directory: str, step: int, keep: int, 
     return prefix
 
 
+def discard(directory: str, step: int) -> None:
+    """Removes the checkpoint of ``step`` from ``directory`` and from its index file."""
+    _remove_checkpoint(directory, step)
+    remaining = [f"{PREFIX}-{s}" for s in reversed(checkpoint_steps(directory))]
+    if remaining:
+        _write_state(directory, remaining)
+    elif os.path.exists(os.path.join(directory, STATE_FILE)):
+        os.remove(os.path.join(directory, STATE_FILE))
+
+
 def _write_state(directory: str, names: list[str]) -> None:
     """TensorFlow's ``checkpoint`` index file (for ``tf.train.latest_checkpoint`` and TensorBoard), written atomically.
 

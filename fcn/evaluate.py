@@ -120,7 +120,7 @@ def evaluate_split(
         confusion.update(example["label"], predictions)
         images += 1
         if save_predictions:
-            stem = os.path.splitext(os.path.basename(example["path"][0].numpy().decode()))[0]
+            stem = os.path.splitext(os.path.basename(data.decode_path(example["path"][0])))[0]
             predict_lib.write_label_png(os.path.join(save_predictions, stem + ".png"), predictions[0].numpy())
     matrix = confusion.matrix
     names = predict_lib.class_names(num_classes)
@@ -142,7 +142,7 @@ def evaluate(
     Args:
       config: the run's config.
       root: the dataset root.
-      checkpoint: see ``predict.find_checkpoint`` (default: the run's latest).
+      checkpoint: see ``predict.restore_model`` (default: the run's latest).
       output_dir: where the reports go (default ``config.logs_dir``).
       save_predictions: a folder for submission PNGs, or "".
       progress: show a progress bar.

@@ -210,44 +210,48 @@ def read_image(path: str) -> np.ndarray:
     """Reads an image file as the input pipeline does: uint8 RGB (H, W, 3).
 
     Raises:
-      InferenceError: the file is missing or cannot be decoded.
+      InferenceError: the file is missing or is not an image it can read.
     """
     try:
-        image, _ = data.decode_image(tf.constant(path))
-    except tf.errors.OpError as error:
-        raise InferenceError(f"{path}: cannot be read as an image ({error.message.splitlines()[0]})") from None
-    return image.numpy()
+        return data.read_image_file(path)
+    except data.DataError as error:
+        raise InferenceError(str(error)) from None
 
 
-def list_images(paths) -> list[str]:
+def list_images(paths) -> tuple[list[str], dict[str, str]]:
     """Image files named directly, and those inside named folders (not recursive, sorted).
+
+    Returns:
+      (the image files, path -> why an entry of a folder cannot be opened:
+      a symbolic link looping or pointing nowhere, a folder named like an image).
 
     Raises:
       InferenceError: a path that does not exist, a folder without images, or
         two images with the same file stem (their outputs would collide).
     """
-    files = []
+    files, unopenable = [], {}
     for path in paths:
         if os.path.isdir(path):
-            found = sorted(
-                entry.path
-                for entry in os.scandir(path)
-                if entry.is_file() and os.path.splitext(entry.name)[1].lower() in data.IMAGE_EXTENSIONS
-            )
-            if not found:
-                raise InferenceError(f"{path}: no images ({', '.join(data.IMAGE_EXTENSIONS)}) in this folder")
-            files.extend(found)
+            scan = data.scan_image_folder(path)
+            for entry, reason in scan.unreadable:
+                unopenable[entry] = f"{data.display_path(entry)}: {reason}"
+            if not scan.files and not scan.unreadable:
+                raise InferenceError(f"{data.display_path(path)}: no images ({', '.join(data.IMAGE_EXTENSIONS)}) in this folder")
+            files.extend(scan.files)
         elif os.path.isfile(path):
             files.append(path)
         else:
-            raise InferenceError(f"--image {path}: no such file or folder")
+            raise InferenceError(f"--image {data.display_path(path)}: no such file or folder")
     stems = {}
     for path in files:
         stem = _stem(path)
         if stem in stems:
-            raise InferenceError(f"{stems[stem]} and {path} have the same name {stem!r}: their outputs would overwrite each other")
+            raise InferenceError(
+                f"{data.display_path(stems[stem])} and {data.display_path(path)} have the same name {stem!r}: "
+                "their outputs would overwrite each other"
+            )
         stems[stem] = path
-    return files
+    return files, unopenable
 
 
 def _stem(path: str) -> str:
@@ -315,17 +319,17 @@ def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str 
       config: the run's config (model shape, ``logs_dir``, ``evaluate.scales`` / ``flip``).
       paths: image files and folders of images.
       output_dir: where to write (default ``LOGS_DIR/predictions``).
-      checkpoint: see ``find_checkpoint``.
+      checkpoint: see ``restore_model``.
       progress: show a progress bar.
 
     Raises:
       InferenceError: no checkpoint, a bad path, or colliding file names.
     """
-    files = list_images(paths)
+    files, unopenable = list_images(paths)
     predictor, prefix = predictor_from_config(config, checkpoint)
     output_dir = output_dir or os.path.join(config.logs_dir, "predictions")
     os.makedirs(output_dir, exist_ok=True)
-    result = PredictResult({}, {}, prefix)
+    result = PredictResult({}, dict(unopenable), prefix)
     for path in tqdm.tqdm(files, desc="predicting", unit="image", disable=not progress, dynamic_ncols=True):
         try:
             image = read_image(path)

@@ -54,6 +54,10 @@ class TrainingError(RuntimeError):
     """Training cannot start or go on; the message says why and what to do."""
 
 
+class NonFiniteLoss(ArithmeticError):
+    """The weights of the current step give a NaN or infinite loss."""
+
+
 @dataclasses.dataclass
 class TrainResult:
     """How a call to ``train`` ended.
@@ -287,12 +291,14 @@ class StepOutput:
       predictions: the first local replica's predicted train ids (B', H, W).
       activations: layer name -> its ReLU output, with ``--debug``; else empty.
       gradients: one per trainable variable, with ``--debug``; else empty.
+      finite: whether every weight and optimizer slot is finite after the update.
     """
 
     loss: tf.Tensor
     predictions: tf.Tensor
     activations: dict
     gradients: list
+    finite: tf.Tensor
 
 
 def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.Strategy):
@@ -306,6 +312,7 @@ def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.S
     model, optimizer = state.model, state.optimizer
     variables = model.trainable_variables
     kernels = [v for v in variables if v.path.endswith("kernel")]
+    checked = variables + [v for v in optimizer.variables if tf.as_dtype(v.dtype).is_floating]
     probe = None
     if train.debug:
         probe = keras.Model(model.input, [model.output, {name: model.get_layer(name).output for name in RELU_LAYERS}])
@@ -328,7 +335,10 @@ def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.S
         gradients = tape.gradient(scaled, variables)
         optimizer.apply_gradients(zip(gradients, variables))
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        return loss, predictions, activations, gradients if train.debug else []
+        # A step whose update overflows leaves NaN or Inf in the weights or in Adam's slots: caught at once,
+        # not at the next checkpoint (about 1 % of a step: one pass over the variables).
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in checked])
+        return loss, predictions, activations, gradients if train.debug else [], finite
 
     compiled_replica_step = tf.function(replica_step, jit_compile=train.jit_compile or None)
 
@@ -337,12 +347,13 @@ def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.S
 
     @tf.function
     def step(images, labels):
-        loss, predictions, activations, gradients = strategy.run(compiled_replica_step, args=(images, labels))
+        loss, predictions, activations, gradients, finite = strategy.run(compiled_replica_step, args=(images, labels))
         return (
             strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
             first(predictions),
             {name: first(value) for name, value in activations.items()},
             [first(g) for g in gradients],
+            strategy.reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32), axis=None) == 0.0,
         )
 
     return lambda images, labels: StepOutput(*step(images, labels))
@@ -361,12 +372,17 @@ def make_eval_step(model: keras.Model, num_classes: int):
     return eval_step
 
 
-def validate(eval_step, dataset, num_classes: int) -> tuple[dict, tuple | None]:
-    """Loss, pixel accuracy and mean IoU over the validation subset, and its first batch with predictions."""
+def validate(eval_step, dataset, num_classes: int, skipped: data.SkipReport | None = None) -> tuple[dict, tuple | None]:
+    """Loss, pixel accuracy and mean IoU over the validation subset, and its first batch with predictions.
+
+    Unusable validation files (their pixels ignored) are recorded in ``skipped``.
+    """
     matrix = np.zeros((num_classes, num_classes), np.int64)
     loss_sum = labelled = 0.0
     first = None
     for batch in dataset:
+        if skipped is not None:
+            skipped.record(batch)
         batch_loss, batch_count, batch_matrix, predictions = eval_step(batch["image"], batch["label"])
         loss_sum += float(batch_loss)
         labelled += float(batch_count)
@@ -448,6 +464,8 @@ class _Run:
         self.train_step = make_train_step(self.state, config, strategy)
         self.eval_step = make_eval_step(self.state.model, config.data.num_classes)
         self.crf_layer = self.state.model.get_layer("crf") if model_lib.has_crf(self.state.model) else None
+        self.skipped = data.SkipReport()  # unusable files of both splits, each reported once
+        self.written: set[str] = set()  # checkpoints this process wrote
         self.writers = summaries.writers(config.logs_dir) if self.chief else {
             "train": tf.summary.create_noop_writer(), "validation": tf.summary.create_noop_writer()
         }
@@ -468,10 +486,29 @@ class _Run:
         self.last_checkpoint = checkpoints.save(
             state.checkpoint, self.checkpoint_dir, step, self.config.train.keep_checkpoints, state.variables()
         )
+        self.written.add(self.last_checkpoint)
+
+    def discard(self, step: int) -> None:
+        """Removes this run's checkpoint of ``step``: its weights gave a non-finite loss."""
+        prefix = os.path.join(self.checkpoint_dir, f"{checkpoints.PREFIX}-{step}")
+        if prefix not in self.written:
+            return
+        checkpoints.discard(self.checkpoint_dir, step)
+        self.written.discard(prefix)
+        steps = checkpoints.checkpoint_steps(self.checkpoint_dir)
+        self.last_checkpoint = os.path.join(self.checkpoint_dir, f"{checkpoints.PREFIX}-{steps[0]}") if steps else ""
+        self.report(f"removed {prefix}: the step from its weights was not finite")
+
+    def report_skipped(self) -> None:
+        for line in self.skipped.new_messages():
+            self.report(line)
 
     def validate(self, dataset, step: int) -> dict:
         """Validation written to TensorBoard; a new best mIoU saves the model to ``best/``."""
-        values, first = validate(self.eval_step, dataset, self.config.data.num_classes)
+        values, first = validate(self.eval_step, dataset, self.config.data.num_classes, self.skipped)
+        self.report_skipped()
+        if not math.isfinite(values["loss"]):
+            raise NonFiniteLoss(f"the validation loss became {values['loss']} at step {step}")
         writer = self.writers["validation"]
         summaries.write_scalars(writer, step, values)
         if first is not None:
@@ -535,31 +572,32 @@ def _loop(run: _Run) -> TrainResult:
         run.report(f"resuming from {run.resumed_from} at step {start}")
     validation = data.validation_dataset(config.data, run.root, train.batch_size, train.val_images)
     batches = _input_batches(config, run.root, run.strategy, int(state.examples_seen))
-    skipped = data.SkipReport()
-    last_validation = run.validate(validation, 0) if start == 0 else {}
-    status = "finished"
+    status, last_validation = "finished", {}
     bar = tqdm.tqdm(total=train.max_steps, initial=start, unit="step", desc="training", disable=not run.progress, dynamic_ncols=True)
     timer_start, timer_images = time.perf_counter(), 0
     with stop_requests() as stop, contextlib.closing(bar):
-        while int(state.step) < train.max_steps:
-            batch = next(batches)
-            local_batch = {key: run.local(value) for key, value in batch.items()}
-            if skipped.record(local_batch):
-                run.report(skipped.summary())
-            step = int(state.step) + 1
-            output = run.train_step(batch["image"], batch["label"])
-            loss = float(output.loss)
-            if not math.isfinite(loss):
-                run.report(_stopped_message(f"the loss became {loss} at step {step}", run.last_checkpoint))
-                status = "non_finite"
-                break
-            state.step.assign(step)
-            state.examples_seen.assign_add(train.batch_size)
-            timer_images += train.batch_size
-            images_per_second = timer_images / max(time.perf_counter() - timer_start, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", images_per_s=f"{images_per_second:.2f}")
-            try:
+        try:
+            if start == 0:
+                last_validation = run.validate(validation, 0)
+            while int(state.step) < train.max_steps:
+                batch = next(batches)
+                local_batch = {key: run.local(value) for key, value in batch.items()}
+                if run.skipped.record(local_batch):
+                    run.report_skipped()
+                step = int(state.step) + 1
+                output = run.train_step(batch["image"], batch["label"])
+                loss = float(output.loss)
+                if not math.isfinite(loss) or not bool(output.finite):
+                    # Step s starts from the weights of step s - 1: a checkpoint of them is not a good one.
+                    run.discard(step - 1)
+                    what = f"the loss became {loss}" if not math.isfinite(loss) else f"the update made weights non-finite (loss {loss:.4g})"
+                    raise NonFiniteLoss(f"{what} at step {step}")
+                state.step.assign(step)
+                state.examples_seen.assign_add(train.batch_size)
+                timer_images += train.batch_size
+                images_per_second = timer_images / max(time.perf_counter() - timer_start, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", images_per_s=f"{images_per_second:.2f}")
                 if step % train.summary_every == 0 or step == train.max_steps:
                     run.write_train_summaries(step, output, local_batch, images_per_second)
                     timer_start, timer_images = time.perf_counter(), 0
@@ -567,21 +605,21 @@ def _loop(run: _Run) -> TrainResult:
                     last_validation = run.validate(validation, step)
                 if step % train.checkpoint_every == 0 or step == train.max_steps or stop:
                     run.save(step)
-            except checkpoints.NonFiniteError as error:
-                run.report(_stopped_message(f"the weights became non-finite at step {step} (loss {loss:.4f}): {error}", run.last_checkpoint))
-                status = "non_finite"
-                break
-            if stop:
-                status = "interrupted"
-                run.report(f"{signal.Signals(stop[0]).name}: stopped at step {step}, checkpoint {run.last_checkpoint}")
-                break
-    if skipped:
-        run.report(skipped.summary())
-    return TrainResult(int(state.step), status, last_validation, dict(skipped.skipped), run.last_checkpoint)
+                if stop:
+                    status = "interrupted"
+                    run.report(f"{signal.Signals(stop[0]).name}: stopped at step {step}, checkpoint {run.last_checkpoint}")
+                    break
+        except (NonFiniteLoss, checkpoints.NonFiniteError) as error:
+            status = "non_finite"
+            run.report(_stopped_message(str(error), run.last_checkpoint))
+    if run.skipped:
+        run.report(run.skipped.summary())
+    return TrainResult(int(state.step), status, last_validation, dict(run.skipped.skipped), run.last_checkpoint)
 
 
 def _stopped_message(what: str, last_checkpoint: str) -> str:
     return (
         f"training stopped: {what}; nothing was saved after it. "
-        f"The last good checkpoint is {last_checkpoint or '(none)'}; try a lower --learning_rate."
+        f"The last good checkpoint is {last_checkpoint or '(none)'}; try a lower --learning_rate "
+        "(a rerun resumes from that checkpoint)."
     )

@@ -101,7 +101,7 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
         ``train.seed``, the model shape and ``logs_dir``).
       root: the dataset root.
       output_dir: where to write (default ``LOGS_DIR/visualize``).
-      checkpoint: see ``predict.find_checkpoint``.
+      checkpoint: see ``predict.restore_model``.
 
     Raises:
       predict.InferenceError: no usable checkpoint.

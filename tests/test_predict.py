@@ -108,7 +108,7 @@ def test_predict_on_a_folder_of_images_of_different_sizes(tmp_path, tiny_run):
                      "--output", str(output), "--no_progress")
 
     assert result.returncode == 1 and "Traceback" not in result.stderr  # one image could not be read
-    assert "broken.jpg: cannot be read as an image" in result.stderr
+    assert "broken.jpg: not an image it can read" in result.stderr
     assert sorted(os.listdir(output)) == ["a.png", "a_mask.png", "a_overlay.png", "b.png", "b_mask.png", "b_overlay.png"]
     for stem, image in images.items():
         height, width, _ = image.shape
@@ -169,3 +169,27 @@ def test_export_averages_the_scales_and_flip_of_the_config(tmp_path, tiny_run):
     np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=2e-4)
     labels, clear = clear_argmax(expected)
     np.testing.assert_array_equal(outputs["labels"].numpy()[clear], labels[clear] + 1)
+
+
+def test_predict_reports_unopenable_and_odd_files_and_goes_on(tmp_path, tiny_run):
+    """A symbolic link loop, a non-UTF-8 file name and a text file given as an image: messages, no traceback."""
+    logs, config, model = tiny_run
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    image = np.random.default_rng(3).integers(0, 256, (24, 40, 3)).astype(np.uint8)
+    Image.fromarray(image).save(folder / "a.png")
+    odd_name = os.fsdecode(b"B17_\xff\xfe.png")
+    Image.fromarray(image).save(os.path.join(folder, odd_name))
+    os.symlink("L.jpg", folder / "L.jpg")  # a link to itself
+    readme = tmp_path / "README.md"
+    readme.write_text("# not an image")
+    output = tmp_path / "out"
+    result = predict.predict_images(config, [str(folder), str(readme)], str(output), progress=False)
+    assert sorted(os.path.basename(p) for p in result.written) == sorted(["a.png", odd_name])
+    assert set(result.failed) == {str(folder / "L.jpg"), str(readme)}
+    assert "L.jpg" in result.failed[str(folder / "L.jpg")]
+    assert "README.md: not an image it can read" in result.failed[str(readme)]
+    assert "{{function_node" not in result.failed[str(readme)]
+    expected = model(image[None]).numpy()[0].argmax(-1) + 1
+    for stem in ("a", os.path.splitext(odd_name)[0]):
+        np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(output, stem + ".png"))), expected)

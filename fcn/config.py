@@ -422,6 +422,11 @@ def check_values(config: Config) -> None:
             "train.jit_compile cannot compile the CRF stage (its lattice has data-dependent shapes): "
             "drop --jit_compile or model.crf"
         )
+    if t.deterministic and t.jit_compile:
+        problems.append(
+            "train.deterministic cannot be combined with train.jit_compile: XLA has no deterministic max-pooling "
+            "gradient (TensorFlow refuses it at the first step); drop one of them"
+        )
     if e.compare_fcn and not m.crf:
         problems.append("evaluate.compare_fcn compares the FCN with its CRF stage: it needs model.crf")
     for name in ("batch_size", "max_steps", "summary_every", "val_every", "checkpoint_every", "keep_checkpoints"):

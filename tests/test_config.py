@@ -162,3 +162,9 @@ def test_unreadable_config_files_are_config_errors(tmp_path):
     latin1.write_bytes("logs_dir: logs/caf\xe9\n".encode("latin-1"))
     with pytest.raises(config_lib.ConfigError, match=r"latin1.yaml is not UTF-8 text.*save it as UTF-8"):
         config_lib.load_config(str(latin1))
+
+
+def test_deterministic_xla_is_refused_before_any_work():
+    # TensorFlow refuses XLA's max-pooling gradient under op determinism, at the first training step.
+    with pytest.raises(config_lib.ConfigError, match="train.deterministic cannot be combined with train.jit_compile"):
+        config_lib.load_config(None, [("train.deterministic", True), ("train.jit_compile", True)])

@@ -293,6 +293,55 @@ def overlay(image, train_ids, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
 # --mode=predict
 
 
+OUTPUT_SUFFIXES = (".png", "_mask.png", "_overlay.png")
+# In an output folder: the names of the files --mode=predict wrote there, the only ones it overwrites.
+OUTPUTS_LIST = ".fcn_predictions"
+
+
+def _outputs_of(path: str, output_dir: str) -> list[str]:
+    base = os.path.join(output_dir, _stem(path))
+    return [base + suffix for suffix in OUTPUT_SUFFIXES]
+
+
+def _check_outputs(files: list[str], output_dir: str) -> set[str]:
+    """Refuses, before any work, to write over an input or over a file predict did not write.
+
+    Returns:
+      The names predict wrote into ``output_dir`` before.
+
+    Raises:
+      InferenceError: naming the file and the way out.
+    """
+    listed = os.path.join(output_dir, OUTPUTS_LIST)
+    ours = set()
+    if os.path.isfile(listed):
+        with open(listed, encoding="utf-8", errors="surrogateescape") as f:
+            ours = {line.rstrip("\n") for line in f if line.strip()}
+    inputs = {os.path.realpath(path) for path in files}
+    for path in files:
+        for target in _outputs_of(path, output_dir):
+            if os.path.realpath(target) in inputs:
+                raise InferenceError(
+                    f"--output {data.display_path(output_dir)} would write over the input image {data.display_path(target)}: "
+                    "choose another --output folder (nothing was written)"
+                )
+            if os.path.lexists(target) and os.path.basename(target) not in ours:
+                raise InferenceError(
+                    f"{data.display_path(target)} exists and was not written by --mode=predict: choose another --output "
+                    "folder, or move the file away (nothing was written)"
+                )
+    return ours
+
+
+def _record_outputs(output_dir: str, ours: set[str], names: list[str]) -> None:
+    """Adds ``names`` to the folder's list of predict's files before they are written."""
+    new = [name for name in names if name not in ours]
+    if new:
+        with open(os.path.join(output_dir, OUTPUTS_LIST), "a", encoding="utf-8", errors="surrogateescape") as f:
+            f.writelines(name + "\n" for name in new)
+        ours.update(new)
+
+
 @dataclasses.dataclass
 class PredictResult:
     """What ``predict_images`` did.
@@ -322,12 +371,18 @@ def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str 
       checkpoint: see ``restore_model``.
       progress: show a progress bar.
 
+    Files are written only where they write over nothing but earlier outputs
+    of ``predict`` (listed in the folder's ``.fcn_predictions``): never over an
+    input image or any other file.
+
     Raises:
-      InferenceError: no checkpoint, a bad path, or colliding file names.
+      InferenceError: no checkpoint, a bad path, colliding file names, or an
+        output that would write over an input or a file not written by predict.
     """
     files, unopenable = list_images(paths)
-    predictor, prefix = predictor_from_config(config, checkpoint)
     output_dir = output_dir or os.path.join(config.logs_dir, "predictions")
+    written_before = _check_outputs(files, output_dir)
+    predictor, prefix = predictor_from_config(config, checkpoint)
     os.makedirs(output_dir, exist_ok=True)
     result = PredictResult({}, dict(unopenable), prefix)
     for path in tqdm.tqdm(files, desc="predicting", unit="image", disable=not progress, dynamic_ncols=True):
@@ -338,6 +393,7 @@ def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str 
             continue
         train_ids = predictor.labels(image[None])[0].numpy()  # (H, W)
         base = os.path.join(output_dir, _stem(path))
+        _record_outputs(output_dir, written_before, [os.path.basename(base + suffix) for suffix in OUTPUT_SUFFIXES])
         write_label_png(base + ".png", train_ids)
         write_rgb_png(base + "_mask.png", ade20k.colorize(train_ids))
         write_rgb_png(base + "_overlay.png", overlay(image, train_ids))

@@ -109,7 +109,9 @@ def test_predict_on_a_folder_of_images_of_different_sizes(tmp_path, tiny_run):
 
     assert result.returncode == 1 and "Traceback" not in result.stderr  # one image could not be read
     assert "broken.jpg: not an image it can read" in result.stderr
-    assert sorted(os.listdir(output)) == ["a.png", "a_mask.png", "a_overlay.png", "b.png", "b_mask.png", "b_overlay.png"]
+    assert sorted(os.listdir(output)) == [
+        ".fcn_predictions", "a.png", "a_mask.png", "a_overlay.png", "b.png", "b_mask.png", "b_overlay.png"
+    ]
     for stem, image in images.items():
         height, width, _ = image.shape
         labels = Image.open(output / f"{stem}.png")
@@ -193,3 +195,30 @@ def test_predict_reports_unopenable_and_odd_files_and_goes_on(tmp_path, tiny_run
     expected = model(image[None]).numpy()[0].argmax(-1) + 1
     for stem in ("a", os.path.splitext(odd_name)[0]):
         np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(output, stem + ".png"))), expected)
+
+
+def test_predict_never_writes_over_an_input_or_a_file_it_did_not_write(tmp_path, tiny_run):
+    logs, config, _ = tiny_run
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    image = np.random.default_rng(4).integers(0, 256, (20, 30, 3)).astype(np.uint8)
+    Image.fromarray(image).save(folder / "photo.png")
+    (folder / "photo_mask.png").write_bytes(b"the user's own mask")
+    before = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+    # --output the input's own folder: photo.png would become its label map.
+    with pytest.raises(predict.InferenceError, match=r"would write over the input image .*photo.png"):
+        predict.predict_images(config, [str(folder / "photo.png")], str(folder), progress=False)
+    assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before
+    # A folder with a file of the user's where an output would go.
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "photo_overlay.png").write_bytes(b"mine")
+    with pytest.raises(predict.InferenceError, match=r"photo_overlay.png exists and was not written by --mode=predict"):
+        predict.predict_images(config, [str(folder / "photo.png")], str(output), progress=False)
+    assert (output / "photo_overlay.png").read_bytes() == b"mine" and sorted(os.listdir(output)) == ["photo_overlay.png"]
+    # Its own earlier outputs are written over: a rerun works.
+    fresh = tmp_path / "fresh"
+    for _ in range(2):
+        result = predict.predict_images(config, [str(folder / "photo.png")], str(fresh), progress=False)
+        assert list(result.written.values()) == [str(fresh / "photo.png")]
+    assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before

@@ -169,6 +169,30 @@ def test_photometric_distortion_changes_colours_not_geometry(rng):
     assert changed >= 3
 
 
+def test_photometric_ranges_are_the_documented_ones():
+    """Over seeded draws: brightness +-32 and contrast x0.5..1.5 bound a grey pixel; hue moves at most 0.1 turn.
+
+    A grey image has no saturation or hue to change: its value is (128 + b) x c or 128 x c + b, so it
+    stays within [48, 240]; a pure red pixel keeps hue 0 under brightness, contrast and saturation,
+    so its hue is the hue shift alone.
+    """
+    import colorsys
+
+    grey = tf.fill([2, 2, 3], 128.0)
+    red = tf.constant([[[255.0, 0.0, 0.0]]])
+    values, hues = [], []
+    for k in range(300):
+        seed = tf.constant([17, k], tf.int64)
+        values.append(float(data.photometric_distortion(grey, seed)[0, 0, 0]))
+        r, g, b = (data.photometric_distortion(red, seed)[0, 0].numpy() / 255.0).tolist()
+        hue = colorsys.rgb_to_hsv(r, g, b)[0]
+        hues.append(min(hue, 1.0 - hue))  # distance from red, in turns
+    assert 48.0 - 1e-3 <= min(values) and max(values) <= 240.0 + 1e-3
+    assert min(values) < 75.0 and max(values) > 200.0  # and the draws do reach towards both ends
+    assert max(hues) <= 0.1 + 1e-3
+    assert max(hues) > 0.08 and sum(h > 1e-3 for h in hues) > 100  # hue shifts drawn about half the time
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK"])
 def test_image_modes_become_rgb(tmp_path, rng, mode):
     image, label = colour_coded_scene(rng, 40, 56)

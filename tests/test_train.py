@@ -326,6 +326,16 @@ def test_leftovers_of_killed_saves_are_removed_at_the_next_save(run_with_checkpo
 # Processes: signals and kill -9.
 
 
+def test_first_signal_asks_to_stop_and_a_second_stops_at_once():
+    previous = signal.getsignal(signal.SIGINT)
+    with train.stop_requests() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop == [signal.SIGTERM]  # recorded: the loop finishes its step and saves
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: at once
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
 @pytest.mark.slow
 def test_sigterm_saves_and_the_run_resumes(tmp_path, sample_root):
     logs = str(tmp_path / "run")

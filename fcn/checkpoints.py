@@ -232,7 +232,7 @@ def _read(checkpoint: tf.train.Checkpoint, prefix: str, partial: bool) -> str | 
             status.expect_partial()
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError) as error:
-        raise MismatchError(f"{prefix} does not fit the model restored into it: {_first_line(error)}") from None
+        raise MismatchError(f"cannot restore {prefix}: it holds another model ({_first_line(error)})") from None
     except tf.errors.DataLossError as error:
         return f"its data fails the checksum ({_first_line(error)})"
     except (tf.errors.OpError, IndexError, KeyError, OSError) as error:
@@ -289,6 +289,9 @@ def save(checkpoint: tf.train.Checkpoint, directory: str, step: int, keep: int, 
         )
     os.makedirs(directory, exist_ok=True)
     remove_leftovers(directory)
+    # ``write`` leaves out ``save_counter`` unless it exists: with it, TensorFlow's usual
+    # ``Checkpoint(...).restore(path).assert_existing_objects_matched()`` accepts these files.
+    checkpoint.save_counter.assign_add(1)
     prefix = checkpoint.write(os.path.join(directory, f"{PREFIX}-{step}"))
     # Steps beyond this one belong to a run that was resumed from an older checkpoint.
     steps = [s for s in checkpoint_steps(directory) if s <= step]

@@ -219,7 +219,7 @@ def initialise(state: TrainState, config: Config, strategy: tf.distribute.Strate
             prefix = checkpoints.restore(state.checkpoint, checkpoint_dir, state.variables(), report=report)
         except checkpoints.MismatchError as error:
             raise TrainingError(
-                f"cannot resume: {error}. The run directory {config.logs_dir} holds a run of another model "
+                f"{error}. The run directory {config.logs_dir} holds a run of another model "
                 "configuration; use a new --logs_dir, or the config.yaml written there"
             ) from None
         except checkpoints.CheckpointError as error:
@@ -337,8 +337,8 @@ def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.S
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
         # A step whose update overflows leaves NaN or Inf in the weights or in Adam's slots: caught at once,
         # not at the next checkpoint (about 1 % of a step: one pass over the variables).
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in checked])
-        return loss, predictions, activations, gradients if train.debug else [], finite
+        non_finite = 1.0 - tf.cast(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in checked]), tf.float32)
+        return loss, predictions, activations, gradients if train.debug else [], non_finite
 
     compiled_replica_step = tf.function(replica_step, jit_compile=train.jit_compile or None)
 
@@ -347,13 +347,13 @@ def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.S
 
     @tf.function
     def step(images, labels):
-        loss, predictions, activations, gradients, finite = strategy.run(compiled_replica_step, args=(images, labels))
+        loss, predictions, activations, gradients, non_finite = strategy.run(compiled_replica_step, args=(images, labels))
         return (
             strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
             first(predictions),
             {name: first(value) for name, value in activations.items()},
             [first(g) for g in gradients],
-            strategy.reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32), axis=None) == 0.0,
+            strategy.reduce(tf.distribute.ReduceOp.SUM, non_finite, axis=None) == 0.0,
         )
 
     return lambda images, labels: StepOutput(*step(images, labels))

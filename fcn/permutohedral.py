@@ -40,6 +40,34 @@ whole filter 1.2x (C = 21) to 1.6x (C = 150) slower, and the diagonal of the
 blur as a scaled copy 1.8x. At these channel counts the cost is per stored
 index, not per multiply-add.
 
+Where the time goes (``python bench/crf.py``, 2-core AMD EPYC with AVX2, no
+AVX-512, shared machine at load average 2.8-3.5; each part alone, seconds):
+
+====================================  =====  =====  =====  =====  =========  =======  =========
+case                                  build  splat  blur   slice  bilateral  spatial  softmax +
+                                                    (x6)          filter     filter   C x C
+====================================  =====  =====  =====  =====  =========  =======  =========
+ADE_val_00000001 683x512, C = 21      1.56   0.05   0.16   0.06   0.26       0.25     0.10
+same image, C = 150                   1.28   0.81   1.41   1.02   2.70       3.01     1.84
+random colours 512x512, C = 21        6.69   0.22   2.04   0.07   2.56       0.18     0.10
+====================================  =====  =====  =====  =====  =========  =======  =========
+
+A forward pass is one build and, per mean-field iteration, one filter of each
+kind and the softmax with the products. The build is mostly its two
+``tf.unique`` calls (hash tables of 2.1M point-vertex keys and of the 1.0M
+vertex and neighbour keys on the ADE image; about 0.8 s each under load in a
+step-stats profile), then top_k, gathers and index stacking. On random colours
+the lattice has 1.43M vertices for 262k pixels (0.28 neighbours per vertex and
+direction), so the build and the six blurs dominate. At C = 150 the spatial
+filter (band GEMMs, transposes, window gathers), the bilateral filter and the
+C x C products cost about the same. Tried and not kept, measured in the same
+process: a separate splat/slice for isolated vertices (no neighbour in any
+direction; no gain on either image); the spatial filter as two
+``depthwise_conv2d`` (slower), with band blocks of 8-32 rows instead of 64, as a
+main-plus-halo product instead of the window gather, or without channel chunks
+(all within the noise); ``mallopt`` raising the mmap threshold to 1 GiB from
+inside the process (no change at C = 150, batch 1).
+
 No custom op, no ``py_function``, no strings: runs eagerly and in ``tf.function``
 on any device. It does not compile with XLA (``tf.unique`` has a data-dependent
 shape).

@@ -1,53 +1,45 @@
-"""Seconds per image of the CRF-RNN layer, against the lattices rebuilt at every filter call.
+"""CRF-RNN speed, side by side with pydensecrf2 (the C++ DenseCRF), and in training.
 
-Times, in one run, mean-field inference (``fcn.crf``) at 500x375 (W x H) for
-C = 21 and C = 150 classes, 5 iterations, batch 1 and 4, forward and
-forward + backward (gradients for the unaries and the three weight matrices):
+Three parts, in one run:
 
-- ``once``: the layer as built. One permutohedral lattice (5-D bilateral
-  features) per image and forward pass, shared by the normalisation, every
-  iteration, every channel and the backward pass; the spatial kernel is
-  filtered exactly (truncated separable Gaussian, ``crf.spatial_filter``),
-  with no lattice.
-- ``rebuilt``: the older design of sadeepj/crfasrnn_keras, whose
-  ``HighDimFilter`` C++ op builds its lattice inside every call and whose
-  registered gradient calls the op again (``backwards=True``), building it
-  once more. Here every spatial filter call builds a 2-D lattice of
-  (x, y) / theta_gamma and filters on it, and every bilateral call builds a
-  5-D lattice of (x, y) / theta_alpha, RGB / theta_beta; each gradient call
-  builds its own lattice again and applies the transposed filter. That is
-  one build of each kind for the two normalisations, one of each per
-  iteration forward and one of each per iteration backward: 2 + 2T = 12
-  builds forward, 2 + 4T = 22 forward + backward, for T = 5 iterations.
+1. **Against pydensecrf2.** Mean-field inference, 5 iterations, theta_alpha
+   160, theta_beta 3, theta_gamma 3, spatial weight 3, bilateral weight 5,
+   Potts, both sides normalising by the filtered ones (pydensecrf2's
+   ``NORMALIZE_AFTER``), on: the real ADE20K fixture image
+   ``ADE_val_00000001.jpg`` (683x512) at C = 21 and C = 150, and a random-colour
+   512x512 image at C = 21 (the worst case of the lattice: almost every pixel
+   has vertices of its own). Both sides run in this process, taking turns; the
+   median of ``--repeats`` calls is shown, with the ratio and the fraction of
+   pixels where the two give the same label. Unaries: the image's ground-truth
+   labels (modulo C) as one-hot maps, blurred (sigma 4 px), times 8, plus
+   N(0, 2^2) noise, so that the CRF has something to do; our layer gets them
+   as logits, pydensecrf2 as -log softmax. Our side is a ``tf.function`` of the
+   layer, traced for the image size (as ``keras.Model.predict`` does).
+   pydensecrf2 is an optional dependency of this benchmark only
+   (``pip install pydensecrf2``); without it our side is timed alone.
 
-Both columns use the same code for everything else (``permutohedral``'s
-build and filter, ``crf.mean_field``), so the ratio measures the design
-decision, not two implementations. Not reproduced: crfasrnn_keras normalises
-by filtering a C-channel tensor of ones (here one channel, as ``mean_field``
-does), which favours the baseline; and its lattice is a compiled C++ hash
-table, whose build and filter costs, relative to each other, differ from
-these TensorFlow ops' in a direction not measured here. The spatial term is
-also not the same arithmetic in the two columns (lattice approximation versus
-exact truncated filter). Then, in a fresh process, the peak resident memory
-of forward + backward with C = 150 at 512x512, batch 1.
+2. **Where the time goes**, per part of one forward pass, for each case:
+   lattice build, splat, blur (all d + 1 directions), slice, the spatial
+   filter, and softmax with the C x C products, each timed alone on C channels
+   (``tf.function``, median), and how many times a forward pass runs it.
 
-The functions are traced with the image size unknown; with static
-shapes Grappler constant-folds what depends on the shape alone, and the 2-D
-lattices of ``rebuilt`` were then never built at run time. Each ``rebuilt``
-build waits for its call's input, as inside the C++ op; otherwise TensorFlow
-runs all the builds early, in parallel with the first iterations. A profiler
-trace at batch 1 counted 12 and 22 executed ``Unique`` ops (one per build) in
-the two ``rebuilt`` functions, and 1 in each ``once`` function. With the
-batch size known, ``permutohedral.build_lattice`` builds one lattice per image
-in both columns.
+3. **Training**: forward + backward (gradients for the unaries and the three
+   C x C matrices) at C = 150, 500x375, batch 1 and 4, in seconds per image,
+   beside the FCN-8s training step (``fcn.model.build_fcn8s(150)``, random
+   weights, sparse softmax cross-entropy, Adam, ``tf.function``) at the same
+   size, batch 1. Each runs in a fresh process (so that peak memory is its
+   own): one warm-up call, then the median of ``--repeats``, and the peak
+   resident memory (VmHWM) with the resident memory before the first call.
 
-Images are the three ADE20K validation samples of the test fixtures (and the
-first one mirrored), resized; the unaries are random logits, which do not
-change the cost. Only ratios within one run mean much: the machine is shared.
+Only ratios within one run mean much on a shared machine; the load average is
+printed at the start and at the end.
 
 Usage, from the repo root::
 
+    pip install pydensecrf2   # optional, for the comparison
     python bench/crf.py [--quick] [--repeats 3]
+
+``--quick``: part 1 and 2 on the C = 21 fixture case only, no training part.
 """
 
 import argparse
@@ -61,141 +53,188 @@ sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the table readable
 
 import numpy as np  # noqa: E402
+import scipy.ndimage  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from fcn import crf, data, permutohedral  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")  # retracing notices: every configuration is a new function on purpose
 
+try:
+    import pydensecrf.densecrf as densecrf
+except ImportError:  # optional: our side still runs
+    densecrf = None
+
 SAMPLE_ROOT = os.path.join(REPO, "tests", "fixtures", "ADEChallengeData2016")
-HEIGHT, WIDTH = 375, 500
 NUM_ITERATIONS = 5
+THETA_ALPHA, THETA_BETA, THETA_GAMMA = 160.0, 3.0, 3.0
+SPATIAL_WEIGHT, BILATERAL_WEIGHT = 3.0, 5.0
+TRAIN_HEIGHT, TRAIN_WIDTH, TRAIN_CLASSES = 375, 500, 150
 
 
-def sample_images(batch_size: int, height: int, width: int) -> tf.Tensor:
-    """(batch_size, height, width, 3) uint8: the fixture images resized (then mirrored copies)."""
-    images = [data.load_example(*pair)[0] for pair in data.list_split(SAMPLE_ROOT, "validation").pairs]
-    images += [image[:, ::-1] for image in images]
-    resized = [tf.cast(tf.round(tf.image.resize(image, (height, width))), tf.uint8) for image in images]
-    return tf.stack(resized[:batch_size])
+def cpu_name() -> str:
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+        else:
+            name = "unknown CPU"
+    flags = open("/proc/cpuinfo").read()
+    vector = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
+    return f"{name}, {os.cpu_count()} cores, {vector}"
 
 
-def rebuilding_filter(features: tf.Tensor):
-    """A lattice filter over ``features`` (B, N, d) that builds its lattice inside every call.
-
-    The forward call builds one lattice; its gradient builds another and
-    applies the transposed filter, as the crfasrnn_keras op and its registered
-    gradient do.
-    """
-
-    def build_when_called(values):
-        # Inside the C++ op the build starts when the op runs, on the critical
-        # path of its call. Without this dependency every build would depend on
-        # the image alone, and TensorFlow would run them all early, in parallel
-        # with the first iterations, on the otherwise idle second core.
-        with tf.control_dependencies([values]):
-            return permutohedral.build_lattice(tf.identity(features))
-
-    def lattice_filter(values):
-        @tf.custom_gradient
-        def filtered(x):
-            def gradient(upstream):
-                return permutohedral.lattice_filter(build_when_called(upstream), upstream, transpose=True)
-
-            return permutohedral.lattice_filter(build_when_called(x), x), gradient
-
-        return filtered(values)
-
-    return lattice_filter
+def load_average() -> str:
+    return " ".join(open("/proc/loadavg").read().split()[:3])
 
 
-def crf_functions(layer: crf.CrfRnn, rebuild: bool, batch_size: int):
-    """(forward, forward_backward) tf.functions of (unaries, image) for batches of ``batch_size``."""
+def noisy_unaries(label: np.ndarray, num_classes: int, rng) -> np.ndarray:
+    """(H, W, C) float32 logits: blurred one-hot labels (mod C) times 8, plus N(0, 2^2) noise."""
+    one_hot = np.eye(num_classes, dtype=np.float32)[label.astype(np.int64) % num_classes]
+    blurred = scipy.ndimage.gaussian_filter(one_hot, (4.0, 4.0, 0.0))
+    return (8.0 * blurred + rng.normal(0.0, 2.0, one_hot.shape)).astype(np.float32)
 
-    def forward(unaries, image):
-        if not rebuild:
-            return layer([unaries, image])
-        return crf.mean_field(
-            unaries,
-            spatial=rebuilding_filter(crf.spatial_features(image, layer.theta_gamma)),
-            bilateral=rebuilding_filter(crf.bilateral_features(image, layer.theta_alpha, layer.theta_beta)),
-            spatial_kernel_weights=tf.convert_to_tensor(layer.spatial_kernel_weights),
-            bilateral_kernel_weights=tf.convert_to_tensor(layer.bilateral_kernel_weights),
-            compatibility=tf.convert_to_tensor(layer.compatibility),
-            num_iterations=layer.num_iterations,
-        )
 
-    def forward_backward(unaries, image, cotangent):
-        with tf.GradientTape() as tape:
-            tape.watch(unaries)
-            loss = tf.reduce_sum(forward(unaries, image) * cotangent)
-        return tape.gradient(loss, [unaries] + layer.trainable_weights)
+def cases(quick: bool):
+    """[(name, image uint8 (H, W, 3), unaries float32 (H, W, C))]."""
+    rng = np.random.default_rng(0)
+    image, label = data.load_example(*data.list_split(SAMPLE_ROOT, "validation").pairs[0])
+    height, width = image.shape[:2]
+    result = [(f"ADE_val_00000001.jpg {width}x{height}, C = 21", image, noisy_unaries(label, 21, rng))]
+    if quick:
+        return result
+    result.append((f"ADE_val_00000001.jpg {width}x{height}, C = 150", image, noisy_unaries(label, 150, rng)))
+    random_image = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    random_label = tf.image.resize(label[..., None], (512, 512), method="nearest").numpy()[..., 0]
+    result.append(("random colours 512x512, C = 21", random_image, noisy_unaries(random_label, 21, rng)))
+    return result
 
-    # Image size unknown when tracing, as in training on images of varying
-    # size. With static shapes Grappler would fold the spatial lattice, which
-    # depends on the shape alone, into constants: "rebuilt" would then never
-    # build it. The batch size stays known, as with a fixed-size training batch.
-    num_classes = layer.spatial_kernel_weights.shape[0]
-    unaries_spec = tf.TensorSpec((batch_size, None, None, num_classes), tf.float32)
-    image_spec = tf.TensorSpec((batch_size, None, None, 3), tf.uint8)
-    return (
-        tf.function(forward, input_signature=[unaries_spec, image_spec]),
-        tf.function(forward_backward, input_signature=[unaries_spec, image_spec, unaries_spec]),
+
+def pydensecrf_labels(image: np.ndarray, unaries: np.ndarray) -> np.ndarray:
+    """pydensecrf2's labels (H, W) for the same CRF as ``crf.CrfRnn`` at its initial weights."""
+    height, width, num_classes = unaries.shape
+    model = densecrf.DenseCRF2D(width, height, num_classes)
+    shifted = unaries - unaries.max(axis=-1, keepdims=True)
+    energy = np.log(np.exp(shifted).sum(axis=-1, keepdims=True)) - shifted  # -log softmax
+    model.setUnaryEnergy(np.ascontiguousarray(energy.reshape(-1, num_classes).T))
+    model.addPairwiseGaussian(
+        sxy=THETA_GAMMA, compat=SPATIAL_WEIGHT, kernel=densecrf.DIAG_KERNEL, normalization=densecrf.NORMALIZE_AFTER
     )
+    model.addPairwiseBilateral(
+        sxy=THETA_ALPHA,
+        srgb=THETA_BETA,
+        rgbim=np.ascontiguousarray(image),
+        compat=BILATERAL_WEIGHT,
+        kernel=densecrf.DIAG_KERNEL,
+        normalization=densecrf.NORMALIZE_AFTER,
+    )
+    return np.asarray(model.inference(NUM_ITERATIONS)).reshape(num_classes, height, width).argmax(axis=0)
+
+
+def new_layer(num_classes: int) -> crf.CrfRnn:
+    layer = crf.CrfRnn(
+        theta_alpha=THETA_ALPHA,
+        theta_beta=THETA_BETA,
+        theta_gamma=THETA_GAMMA,
+        num_iterations=NUM_ITERATIONS,
+        spatial_weight=SPATIAL_WEIGHT,
+        bilateral_weight=BILATERAL_WEIGHT,
+    )
+    layer.build([(None, None, None, num_classes), (None, None, None, 3)])
+    return layer
 
 
 def fetch(structure):
-    tf.nest.map_structure(lambda t: t.numpy(), structure, expand_composites=True)
+    return tf.nest.map_structure(lambda t: t.numpy(), structure, expand_composites=True)
 
 
-def interleaved_seconds(functions, args, repeats: int) -> list[float]:
-    """Fastest of ``repeats`` timed calls of each function, taking turns (after one warm-up call each).
-
-    Taking turns and the minimum keep the comparison fair on a machine whose
-    load changes while the benchmark runs.
-    """
-    for function in functions:
-        fetch(function(*args))  # trace and warm up
-    best = [float("inf")] * len(functions)
-    for _ in range(repeats):
-        for i, function in enumerate(functions):
-            start = time.perf_counter()
-            fetch(function(*args))
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
+def timed(function, *args):
+    start = time.perf_counter()
+    result = function(*args)
+    return time.perf_counter() - start, result
 
 
-def time_table(class_counts, batch_sizes, repeats: int) -> None:
-    print(f"seconds per {WIDTH}x{HEIGHT} image, {NUM_ITERATIONS} mean-field iterations, fastest of {repeats} runs")
-    print(f"{'C':>4} {'batch':>5} {'pass':<17} {'once':>8} {'rebuilt':>8} {'speed-up':>9}")
-    rng = np.random.default_rng(0)
-    build_seconds = {}
-    for num_classes in class_counts:
-        for batch_size in batch_sizes:
-            image = sample_images(batch_size, HEIGHT, WIDTH)
-            if batch_size not in build_seconds:
-                spec = tf.TensorSpec((batch_size, None, None, 3), tf.uint8)
-                builds = [
-                    tf.function(lambda image: permutohedral.build_lattice(crf.spatial_features(image, 3.0)), [spec]),
-                    tf.function(lambda image: crf.build_image_lattice(image, 160.0, 3.0), [spec]),
-                ]
-                build_seconds[batch_size] = [t / batch_size for t in interleaved_seconds(builds, (image,), repeats)]
-            unaries = tf.constant(rng.normal(0.0, 2.0, (batch_size, HEIGHT, WIDTH, num_classes)), tf.float32)
-            cotangent = tf.constant(rng.normal(0.0, 1.0, unaries.shape), tf.float32)
-            layer = crf.CrfRnn(num_iterations=NUM_ITERATIONS)
-            layer.build([unaries.shape, image.shape])
-            once = crf_functions(layer, rebuild=False, batch_size=batch_size)
-            rebuilt = crf_functions(layer, rebuild=True, batch_size=batch_size)
-            passes = (("forward", 0, (unaries, image)), ("forward+backward", 1, (unaries, image, cotangent)))
-            for name, index, args in passes:
-                fast, slow = (t / batch_size for t in interleaved_seconds([once[index], rebuilt[index]], args, repeats))
-                row = f"{num_classes:>4} {batch_size:>5} {name:<17} {fast:>8.3f} {slow:>8.3f} {slow / fast:>8.1f}x"
-                print(row, flush=True)
-    for batch_size, (spatial, bilateral) in build_seconds.items():
+def median_seconds(function, args, repeats: int) -> float:
+    fetch(function(*args))  # trace and warm up
+    return float(np.median([timed(lambda: fetch(function(*args)))[0] for _ in range(repeats)]))
+
+
+def side_by_side(case_list, repeats: int) -> None:
+    print(f"\n1. {NUM_ITERATIONS} mean-field iterations, one image, median of {repeats} (seconds)")
+    if densecrf is None:
+        print("   pydensecrf2 is not installed (pip install pydensecrf2): timing our layer alone")
+    print("| case | ours | pydensecrf2 | pydensecrf2 / ours | same label |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, image, unaries in case_list:
+        layer = new_layer(unaries.shape[-1])
+        forward = tf.function(lambda u, i: tf.argmax(layer([u, i]), axis=-1))
+        inputs = (tf.constant(unaries[None]), tf.constant(image[None]))
+        ours_labels = forward(*inputs).numpy()[0]  # trace and warm up
+        ours, theirs = [], []
+        for _ in range(repeats):  # taking turns, so that both see the same load
+            ours.append(timed(lambda: forward(*inputs).numpy())[0])
+            if densecrf is not None:
+                seconds, their_labels = timed(pydensecrf_labels, image, unaries)
+                theirs.append(seconds)
+        if densecrf is None:
+            print(f"| {name} | {np.median(ours):.2f} s | - | - | - |", flush=True)
+            continue
+        ratio = np.median(theirs) / np.median(ours)
+        same = np.mean(ours_labels == their_labels)
+        print(f"| {name} | {np.median(ours):.2f} s | {np.median(theirs):.2f} s | {ratio:.2f} | {100 * same:.2f} % |", flush=True)
+
+
+def parts(case_list, repeats: int) -> None:
+    print(f"\n2. Where the time goes: each part alone on the case's C channels, median of {repeats} (seconds)")
+    print("| case | lattice build | splat | blur (6 directions) | slice | bilateral filter | spatial filter "
+          "| softmax + C x C products | sum per forward pass |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    rng = np.random.default_rng(1)
+    for name, image, unaries in case_list:
+        num_classes = unaries.shape[-1]
+        image_batch = tf.constant(image[None])
+        values = tf.constant(rng.random((1,) + unaries.shape), tf.float32)
+        build = tf.function(lambda i: crf.build_image_lattice(i, THETA_ALPHA, THETA_BETA))
+        lattice = build(image_batch)
+        part = lattice.parts[0]
+        flat = tf.reshape(values, (-1, num_classes))
+
+        def chunked(function):
+            return tf.function(lambda x: permutohedral.in_channel_chunks(function, x))
+
+        def blur_all(x):
+            for blur in part.blur:
+                x = tf.sparse.sparse_dense_matmul(blur, x)
+            return x
+
+        splat = chunked(lambda x: tf.sparse.sparse_dense_matmul(part.splat, x))
+        vertex_values = splat(flat)
+        layer = new_layer(num_classes)
+        norms = [tf.constant(rng.random((1,) + unaries.shape[:2] + (1,)) + 1.0, tf.float32) for _ in range(2)]
+
+        def softmax_and_products(logits):  # as in crf.mean_field, with the filters left out
+            q = tf.nn.softmax(logits)
+            pairwise = crf._channel_product(q, layer.spatial_kernel_weights) / norms[0]
+            return logits - (pairwise + crf._channel_product(q, layer.bilateral_kernel_weights) / norms[1])
+
+        seconds = {
+            "build": median_seconds(build, (image_batch,), repeats),
+            "splat": median_seconds(splat, (flat,), repeats),
+            "blur": median_seconds(chunked(blur_all), (vertex_values,), repeats),
+            "slice": median_seconds(chunked(lambda x: tf.sparse.sparse_dense_matmul(part.slice, x)), (vertex_values,), repeats),
+            "bilateral": median_seconds(tf.function(lambda x: permutohedral.lattice_filter(lattice, x)), (values,), repeats),
+            "spatial": median_seconds(tf.function(lambda x: crf.spatial_filter(x, THETA_GAMMA)), (values,), repeats),
+            "rest": median_seconds(tf.function(softmax_and_products), (values,), repeats),
+        }
+        # One build; per iteration one filter of each kind and the rest (the
+        # two normalisations filter one channel, left out here).
+        total = seconds["build"] + NUM_ITERATIONS * (seconds["bilateral"] + seconds["spatial"] + seconds["rest"])
         print(
-            f"lattice builds alone, batch {batch_size}: spatial (2-D) {spatial:.3f} s, bilateral (5-D) {bilateral:.3f} s "
-            f"per image; 'rebuilt' builds {NUM_ITERATIONS + 1} of each forward, {2 * NUM_ITERATIONS + 1} of each "
-            "forward+backward; 'once' one bilateral"
+            f"| {name} | {seconds['build']:.3f} | {seconds['splat']:.3f} | {seconds['blur']:.3f} | {seconds['slice']:.3f} "
+            f"| {seconds['bilateral']:.3f} | {seconds['spatial']:.3f} | {seconds['rest']:.3f} "
+            f"| 1 x build + {NUM_ITERATIONS} x (filters + rest) = {total:.2f} |",
+            flush=True,
         )
 
 
@@ -208,50 +247,82 @@ def _status_gib(field: str) -> float:
     raise KeyError(field)
 
 
-def peak_memory_child(num_classes: int, size: int) -> None:
-    """Runs forward + backward once; prints peak RSS, RSS before the call (GiB) and seconds.
-
-    VmHWM, not getrusage: ru_maxrss survives exec, so a child started by a big
-    parent would report the parent's peak.
-    """
-    image = sample_images(1, size, size)
+def training_child(kind: str, batch_size: int, repeats: int) -> None:
+    """Times one training-side computation in this fresh process; prints seconds per image, peak and base GiB."""
     rng = np.random.default_rng(0)
-    unaries = tf.constant(rng.normal(0.0, 2.0, (1, size, size, num_classes)), tf.float32)
-    layer = crf.CrfRnn(num_iterations=NUM_ITERATIONS)
-    layer.build([unaries.shape, image.shape])
-    _, forward_backward = crf_functions(layer, rebuild=False, batch_size=1)
+    shape = (batch_size, TRAIN_HEIGHT, TRAIN_WIDTH)
+    images = tf.constant(rng.integers(0, 256, shape + (3,)), tf.uint8)
+    if kind == "crf":
+        image, _ = data.load_example(*data.list_split(SAMPLE_ROOT, "validation").pairs[0])
+        resized = tf.cast(tf.round(tf.image.resize(image, (TRAIN_HEIGHT, TRAIN_WIDTH))), tf.uint8)
+        images = tf.stack([resized if i % 2 == 0 else resized[:, ::-1] for i in range(batch_size)])
+        unaries = tf.constant(rng.normal(0.0, 2.0, shape + (TRAIN_CLASSES,)), tf.float32)
+        cotangent = tf.constant(rng.normal(0.0, 1.0, unaries.shape), tf.float32)
+        layer = new_layer(TRAIN_CLASSES)
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                tape.watch(unaries)
+                loss = tf.reduce_sum(layer([unaries, images]) * cotangent)
+            return tape.gradient(loss, [unaries] + layer.trainable_weights)
+
+    else:
+        import keras
+
+        from fcn import model as model_lib
+
+        model = model_lib.build_fcn8s(TRAIN_CLASSES)
+        optimizer = keras.optimizers.Adam(1e-4)
+        labels = tf.constant(rng.integers(0, TRAIN_CLASSES, shape), tf.int32)
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                logits = model(images, training=True)
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+            gradients = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            return loss
+
     base = _status_gib("VmRSS")
-    start = time.perf_counter()
-    fetch(forward_backward(unaries, image, tf.ones_like(unaries)))
-    elapsed = time.perf_counter() - start
-    print(f"{_status_gib('VmHWM'):.2f} {base:.2f} {elapsed:.1f}")
+    seconds = median_seconds(step, (), repeats) / batch_size
+    print(f"{seconds:.4f} {_status_gib('VmHWM'):.3f} {base:.3f}")
 
 
-def peak_memory(num_classes: int, size: int) -> None:
-    command = [sys.executable, os.path.abspath(__file__), "--memory_child", f"{num_classes},{size}"]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()
-    peak, base, elapsed = (float(x) for x in output[-3:])
+def training(repeats: int) -> None:
     print(
-        f"peak RSS, forward+backward, C={num_classes}, {size}x{size}, batch 1, {NUM_ITERATIONS} iterations "
-        f"(fresh process): {peak:.2f} GiB, of which {base:.2f} GiB before the call "
-        f"(TensorFlow, inputs); first call, with tracing, {elapsed:.1f} s"
+        f"\n3. Training at {TRAIN_WIDTH}x{TRAIN_HEIGHT}, C = {TRAIN_CLASSES}: seconds per image (median of {repeats} "
+        "after a warm-up), each in a fresh process"
     )
+    print("| computation | batch | s per image | peak resident memory | of which before the first call |")
+    print("| --- | --- | --- | --- | --- |")
+    rows = (("CRF-RNN forward + backward", "crf", 1), ("CRF-RNN forward + backward", "crf", 4),
+            ("FCN-8s training step (build_fcn8s(150), Adam)", "fcn", 1))
+    for title, kind, batch_size in rows:
+        command = [sys.executable, os.path.abspath(__file__), "--training_child", f"{kind},{batch_size},{repeats}"]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()
+        seconds, peak, base = (float(x) for x in output[-3:])
+        print(f"| {title} | {batch_size} | {seconds:.2f} | {peak:.2f} GiB | {base:.2f} GiB |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="C = 21, batch 1, two timed runs, no memory check")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the fastest is shown)")
-    parser.add_argument("--memory_child", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="the C = 21 fixture case only, no training part")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the median is shown)")
+    parser.add_argument("--training_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_child:
-        peak_memory_child(*(int(x) for x in args.memory_child.split(",")))
+    if args.training_child:
+        kind, batch_size, repeats = args.training_child.split(",")
+        training_child(kind, int(batch_size), int(repeats))
         return
-    if args.quick:
-        time_table([21], [1], repeats=2)
-        return
-    time_table([21, 150], [1, 4], repeats=args.repeats)
-    peak_memory(150, 512)
+    print(f"CPU: {cpu_name()}; TensorFlow {tf.__version__}; load average at start: {load_average()}")
+    case_list = cases(args.quick)
+    side_by_side(case_list, args.repeats)
+    parts(case_list, args.repeats)
+    if not args.quick:
+        training(args.repeats)
+    print(f"\nload average at the end: {load_average()}")
 
 
 if __name__ == "__main__":

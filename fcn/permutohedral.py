@@ -18,7 +18,7 @@ in time linear in the number of points:
 
 Splat, blur and slice are linear and depend only on the features, so
 ``build_lattice`` does all the geometry once (int64 vertex keys, ``tf.unique``,
-neighbours by ``tf.searchsorted``) and returns them as sparse matrices;
+neighbours by a second ``tf.unique``) and returns them as sparse matrices;
 ``lattice_filter`` is then d + 3 sparse-dense matrix products per call, for any
 number of channels. A batch of known size gets one lattice per feature set
 (image); a batch of unknown size is one lattice, in which the batch index is
@@ -39,6 +39,34 @@ the slice matrix 1-3x; blur as two neighbour gathers and an ``add_n`` made the
 whole filter 1.2x (C = 21) to 1.6x (C = 150) slower, and the diagonal of the
 blur as a scaled copy 1.8x. At these channel counts the cost is per stored
 index, not per multiply-add.
+
+Where the time goes (``python bench/crf.py``, 2-core AMD EPYC with AVX2, no
+AVX-512, shared machine at load average 2.8-3.5; each part alone, seconds):
+
+====================================  =====  =====  =====  =====  =========  =======  =========
+case                                  build  splat  blur   slice  bilateral  spatial  softmax +
+                                                    (x6)          filter     filter   C x C
+====================================  =====  =====  =====  =====  =========  =======  =========
+ADE_val_00000001 683x512, C = 21      1.56   0.05   0.16   0.06   0.26       0.25     0.10
+same image, C = 150                   1.28   0.81   1.41   1.02   2.70       3.01     1.84
+random colours 512x512, C = 21        6.69   0.22   2.04   0.07   2.56       0.18     0.10
+====================================  =====  =====  =====  =====  =========  =======  =========
+
+A forward pass is one build and, per mean-field iteration, one filter of each
+kind and the softmax with the products. The build is mostly its two
+``tf.unique`` calls (hash tables of 2.1M point-vertex keys and of the 1.0M
+vertex and neighbour keys on the ADE image; about 0.8 s each under load in a
+step-stats profile), then top_k, gathers and index stacking. On random colours
+the lattice has 1.43M vertices for 262k pixels (0.28 neighbours per vertex and
+direction), so the build and the six blurs dominate. At C = 150 the spatial
+filter (band GEMMs, transposes, window gathers), the bilateral filter and the
+C x C products cost about the same. Tried and not kept, measured in the same
+process: a separate splat/slice for isolated vertices (no neighbour in any
+direction; no gain on either image); the spatial filter as two
+``depthwise_conv2d`` (slower), with band blocks of 8-32 rows instead of 64, as a
+main-plus-halo product instead of the window gather, or without channel chunks
+(all within the noise); ``mallopt`` raising the mmap threshold to 1 GiB from
+inside the process (no change at C = 150, batch 1).
 
 No custom op, no ``py_function``, no strings: runs eagerly and in ``tf.function``
 on any device. It does not compile with XLA (``tf.unique`` has a data-dependent
@@ -214,19 +242,23 @@ def _build_part(features: tf.Tensor) -> LatticePart:
 
     # Vertices numbered in order of first appearance: pixels in raster order then
     # touch nearby rows of the vertex arrays, which keeps splat, blur and slice
-    # cache-friendly. Sorted keys serve only to find neighbours by binary search.
+    # cache-friendly.
     unique_keys, vertex = tf.unique(tf.reshape(keys, [-1]), out_idx=tf.int32)  # (M,), (P * (d + 1),)
     num_vertices = tf.size(unique_keys)
-    key_order = tf.argsort(unique_keys)
-    sorted_keys = tf.gather(unique_keys, key_order)  # (M,)
 
-    # Next vertex along each direction, by key arithmetic and binary search.
+    # Next vertex along each direction, by key arithmetic and a second hash
+    # lookup: the vertex keys go first and, being unique, keep their indices
+    # 0..M-1; a neighbour key that is no vertex gets an index >= M. One
+    # tf.unique of M (d + 2) keys replaced sorting the keys and a binary search
+    # per neighbour: for 1.4M vertices (512x512 random colours) the lookup
+    # alone took 1.5x less wall time and 3x less CPU time (2-core AVX2 EPYC,
+    # loaded), the whole build 0.9x; on ADE_val_00000001 (141k vertices) the
+    # build is unchanged. Same lattice, bit for bit.
     offsets = _next_vertex_key_offsets(d, strides)  # (k, j)
     next_keys = unique_keys[:, None] + tf.gather(offsets, tf.math.floormod(unique_keys, d + 1))  # (M, d + 1)
-    next_keys = tf.reshape(next_keys, [-1])  # (M * (d + 1),)
-    found_at = tf.minimum(tf.searchsorted(sorted_keys, next_keys, out_type=tf.int32), num_vertices - 1)
-    present = tf.reshape(tf.equal(tf.gather(sorted_keys, found_at), next_keys), (-1, d + 1))
-    following = tf.reshape(tf.gather(key_order, found_at), (-1, d + 1))  # (M, d + 1), valid where present
+    _, found = tf.unique(tf.concat([unique_keys, tf.reshape(next_keys, [-1])], axis=0), out_idx=tf.int32)
+    following = tf.reshape(found[num_vertices:], (-1, d + 1))  # (M, d + 1), valid where present
+    present = following < num_vertices
 
     # Blur along direction j: B_j = s (I / 2 + (N_j + N_j^T) / 4), N_j[v, next_j(v)] = 1;
     # a missing neighbour contributes nothing. Each B_j is exactly symmetric, and

@@ -187,6 +187,9 @@ def main(argv=None) -> None:
     # Both start at example 0 with the same seeds, so a mismatch means the loop
     # is not doing the pipeline's work and the ratio would be meaningless.
     same_work = all(np.array_equal(pipeline_first[key], loop_first[key]) for key in ("image", "label"))
+    if not same_work:
+        raise SystemExit("the plain loop's first batch differs from the pipeline's: the two do not do the same work, "
+                         "so their rates cannot be compared")
     pipeline_rate = pipeline_images / pipeline_seconds
     loop_rate = loop_images / loop_seconds
     reference_rate = reference_images_per_second(args.crop)

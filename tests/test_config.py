@@ -1,5 +1,6 @@
 """Tests of the configuration tree (fcn/config.py) and how FCN.py resolves it."""
 
+import dataclasses
 import os
 
 import pytest
@@ -24,7 +25,7 @@ def test_defaults_are_the_full_ade20k_recipe():
     assert config.model.vgg_weights == "imagenet" and config.model.fc_channels == 4096
     assert config.train.learning_rate == 1e-4
     assert config.data.download_sha1 == "219e1696abb36c8ba3a3afe7fb2f4b4606a897c7"
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'batch_size'"):
         config.train.batch_size = 3  # frozen
 
 

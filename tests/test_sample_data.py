@@ -201,6 +201,6 @@ def test_folder_without_marker_is_incomplete(tmp_path):
     "kwargs", [dict(num_train=-1), dict(num_val=-1), dict(min_size=16), dict(min_size=120, max_size=100)]
 )
 def test_bad_arguments_are_rejected(tmp_path, kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"image counts must be >= 0|need 32 <= min_size <= max_size"):
         sample_data.generate_sample_dataset(str(tmp_path / "ADE"), progress=False, **kwargs)
     assert not (tmp_path / "ADE").exists()

@@ -23,6 +23,7 @@ The class names, one per line in train-id order (line ``c`` names label value
 
 import os
 import shutil
+import tempfile
 
 import keras
 import tensorflow as tf
@@ -33,12 +34,39 @@ from fcn.config import Config
 SIGNATURE = "serving_default"
 
 
+# What an export writes into its folder: nothing else in a folder is ever deleted by a re-export.
+EXPORT_CONTENTS = frozenset({"saved_model.pb", "fingerprint.pb", "variables", "assets", "classes.txt", "keras_metadata.pb"})
+# Marks a folder being written by export, so that one left by a killed export can be removed.
+PARTIAL_MARKER = ".fcn_export_partial"
+
+
 def _check_replaceable(export_dir: str) -> None:
-    """Never deletes a folder of something else (a run directory given as --output, say)."""
-    if os.path.isdir(export_dir) and os.listdir(export_dir) and not tf.saved_model.contains_saved_model(export_dir):
-        raise predict_lib.InferenceError(f"{export_dir} exists and is not a SavedModel: give a new or empty folder")
+    """Refuses to replace anything but an earlier export: never deletes a folder or file of something else.
+
+    Raises:
+      InferenceError: ``export_dir`` is a file, a folder that is not a
+        SavedModel, or a SavedModel folder holding files an export does not write.
+    """
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise predict_lib.InferenceError(f"{export_dir} exists and is not a folder")
+    if not os.path.isdir(export_dir) or not os.listdir(export_dir):
+        return
+    if not tf.saved_model.contains_saved_model(export_dir):
+        raise predict_lib.InferenceError(f"{export_dir} exists and is not a SavedModel: give a new or empty folder")
+    others = sorted(set(os.listdir(export_dir)) - EXPORT_CONTENTS)
+    if others:
+        raise predict_lib.InferenceError(
+            f"{export_dir} holds files an export does not write ({', '.join(others)}): a new export would delete them. "
+            "Move them away, or give another --output"
+        )
+
+
+def _remove_killed_exports(parent: str, name: str) -> None:
+    """Removes the temporary folders of earlier exports of ``name`` that were killed (they carry the marker)."""
+    for entry in os.listdir(parent):
+        path = os.path.join(parent, entry)
+        if entry.startswith(f".{name}.partial-") and os.path.isfile(os.path.join(path, PARTIAL_MARKER)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def export_predictor(predictor: predict_lib.Predictor, export_dir: str) -> str:
@@ -59,17 +87,23 @@ def export_predictor(predictor: predict_lib.Predictor, export_dir: str) -> str:
     archive = keras.export.ExportArchive()
     archive.track(predictor.model)
     archive.add_endpoint(SIGNATURE, serve, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-    export_dir = os.path.abspath(export_dir)
-    _check_replaceable(export_dir)
-    temporary = export_dir + ".partial"
-    shutil.rmtree(temporary, ignore_errors=True)
-    archive.write_out(temporary, verbose=False)
-    with open(os.path.join(temporary, "classes.txt"), "w", encoding="utf-8") as f:
+    # A symbolic link to a folder stays one: the folder it points to is what is replaced.
+    target = os.path.realpath(export_dir)
+    _check_replaceable(target)
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    _remove_killed_exports(parent, name)
+    temporary = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)  # a new name: never a user's folder
+    open(os.path.join(temporary, PARTIAL_MARKER), "w").close()
+    archive.write_out(os.path.join(temporary, "model"), verbose=False)
+    model_dir = os.path.join(temporary, "model")
+    with open(os.path.join(model_dir, "classes.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(predict_lib.class_names(predictor.model.output_shape[-1])) + "\n")
-    if os.path.exists(export_dir):
-        shutil.rmtree(export_dir)
-    os.replace(temporary, export_dir)
-    return export_dir
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    os.replace(model_dir, target)
+    shutil.rmtree(temporary, ignore_errors=True)
+    return os.path.abspath(export_dir)
 
 
 def export(config: Config, output_dir: str = "", checkpoint: str = "") -> tuple[str, str]:
@@ -87,6 +121,6 @@ def export(config: Config, output_dir: str = "", checkpoint: str = "") -> tuple[
       predict.InferenceError: no usable checkpoint.
     """
     export_dir = output_dir or os.path.join(config.logs_dir, "export")
-    _check_replaceable(export_dir)  # before the work
+    _check_replaceable(os.path.realpath(export_dir))  # before the work
     predictor, prefix = predict_lib.predictor_from_config(config, checkpoint)
     return export_predictor(predictor, export_dir), prefix

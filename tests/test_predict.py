@@ -222,3 +222,31 @@ def test_predict_never_writes_over_an_input_or_a_file_it_did_not_write(tmp_path,
         result = predict.predict_images(config, [str(folder / "photo.png")], str(fresh), progress=False)
         assert list(result.written.values()) == [str(fresh / "photo.png")]
     assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before
+
+
+def test_export_never_deletes_what_it_did_not_write(tmp_path, tiny_run):
+    _, config, _ = tiny_run
+    base = tmp_path / "serving"
+    # A user's folder with the name an older export used for its temporary copy.
+    (tmp_path / "serving.partial").mkdir()
+    (tmp_path / "serving.partial" / "keep.txt").write_text("mine")
+    export.export(config, str(base))
+    assert tf.saved_model.contains_saved_model(str(base))
+    assert (tmp_path / "serving.partial" / "keep.txt").read_text() == "mine"
+    # A file of the user's inside the SavedModel folder: a re-export would delete it, so it is refused.
+    (base / "notes.txt").write_text("my notes")
+    with pytest.raises(predict.InferenceError, match=r"holds files an export does not write \(notes.txt\)"):
+        export.export(config, str(base))
+    assert (base / "notes.txt").read_text() == "my notes" and tf.saved_model.contains_saved_model(str(base))
+    (base / "notes.txt").unlink()
+    # A symbolic link as --output: the folder it points to is replaced, the link stays.
+    real = tmp_path / "storage" / "model"
+    real.parent.mkdir()
+    link = tmp_path / "link"
+    os.symlink(real, link)
+    for _ in range(2):
+        assert export.export(config, str(link))[0] == str(link)
+    assert os.path.islink(link) and os.path.realpath(link) == str(real)
+    assert tf.saved_model.contains_saved_model(str(real))
+    assert sorted(os.listdir(tmp_path)) == ["link", "serving", "serving.partial", "storage"]
+    assert os.listdir(real.parent) == ["model"]  # no temporary folder left behind

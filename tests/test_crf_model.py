@@ -10,6 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import SAMPLE_ROOT, run_fcn
+from test_evaluate import official_scores
 from fcn import ade20k, checkpoints, crf, data, metrics, predict, sample_data, summaries
 from fcn import config as config_lib
 from fcn import model as model_lib
@@ -197,6 +198,25 @@ def test_inference_modes_use_fcn_and_crf(crf_runs, tmp_path):
         if key in ("pixel_accuracy", "mean_iou", "score"):
             assert written["fcn_alone"][key] == pytest.approx(value, rel=1e-12), key
     assert written["crf"] is True and written["crf_iterations"] == 3
+    # And against a computation that shares none of that code: the checkpoint read with TensorFlow's own
+    # API into a fresh model, run eagerly, scored pixel by pixel with the official formula.
+    fresh = model_lib.build_fcn8s(
+        150, fc_channels=16, crf=dict(num_iterations=3, theta_alpha=config.model.crf_theta_alpha,
+                                      theta_beta=config.model.crf_theta_beta, theta_gamma=config.model.crf_theta_gamma)
+    )
+    tf.train.Checkpoint(model=fresh).restore(tf.train.latest_checkpoint(os.path.join(crf_run, "checkpoints"))).expect_partial()
+    eager = model_lib.with_fcn_output(fresh)
+    truths, fcn_eager, crf_eager = [], [], []
+    for image_path, annotation_path in data.list_split(root, "validation").pairs:
+        image = np.asarray(Image.open(image_path).convert("RGB"))
+        truths.append(np.asarray(Image.open(annotation_path)))
+        fcn_logits, crf_logits = eager(image[None])
+        fcn_eager.append(fcn_logits[0].numpy().argmax(-1))
+        crf_eager.append(crf_logits[0].numpy().argmax(-1))
+    # Compiled and eager inference may break exact ties of the untrained CRF differently: a tolerance.
+    for scores, expected in ((written, official_scores(truths, crf_eager)), (written["fcn_alone"], official_scores(truths, fcn_eager))):
+        assert scores["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"], abs=0.02)
+        assert scores["mean_iou"] == pytest.approx(expected["mean_iou"], abs=0.02)
 
     # visualize: the FCN's prediction beside the refined one.
     out = str(tmp_path / "pictures")

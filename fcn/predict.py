@@ -60,8 +60,6 @@ def restore_model(config: Config, checkpoint: str = ""):
     # Every weight comes from the checkpoint; the CRF stage runs its test-time iterations.
     model = model_lib.build_from_config(config.model, config.data.num_classes, crf_iterations=config.model.crf_test_iterations)
     try:
-        if not config.model.crf:
-            _refuse_crf_checkpoint(path)
         prefix = checkpoints.restore_model_weights(model, path)
     except checkpoints.NoCheckpointError:
         if checkpoint:
@@ -81,18 +79,12 @@ def restore_model(config: Config, checkpoint: str = ""):
         ) from None
     except checkpoints.CheckpointError as error:
         raise InferenceError(str(error)) from None
+    if not config.model.crf and checkpoints.holds_layer_weights(prefix, model_lib.CRF_WEIGHTS):
+        # The FCN part restored on its own: running it would silently drop the trained CRF stage.
+        raise InferenceError(
+            f"{prefix} holds a model with the CRF stage: pass --crf, or the run's own config (--config LOGS_DIR/config.yaml)"
+        )
     return model, prefix
-
-
-def _refuse_crf_checkpoint(path: str) -> None:
-    """Without ``model.crf``, the FCN part of a CRF checkpoint would restore and silently drop the CRF stage."""
-    for prefix in checkpoints.candidates(path).prefixes:
-        if checkpoints.problem(prefix) is None:
-            if checkpoints.holds_layer_weights(prefix, model_lib.CRF_WEIGHTS):
-                raise InferenceError(
-                    f"{prefix} holds a model with the CRF stage: pass --crf, or the run's own config (--config LOGS_DIR/config.yaml)"
-                )
-            return
 
 
 # ---------------------------------------------------------------------------

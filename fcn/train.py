@@ -66,7 +66,7 @@ class TrainResult:
       step: the step reached.
       status: ``finished``, ``interrupted`` or ``non_finite``.
       validation: the last validation results (empty if none ran).
-      skipped: file -> reason of every unusable training file met.
+      skipped: file -> error code of every unusable file met (training and validation).
       checkpoint: the newest checkpoint written or restored ("" if none).
     """
 

@@ -44,6 +44,16 @@ def write_pair(root, split, stem, image, label, image_format="JPEG", image_mode=
     return image_path, annotation_path
 
 
+@pytest.fixture(autouse=True)
+def float32_policy():
+    """``train.setup_process`` sets the process-wide precision policy: each test starts and ends with float32."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

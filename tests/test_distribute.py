@@ -13,7 +13,7 @@ import tensorflow as tf
 from conftest import REPO
 from fcn import sample_data
 from fcn import train
-from test_train import LOSS, TINY, float32_policy, model_weights, read_events, run, tiny_config  # noqa: F401 (autouse)
+from test_train import LOSS, TINY, model_weights, read_events, run, tiny_config
 
 # Dropout off: replicas draw their own masks, so only a dropout-free model can match one device exactly.
 COMMON = [*TINY, "--set", "model.dropout=0", "--set", "train.val_every=100000", "--set", "train.summary_every=1"]

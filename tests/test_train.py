@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -34,14 +33,6 @@ def sample_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("sample") / "ADEChallengeData2016")
     sample_data.generate_sample_dataset(root, num_train=24, num_val=8, progress=False)
     return root
-
-
-@pytest.fixture(autouse=True)
-def float32_policy():
-    """``setup_process`` sets the process-wide precision policy: each test starts and ends with float32."""
-    keras.mixed_precision.set_global_policy("float32")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
 
 
 def tiny_config(logs_dir, root, *overrides):

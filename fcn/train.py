@@ -333,6 +333,12 @@ def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.S
                 total += weight_decay_loss(kernels, train.weight_decay) / replica_context.num_replicas_in_sync
             scaled = optimizer.scale_loss(total)
         gradients = tape.gradient(scaled, variables)
+        # Every gradient is computed before any weight changes. Without this barrier a layer's update
+        # may run while the backward pass still reads its weights (fc6's kernel, to propagate into
+        # pool5), so some gradients would see updated weights, at random: measured, runs of one config
+        # then differed after their first step wherever gradients reach below fc6.
+        with tf.control_dependencies(gradients):
+            gradients = [tf.identity(g) for g in gradients]
         optimizer.apply_gradients(zip(gradients, variables))
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
         # A step whose update overflows leaves NaN or Inf in the weights or in Adam's slots: caught at once,

@@ -151,7 +151,9 @@ def test_no_histograms_without_debug(tmp_path, sample_root):
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, sample_root):
-    common = [("train.deterministic", True), ("train.checkpoint_every", 100), ("train.val_every", 100), ("data.photometric", True)]
+    # Crop 64: pool5 is 2x2, so gradients reach the VGG layers through fc6 (at crop 32 almost none do).
+    common = [("train.deterministic", True), ("train.checkpoint_every", 100), ("train.val_every", 100), ("data.photometric", True),
+              ("data.crop_size", "64")]
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert train_here(tiny_config(whole, sample_root, *common, ("train.max_steps", 10)), sample_root).status == "finished"
     train_here(tiny_config(split, sample_root, *common, ("train.max_steps", 6)), sample_root)
@@ -168,9 +170,13 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, sample_
 
 
 def test_trainer_builds_twice_in_one_process(tmp_path, sample_root):
-    """Nothing global in the trainer: two runs of one config in one process end with the same weights."""
-    config_a = tiny_config(tmp_path / "a", sample_root, ("train.max_steps", 2), ("train.deterministic", True))
-    config_b = tiny_config(tmp_path / "b", sample_root, ("train.max_steps", 2), ("train.deterministic", True))
+    """Nothing global in the trainer: two runs of one config in one process end with the same weights.
+
+    At crop 64 with the sample model's fc6 width, where the backward pass once raced with the updates.
+    """
+    common = [("train.max_steps", 3), ("train.deterministic", True), ("data.crop_size", "64"), ("model.fc_channels", 256)]
+    config_a = tiny_config(tmp_path / "a", sample_root, *common)
+    config_b = tiny_config(tmp_path / "b", sample_root, *common)
     train_here(config_a, sample_root)
     train_here(config_b, sample_root)
     assert_same_checkpoints(latest(tmp_path / "a"), latest(tmp_path / "b"))

@@ -1,6 +1,7 @@
 """VGG19 FCN-8s and its weight files; weight files that do not fit the model are refused as a whole (fcn/weights.py)."""
 
 import hashlib
+import os
 import threading
 
 import h5py
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from conftest import SAMPLE_ROOT
+from conftest import REPO, SAMPLE_ROOT
 from fcn import config as config_lib
 from fcn import data
 from fcn import model as model_lib
@@ -249,3 +250,20 @@ def test_backbone_config_key():
     assert config_lib.load_config(None, []).model.backbone == "vgg16"
     with pytest.raises(config_lib.ConfigError, match="model.backbone must be vgg16 or vgg19, got 'vgg18'"):
         config_lib.load_config(None, [("model.backbone", "vgg18")])
+
+
+def test_cli_refuses_a_file_of_another_backbone_with_a_message(tmp_path, vgg19_files, capsys):
+    """FCN.tensorflow's imagenet-vgg-verydeep-19.mat given to a VGG16 run: one message, exit status 1, nothing written."""
+    import FCN
+    from fcn import sample_data
+
+    root = str(tmp_path / "ADEChallengeData2016")
+    sample_data.generate_sample_dataset(root, num_train=2, num_val=2, progress=False)
+    logs = tmp_path / "logs"
+    status = FCN.main(["--mode=train", "--config", os.path.join(REPO, "configs", "sample.yaml"), "--data_dir", root, "--logs_dir", str(logs),
+                       "--no_progress", "--crop_size", "32", "--set", f"model.fc_channels={FC}", "--vgg_weights", vgg19_files["mat"]])
+    err = capsys.readouterr().err
+    assert status == FCN.EXIT_FAILED
+    assert err.startswith(f"FCN.py: {vgg19_files['mat']} does not fit this FCN-8s (model.backbone=vgg16); nothing was loaded")
+    assert "layer conv3_4 of the file is not in the model" in err and "--set model.backbone=vgg19" in err
+    assert "Traceback" not in err and not (logs / "checkpoints").exists()

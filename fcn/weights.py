@@ -79,8 +79,8 @@ def _fetch(url: str, filename: str, model_dir: str | None, md5: str | None, what
     existed = os.path.exists(cached)
     try:
         if md5:
-            return keras.utils.get_file(filename, url, file_hash=md5, hash_algorithm="md5", **cache)
-        return keras.utils.get_file(filename, url, **cache)
+            return os.path.normpath(keras.utils.get_file(filename, url, file_hash=md5, hash_algorithm="md5", **cache))
+        return os.path.normpath(keras.utils.get_file(filename, url, **cache))
     except Exception as error:  # Keras raises ValueError for a bad hash and various errors for the network
         if os.path.exists(cached) and (md5 or not existed):
             os.remove(cached)  # never keep a file that failed verification or arrived in part

@@ -319,3 +319,34 @@ def test_pretrained_description():
     entry = weights.PRETRAINED["crfasrnn_voc"]
     assert entry.url == "https://github.com/sadeepj/crfasrnn_keras/releases/download/v1.0/crfrnn_keras_model.h5"
     assert (entry.filename, entry.num_classes, entry.input_size, entry.crf_iterations) == ("crfrnn_keras_model.h5", 21, (500, 500), 10)
+
+
+def test_fetch_pretrained_downloads_once_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    import dataclasses
+    import threading
+
+    from test_model import _FileServer
+
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    served = tmp_path / "served.h5"
+    write_layers(str(served), tiny_layers())
+    server = _FileServer({"crfrnn_keras_model.h5": served.read_bytes()})
+    server.paths = []
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+    cache = tmp_path / "cache"
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/v1.0/"
+        entry = weights.PRETRAINED["crfasrnn_voc"]
+        monkeypatch.setitem(weights.PRETRAINED, "crfasrnn_voc", dataclasses.replace(entry, url=base + "missing.h5"))
+        with pytest.raises(weights.WeightsError, match="could not fetch the crfasrnn_voc model"):
+            weights.fetch_pretrained("crfasrnn_voc", str(cache))
+        assert not (cache / "crfrnn_keras_model.h5").exists()
+        monkeypatch.setitem(weights.PRETRAINED, "crfasrnn_voc", dataclasses.replace(entry, url=base + "crfrnn_keras_model.h5"))
+        path = weights.fetch_pretrained("crfasrnn_voc", str(cache))
+        assert path == str(cache / "crfrnn_keras_model.h5") and weights.fetch_pretrained("crfasrnn_voc", str(cache)) == path
+        assert server.paths == ["/v1.0/missing.h5", "/v1.0/crfrnn_keras_model.h5"]  # the second call used the cache
+        assert weights.load_crfasrnn_keras(path).output.shape[-1] == 5
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -267,3 +267,19 @@ def test_cli_refuses_a_file_of_another_backbone_with_a_message(tmp_path, vgg19_f
     assert err.startswith(f"FCN.py: {vgg19_files['mat']} does not fit this FCN-8s (model.backbone=vgg16); nothing was loaded")
     assert "layer conv3_4 of the file is not in the model" in err and "--set model.backbone=vgg19" in err
     assert "Traceback" not in err and not (logs / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("saved, restored", [("vgg19", "vgg16"), ("vgg16", "vgg19")])
+def test_checkpoint_of_one_backbone_is_refused_by_the_other(tmp_path, saved, restored):
+    import tensorflow as tf
+
+    from fcn import checkpoints
+
+    source = model_lib.build_fcn8s(5, fc_channels=8, backbone=saved)
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=source), str(tmp_path / "checkpoints"), 1).save(checkpoint_number=1)
+    with pytest.raises(checkpoints.MismatchError, match="it holds another model"):
+        checkpoints.restore_model_weights(model_lib.build_fcn8s(5, fc_channels=8, backbone=restored), str(tmp_path))
+    same = model_lib.build_fcn8s(5, fc_channels=8, backbone=saved)
+    checkpoints.restore_model_weights(same, str(tmp_path))
+    for a, b in zip(same.weights, source.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -14,7 +14,7 @@ Score layers start at zero and the transposed convolutions as bilinear
 interpolation, so an untrained model outputs exactly zero logits. Layers not
 taken from pretrained weights start from He initialisation, which suits the
 deep ReLU stack when training from scratch. Building reads no file and fetches
-nothing: pretrained VGG16 weights are loaded afterwards by
+nothing: pretrained VGG weights are loaded afterwards by
 ``fcn/weights.py``. Instead of the
 reference's 100-pixel padding, the preprocessed input is padded to a multiple
 of 32 with zeros (the mean colour) at the bottom and right and the logits are

@@ -74,8 +74,12 @@ class ModelConfig:
     """The network.
 
     Attributes:
-      vgg_weights: ``none``, ``imagenet``, ``imagenet_notop`` or a path to a
-        Keras VGG16 ``.h5`` or MatConvNet ``imagenet-vgg-verydeep-16.mat``.
+      backbone: ``vgg16`` or ``vgg19`` (FCN.tensorflow's trunk: 16
+        convolutions, fc6/fc7 from its fc1/fc2).
+      vgg_weights: ``none``, ``imagenet``, ``imagenet_notop`` (Keras' ImageNet
+        weights of the backbone) or a path to a Keras ``.h5`` or a MatConvNet
+        ``imagenet-vgg-verydeep-16.mat`` / ``-19.mat`` of the backbone; a file
+        whose layers do not all fit the model is refused.
       model_dir: where downloaded pretrained weights are cached (the meaning
         of FCN.tensorflow's ``--model_dir``).
       fc_channels: width of fc6 and fc7 (4096 in VGG16; smaller values make a
@@ -93,6 +97,7 @@ class ModelConfig:
       crf_theta_gamma: spatial kernel standard deviation (pixels).
     """
 
+    backbone: str = "vgg16"
     vgg_weights: str = "imagenet"
     model_dir: str = "data/models"
     fc_channels: int = 4096
@@ -409,6 +414,8 @@ def check_values(config: Config) -> None:
         problems.append(f"data.cat_max_ratio must be in (0, 1], got {d.cat_max_ratio}")
     if not 0 <= d.flip_prob <= 1:
         problems.append(f"data.flip_prob must be in [0, 1], got {d.flip_prob}")
+    if m.backbone not in ("vgg16", "vgg19"):
+        problems.append(f"model.backbone must be vgg16 or vgg19, got {m.backbone!r}")
     if not 0 <= m.dropout < 1:
         problems.append(f"model.dropout must be in [0, 1), got {m.dropout}")
     if m.fc_channels < 1:

@@ -1,8 +1,9 @@
-"""FCN-8s on VGG16 (Long, Shelhamer, Darrell, "Fully Convolutional Networks for Semantic Segmentation").
+"""FCN-8s on VGG16 or VGG19 (Long, Shelhamer, Darrell, "Fully Convolutional Networks for Semantic Segmentation").
 
 The network of the paper, "at-once" variant:
 
-    VGG16 trunk (block1_conv1 .. block5_pool, max-pooling)
+    VGG16 trunk (block1_conv1 .. block5_pool, max-pooling), or VGG19's
+      (blocks 3, 4 and 5 with a fourth convolution: block3_conv4, ...)
     fc6 7x7 x fc_channels, ReLU, dropout; fc7 1x1 x fc_channels, ReLU, dropout
     score_fr 1x1 -> upscore2 (4x4 / 2)                     + score_pool4(0.01 x pool4)  = fuse_pool4
     fuse_pool4 -> upscore_pool4 (4x4 / 2)                 + score_pool3(1e-4 x pool3)  = fuse_pool3
@@ -13,7 +14,7 @@ Score layers start at zero and the transposed convolutions as bilinear
 interpolation, so an untrained model outputs exactly zero logits. Layers not
 taken from pretrained weights start from He initialisation, which suits the
 deep ReLU stack when training from scratch. Building reads no file and fetches
-nothing: pretrained VGG16 weights are loaded afterwards by
+nothing: pretrained VGG weights are loaded afterwards by
 ``fcn/weights.py``. Instead of the
 reference's 100-pixel padding, the preprocessed input is padded to a multiple
 of 32 with zeros (the mean colour) at the bottom and right and the logits are
@@ -22,6 +23,12 @@ cropped back: any height and width work and the output has the input's size.
 The model takes RGB images in 0..255 (uint8 or float) and applies the
 convention its VGG16 weights expect (RGB -> BGR, ImageNet mean subtracted).
 It returns float32 logits (B, H, W, num_classes); softmax is left to the loss.
+
+``build_crfasrnn_reference`` builds the other geometry, that of crfasrnn_keras's
+released FCN-8s + CRF-RNN (100-pixel zero padding, 'valid' fc6, learned
+transposed convolutions and fixed crops, no skip scaling), so that its weight
+file reproduces its outputs; ``crfasrnn_keras_inputs`` prepares images the way
+that project does.
 """
 
 import keras
@@ -31,10 +38,24 @@ from keras import ops
 from fcn import crf as crf_lib
 
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)
-# (block, convolutions, filters) of VGG16.
-VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
-VGG16_CONV_LAYERS = tuple(f"block{b}_conv{i}" for b, n, _ in VGG16_BLOCKS for i in range(1, n + 1))
+# (block, convolutions, filters) of each backbone.
+VGG_BLOCKS = {
+    "vgg16": ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512)),
+    "vgg19": ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512)),
+}
+BACKBONES = tuple(VGG_BLOCKS)
+VGG16_BLOCKS = VGG_BLOCKS["vgg16"]
+
+
+def conv_layer_names(backbone: str = "vgg16") -> tuple[str, ...]:
+    """The convolution layers of a backbone's trunk, in order (Keras' names: block1_conv1, ...)."""
+    return tuple(f"block{b}_conv{i}" for b, n, _ in VGG_BLOCKS[backbone] for i in range(1, n + 1))
+
+
+VGG16_CONV_LAYERS = conv_layer_names("vgg16")
+VGG19_CONV_LAYERS = conv_layer_names("vgg19")
 VGG16_FC_CHANNELS = 4096
+VGG_FC_CHANNELS = VGG16_FC_CHANNELS  # fc1 / fc2 of both backbones
 STRIDE = 32  # the total downsampling of VGG16's five poolings
 
 
@@ -77,16 +98,31 @@ class PadToMultiple(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="fcn")
 class CropToReference(keras.layers.Layer):
-    """Crops ``inputs[0]`` to the height and width of ``inputs[1]``, from the top left."""
+    """Crops ``inputs[0]`` to the height and width of ``inputs[1]``, starting ``offset`` rows and columns in.
+
+    ``offset`` 0 crops from the top left; the reference FCN geometry (Caffe's
+    ``Crop`` layers) uses offsets 5, 9 and 31.
+    """
+
+    def __init__(self, offset: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.offset = int(offset)
 
     def call(self, inputs):
         tensor, reference = inputs
         shape = ops.shape(reference)
-        return tensor[:, : shape[1], : shape[2], :]
+        start = self.offset
+        return tensor[:, start : start + shape[1], start : start + shape[2], :]
 
     def compute_output_shape(self, input_shapes):
         tensor_shape, reference_shape = input_shapes
         return (tensor_shape[0], reference_shape[1], reference_shape[2], tensor_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        if self.offset:
+            config["offset"] = self.offset
+        return config
 
 
 @keras.saving.register_keras_serializable(package="fcn")
@@ -234,8 +270,9 @@ def build_fcn8s(
     dropout: float = 0.5,
     name: str = "fcn8s",
     crf: dict | None = None,
+    backbone: str = "vgg16",
 ) -> keras.Model:
-    """Builds FCN-8s on VGG16, with freshly initialised weights (see ``fcn.weights`` for pretrained ones).
+    """Builds FCN-8s on VGG16 or VGG19, with freshly initialised weights (see ``fcn.weights`` for pretrained ones).
 
     Args:
       num_classes: output channels (150 for ADE20K).
@@ -246,6 +283,10 @@ def build_fcn8s(
         CRF-RNN stage; it refines the logits with the input image itself (RGB
         0..255 at the logits' size). The FCN's own logits stay available as
         the output of the layer named ``logits`` (see ``with_fcn_output``).
+      backbone: ``vgg16`` or ``vgg19`` (three more convolutions, block3_conv4,
+        block4_conv4 and block5_conv4). Layer names are Keras' VGG names for
+        both, and a VGG16 model has the layers (and layer order) it always had,
+        so existing checkpoints restore.
 
     Returns:
       A Keras model: images (B, H, W, 3) RGB 0..255 -> float32 logits
@@ -254,8 +295,10 @@ def build_fcn8s(
     images = keras.Input((None, None, 3), name="image")
     x = VggPreprocess(name="preprocess")(images)
     x = PadToMultiple(STRIDE, name="pad")(x)
+    if backbone not in VGG_BLOCKS:
+        raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
     pools = {}
-    for block, convolutions, filters in VGG16_BLOCKS:
+    for block, convolutions, filters in VGG_BLOCKS[backbone]:
         for i in range(1, convolutions + 1):
             x = keras.layers.Conv2D(
                 filters, 3, padding="same", activation="relu", kernel_initializer="he_normal", name=f"block{block}_conv{i}"
@@ -312,7 +355,15 @@ def build_from_config(model_config, num_classes: int, crf_iterations: int | None
             theta_gamma=model_config.crf_theta_gamma,
             num_iterations=model_config.crf_iterations if crf_iterations is None else crf_iterations,
         )
-    return build_fcn8s(num_classes, fc_channels=model_config.fc_channels, dropout=model_config.dropout, crf=crf)
+    return build_fcn8s(
+        num_classes, fc_channels=model_config.fc_channels, dropout=model_config.dropout, crf=crf, backbone=model_config.backbone
+    )
+
+
+def backbone_of(model: keras.Model) -> str:
+    """``vgg19`` for a model built with VGG19's trunk, else ``vgg16``."""
+    names = {layer.name for layer in model.layers}
+    return "vgg19" if set(VGG19_CONV_LAYERS) <= names else "vgg16"
 
 
 # The weights of a ``CrfRnn`` layer, by their names in a checkpoint.
@@ -328,3 +379,126 @@ def with_fcn_output(model: keras.Model) -> keras.Model:
     if not has_crf(model):
         raise ValueError(f"model {model.name} has no CRF stage")
     return keras.Model(model.input, [model.get_layer("logits").output, model.output], name=model.name + "_with_fcn")
+
+
+# ---------------------------------------------------------------------------
+# crfasrnn_keras's geometry (its released FCN-8s + CRF-RNN for Pascal VOC).
+
+# The image size that project feeds: the longer side resized to 500, padded to 500 x 500.
+CRFASRNN_SIZE = 500
+# Its convolutions, with the names of the Caffe model it was converted from.
+CRFASRNN_CONV_LAYERS = tuple(f"conv{b}_{i}" for b, n, _ in VGG16_BLOCKS for i in range(1, n + 1))
+
+
+def build_crfasrnn_reference(
+    num_classes: int = 21,
+    fc_channels: int = VGG16_FC_CHANNELS,
+    dropout: float = 0.5,
+    crf: dict | None = None,
+    name: str = "crfasrnn",
+) -> keras.Model:
+    """FCN-8s (+ CRF-RNN) in the geometry of crfasrnn_keras's released model, with its layer names.
+
+    The reference FCN-8s as that project builds it (``src/crfrnn_model.py``):
+    the preprocessed image zero-padded by 100 pixels, ``conv1_1`` and
+    ``pool1`` 'valid', the other convolutions and poolings 'same', ``fc6`` a
+    7x7 'valid' convolution, learned transposed convolutions (``score2`` 4x4/2
+    with a bias, ``score4`` 4x4/2 and ``upsample`` 16x16/8 without), the skip
+    scores ``score-pool4`` and ``score-pool3`` on the unscaled pools, cropped
+    at offsets 5 and 9 to the upsampled maps, and the final scores cropped at
+    offset 31 to the input's size. At 500 x 500 these are exactly that
+    project's fixed ``Cropping2D`` layers ((5, 5), (9, 9), ((31, 37), (31, 37))).
+    Its CRF-RNN stage reads the *preprocessed* image (BGR minus the mean, the
+    padding 0), as the released model does; colour differences are those of
+    the RGB image.
+
+    Args:
+      num_classes: 21 for the released Pascal VOC model.
+      fc_channels: width of fc6 and fc7 (4096 in the released file).
+      dropout: rate after fc6 and fc7 (training only).
+      crf: None for the FCN alone, or the keyword arguments of
+        ``crf.CrfRnn`` (the released model: ``theta_alpha=160, theta_beta=3,
+        theta_gamma=3, num_iterations=10``); the layer is named ``crfrnn``.
+      name: the model's name.
+
+    Returns:
+      A Keras model: images (B, H, W, 3) RGB 0..255 -> float32 logits
+      (B, H, W, num_classes), refined by the CRF stage if any; the FCN's own
+      logits are the output of the layer ``logits``. The released model is
+      meant for 500 x 500 inputs (``crfasrnn_keras_inputs``).
+    """
+    images = keras.Input((None, None, 3), name="image")
+    preprocessed = VggPreprocess(name="preprocess")(images)
+    x = keras.layers.ZeroPadding2D(100, name="pad100")(preprocessed)
+    pools = {}
+    for block, convolutions, filters in VGG16_BLOCKS:
+        for i in range(1, convolutions + 1):
+            padding = "valid" if (block, i) == (1, 1) else "same"
+            x = keras.layers.Conv2D(filters, 3, padding=padding, activation="relu", name=f"conv{block}_{i}")(x)
+        x = keras.layers.MaxPooling2D(2, strides=2, padding="valid" if block == 1 else "same", name=f"pool{block}")(x)
+        pools[block] = x
+    x = keras.layers.Conv2D(fc_channels, 7, activation="relu", name="fc6")(x)
+    x = keras.layers.Dropout(dropout, name="drop6")(x)
+    x = keras.layers.Conv2D(fc_channels, 1, activation="relu", name="fc7")(x)
+    x = keras.layers.Dropout(dropout, name="drop7")(x)
+
+    def score(layer_name):
+        return keras.layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name=layer_name)
+
+    def upsample(size, stride, use_bias, layer_name):
+        return keras.layers.Conv2DTranspose(
+            num_classes, size, strides=stride, use_bias=use_bias, kernel_initializer=BilinearUpsampling(), name=layer_name
+        )
+
+    score2 = upsample(4, 2, True, "score2")(score("score-fr")(x))
+    score_pool4 = CropToReference(5, name="score-pool4c")([score("score-pool4")(pools[4]), score2])
+    score4 = upsample(4, 2, False, "score4")(keras.layers.Add(name="fuse-pool4")([score2, score_pool4]))
+    score_pool3 = CropToReference(9, name="score-pool3c")([score("score-pool3")(pools[3]), score4])
+    upscore = upsample(16, 8, False, "upsample")(keras.layers.Add(name="fuse-pool3")([score4, score_pool3]))
+    logits = CropToReference(31, name="upscore")([upscore, images])
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+    if crf is not None:
+        logits = crf_lib.CrfRnn(name="crfrnn", **crf)([logits, preprocessed])
+    return keras.Model(images, logits, name=name)
+
+
+def crfasrnn_keras_inputs(image) -> tuple[np.ndarray, tuple[int, int]]:
+    """One image as crfasrnn_keras feeds its model (its ``util.get_preprocessed_image``), in RGB.
+
+    The image is resized with PIL's bilinear filter so that it fits 500 x 500
+    (scale ``min(500 / W, 500 / H)``, sizes truncated to integers, smaller
+    images enlarged), then padded at the bottom and right up to 500 x 500
+    with the ImageNet mean colour, which the model's preprocessing turns into
+    the zeros that project pads with.
+
+    Args:
+      image: uint8 (H, W, 3) RGB.
+
+    Returns:
+      (float32 (500, 500, 3) RGB, (h, w) the resized image's size inside it).
+    """
+    from PIL import Image
+
+    image = np.asarray(image)
+    height, width = image.shape[:2]
+    ratio = min(CRFASRNN_SIZE / width, CRFASRNN_SIZE / height)
+    size = (int(width * ratio), int(height * ratio))
+    resized = np.asarray(Image.fromarray(image[:, :, :3]).resize(size, resample=Image.BILINEAR), np.float32)
+    padded = np.empty((CRFASRNN_SIZE, CRFASRNN_SIZE, 3), np.float32)
+    padded[...] = np.asarray(VGG_MEAN_BGR[::-1], np.float32)
+    padded[: size[1], : size[0]] = resized
+    return padded, (size[1], size[0])
+
+
+def crfasrnn_keras_labels(scores, valid_size: tuple[int, int], original_size: tuple[int, int]) -> np.ndarray:
+    """Labels of one image from the model's (500, 500, C) output, as crfasrnn_keras makes them.
+
+    The argmax over classes, cropped to the resized image (``valid_size``, the
+    second value of ``crfasrnn_keras_inputs``) and resized back to the
+    original (H, W) by nearest neighbour (PIL resizes its palette image so).
+    """
+    from PIL import Image
+
+    labels = np.asarray(scores).argmax(-1).astype(np.uint8)[: valid_size[0], : valid_size[1]]
+    height, width = original_size
+    return np.asarray(Image.fromarray(labels).resize((width, height), resample=Image.NEAREST))

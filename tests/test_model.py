@@ -188,11 +188,13 @@ class _FileServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _FileHandler)
         self.files = files
         self.requests = 0
+        self.paths = []
 
 
 class _FileHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.server.requests += 1
+        self.server.paths.append(self.path)
         body = self.server.files.get(os.path.basename(self.path))
         if body is None:
             self.send_response(404)
@@ -214,22 +216,23 @@ def test_imagenet_weights_are_fetched_verified_and_cached(tmp_path, monkeypatch,
     source = tmp_path / "served.h5"
     write_legacy_h5(str(source), keras_vgg16, include_top=False)
     body = source.read_bytes()
-    filename = weights.KERAS_WEIGHTS["imagenet_notop"][0]
+    filename = weights.KERAS_WEIGHTS["vgg16"]["imagenet_notop"][0]
     server = _FileServer({filename: body})
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     try:
-        monkeypatch.setattr(weights, "KERAS_WEIGHTS_ORIGIN", f"http://127.0.0.1:{server.server_address[1]}/vgg16/")
+        monkeypatch.setattr(weights, "KERAS_WEIGHTS_ORIGIN", f"http://127.0.0.1:{server.server_address[1]}/")
         # The published MD5 does not match this file: rejected, and nothing is left in the cache.
         with pytest.raises(weights.WeightsError, match="could not fetch imagenet_notop"):
             pretrained("imagenet_notop", model_dir=str(tmp_path / "cache"), fc_channels=64)
         assert not (tmp_path / "cache" / filename).exists()
-        monkeypatch.setitem(weights.KERAS_WEIGHTS, "imagenet_notop", (filename, hashlib.md5(body).hexdigest()))
+        monkeypatch.setitem(weights.KERAS_WEIGHTS["vgg16"], "imagenet_notop", (filename, hashlib.md5(body).hexdigest()))
         fcn = pretrained("imagenet_notop", model_dir=str(tmp_path / "cache"), fc_channels=64)
         assert (tmp_path / "cache" / filename).read_bytes() == body
         assert relative_error(fcn_activations(fcn, sample_crop)[0], keras_reference[0]) < 1e-5
         requests = server.requests
         pretrained("imagenet_notop", model_dir=str(tmp_path / "cache"), fc_channels=64)
         assert server.requests == requests  # served from the cache
+        assert server.paths == [f"/vgg16/{filename}"] * 2  # Keras' folder of the backbone
     finally:
         server.shutdown()
         server.server_close()

@@ -1,0 +1,352 @@
+"""crfasrnn_keras's released FCN-8s + CRF-RNN: its geometry, its model file, its input convention.
+
+The reference is crfasrnn_keras's model written out here in plain Keras from
+its published definition (src/crfrnn_model.py, src/crfrnn_layer.py,
+src/util.py of sadeepj/crfasrnn_keras), with fcn.crf's Gaussian filters
+standing in for its C++ ``high_dim_filter`` op; its weights are saved the way
+Keras 2's ``save_weights`` wrote the released file.
+"""
+
+import glob
+import os
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import SAMPLE_ROOT, clear_argmax
+from fcn import crf as crf_lib
+from fcn import model as model_lib
+from fcn import permutohedral
+from fcn import weights
+
+NUM_CLASSES = 21
+FC = 32  # fc6/fc7 width of the test file: the released 4096 makes fc6 alone a 411 MB matrix
+IMAGE = sorted(glob.glob(os.path.join(SAMPLE_ROOT, "images", "validation", "*.jpg")))[0]
+IMAGENET_MEANS_RGB = np.array([123.68, 116.779, 103.939], dtype=np.float32)  # util.py's _IMAGENET_MEANS
+
+
+def high_dim_filter(values, lattice, bilateral, theta_gamma=None):
+    """The C++ op's interface ((C, H, W) values), computed by fcn.crf's filters.
+
+    The op takes the (3, H, W) image and builds its lattice at every call; here
+    the image's lattice is built once by the caller (the same lattice each time).
+    """
+    values = tf.transpose(values, (1, 2, 0))[None]
+    if bilateral:
+        out = permutohedral.lattice_filter(lattice, values)
+    else:
+        out = crf_lib.spatial_filter(values, theta_gamma)
+    return tf.transpose(out[0], (2, 0, 1))
+
+
+class ReferenceCrfRnnLayer(keras.layers.Layer):
+    """crfasrnn_keras's CrfRnnLayer: batch 1, (C, H, W) messages, ``U - compatibility (W_s S + W_b B)``."""
+
+    def __init__(self, image_dims, num_classes, theta_alpha, theta_beta, theta_gamma, num_iterations, **kwargs):
+        super().__init__(**kwargs)
+        self.image_dims, self.num_classes = image_dims, num_classes
+        self.theta_alpha, self.theta_beta, self.theta_gamma = theta_alpha, theta_beta, theta_gamma
+        self.num_iterations = num_iterations
+
+    def build(self, input_shape):
+        c = self.num_classes
+        self.spatial_ker_weights = self.add_weight(name="spatial_ker_weights", shape=(c, c), initializer="identity")
+        self.bilateral_ker_weights = self.add_weight(name="bilateral_ker_weights", shape=(c, c), initializer="identity")
+        self.compatibility_matrix = self.add_weight(
+            name="compatibility_matrix", shape=(c, c), initializer=lambda shape, dtype=None: -np.eye(shape[0], dtype=np.float32)
+        )
+
+    def call(self, inputs):
+        unaries = tf.transpose(inputs[0][0, :, :, :], perm=(2, 0, 1))
+        rgb = tf.transpose(inputs[1][0, :, :, :], perm=(2, 0, 1))
+        c, h, w = self.num_classes, self.image_dims[0], self.image_dims[1]
+        lattice = crf_lib.build_image_lattice(tf.transpose(rgb, (1, 2, 0))[None], self.theta_alpha, self.theta_beta)
+        all_ones = np.ones((c, h, w), dtype=np.float32)
+        spatial_norm_vals = high_dim_filter(all_ones, lattice, bilateral=False, theta_gamma=self.theta_gamma)
+        bilateral_norm_vals = high_dim_filter(all_ones, lattice, bilateral=True)
+        q_values = unaries
+        for _ in range(self.num_iterations):
+            softmax_out = tf.nn.softmax(q_values, 0)
+            spatial_out = high_dim_filter(softmax_out, lattice, bilateral=False, theta_gamma=self.theta_gamma) / spatial_norm_vals
+            bilateral_out = high_dim_filter(softmax_out, lattice, bilateral=True) / bilateral_norm_vals
+            message_passing = tf.matmul(self.spatial_ker_weights, tf.reshape(spatial_out, (c, -1))) + tf.matmul(
+                self.bilateral_ker_weights, tf.reshape(bilateral_out, (c, -1))
+            )
+            pairwise = tf.reshape(tf.matmul(self.compatibility_matrix, message_passing), (c, h, w))
+            q_values = unaries - pairwise
+        return tf.transpose(tf.reshape(q_values, (1, c, h, w)), perm=(0, 2, 3, 1))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+def reference_model(fc=FC):
+    """crfasrnn_keras's get_crfrnn_model_def(), layer for layer, with Keras 2's automatic names for the unnamed layers."""
+    from keras.layers import Add, Conv2D, Conv2DTranspose, Cropping2D, Dropout, Input, MaxPooling2D, ZeroPadding2D
+
+    height, width = 500, 500
+    img_input = Input(shape=(height, width, 3), name="input_1")
+    x = ZeroPadding2D(padding=(100, 100), name="zero_padding2d_1")(img_input)
+    x = Conv2D(64, (3, 3), activation="relu", padding="valid", name="conv1_1")(x)
+    x = Conv2D(64, (3, 3), activation="relu", padding="same", name="conv1_2")(x)
+    x = MaxPooling2D((2, 2), strides=(2, 2), name="pool1")(x)
+    x = Conv2D(128, (3, 3), activation="relu", padding="same", name="conv2_1")(x)
+    x = Conv2D(128, (3, 3), activation="relu", padding="same", name="conv2_2")(x)
+    x = MaxPooling2D((2, 2), strides=(2, 2), name="pool2", padding="same")(x)
+    x = Conv2D(256, (3, 3), activation="relu", padding="same", name="conv3_1")(x)
+    x = Conv2D(256, (3, 3), activation="relu", padding="same", name="conv3_2")(x)
+    x = Conv2D(256, (3, 3), activation="relu", padding="same", name="conv3_3")(x)
+    x = MaxPooling2D((2, 2), strides=(2, 2), name="pool3", padding="same")(x)
+    pool3 = x
+    x = Conv2D(512, (3, 3), activation="relu", padding="same", name="conv4_1")(x)
+    x = Conv2D(512, (3, 3), activation="relu", padding="same", name="conv4_2")(x)
+    x = Conv2D(512, (3, 3), activation="relu", padding="same", name="conv4_3")(x)
+    x = MaxPooling2D((2, 2), strides=(2, 2), name="pool4", padding="same")(x)
+    pool4 = x
+    x = Conv2D(512, (3, 3), activation="relu", padding="same", name="conv5_1")(x)
+    x = Conv2D(512, (3, 3), activation="relu", padding="same", name="conv5_2")(x)
+    x = Conv2D(512, (3, 3), activation="relu", padding="same", name="conv5_3")(x)
+    x = MaxPooling2D((2, 2), strides=(2, 2), name="pool5", padding="same")(x)
+    x = Conv2D(fc, (7, 7), activation="relu", padding="valid", name="fc6")(x)
+    x = Dropout(0.5, name="dropout_1")(x)
+    x = Conv2D(fc, (1, 1), activation="relu", padding="valid", name="fc7")(x)
+    x = Dropout(0.5, name="dropout_2")(x)
+    x = Conv2D(21, (1, 1), padding="valid", name="score-fr")(x)
+    score2 = Conv2DTranspose(21, (4, 4), strides=2, name="score2")(x)
+    score_pool4 = Conv2D(21, (1, 1), name="score-pool4")(pool4)
+    score_pool4c = Cropping2D((5, 5), name="cropping2d_1")(score_pool4)
+    score_fused = Add(name="add_1")([score2, score_pool4c])
+    score4 = Conv2DTranspose(21, (4, 4), strides=2, name="score4", use_bias=False)(score_fused)
+    score_pool3 = Conv2D(21, (1, 1), name="score-pool3")(pool3)
+    score_pool3c = Cropping2D((9, 9), name="cropping2d_2")(score_pool3)
+    score_final = Add(name="add_2")([score4, score_pool3c])
+    upsample = Conv2DTranspose(21, (16, 16), strides=8, name="upsample", use_bias=False)(score_final)
+    upscore = Cropping2D(((31, 37), (31, 37)), name="cropping2d_3")(upsample)
+    output = ReferenceCrfRnnLayer(
+        image_dims=(height, width), num_classes=21, theta_alpha=160.0, theta_beta=3.0, theta_gamma=3.0, num_iterations=10, name="crfrnn"
+    )([upscore, img_input])
+    return keras.Model(img_input, output, name="crfrnn_net")
+
+
+def randomise(model, seed=0):
+    """Random weights that keep the signal alive through the trunk and give logits of a few units."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        values = layer.get_weights()
+        if not values:
+            continue
+        if layer.name == "crfrnn":
+            c = NUM_CLASSES
+            new = [3 * np.eye(c) + rng.normal(0, 0.3, (c, c)), 5 * np.eye(c) + rng.normal(0, 0.3, (c, c)),
+                   -np.eye(c) + rng.normal(0, 0.2, (c, c))]  # not symmetric: a transposed matrix would show
+        else:
+            kernel = values[0]
+            fan_in = np.prod(kernel.shape[:2]) * (kernel.shape[3] if "score2" in layer.name or layer.name in ("score4", "upsample") else kernel.shape[2])
+            gain = 2.0 if layer.name.startswith(("conv", "fc")) else 0.5
+            new = [rng.normal(0, np.sqrt(gain / fan_in), kernel.shape)] + [rng.normal(0, 0.1, v.shape) for v in values[1:]]
+        layer.set_weights([np.asarray(v, np.float32) for v in new])
+
+
+def write_keras2_weights(path, model, wrap=False):
+    """What Keras 2's ``model.save_weights`` (or, with ``wrap``, ``model.save``) writes: every layer, weights named by variable."""
+    with h5py.File(path, "w") as f:
+        root = f.create_group("model_weights") if wrap else f
+        root.attrs["layer_names"] = np.array([layer.name.encode("utf8") for layer in model.layers])
+        root.attrs["backend"] = b"tensorflow"
+        root.attrs["keras_version"] = b"2.0.6"
+        for layer in model.layers:
+            group = root.create_group(layer.name)
+            names = [f"{layer.name}/{w.name}:0".encode("utf8") for w in layer.weights]
+            group.attrs["weight_names"] = names
+            for name, value in zip(names, layer.get_weights()):
+                group.create_dataset(name.decode(), data=value)
+
+
+def util_preprocessed_image(file_name):
+    """util.get_preprocessed_image of crfasrnn_keras, step by step."""
+    image = Image.open(file_name)
+    w, h = image.size
+    ratio = min(500.0 / w, 500.0 / h)
+    image = image.resize((int(w * ratio), int(h * ratio)), resample=Image.BILINEAR)
+    im = np.array(image).astype(np.float32)[:, :, :3]
+    im = im - IMAGENET_MEANS_RGB
+    im = im[:, :, ::-1]  # to BGR
+    img_h, img_w, _ = im.shape
+    im = np.pad(im, pad_width=((0, 500 - img_h), (0, 500 - img_w), (0, 0)), mode="constant", constant_values=0)
+    return np.expand_dims(im.astype(np.float32), 0), img_h, img_w, (w, h)
+
+
+@pytest.fixture(scope="module")
+def released_format(tmp_path_factory):
+    """(path of a crfrnn_keras_model.h5 with random weights, the reference's output on the fixture image, util's inputs)."""
+    keras.utils.set_random_seed(3)
+    reference = reference_model()
+    randomise(reference)
+    path = str(tmp_path_factory.mktemp("crfasrnn") / "crfrnn_keras_model.h5")
+    write_keras2_weights(path, reference)
+    batch, img_h, img_w, size = util_preprocessed_image(IMAGE)
+    probe = keras.Model(reference.input, [reference.get_layer("cropping2d_3").output, reference.output])
+    unaries, refined = (np.asarray(t) for t in probe(batch))
+    return path, unaries, refined, (batch, img_h, img_w, size)
+
+
+def softmax(logits):
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.slow  # 500 x 500 through two VGG16 trunks and two 10-iteration CRFs
+def test_loaded_file_gives_the_reference_probabilities_and_labels(released_format):
+    """Tolerance: 5e-5 on each probability (2.8e-6 measured); labels equal wherever the best class leads by more than 1e-3.
+
+    A transposed or negated compatibility matrix, or a transposed spatial
+    kernel weight matrix, changes probabilities by 0.8-1.0 and 22-40 % of the labels.
+    """
+    path, reference_unaries, reference_refined, (batch, img_h, img_w, size) = released_format
+    net = weights.load_crfasrnn_keras(path, num_classes=21)
+    crf = net.get_layer("crfrnn")
+    assert (crf.theta_alpha, crf.theta_beta, crf.theta_gamma, crf.num_iterations) == (160.0, 3.0, 3.0, 10)
+    image = np.asarray(Image.open(IMAGE).convert("RGB"))
+    inputs, valid = model_lib.crfasrnn_keras_inputs(image)
+    assert valid == (img_h, img_w) and (img_h, img_w) != (500, 500)  # the padding is exercised
+    # The model's own preprocessing of our RGB input is util.py's array, bit for bit.
+    np.testing.assert_array_equal(model_lib.VggPreprocess()(inputs[None]).numpy(), batch)
+    probe = model_lib.with_fcn_output(net)
+    unaries, refined = (np.asarray(t) for t in probe(inputs[None]))
+    assert unaries.shape == refined.shape == (1, 500, 500, 21)
+    spread = reference_unaries.std()
+    assert 1 < spread < 50 and np.abs(reference_refined - reference_unaries).mean() > 0.5  # logits and the CRF both matter
+    np.testing.assert_allclose(unaries, reference_unaries, rtol=0, atol=1e-4 * spread)
+    probabilities, reference_probabilities = softmax(refined), softmax(reference_refined)
+    assert np.abs(probabilities - reference_probabilities).max() < 5e-5
+    labels, clear = clear_argmax(reference_probabilities)
+    assert np.array_equal(probabilities.argmax(-1)[clear], labels[clear])
+    assert len(np.unique(labels)) > 3 and (probabilities.argmax(-1) != softmax(unaries).argmax(-1)).mean() > 0.01
+    # The label image as util.get_label_image makes it: argmax, crop, nearest-neighbour resize to the original size.
+    label_image = model_lib.crfasrnn_keras_labels(refined[0], valid, image.shape[:2])
+    expected = Image.fromarray(reference_probabilities[0].argmax(-1).astype("uint8")[:img_h, :img_w], "P").resize(size)
+    assert label_image.shape == image.shape[:2]
+    agree = (label_image == np.asarray(expected)).mean()
+    assert agree > 0.999
+
+
+def tiny_layers(num_classes=5, fc=8):
+    return {name: [np.full(shape, 0.01, np.float32) for shape in shapes] for name, shapes in weights.crfasrnn_keras_layout(num_classes, fc).items()}
+
+
+def write_layers(path, layers, names=None, wrap=False):
+    """A Keras 2 weights file from {layer: [values]}, weight names as Keras 2 gives them."""
+    default_names = {1: ["kernel"], 2: ["kernel", "bias"], 3: ["spatial_ker_weights", "bilateral_ker_weights", "compatibility_matrix"]}
+    with h5py.File(path, "w") as f:
+        root = f.create_group("model_weights") if wrap else f
+        root.attrs["layer_names"] = np.array([b"input_1", *[n.encode() for n in layers]])
+        root.create_group("input_1").attrs["weight_names"] = np.array([], dtype="S1")
+        for layer, values in layers.items():
+            group = root.create_group(layer)
+            weight_names = [f"{layer}/{n}:0" for n in (names or {}).get(layer, default_names[len(values)])]
+            group.attrs["weight_names"] = np.array([n.encode() for n in weight_names])
+            for name, value in zip(weight_names, values):
+                group.create_dataset(name, data=value)
+
+
+def test_structure_is_checked_and_every_misfit_named(tmp_path):
+    good = str(tmp_path / "good.h5")
+    layers = tiny_layers()
+    layers["crfrnn"] = [np.full((5, 5), v, np.float32) for v in (1.0, 2.0, 3.0)]
+    write_layers(good, layers, wrap=True)  # Keras 2's model.save layout
+    net = weights.load_crfasrnn_keras(good)
+    assert net.output.shape[-1] == 5 and net.get_layer("fc6").filters == 8
+    crf = net.get_layer("crfrnn")
+    assert [float(np.asarray(w)[0, 0]) for w in (crf.spatial_kernel_weights, crf.bilateral_kernel_weights, crf.compatibility)] == [1, 2, 3]
+    # By name, not by position.
+    swapped = str(tmp_path / "swapped.h5")
+    write_layers(swapped, layers, names={"crfrnn": ["compatibility_matrix", "spatial_ker_weights", "bilateral_ker_weights"]})
+    crf = weights.load_crfasrnn_keras(swapped).get_layer("crfrnn")
+    assert [float(np.asarray(w)[0, 0]) for w in (crf.spatial_kernel_weights, crf.bilateral_kernel_weights, crf.compatibility)] == [2, 3, 1]
+
+    with pytest.raises(weights.WeightsError, match=r"fc width 8\); nothing was loaded:\n  layer score-fr has weights of shapes"):
+        weights.load_crfasrnn_keras(good, num_classes=21)  # not the 21 classes asked for
+    broken = dict(layers)
+    del broken["crfrnn"]
+    broken["score-pool5"] = broken["score-pool4"]
+    broken["score-pool3"] = [np.zeros((1, 1, 512, 5), np.float32), np.zeros(5, np.float32)]
+    path = str(tmp_path / "broken.h5")
+    write_layers(path, broken)
+    with pytest.raises(weights.WeightsError) as raised:
+        weights.load_crfasrnn_keras(path)
+    message = str(raised.value)
+    assert message.startswith(path + " is not a crfasrnn_keras FCN-8s + CRF-RNN model file (5 classes, fc width 8)")
+    assert [line.strip() for line in message.splitlines()[1:]] == [
+        "layer score-pool5 of the file is not in the model",
+        "layer score-pool3 has weights of shapes [(1, 1, 512, 5), (5,)], expected [(1, 1, 256, 5), (5,)]",
+        "layer crfrnn is missing",
+    ]
+    misnamed = str(tmp_path / "misnamed.h5")
+    write_layers(misnamed, layers, names={"crfrnn": ["a", "b", "c"]})
+    with pytest.raises(weights.WeightsError, match=r"layer crfrnn holds weights \['crfrnn/a:0', 'crfrnn/b:0', 'crfrnn/c:0'\]"):
+        weights.load_crfasrnn_keras(misnamed)
+    non_finite = dict(layers)
+    non_finite["fc7"] = [np.full((1, 1, 8, 8), np.nan, np.float32), np.zeros(8, np.float32)]
+    write_layers(str(tmp_path / "nan.h5"), non_finite)
+    with pytest.raises(weights.WeightsError, match="layers fc7 hold NaN"):
+        weights.load_crfasrnn_keras(str(tmp_path / "nan.h5"))
+    (tmp_path / "junk.h5").write_bytes(b"<html>not found</html>")
+    with pytest.raises(weights.WeightsError, match="junk.h5: cannot be read as an HDF5"):
+        weights.load_crfasrnn_keras(str(tmp_path / "junk.h5"))
+    with pytest.raises(weights.WeightsError, match="releases/download/v1.0/crfrnn_keras_model.h5"):
+        weights.load_crfasrnn_keras(str(tmp_path / "absent.h5"))
+
+
+def test_reference_geometry_keeps_the_input_size_and_round_trips(tmp_path):
+    net = model_lib.build_crfasrnn_reference(4, fc_channels=8, crf=dict(num_iterations=1))
+    for height, width in ((1, 1), (37, 91), (64, 33)):  # the reference's crops stay inside for any size
+        assert tuple(net(np.zeros((1, height, width, 3), np.uint8)).shape) == (1, height, width, 4)
+    rng = np.random.default_rng(0)
+    net.set_weights([rng.normal(0, 0.1, w.shape).astype(np.float32) for w in net.get_weights()])
+    images = rng.integers(0, 256, (1, 64, 80, 3)).astype(np.uint8)
+    expected = net(images)
+    clone = keras.Model.from_config(net.get_config())
+    clone.set_weights(net.get_weights())
+    np.testing.assert_array_equal(clone(images), expected)
+    assert clone.get_layer("score-pool4c").offset == 5 and clone.get_layer("upscore").offset == 31
+
+
+def test_pretrained_description():
+    entry = weights.PRETRAINED["crfasrnn_voc"]
+    assert entry.url == "https://github.com/sadeepj/crfasrnn_keras/releases/download/v1.0/crfrnn_keras_model.h5"
+    assert (entry.filename, entry.num_classes, entry.input_size, entry.crf_iterations) == ("crfrnn_keras_model.h5", 21, (500, 500), 10)
+
+
+def test_fetch_pretrained_downloads_once_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    import dataclasses
+    import threading
+
+    from test_model import _FileServer
+
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    served = tmp_path / "served.h5"
+    write_layers(str(served), tiny_layers())
+    server = _FileServer({"crfrnn_keras_model.h5": served.read_bytes()})
+    server.paths = []
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+    cache = tmp_path / "cache"
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/v1.0/"
+        entry = weights.PRETRAINED["crfasrnn_voc"]
+        monkeypatch.setitem(weights.PRETRAINED, "crfasrnn_voc", dataclasses.replace(entry, url=base + "missing.h5"))
+        with pytest.raises(weights.WeightsError, match="could not fetch the crfasrnn_voc model"):
+            weights.fetch_pretrained("crfasrnn_voc", str(cache))
+        assert not (cache / "crfrnn_keras_model.h5").exists()
+        monkeypatch.setitem(weights.PRETRAINED, "crfasrnn_voc", dataclasses.replace(entry, url=base + "crfrnn_keras_model.h5"))
+        path = weights.fetch_pretrained("crfasrnn_voc", str(cache))
+        assert path == str(cache / "crfrnn_keras_model.h5") and weights.fetch_pretrained("crfasrnn_voc", str(cache)) == path
+        assert server.paths == ["/v1.0/missing.h5", "/v1.0/crfrnn_keras_model.h5"]  # the second call used the cache
+        assert weights.load_crfasrnn_keras(path).output.shape[-1] == 5
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,118 @@
+"""The test protocol (fcn/predict.py ``Predictor`` with ``evaluate.test_size``) checked against an independent computation.
+
+ADE20K's usual protocol (mmsegmentation's test pipeline): each image is resized to fit the test size
+(long edge, short edge) keeping its aspect ratio, the model runs there, its logits are resized back
+to the image's size and the labels are taken and scored there.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import SAMPLE_ROOT, clear_argmax, multi_scale_probabilities, save_run
+from fcn import config as config_lib
+from fcn import data, predict
+
+# The sample config's training scale: data.base_size [160, 96].
+TEST_SIZE = (160, 96)
+FIXTURE = os.path.join(SAMPLE_ROOT, "images", "validation", "ADE_val_00000003.jpg")  # 400 x 300
+
+
+def fit_factor(height, width, test_size):
+    """The protocol's resize factor, written out: the largest that fits (long, short) keeping the aspect ratio."""
+    if test_size is None:
+        return 1.0
+    long_edge, short_edge = test_size
+    return min(long_edge / max(height, width), short_edge / min(height, width))
+
+
+def protocol_probabilities(model, images, test_size, scales=(1.0,), flip=False):
+    """The protocol in numpy: each view resized to round(size x factor x scale), logits resized back, softmax, mean.
+
+    Returns:
+      float64 (B, H, W, C) at the images' own size.
+    """
+    factor = fit_factor(*np.shape(images)[1:3], test_size)
+    return multi_scale_probabilities(model, images, [factor * scale for scale in scales], flip)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """An FCN-8s whose predictions vary over the image (random score_fr weights)."""
+    _, model = save_run(tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("no_data"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def fixture_image():
+    return data.read_image_file(FIXTURE)[None]  # (1, 300, 400, 3)
+
+
+def test_single_view_is_resize_to_the_test_size_run_resize_back_softmax(tiny_model, fixture_image):
+    assert fit_factor(300, 400, TEST_SIZE) == 96 / 300  # the short edge binds: the network sees 96 x 128
+    predictor = predict.Predictor(tiny_model, test_size=TEST_SIZE)
+
+    probabilities = predictor.probabilities(fixture_image).numpy()
+    labels = predictor.labels(fixture_image).numpy()
+
+    expected = protocol_probabilities(tiny_model, fixture_image, TEST_SIZE)
+    assert probabilities.shape == labels.shape + (150,) and labels.shape == (1, 300, 400)  # the image's own size
+    np.testing.assert_allclose(probabilities, expected, atol=2e-4)
+    best, clear = clear_argmax(expected, margin=4e-4, min_clear=0.5)
+    np.testing.assert_array_equal(labels[clear], best[clear])
+    # One resize code for both methods; the labels came in 2 bands of rows (BAND_VALUES), the probabilities whole.
+    assert 300 * 400 * 150 > predict.BAND_VALUES
+    np.testing.assert_array_equal(labels, probabilities.argmax(-1))
+    # The protocol does change the answer: the model at the image's own size disagrees on most pixels.
+    own_size = tiny_model(fixture_image).numpy().argmax(-1)
+    assert np.mean(own_size != labels) > 0.3
+
+
+def test_scales_and_flip_are_relative_to_the_test_size(tiny_model, fixture_image):
+    scales = (0.75, 1.25)
+    predictor = predict.Predictor(tiny_model, scales=scales, flip=True, test_size=TEST_SIZE)
+
+    probabilities = predictor.probabilities(fixture_image).numpy()
+    labels = predictor.labels(fixture_image).numpy()
+
+    expected = protocol_probabilities(tiny_model, fixture_image, TEST_SIZE, scales, flip=True)
+    np.testing.assert_allclose(probabilities, expected, atol=2e-4)
+    best, clear = clear_argmax(expected, margin=4e-4, min_clear=0.5)
+    assert labels.shape == (1, 300, 400)
+    np.testing.assert_array_equal(labels[clear], best[clear])
+    # The network ran at round(96 x 0.75) x round(128 x 0.75) and round(96 x 1.25) x round(128 x 1.25).
+    assert [tuple(predictor.view_size((300, 400), s).numpy()) for s in scales] == [(72, 96), (120, 160)]
+
+
+def test_own_size_keeps_whole_image_inference(tiny_model):
+    images = np.random.default_rng(0).integers(0, 256, (1, 37, 53, 3)).astype(np.uint8)
+    config = config_lib.load_config(None, [("evaluate.test_size", "none"), ("model.fc_channels", 16)])
+    predictor = predict.make_predictor(tiny_model, config)
+    assert predictor.test_size is None
+    np.testing.assert_array_equal(predictor.labels(images).numpy(), tiny_model(images).numpy().argmax(-1))
+
+
+def test_labels_band_by_band_are_the_whole_maps_argmax(tiny_model, fixture_image):
+    """A band of 3 rows (100 bands of the 300-row image) gives the labels of one band of the whole image."""
+    classes = 150
+    whole = predict.Predictor(tiny_model, scales=(0.5, 1.0), test_size=TEST_SIZE, band_values=10**9)
+    banded = predict.Predictor(tiny_model, scales=(0.5, 1.0), test_size=TEST_SIZE, band_values=3 * 400 * classes)
+    np.testing.assert_array_equal(banded.labels(fixture_image).numpy(), whole.probabilities(fixture_image).numpy().argmax(-1))
+
+
+def test_the_config_default_follows_data_base_size():
+    config = config_lib.load_config(None)
+    assert config.evaluate.test_size == "base_size" and config.evaluate.resolved_test_size(config.data.base_size) == (2048, 512)
+    moved = config_lib.load_config(None, [("data.base_size", "1024,256")])
+    assert moved.evaluate.resolved_test_size(moved.data.base_size) == (1024, 256)
+    sample = config_lib.load_config(os.path.join(os.path.dirname(SAMPLE_ROOT), "..", "..", "configs", "sample.yaml"))
+    assert sample.evaluate.resolved_test_size(sample.data.base_size) == tuple(sample.data.base_size) == (160, 96)
+    for own in ("none", "0,0", None):
+        config = config_lib.load_config(None, [("evaluate.test_size", own)])
+        assert config.evaluate.resolved_test_size(config.data.base_size) is None
+    for bad, message in (("big", "evaluate.test_size must be a pair"), ("-5,3", "two positive sizes"),
+                         ("1,2,3", "evaluate.test_size must be a pair")):
+        with pytest.raises(config_lib.ConfigError, match=message):
+            config_lib.load_config(None, [("evaluate.test_size", bad)])

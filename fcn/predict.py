@@ -19,6 +19,7 @@ image a coloured mask, an overlay on the image and the raw label PNG.
 
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -30,6 +31,7 @@ from fcn import model as model_lib
 from fcn.config import Config
 
 OVERLAY_ALPHA = 0.5  # weight of the mask colour in the overlay
+OVERLAY_ROWS = 512  # rows blended at a time
 
 
 class InferenceError(RuntimeError):
@@ -301,6 +303,33 @@ def read_image(path: str) -> np.ndarray:
         raise InferenceError(str(error)) from None
 
 
+def too_large(path: str, max_pixels: int, size=None) -> str:
+    """Why an image is refused for its size, or "" when it has at most ``max_pixels`` pixels.
+
+    The size is read from the file's header, before decoding (or given as
+    ``size`` (H, W)), so a huge image costs no memory; a file whose header
+    cannot be read is left to the decoder to report.
+    """
+    if size is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as picture:
+                    width, height = picture.size
+        except Image.DecompressionBombError:
+            width, height = Image.MAX_IMAGE_PIXELS, 2  # PIL refuses above twice its limit: the count is at least that
+        except Exception:  # not an image PIL reads: the decoder names the problem
+            return ""
+    else:
+        height, width = size
+    if height * width <= max_pixels:
+        return ""
+    return (
+        f"{data.display_path(path)}: {width}x{height} = {height * width:,} pixels, more than evaluate.max_pixels = "
+        f"{max_pixels:,}: skipped (raise it with --set evaluate.max_pixels=N if the memory allows, see README)"
+    )
+
+
 def list_images(paths) -> tuple[list[str], dict[str, str]]:
     """Image files named directly, and those inside named folders (not recursive, sorted).
 
@@ -366,10 +395,15 @@ def overlay(image, train_ids, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     Returns:
       uint8 (H, W, 3).
     """
-    image = np.asarray(image, np.float32)
-    blended = (1 - alpha) * image + alpha * ade20k.colorize(train_ids).astype(np.float32)
-    keep = (np.asarray(train_ids) == ade20k.IGNORE_LABEL)[..., None]
-    return np.round(np.where(keep, image, blended)).astype(np.uint8)
+    image, train_ids = np.asarray(image), np.asarray(train_ids)
+    result = np.empty(image.shape, np.uint8)
+    for start in range(0, image.shape[0], OVERLAY_ROWS):  # float copies of a band of rows, not of a large image
+        rows = slice(start, start + OVERLAY_ROWS)
+        band = image[rows].astype(np.float32)
+        blended = (1 - alpha) * band + alpha * ade20k.colorize(train_ids[rows]).astype(np.float32)
+        keep = (train_ids[rows] == ade20k.IGNORE_LABEL)[..., None]
+        result[rows] = np.round(np.where(keep, band, blended))
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -454,6 +488,10 @@ def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str 
       checkpoint: see ``restore_model``.
       progress: show a progress bar.
 
+    An image of more than ``evaluate.max_pixels`` pixels is refused (in
+    ``failed``, with a message naming the limit) before it is decoded, and the
+    next image is processed.
+
     Files are written only where they write over nothing but earlier outputs
     of ``predict`` (listed in the folder's ``.fcn_predictions``): never over an
     input image or any other file.
@@ -469,10 +507,18 @@ def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str 
     os.makedirs(output_dir, exist_ok=True)
     result = PredictResult({}, dict(unopenable), prefix)
     for path in tqdm.tqdm(files, desc="predicting", unit="image", disable=not progress, dynamic_ncols=True):
+        refused = too_large(path, config.evaluate.max_pixels)  # before decoding: bounds the memory of one image
+        if refused:
+            result.failed[path] = refused
+            continue
         try:
             image = read_image(path)
         except InferenceError as error:
             result.failed[path] = str(error)
+            continue
+        refused = too_large(path, config.evaluate.max_pixels, image.shape[:2])  # a header PIL could not read
+        if refused:
+            result.failed[path] = refused
             continue
         train_ids = predictor.labels(image[None])[0].numpy()  # (H, W)
         base = os.path.join(output_dir, _stem(path))

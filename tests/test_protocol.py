@@ -116,3 +116,44 @@ def test_the_config_default_follows_data_base_size():
                          ("1,2,3", "evaluate.test_size must be a pair")):
         with pytest.raises(config_lib.ConfigError, match=message):
             config_lib.load_config(None, [("evaluate.test_size", bad)])
+
+
+def test_evaluate_predict_and_the_savedmodel_give_the_same_labels(tmp_path):
+    """The three modes on the real fixture images; the largest is above evaluate.max_pixels and is refused by each mode,
+    which goes on with the next image."""
+    import shutil
+
+    from PIL import Image
+
+    from fcn import evaluate, export
+
+    root = str(tmp_path / "ADEChallengeData2016")
+    shutil.copytree(SAMPLE_ROOT, root)
+    logs = tmp_path / "run"
+    save_run(logs, root)
+    # 683 x 512 = 349,696 pixels is above the limit; 500 x 364 and 400 x 300 are below.
+    config = config_lib.load_config(str(logs / "config.yaml"), [("evaluate.test_size", "160,96"), ("evaluate.max_pixels", 200_000)])
+    images = {k: os.path.join(root, "images", "validation", f"ADE_val_0000000{k}.jpg") for k in (1, 2, 3)}
+
+    evaluated = evaluate.evaluate(config, root, output_dir=str(tmp_path / "out"), save_predictions=str(tmp_path / "sub"),
+                                  progress=False)
+    predicted = predict.predict_images(config, [images[1], images[3]], str(tmp_path / "pred"), progress=False)
+    version, _ = export.export(config, str(tmp_path / "export"))
+
+    message = "683x512 = 349,696 pixels, more than evaluate.max_pixels = 200,000: skipped"
+    assert evaluated.images == 2 and list(evaluated.too_large) == [images[1]] and message in evaluated.too_large[images[1]]
+    assert sorted(os.listdir(tmp_path / "sub")) == ["ADE_val_00000002.png", "ADE_val_00000003.png"]
+    assert list(predicted.failed) == [images[1]] and message in predicted.failed[images[1]]
+    assert list(predicted.written) == [images[3]]  # the image after the refused one
+    from_evaluate = np.asarray(Image.open(tmp_path / "sub" / "ADE_val_00000003.png"))
+    from_predict = np.asarray(Image.open(tmp_path / "pred" / "ADE_val_00000003.png"))
+    serving = tf.saved_model.load(version).signatures["serving_default"]
+    from_export = serving(images=tf.constant(data.read_image_file(images[3])[None]))["labels"].numpy()[0]
+    assert from_evaluate.shape == (300, 400) and len(np.unique(from_evaluate)) > 3
+    np.testing.assert_array_equal(from_predict, from_evaluate)
+    np.testing.assert_array_equal(from_export, from_evaluate)
+    with open(tmp_path / "out" / "metrics.json") as f:
+        written = __import__("json").load(f)
+    assert written["test_size"] == [160, 96] and message in written["skipped"][images[1]]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than evaluate.max_pixels = 200,000|more than evaluate.max_pixels = 200000"):
+        serving(images=tf.constant(data.read_image_file(images[1])[None]))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SAMPLE_ROOT, clear_argmax, multi_scale_probabilities, save_run
+from conftest import SAMPLE_ROOT, bilinear_resize, clear_argmax, multi_scale_probabilities, save_run
 from fcn import config as config_lib
 from fcn import data, predict
 
@@ -36,6 +36,14 @@ def protocol_probabilities(model, images, test_size, scales=(1.0,), flip=False):
     """
     factor = fit_factor(*np.shape(images)[1:3], test_size)
     return multi_scale_probabilities(model, images, [factor * scale for scale in scales], flip)
+
+
+def protocol_logits(model, images, test_size):
+    """The single view in numpy: the logits of the image resized to the test size, resized back (B, H, W, C)."""
+    height, width = np.shape(images)[1:3]
+    factor = fit_factor(height, width, test_size)
+    scaled = bilinear_resize(images, max(round(height * factor), 1), max(round(width * factor), 1))
+    return bilinear_resize(np.asarray(model(np.asarray(scaled, np.float32), training=False)), height, width)
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +165,43 @@ def test_evaluate_predict_and_the_savedmodel_give_the_same_labels(tmp_path):
     assert written["test_size"] == [160, 96] and message in written["skipped"][images[1]]
     with pytest.raises(tf.errors.InvalidArgumentError, match="more than evaluate.max_pixels = 200,000|more than evaluate.max_pixels = 200000"):
         serving(images=tf.constant(data.read_image_file(images[1])[None]))
+
+
+@pytest.mark.slow
+def test_a_model_trained_at_its_scale_scores_higher_on_half_size_images_with_the_protocol(tmp_path):
+    """The sample recipe trained in-process, scored on its validation images shown at half size.
+
+    Without the protocol the network sees the scenes at half the scale it was trained at; with it
+    (evaluate.test_size = data.base_size [160, 96]) they are brought back to that scale first.
+    Both are scored on the same half-size labels.
+    """
+    from PIL import Image
+
+    from conftest import write_pair
+    from fcn import evaluate, sample_data, train
+
+    root = str(tmp_path / "sample" / "ADEChallengeData2016")
+    sample_data.generate_sample_dataset(root, num_train=24, num_val=8, progress=False)
+    config = config_lib.load_config(
+        os.path.join(os.path.dirname(__file__), "..", "configs", "sample.yaml"),
+        [("data.data_dir", root), ("logs_dir", str(tmp_path / "run")), ("train.max_steps", 60), ("train.val_every", 60),
+         ("train.val_images", 8), ("train.checkpoint_every", 60)],
+    )
+    train.train(config, root, train.setup_process(config), progress=False)
+    half = str(tmp_path / "half" / "ADEChallengeData2016")
+    for image_path, annotation_path in data.list_split(root, "validation").pairs:
+        image, label = Image.open(image_path), Image.open(annotation_path)
+        size = (image.width // 2, image.height // 2)
+        stem = os.path.splitext(os.path.basename(image_path))[0]
+        write_pair(half, "validation", stem, np.asarray(image.convert("RGB").resize(size, Image.BILINEAR)),
+                   np.asarray(label.resize(size, Image.NEAREST)), image_format="PNG")
+
+    scores = {}
+    for name, test_size in (("protocol", "base_size"), ("own size", "none")):
+        predictor, _ = predict.predictor_from_config(
+            config_lib.load_config(str(tmp_path / "run" / "config.yaml"), [("evaluate.test_size", test_size)])
+        )
+        scores[name] = evaluate.evaluate_split(predictor.labels, half, "validation", 150, progress=False).scores
+    print({name: {k: round(s[k], 4) for k in ("pixel_accuracy", "mean_iou")} for name, s in scores.items()})
+    assert scores["protocol"]["pixel_accuracy"] > scores["own size"]["pixel_accuracy"] + 0.05
+    assert scores["protocol"]["mean_iou"] > scores["own size"]["mean_iou"]

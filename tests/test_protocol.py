@@ -5,6 +5,7 @@ ADE20K's usual protocol (mmsegmentation's test pipeline): each image is resized 
 to the image's size and the labels are taken and scored there.
 """
 
+import dataclasses
 import os
 
 import numpy as np
@@ -199,7 +200,7 @@ def test_a_model_trained_at_its_scale_scores_higher_on_half_size_images_with_the
     scores = {}
     for name, test_size in (("protocol", "base_size"), ("own size", "none")):
         predictor, _ = predict.predictor_from_config(
-            config_lib.load_config(str(tmp_path / "run" / "config.yaml"), [("evaluate.test_size", test_size)])
+            dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, test_size=test_size))
         )
         scores[name] = evaluate.evaluate_split(predictor.labels, half, "validation", 150, progress=False).scores
     print({name: {k: round(s[k], 4) for k in ("pixel_accuracy", "mean_iou")} for name, s in scores.items()})

@@ -282,7 +282,7 @@ def run_export(config: config_lib.Config, args: argparse.Namespace) -> int:
     from fcn import export
 
     path, checkpoint = export.export(config, args.output, args.checkpoint)
-    print(f"checkpoint: {checkpoint}\nSavedModel: {path} (signature {export.SIGNATURE}: uint8 images -> labels 1..150, probabilities)")
+    print(f"checkpoint: {checkpoint}\nSavedModel: {path} (signatures {export.SIGNATURE}: uint8 images -> labels 1..150; {export.PROBABILITIES_SIGNATURE}: labels and class probabilities)")
     return EXIT_OK
 
 

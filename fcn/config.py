@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import math
 import os
+import types
 import typing
 
 import yaml
@@ -163,25 +164,50 @@ class TrainConfig:
     jit_compile: bool = False
 
 
+# evaluate.test_size values meaning "each image at its own size".
+OWN_SIZE = ("none", "own")
+
+
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
     """Inference with a trained model (``--mode`` evaluate, visualize, predict, export).
 
     Attributes:
       split: the split that evaluate and visualize read.
-      scales: image scales whose class probabilities are averaged; (1.0,)
-        is whole-image inference at each image's own size.
+      test_size: (long edge, short edge) every image is fitted into, keeping
+        its aspect ratio, before the network runs (the ADE20K test protocol:
+        scale = min(long / image's long edge, short / image's short edge));
+        the logits are resized back to the image's own size, where the labels
+        are taken and scored. ``base_size`` (the default) follows
+        ``data.base_size``, the scale the model was trained at; ``none`` (or
+        ``[0, 0]``) runs the network at each image's own size (the usual
+        Pascal VOC protocol).
+      scales: image scales whose class probabilities are averaged, relative
+        to the test size (or to the image's own size with ``test_size: none``).
       flip: also average the probabilities of the horizontally flipped image.
+      max_pixels: images with more pixels (height x width) are refused with a
+        message and the next image is processed; bounds the memory of one
+        image (decoded image, full-resolution labels and pictures).
       visualize_images: images of the random batch that visualize shows.
       compare_fcn: with ``model.crf``, evaluate also scores the FCN's own
         logits (before the CRF) in the same pass and reports both.
     """
 
     split: str = "validation"
+    test_size: tuple[int, int] | str = "base_size"
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
+    max_pixels: int = 40_000_000
     visualize_images: int = 4
     compare_fcn: bool = False
+
+    def resolved_test_size(self, base_size: tuple[int, int]) -> tuple[int, int] | None:
+        """(long edge, short edge) the network input is fitted into, or None for each image's own size."""
+        if self.test_size == "base_size":
+            return tuple(base_size)
+        if self.test_size in OWN_SIZE or tuple(self.test_size) == (0, 0):
+            return None
+        return tuple(self.test_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +256,16 @@ def _coerce(value, type_, key: str, source: str):
 
     def fail(expected):
         raise ConfigError(f"{source}: {key} must be {expected}, got {value!r}")
+
+    if isinstance(type_, types.UnionType):  # e.g. a pair or a word: the first type that takes the value
+        if value is None and str in typing.get_args(type_):
+            return "none"
+        for member in typing.get_args(type_):
+            try:
+                return _coerce(value, member, key, source)
+            except ConfigError:
+                continue
+        fail(" or ".join(_describe(t) for t in typing.get_args(type_)))
 
     if type_ is bool:
         if isinstance(value, bool):
@@ -292,6 +328,12 @@ def _coerce(value, type_, key: str, source: str):
             fail(f"a list of {len(item_types)} values")
         return tuple(_coerce(v, t, key, source) for v, t in zip(items, item_types))
     raise TypeError(f"unsupported config type {type_} for {key}")  # a bug in this module
+
+
+def _describe(type_) -> str:
+    if typing.get_origin(type_) is tuple:
+        return f"a list of {len(typing.get_args(type_))} values"
+    return {str: "a word", int: "an integer", float: "a number", bool: "true or false"}.get(type_, str(type_))
 
 
 def _build(cls, values: dict, prefix: str, source: str):
@@ -453,6 +495,19 @@ def check_values(config: Config) -> None:
         problems.append("train.weight_decay and train.val_images must not be negative")
     if e.split not in ("training", "validation"):
         problems.append(f"evaluate.split must be training or validation, got {e.split!r}")
+    if isinstance(e.test_size, str):
+        if e.test_size not in ("base_size", *OWN_SIZE):
+            problems.append(
+                f"evaluate.test_size must be a pair [long edge, short edge] like data.base_size, base_size (follow "
+                f"data.base_size) or none (each image at its own size), got {e.test_size!r}"
+            )
+    elif tuple(e.test_size) != (0, 0) and min(e.test_size) < 1:
+        problems.append(
+            f"evaluate.test_size must be two positive sizes [long edge, short edge], or [0, 0] / none for each "
+            f"image's own size, got {list(e.test_size)}"
+        )
+    if e.max_pixels < 1:
+        problems.append(f"evaluate.max_pixels must be at least 1, got {e.max_pixels}")
     if min(e.scales) <= 0:
         problems.append(f"evaluate.scales must all be positive, got {list(e.scales)}")
     if e.visualize_images < 1:

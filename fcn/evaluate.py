@@ -1,8 +1,13 @@
 """``--mode=evaluate``: the official benchmark numbers of a trained model on a whole split.
 
-Every image is segmented at its own resolution (whole-image inference, batch
-1, optionally averaged over the scales and flip of ``config.evaluate``) and
-compared with its annotation at full resolution: labels are never resized.
+Every image is segmented with the test protocol of ``fcn.predict.Predictor``
+(batch 1): fitted into ``evaluate.test_size`` (by default the training scale
+``data.base_size``; ``none`` = its own size), optionally averaged over the
+scales and flip of ``config.evaluate``, the logits resized back to the
+image's own size; the labels are compared with the annotation there, at full
+resolution: labels are never resized. Images of more than
+``evaluate.max_pixels`` pixels are left out before decoding, named and
+counted.
 One confusion matrix is summed over the whole split (label 0 "other"
 ignored) and every number is read from it by ``fcn.metrics.scores``: pixel
 accuracy, mean class accuracy, mean IoU, frequency-weighted IoU, per-class IoU
@@ -55,6 +60,7 @@ class EvaluationResult:
       images: images evaluated.
       skipped: the unusable files left out, with their reasons.
       checkpoint: the checkpoint prefix evaluated ("" when a predictor was given).
+      too_large: image path -> message, the images above ``evaluate.max_pixels`` left out.
       fcn_scores, fcn_matrix: with ``evaluate.compare_fcn``, the same for the
         FCN's logits before the CRF stage (``scores`` is then FCN + CRF).
     """
@@ -66,15 +72,16 @@ class EvaluationResult:
     checkpoint: str = ""
     fcn_scores: dict | None = None
     fcn_matrix: np.ndarray | None = None
+    too_large: dict = dataclasses.field(default_factory=dict)
 
 
-def native_resolution_dataset(root: str, split: str, num_classes: int) -> tf.data.Dataset:
-    """Every pair of a split at its own size, in file-name order, as batches of one.
+def native_resolution_dataset(root: str, split: str, num_classes: int, pairs=None) -> tf.data.Dataset:
+    """Every pair of a split (or ``pairs`` of it) at its own size, in file-name order, as batches of one.
 
     Elements are the dicts of ``fcn/data.py`` with B = 1: ``image`` (1, H, W, 3)
     uint8, ``label`` (1, H, W) train ids, ``path``, ``error``.
     """
-    pairs = data.usable_pairs(root, split)
+    pairs = data.usable_pairs(root, split) if pairs is None else pairs
     dataset = tf.data.Dataset.from_tensor_slices(([p[0] for p in pairs], [p[1] for p in pairs]))
     dataset = dataset.interleave(
         lambda image_path, annotation_path: data.read_example_dataset(image_path, annotation_path, num_classes),
@@ -86,9 +93,10 @@ def native_resolution_dataset(root: str, split: str, num_classes: int) -> tf.dat
 
 
 def evaluate_split(
-    labels_fn, root: str, split: str, num_classes: int, save_predictions: str = "", progress: bool = True
+    labels_fn, root: str, split: str, num_classes: int, save_predictions: str = "", progress: bool = True,
+    max_pixels: int | None = None,
 ) -> EvaluationResult:
-    """Segments every image of a split at its own size and scores the split.
+    """Segments every image of a split and scores the split at each image's own size.
 
     Args:
       labels_fn: uint8 images (1, H, W, 3) -> train ids (1, H, W), e.g.
@@ -99,9 +107,19 @@ def evaluate_split(
       num_classes: C.
       save_predictions: a folder for submission PNGs, or "".
       progress: show a progress bar.
+      max_pixels: images with more pixels are left out (``too_large``) before
+        they are decoded; None = no limit.
     """
-    count = len(data.list_split(root, split).pairs)
-    dataset = native_resolution_dataset(root, split, num_classes)
+    pairs = data.usable_pairs(root, split)
+    too_large = {}
+    if max_pixels is not None:
+        for image_path, _ in pairs:
+            refused = predict_lib.too_large(image_path, max_pixels)
+            if refused:
+                too_large[image_path] = refused
+        pairs = tuple(pair for pair in pairs if pair[0] not in too_large)
+    count = len(pairs)
+    dataset = native_resolution_dataset(root, split, num_classes, pairs)
     confusion = metrics.ConfusionMatrix(num_classes)
     fcn_confusion = None
     skipped = data.SkipReport()
@@ -131,6 +149,7 @@ def evaluate_split(
         skipped=skipped,
         fcn_scores=None if fcn_confusion is None else metrics.scores(fcn_confusion.matrix, names),
         fcn_matrix=None if fcn_confusion is None else fcn_confusion.matrix,
+        too_large=too_large,
     )
 
 
@@ -152,7 +171,8 @@ def evaluate(
     """
     predictor, prefix = predict_lib.predictor_from_config(config, checkpoint, with_fcn=config.evaluate.compare_fcn)
     result = evaluate_split(
-        predictor.labels, root, config.evaluate.split, config.data.num_classes, save_predictions, progress
+        predictor.labels, root, config.evaluate.split, config.data.num_classes, save_predictions, progress,
+        config.evaluate.max_pixels,
     )
     result.checkpoint = prefix
     write_reports(result, output_dir or config.logs_dir, config)
@@ -178,14 +198,24 @@ def metrics_json(result: EvaluationResult, config: Config) -> dict:
         "absent_classes": "left out of mean_iou (mmsegmentation); the official code counts them as 0",
         "split": config.evaluate.split,
         "images": result.images,
-        "skipped": {path: data.ERROR_MESSAGES[error] for path, error in result.skipped.skipped.items()},
+        "skipped": {
+            **{path: data.ERROR_MESSAGES[error] for path, error in result.skipped.skipped.items()},
+            **{path: message.split(": ", 1)[1] for path, message in result.too_large.items()},
+        },
         "checkpoint": result.checkpoint,
+        "test_size": _test_size_json(config),
         "scales": list(config.evaluate.scales),
         "flip": config.evaluate.flip,
         "crf": config.model.crf,
         "crf_iterations": config.model.crf_test_iterations if config.model.crf else 0,
         **({"fcn_alone": _headline(result.fcn_scores)} if result.fcn_scores is not None else {}),
     }
+
+
+def _test_size_json(config: Config):
+    """The network's input size rule: [long edge, short edge], or "own" (each image at its own size)."""
+    size = config.evaluate.resolved_test_size(config.data.base_size)
+    return "own" if size is None else list(size)
 
 
 HEADLINE = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "score")
@@ -259,4 +289,6 @@ def summary(result: EvaluationResult) -> str:
             text += "\n" + f"{name:<10}" + "".join(f" {100 * scores[key]:>9.2f}" for key in ("pixel_accuracy", "mean_iou", "score"))
     if result.skipped:
         text += "\n" + result.skipped.summary()
+    if result.too_large:
+        text += f"\n{len(result.too_large)} image(s) too large, left out:\n  " + "\n  ".join(result.too_large.values())
     return text

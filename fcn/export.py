@@ -1,24 +1,48 @@
-"""``--mode=export``: a TensorFlow SavedModel of a trained FCN-8s for serving.
+"""``--mode=export``: a versioned TensorFlow SavedModel of a trained FCN-8s for serving.
 
-The SavedModel's ``serving_default`` signature takes
+Layout (what TensorFlow Serving reads: one numbered folder per version)::
 
-    images         uint8   (B, H, W, 3)   RGB, any height and width
+    BASE/1/            the first export: saved_model.pb, variables/, classes.txt
+    BASE/2/            the next export of the same BASE (a new version; earlier ones are kept)
 
-and returns
+``BASE`` is ``--output`` (default ``LOGS_DIR/export``). Each export writes the
+next free version number (one more than the highest there) and never deletes
+or replaces anything: it writes into a fresh temporary folder inside ``BASE``,
+marked as its own, and renames it to ``BASE/N`` when complete, so an
+interrupted export never leaves a half SavedModel that looks whole (the
+marked leftovers of a killed export are removed by the next one). A ``BASE``
+holding anything but version folders is refused before any work.
 
-    labels         uint8   (B, H, W)      ADE20K label values 1..150 (train id + 1, as in the
-                                          annotation PNGs and the challenge's submission format)
-    probabilities  float32 (B, H, W, C)   softmax class probabilities, channel c = train id c
+Signatures, both taking
 
-computed exactly as ``--mode=evaluate`` does (the scales and flip of
-``config.evaluate``; by default the model's own softmax at the image's size).
-Load it without this package::
+    images         uint8   (batch, height, width, 3)   RGB, any height and width
 
-    serving = tf.saved_model.load(EXPORT_DIR).signatures["serving_default"]
-    outputs = serving(images=tf.constant(batch))   # batch: uint8 (B, H, W, 3)
+``serving_default`` returns the labels only (small enough to send back over
+the network):
+
+    labels         uint8   (batch, height, width)      ADE20K label values 1..150 (train id + 1, as in
+                                                       the annotation PNGs and the challenge's submission format)
+
+``probabilities`` returns the same ``labels`` and the full map:
+
+    probabilities  float32 (batch, height, width, C)   softmax class probabilities, channel c = train id c
+
+Both compute what ``--mode=evaluate`` computes, with the protocol of
+``config.evaluate`` (``fcn.predict.Predictor``): the image fitted into
+``evaluate.test_size`` (by default the training scale ``data.base_size``),
+the ``scales`` and ``flip`` views, their logits resized back inside the
+signature, the labels at the input's own size. ``serving_default`` takes its
+labels band by band and never holds the (height, width, C) map. The inputs are
+checked inside the graph: another rank, another number of channels, an empty
+image, or more than ``evaluate.max_pixels`` pixels fail with an
+``InvalidArgumentError`` naming the expected ``(batch, height, width, 3) uint8``
+(or the limit). Load it without this package::
+
+    model = tf.saved_model.load("BASE/1")
+    labels = model.signatures["serving_default"](images=tf.constant(batch))["labels"]   # batch: uint8 (B, H, W, 3)
 
 The class names, one per line in train-id order (line ``c`` names label value
-``c + 1``), are written beside it as ``classes.txt``.
+``c + 1``), are written beside the SavedModel as ``BASE/N/classes.txt``.
 """
 
 import os
@@ -32,95 +56,126 @@ from fcn import predict as predict_lib
 from fcn.config import Config
 
 SIGNATURE = "serving_default"
-
-
-# What an export writes into its folder: nothing else in a folder is ever deleted by a re-export.
-EXPORT_CONTENTS = frozenset({"saved_model.pb", "fingerprint.pb", "variables", "assets", "classes.txt", "keras_metadata.pb"})
-# Marks a folder being written by export, so that one left by a killed export can be removed.
+PROBABILITIES_SIGNATURE = "probabilities"
+SHAPE_MESSAGE = "images must be uint8 of shape (batch, height, width, 3): RGB, at least 1 x 1 pixels; got shape"
+# Marks a temporary folder being written by export, so that one left by a killed export can be removed.
 PARTIAL_MARKER = ".fcn_export_partial"
+PARTIAL_PREFIX = ".partial-"
 
 
-def _check_replaceable(export_dir: str) -> None:
-    """Refuses to replace anything but an earlier export: never deletes a folder or file of something else.
+def _versions(base: str) -> list[int]:
+    return sorted(int(entry) for entry in os.listdir(base) if entry.isdigit() and os.path.isdir(os.path.join(base, entry)))
+
+
+def _check_base(base: str) -> None:
+    """Refuses a ``BASE`` that holds anything but export versions: an export never writes into a user's folder.
 
     Raises:
-      InferenceError: ``export_dir`` is a file, a folder that is not a
-        SavedModel, or a SavedModel folder holding files an export does not write.
+      InferenceError: ``base`` is a file, an unversioned SavedModel, or a
+        folder holding other files or folders (named).
     """
-    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
-        raise predict_lib.InferenceError(f"{export_dir} exists and is not a folder")
-    if not os.path.isdir(export_dir) or not os.listdir(export_dir):
+    if os.path.exists(base) and not os.path.isdir(base):
+        raise predict_lib.InferenceError(f"{base} exists and is not a folder: give a new folder or a folder of earlier exports")
+    if not os.path.isdir(base):
         return
-    if not tf.saved_model.contains_saved_model(export_dir):
-        raise predict_lib.InferenceError(f"{export_dir} exists and is not a SavedModel: give a new or empty folder")
-    others = sorted(set(os.listdir(export_dir)) - EXPORT_CONTENTS)
+    if tf.saved_model.contains_saved_model(base):
+        raise predict_lib.InferenceError(
+            f"{base} is a SavedModel without a version folder (an older export): TensorFlow Serving reads BASE/1, BASE/2, ... "
+            f"Move its files into {os.path.join(base, '1')}, or give another --output (nothing was written)"
+        )
+    ours = lambda entry: entry.startswith(PARTIAL_PREFIX) and os.path.isfile(os.path.join(base, entry, PARTIAL_MARKER))
+    others = sorted(e for e in os.listdir(base) if not (e.isdigit() and os.path.isdir(os.path.join(base, e))) and not ours(e))
     if others:
         raise predict_lib.InferenceError(
-            f"{export_dir} holds files an export does not write ({', '.join(others)}): a new export would delete them. "
-            "Move them away, or give another --output"
+            f"{base} holds files that are not export versions ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}): "
+            "give a new or empty folder, or a folder of earlier exports (nothing was written)"
         )
 
 
-def _remove_killed_exports(parent: str, name: str) -> None:
-    """Removes the temporary folders of earlier exports of ``name`` that were killed (they carry the marker)."""
-    for entry in os.listdir(parent):
-        path = os.path.join(parent, entry)
-        if entry.startswith(f".{name}.partial-") and os.path.isfile(os.path.join(path, PARTIAL_MARKER)):
+def _remove_killed_exports(base: str) -> None:
+    """Removes the temporary folders of earlier exports that were killed (they carry the marker)."""
+    for entry in os.listdir(base):
+        path = os.path.join(base, entry)
+        if entry.startswith(PARTIAL_PREFIX) and os.path.isfile(os.path.join(path, PARTIAL_MARKER)):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def export_predictor(predictor: predict_lib.Predictor, export_dir: str) -> str:
-    """Writes ``predictor`` as a SavedModel (see the module docstring) into ``export_dir``.
+def checked_images(images, max_pixels: int):
+    """``images`` of any shape, checked: uint8 (B, H, W, 3) with H x W <= max_pixels, else InvalidArgumentError."""
+    shape = tf.shape(images)
+    padded = tf.concat([shape, tf.ones([4], tf.int32)], 0)  # indexable whatever the rank
+    good_shape = tf.reduce_all([tf.equal(tf.rank(images), 4), tf.equal(padded[3], 3), padded[1] >= 1, padded[2] >= 1])
+    pixels = tf.cast(padded[1], tf.int64) * tf.cast(padded[2], tf.int64)
+    with tf.control_dependencies([tf.debugging.Assert(good_shape, [SHAPE_MESSAGE, shape])]):
+        small_enough = tf.debugging.Assert(
+            pixels <= max_pixels,
+            [f"images of more than evaluate.max_pixels = {max_pixels} pixels (height x width) are refused; got shape", shape],
+        )
+    with tf.control_dependencies([small_enough]):
+        images = tf.identity(images)
+    return tf.ensure_shape(images, [None, None, None, 3])
 
-    The folder is written beside its final place and renamed into it, so an
-    interrupted export never leaves a half SavedModel that looks whole.
+
+def export_predictor(predictor: predict_lib.Predictor, base: str, max_pixels: int) -> str:
+    """Writes ``predictor`` as the next version of ``base`` (see the module docstring).
 
     Returns:
-      ``export_dir``.
+      the version folder written, ``base/N``.
     """
+    input_signature = [tf.TensorSpec(None, tf.uint8, name="images")]
 
-    def serve(images):
-        probabilities = predictor.probabilities(images)  # (B, H, W, C)
-        labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32) + 1  # (B, H, W)
+    def serve_labels(images):
+        labels = predictor.labels(checked_images(images, max_pixels))  # (B, H, W) train ids
+        return {"labels": tf.cast(labels + 1, tf.uint8)}
+
+    def serve_probabilities(images):
+        probabilities = predictor.probabilities(checked_images(images, max_pixels))  # (B, H, W, C)
+        labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32) + 1
         return {"labels": tf.cast(labels, tf.uint8), "probabilities": probabilities}
 
     archive = keras.export.ExportArchive()
     archive.track(predictor.model)
-    archive.add_endpoint(SIGNATURE, serve, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-    # A symbolic link to a folder stays one: the folder it points to is what is replaced.
-    target = os.path.realpath(export_dir)
-    _check_replaceable(target)
-    parent, name = os.path.split(target)
-    os.makedirs(parent, exist_ok=True)
-    _remove_killed_exports(parent, name)
-    temporary = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)  # a new name: never a user's folder
+    archive.add_endpoint(SIGNATURE, serve_labels, input_signature=input_signature)
+    archive.add_endpoint(PROBABILITIES_SIGNATURE, serve_probabilities, input_signature=input_signature)
+    # A symbolic link to a folder stays one: versions are written into the folder it points to.
+    target = os.path.realpath(base)
+    _check_base(target)
+    os.makedirs(target, exist_ok=True)
+    _remove_killed_exports(target)
+    temporary = tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=target)  # a new name: never a user's folder
     open(os.path.join(temporary, PARTIAL_MARKER), "w").close()
-    archive.write_out(os.path.join(temporary, "model"), verbose=False)
     model_dir = os.path.join(temporary, "model")
+    archive.write_out(model_dir, verbose=False)
     with open(os.path.join(model_dir, "classes.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(predict_lib.class_names(predictor.model.output_shape[-1])) + "\n")
-    if os.path.exists(target):
-        shutil.rmtree(target)
-    os.replace(model_dir, target)
+    version = (_versions(target) or [0])[-1] + 1
+    while True:  # another export may have taken the number meanwhile: never write into an existing folder
+        try:
+            os.mkdir(os.path.join(target, str(version)))
+        except FileExistsError:
+            version += 1
+            continue
+        break
+    os.replace(model_dir, os.path.join(target, str(version)))  # onto the empty folder just made
     shutil.rmtree(temporary, ignore_errors=True)
-    return os.path.abspath(export_dir)
+    return os.path.join(os.path.abspath(base), str(version))
 
 
 def export(config: Config, output_dir: str = "", checkpoint: str = "") -> tuple[str, str]:
-    """``--mode=export``: restores the run's model and exports it.
+    """``--mode=export``: restores the run's model and exports it as the next version of ``output_dir``.
 
     Args:
       config: the run's config.
-      output_dir: the SavedModel folder (default ``LOGS_DIR/export``); replaced if it exists.
+      output_dir: ``BASE`` (default ``LOGS_DIR/export``).
       checkpoint: see ``predict.restore_model``.
 
     Returns:
-      (the SavedModel folder, the checkpoint prefix exported).
+      (the version folder written, the checkpoint prefix exported).
 
     Raises:
-      predict.InferenceError: no usable checkpoint.
+      predict.InferenceError: no usable checkpoint, or a ``BASE`` that holds other files.
     """
-    export_dir = output_dir or os.path.join(config.logs_dir, "export")
-    _check_replaceable(os.path.realpath(export_dir))  # before the work
+    base = output_dir or os.path.join(config.logs_dir, "export")
+    _check_base(os.path.realpath(base))  # before the work
     predictor, prefix = predict_lib.predictor_from_config(config, checkpoint)
-    return export_predictor(predictor, export_dir), prefix
+    return export_predictor(predictor, base, config.evaluate.max_pixels), prefix

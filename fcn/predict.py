@@ -19,6 +19,7 @@ image a coloured mask, an overlay on the image and the raw label PNG.
 
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -30,6 +31,7 @@ from fcn import model as model_lib
 from fcn.config import Config
 
 OVERLAY_ALPHA = 0.5  # weight of the mask colour in the overlay
+OVERLAY_ROWS = 512  # rows blended at a time
 
 
 class InferenceError(RuntimeError):
@@ -91,32 +93,53 @@ def restore_model(config: Config, checkpoint: str = ""):
 # Inference.
 
 
+# Values (pixels x classes x batch) of one band of the full-resolution score map: labels are taken band by
+# band, so a large image never holds its whole (H, W, C) float map (64 MB of float32 per band).
+BAND_VALUES = 1 << 24
+
+
 class Predictor:
-    """Whole-image inference with optional multi-scale and flip averaging.
+    """Inference at the scale the model was trained at, scored at the image's own size.
 
     Both methods take uint8 RGB images (B, H, W, 3) of any size and are compiled
     once for all sizes; the network is one compiled function shared by all the
-    views and both methods. The model runs on each view (scale x flip) and its
-    logits are resized back to (H, W) bilinearly; the softmax probabilities of
-    the views are averaged (the usual multi-scale recipe, as mmsegmentation's
-    ``aug_test``). With the single view (scales (1.0,), no flip) the labels are
-    the argmax of the model's logits at the image's own size.
+    views and both methods.
+
+    The protocol (mmsegmentation's ADE20K test pipeline): with ``test_size``
+    (long edge, short edge), every view of the image is resized bilinearly to
+    fit ``test_size x scale`` keeping its aspect ratio, i.e. by
+    ``factor = min(long / max(H, W), short / min(H, W)) x scale`` to
+    ``round(H x factor) x round(W x factor)``; without it (``None``), by
+    ``scale`` alone (the image's own size at scale 1). The model runs on each
+    view (and on its mirror image with ``flip``), its logits are mirrored back
+    and resized bilinearly to (H, W), and the softmax probabilities of the
+    views are averaged (mmsegmentation's ``aug_test``). Labels are the argmax
+    at (H, W); with a single view, the argmax of the resized logits.
+
+    Labels are computed in horizontal bands of ``band_values`` floats, so the
+    full-resolution (B, H, W, C) map of a large image is never held; only
+    ``probabilities`` returns it whole.
 
     A model with several outputs (``model.with_fcn_output``: the FCN's logits
     and the CRF-refined ones) gives a list of results, one per output, from
     one run of the network per view.
 
     Args:
-      model: an FCN-8s (images -> float32 logits (B, H, W, C)), or a model
+      model: an FCN-8s (images -> float32 logits (B, h, w, C)), or a model
         returning a list of such logits.
-      scales: image scales of the views.
+      scales: image scales of the views, relative to the test size.
       flip: add the horizontally flipped view of every scale.
+      test_size: (long edge, short edge) the views are fitted into, or None
+        for the image's own size.
+      band_values: floats of one band of the full-resolution score map.
     """
 
-    def __init__(self, model, scales=(1.0,), flip: bool = False):
+    def __init__(self, model, scales=(1.0,), flip: bool = False, test_size=None, band_values: int = BAND_VALUES):
         self.model = model
         self.scales = tuple(float(s) for s in scales)
         self.flip = bool(flip)
+        self.test_size = None if test_size is None else tuple(int(s) for s in test_size)
+        self.band_values = int(band_values)
         spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
         # The network as one function of any image size, called by every view: traced once, not once
         # per view and method (a trace of FCN-8s takes seconds, as long as running several views).
@@ -135,43 +158,113 @@ class Predictor:
         """(scale, flipped) of every view."""
         return [(scale, flipped) for scale in self.scales for flipped in ((False, True) if self.flip else (False,))]
 
-    def _logits(self, images, scale, flipped):
-        size = tf.shape(images)[1:3]
-        if scale != 1.0:
-            scaled_size = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), 1)
-            images = tf.image.resize(images, scaled_size, method="bilinear")  # (B, h, w, 3)
-        if flipped:
-            images = tf.reverse(images, [2])
-        def back_to_image(logits):  # (B, h, w, C) -> (B, H, W, C)
-            if flipped:
-                logits = tf.reverse(logits, [2])
-            if scale != 1.0:
-                logits = tf.image.resize(logits, size, method="bilinear")
-            return logits
+    def view_size(self, size, scale: float):
+        """The network input size (h, w) of the view at ``scale`` of an image of ``size`` (H, W): int32 (2,)."""
+        size = tf.cast(size, tf.float64)
+        factor = tf.constant(scale, tf.float64)
+        if self.test_size is not None:
+            long_edge, short_edge = self.test_size
+            fit = tf.minimum(long_edge / tf.reduce_max(size), short_edge / tf.reduce_min(size))
+            factor = fit * scale
+        return tf.maximum(tf.cast(tf.round(size * factor), tf.int32), 1)
 
-        return tf.nest.map_structure(back_to_image, self._forward(images))
+    def _network_logits(self, images, scale, flipped):
+        """The model's logits of one view at the network's resolution: uint8 (B, H, W, 3) -> (B, h, w, C)."""
+        if self.test_size is None and scale == 1.0:
+            inputs = tf.cast(images, tf.float32)
+        else:  # bilinear from the uint8 image: no float copy of a large image
+            inputs = tf.image.resize(images, self.view_size(tf.shape(images)[1:3], scale), method="bilinear")
+        if flipped:
+            inputs = tf.reverse(inputs, [2])
+        logits = self._forward(inputs)
+        return tf.nest.map_structure(lambda t: tf.reverse(t, [2]) if flipped else t, logits)
+
+    def _all_views(self, images):
+        """(the nesting of the model's outputs, per view the flat list of its outputs at the network's resolution)."""
+        outputs = [self._network_logits(images, scale, flipped) for scale, flipped in self._views()]
+        return outputs[0], [tf.nest.flatten(view) for view in outputs]
+
+    def _band(self, views, output: int, start, stop, size, softmax: bool):
+        """Rows ``start:stop`` of output ``output`` at full resolution: (B, stop - start, width, C).
+
+        Each view's logits are resized bilinearly (half-pixel centres, as
+        ``tf.image.resize``) to the image's size, only for these rows; with
+        several views (or ``softmax``) their softmax probabilities are averaged.
+        """
+        total = None
+        for view in views:
+            logits = view[output]  # (B, h, w, C)
+            band = _resize_rows(logits, start, stop, size)  # (B, rows, W, C)
+            if softmax or len(views) > 1:
+                band = tf.nn.softmax(band)
+            total = band if total is None else total + band
+        return total / len(views) if len(views) > 1 else total
 
     def _probabilities(self, images):
         """uint8 (B, H, W, 3) -> float32 class probabilities (B, H, W, C), averaged over the views."""
-        images = tf.cast(images, tf.float32)
-        views = self._views()
-        total = None
-        for scale, flipped in views:  # a running sum holds one (B, H, W, C) map, not one per view
-            probabilities = tf.nest.map_structure(tf.nn.softmax, self._logits(images, scale, flipped))
-            total = probabilities if total is None else tf.nest.map_structure(tf.add, total, probabilities)
-        return tf.nest.map_structure(lambda t: t / len(views), total)
+        structure, views = self._all_views(images)
+        size = tf.shape(images)[1:3]
+        if self.test_size is None and self.single_view:
+            return tf.nest.map_structure(tf.nn.softmax, structure)
+        bands = [self._band(views, k, 0, size[0], size, softmax=True) for k in range(len(views[0]))]
+        return tf.nest.pack_sequence_as(structure, bands)
 
     def _labels(self, images):
-        """uint8 (B, H, W, 3) -> int32 train ids (B, H, W)."""
-        if self.single_view:  # the argmax of the logits: no (B, H, W, C) softmax to hold
-            scores = self._forward(tf.cast(images, tf.float32))
-        else:
-            scores = self.probabilities(images)  # the same compiled function: traced once for both methods
-        return tf.nest.map_structure(lambda t: tf.argmax(t, axis=-1, output_type=tf.int32), scores)
+        """uint8 (B, H, W, 3) -> int32 train ids (B, H, W), taken band by band at full resolution."""
+        structure, views = self._all_views(images)
+        if self.test_size is None and self.single_view:  # the model's own output is at (H, W) already
+            return tf.nest.map_structure(lambda t: tf.argmax(t, axis=-1, output_type=tf.int32), structure)
+        shape = tf.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
+        classes = tf.shape(views[0][0])[-1]
+        band_rows = tf.maximum(self.band_values // tf.maximum(batch * width * classes, 1), 1)
+        bands = (height + band_rows - 1) // band_rows
+        outputs = len(views[0])
+
+        def body(index, arrays):
+            start = index * band_rows
+            stop = tf.minimum(start + band_rows, height)
+            new = []
+            for k, array in enumerate(arrays):
+                band = self._band(views, k, start, stop, shape[1:3], softmax=False)
+                band = tf.argmax(band, axis=-1, output_type=tf.int32)  # (B, rows, W)
+                new.append(array.write(index, tf.transpose(band, [1, 0, 2])))  # (rows, B, W): concat joins rows
+            return index + 1, new
+
+        arrays = [tf.TensorArray(tf.int32, size=bands, infer_shape=False) for _ in range(outputs)]
+        _, arrays = tf.while_loop(lambda index, _: index < bands, body, (0, arrays))
+        labels = [tf.transpose(array.concat(), [1, 0, 2]) for array in arrays]
+        return tf.nest.pack_sequence_as(structure, labels)
+
+
+def _resize_rows(values, start, stop, size):
+    """Rows ``start:stop`` of ``values`` (B, h, w, C) resized bilinearly to ``size`` (H, W): (B, stop - start, W, C).
+
+    Half-pixel centres without antialiasing, as ``tf.image.resize(method="bilinear")``:
+    output pixel i samples the input at (i + 0.5) x h / H - 0.5, clamped to the border
+    (equal to it up to float rounding); a band of rows is that band of the whole resize.
+    """
+    in_size = tf.cast(tf.shape(values)[1:3], tf.float32)
+    scale = tf.cast(size, tf.float32) / in_size
+    translation = tf.stack([-tf.cast(start, tf.float32), 0.0])
+    return tf.raw_ops.ScaleAndTranslate(
+        images=values, size=tf.stack([stop - start, size[1]]), scale=scale, translation=translation,
+        kernel_type="triangle", antialias=False,
+    )
+
+
+def make_predictor(model, config: Config) -> Predictor:
+    """A ``Predictor`` of ``model`` with the config's test protocol: ``evaluate.test_size``, ``scales``, ``flip``.
+
+    The one place where evaluate, visualize, predict, export and the notebook
+    get their protocol, so that they cannot disagree.
+    """
+    e = config.evaluate
+    return Predictor(model, e.scales, e.flip, e.resolved_test_size(config.data.base_size))
 
 
 def predictor_from_config(config: Config, checkpoint: str = "", with_fcn: bool = False) -> tuple[Predictor, str]:
-    """Restores the run's model into a ``Predictor`` with the config's scales and flip.
+    """Restores the run's model into a ``Predictor`` with the config's protocol (``make_predictor``).
 
     Args:
       config, checkpoint: see ``restore_model``.
@@ -184,7 +277,7 @@ def predictor_from_config(config: Config, checkpoint: str = "", with_fcn: bool =
     model, prefix = restore_model(config, checkpoint)
     if with_fcn and model_lib.has_crf(model):
         model = model_lib.with_fcn_output(model)
-    return Predictor(model, config.evaluate.scales, config.evaluate.flip), prefix
+    return make_predictor(model, config), prefix
 
 
 # ---------------------------------------------------------------------------
@@ -208,6 +301,33 @@ def read_image(path: str) -> np.ndarray:
         return data.read_image_file(path)
     except data.DataError as error:
         raise InferenceError(str(error)) from None
+
+
+def too_large(path: str, max_pixels: int, size=None) -> str:
+    """Why an image is refused for its size, or "" when it has at most ``max_pixels`` pixels.
+
+    The size is read from the file's header, before decoding (or given as
+    ``size`` (H, W)), so a huge image costs no memory; a file whose header
+    cannot be read is left to the decoder to report.
+    """
+    if size is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as picture:
+                    width, height = picture.size
+        except Image.DecompressionBombError:
+            width, height = Image.MAX_IMAGE_PIXELS, 2  # PIL refuses above twice its limit: the count is at least that
+        except Exception:  # not an image PIL reads: the decoder names the problem
+            return ""
+    else:
+        height, width = size
+    if height * width <= max_pixels:
+        return ""
+    return (
+        f"{data.display_path(path)}: {width}x{height} = {height * width:,} pixels, more than evaluate.max_pixels = "
+        f"{max_pixels:,}: skipped (raise it with --set evaluate.max_pixels=N if the memory allows, see README)"
+    )
 
 
 def list_images(paths) -> tuple[list[str], dict[str, str]]:
@@ -275,10 +395,15 @@ def overlay(image, train_ids, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     Returns:
       uint8 (H, W, 3).
     """
-    image = np.asarray(image, np.float32)
-    blended = (1 - alpha) * image + alpha * ade20k.colorize(train_ids).astype(np.float32)
-    keep = (np.asarray(train_ids) == ade20k.IGNORE_LABEL)[..., None]
-    return np.round(np.where(keep, image, blended)).astype(np.uint8)
+    image, train_ids = np.asarray(image), np.asarray(train_ids)
+    result = np.empty(image.shape, np.uint8)
+    for start in range(0, image.shape[0], OVERLAY_ROWS):  # float copies of a band of rows, not of a large image
+        rows = slice(start, start + OVERLAY_ROWS)
+        band = image[rows].astype(np.float32)
+        blended = (1 - alpha) * band + alpha * ade20k.colorize(train_ids[rows]).astype(np.float32)
+        keep = (train_ids[rows] == ade20k.IGNORE_LABEL)[..., None]
+        result[rows] = np.round(np.where(keep, band, blended))
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -363,6 +488,10 @@ def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str 
       checkpoint: see ``restore_model``.
       progress: show a progress bar.
 
+    An image of more than ``evaluate.max_pixels`` pixels is refused (in
+    ``failed``, with a message naming the limit) before it is decoded, and the
+    next image is processed.
+
     Files are written only where they write over nothing but earlier outputs
     of ``predict`` (listed in the folder's ``.fcn_predictions``): never over an
     input image or any other file.
@@ -378,10 +507,18 @@ def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str 
     os.makedirs(output_dir, exist_ok=True)
     result = PredictResult({}, dict(unopenable), prefix)
     for path in tqdm.tqdm(files, desc="predicting", unit="image", disable=not progress, dynamic_ncols=True):
+        refused = too_large(path, config.evaluate.max_pixels)  # before decoding: bounds the memory of one image
+        if refused:
+            result.failed[path] = refused
+            continue
         try:
             image = read_image(path)
         except InferenceError as error:
             result.failed[path] = str(error)
+            continue
+        refused = too_large(path, config.evaluate.max_pixels, image.shape[:2])  # a header PIL could not read
+        if refused:
+            result.failed[path] = refused
             continue
         train_ids = predictor.labels(image[None])[0].numpy()  # (H, W)
         base = os.path.join(output_dir, _stem(path))

@@ -2,7 +2,7 @@
 
 For the ``k``-th image of the batch it writes ``inp_k.png`` (the image),
 ``gt_k.png`` (the ground truth) and ``pred_k.png`` (the prediction at the
-image's own size), both label maps in the ADE20K palette with label 0
+image's own size, with the protocol of ``--mode=evaluate``), both label maps in the ADE20K palette with label 0
 ("other", ignored) black, and ``visualize.png``: one row per image with
 image | ground truth | prediction and a legend of the classes present.
 With the CRF stage (``model.crf``) the FCN's own prediction is shown beside
@@ -117,6 +117,10 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
         if len(shown) == config.evaluate.visualize_images:
             break
         image_path, annotation_path = pairs[index]
+        refused = predict_lib.too_large(image_path, config.evaluate.max_pixels)
+        if refused:
+            skipped[image_path] = refused
+            continue
         try:
             image, label = data.load_example(image_path, annotation_path, config.data.num_classes)
         except data.DataError as error:

@@ -108,7 +108,9 @@ def test_evaluate_averages_the_scales_and_flip_of_the_config(tmp_path, rng):
         write_pair(root, "validation", f"ADE_val_{k:08d}", images[-1], labels[-1], image_format="PNG")  # lossless
     logs = tmp_path / "run"
     _, model = save_run(logs, root)  # random score_fr weights: predictions vary over the image
-    config = config_lib.load_config(str(logs / "config.yaml"), [("evaluate.scales", "0.5,1.5"), ("evaluate.flip", "true")])
+    config = config_lib.load_config(
+        str(logs / "config.yaml"), [("evaluate.scales", "0.5,1.5"), ("evaluate.flip", "true"), ("evaluate.test_size", "none")]
+    )
     submission = tmp_path / "submission"
 
     result = evaluate.evaluate(config, root, output_dir=str(tmp_path / "out"), save_predictions=str(submission), progress=False)

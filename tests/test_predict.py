@@ -11,9 +11,11 @@ from conftest import clear_argmax, multi_scale_probabilities, run_fcn, save_run
 from fcn import ade20k, export, predict
 from fcn import config as config_lib
 
-# Multi-scale and flip inference as a user sets it: --set evaluate.scales=0.5,1.5 --set evaluate.flip=true.
+# Multi-scale and flip inference as a user sets it: --set evaluate.scales=0.5,1.5 --set evaluate.flip=true,
+# at each image's own size (the protocol at the training scale: tests/test_protocol.py).
 SCALES = (0.5, 1.5)
-MULTI_SCALE = [("evaluate.scales", "0.5,1.5"), ("evaluate.flip", "true")]
+OWN_SIZE = [("evaluate.test_size", "none")]
+MULTI_SCALE = [("evaluate.scales", "0.5,1.5"), ("evaluate.flip", "true"), *OWN_SIZE]
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def test_predict_on_a_folder_of_images_of_different_sizes(tmp_path, tiny_run):
     output = tmp_path / "out"
 
     result = run_fcn("--mode=predict", "--logs_dir", str(logs), "--set", "model.fc_channels=16", "--image", str(folder),
-                     "--output", str(output), "--no_progress")
+                     "--output", str(output), "--no_progress", "--set", "evaluate.test_size=none")
 
     assert result.returncode == 1 and "Traceback" not in result.stderr  # one image could not be read
     assert "broken.jpg: not an image it can read" in result.stderr
@@ -131,23 +133,28 @@ def test_export_round_trip_reproduces_the_keras_model(tmp_path, tiny_run):
     logs, _, model = tiny_run
     export_dir = tmp_path / "export"
 
-    result = run_fcn("--mode=export", "--logs_dir", str(logs), "--set", "model.fc_channels=16", "--output", str(export_dir))
+    result = run_fcn("--mode=export", "--logs_dir", str(logs), "--set", "model.fc_channels=16", "--output", str(export_dir),
+                     "--set", "evaluate.test_size=none")
 
     assert result.returncode == 0, result.stderr[-3000:]
-    assert tf.saved_model.contains_saved_model(str(export_dir))
-    assert (export_dir / "classes.txt").read_text().splitlines() == list(ade20k.class_names())
-    serving = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+    assert os.listdir(export_dir) == ["1"] and tf.saved_model.contains_saved_model(str(export_dir / "1"))  # TF Serving's layout
+    assert f"SavedModel: {export_dir / '1'}" in result.stdout
+    assert (export_dir / "1" / "classes.txt").read_text().splitlines() == list(ade20k.class_names())
+    loaded = tf.saved_model.load(str(export_dir / "1"))
+    serving, full = loaded.signatures["serving_default"], loaded.signatures["probabilities"]
     rng = np.random.default_rng(3)
     for shape in ((1, 41, 29, 3), (2, 64, 96, 3)):  # any size, any batch
         images = rng.integers(0, 256, shape).astype(np.uint8)
-        outputs = serving(images=tf.constant(images))
+        outputs, both = serving(images=tf.constant(images)), full(images=tf.constant(images))
         logits = model(images).numpy()
+        assert list(outputs) == ["labels"]  # the default signature sends the labels only
         assert outputs["labels"].dtype == tf.uint8 and outputs["labels"].shape == shape[:3]
         np.testing.assert_array_equal(outputs["labels"].numpy(), logits.argmax(-1) + 1)
-        np.testing.assert_allclose(outputs["probabilities"].numpy(), tf.nn.softmax(logits).numpy(), atol=1e-6)
-    # An existing folder that is not a SavedModel is never replaced.
+        np.testing.assert_array_equal(both["labels"].numpy(), outputs["labels"].numpy())
+        np.testing.assert_allclose(both["probabilities"].numpy(), tf.nn.softmax(logits).numpy(), atol=1e-6)
+    # An existing folder of other files is never written into.
     refused = run_fcn("--mode=export", "--logs_dir", str(logs), "--set", "model.fc_channels=16", "--output", str(logs))
-    assert refused.returncode == 1 and "is not a SavedModel" in refused.stderr
+    assert refused.returncode == 1 and "holds files that are not export versions (checkpoints, config.yaml)" in refused.stderr
     assert (logs / "config.yaml").exists()
 
 
@@ -164,7 +171,7 @@ def test_export_averages_the_scales_and_flip_of_the_config(tmp_path, tiny_run):
 
     export_dir, _ = export.export(config, str(tmp_path / "export"))
 
-    serving = tf.saved_model.load(export_dir).signatures["serving_default"]
+    serving = tf.saved_model.load(export_dir).signatures["probabilities"]
     images = np.random.default_rng(5).integers(0, 256, (2, 34, 50, 3)).astype(np.uint8)
     outputs = serving(images=tf.constant(images))
     expected = multi_scale_probabilities(model, images, SCALES, flip=True)
@@ -175,7 +182,8 @@ def test_export_averages_the_scales_and_flip_of_the_config(tmp_path, tiny_run):
 
 def test_predict_reports_unopenable_and_odd_files_and_goes_on(tmp_path, tiny_run):
     """A symbolic link loop, a non-UTF-8 file name and a text file given as an image: messages, no traceback."""
-    logs, config, model = tiny_run
+    logs, _, model = tiny_run
+    config = config_lib.load_config(str(logs / "config.yaml"), OWN_SIZE)
     folder = tmp_path / "photos"
     folder.mkdir()
     image = np.random.default_rng(3).integers(0, 256, (24, 40, 3)).astype(np.uint8)
@@ -198,7 +206,8 @@ def test_predict_reports_unopenable_and_odd_files_and_goes_on(tmp_path, tiny_run
 
 
 def test_predict_never_writes_over_an_input_or_a_file_it_did_not_write(tmp_path, tiny_run):
-    logs, config, _ = tiny_run
+    logs, _, _ = tiny_run
+    config = config_lib.load_config(str(logs / "config.yaml"), OWN_SIZE)
     folder = tmp_path / "photos"
     folder.mkdir()
     image = np.random.default_rng(4).integers(0, 256, (20, 30, 3)).astype(np.uint8)
@@ -224,29 +233,60 @@ def test_predict_never_writes_over_an_input_or_a_file_it_did_not_write(tmp_path,
     assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before
 
 
-def test_export_never_deletes_what_it_did_not_write(tmp_path, tiny_run):
+@pytest.mark.slow
+def test_export_writes_versions_and_never_deletes_what_it_did_not_write(tmp_path, tiny_run):
     _, config, _ = tiny_run
+    config = config_lib.load_config(None, [*[(k, v) for k, v in (("logs_dir", config.logs_dir), ("model.fc_channels", 16),
+                                                                  ("model.vgg_weights", "none"))], *OWN_SIZE])
     base = tmp_path / "serving"
-    # A user's folder with the name an older export used for its temporary copy.
-    (tmp_path / "serving.partial").mkdir()
-    (tmp_path / "serving.partial" / "keep.txt").write_text("mine")
-    export.export(config, str(base))
-    assert tf.saved_model.contains_saved_model(str(base))
-    assert (tmp_path / "serving.partial" / "keep.txt").read_text() == "mine"
-    # A file of the user's inside the SavedModel folder: a re-export would delete it, so it is refused.
+    # What a killed export left: its marked temporary folder, removed by the next export.
+    (base / ".partial-killed").mkdir(parents=True)
+    (base / ".partial-killed" / export.PARTIAL_MARKER).write_text("")
+    assert export.export(config, str(base))[0] == str(base / "1")
+    assert export.export(config, str(base))[0] == str(base / "2")  # the next version; the first is kept
+    assert sorted(os.listdir(base)) == ["1", "2"]
+    assert all(tf.saved_model.contains_saved_model(str(base / v)) for v in ("1", "2"))
+    # A gap or a higher version: one more than the highest.
+    os.rename(base / "2", base / "7")
+    assert export.export(config, str(base))[0] == str(base / "8")
+    # A file of the user's inside BASE, or an unversioned SavedModel as BASE: refused, nothing deleted or added.
     (base / "notes.txt").write_text("my notes")
-    with pytest.raises(predict.InferenceError, match=r"holds files an export does not write \(notes.txt\)"):
+    with pytest.raises(predict.InferenceError, match=r"holds files that are not export versions \(notes.txt\)"):
         export.export(config, str(base))
-    assert (base / "notes.txt").read_text() == "my notes" and tf.saved_model.contains_saved_model(str(base))
-    (base / "notes.txt").unlink()
-    # A symbolic link as --output: the folder it points to is replaced, the link stays.
+    assert sorted(os.listdir(base)) == ["1", "7", "8", "notes.txt"] and (base / "notes.txt").read_text() == "my notes"
+    os.rename(base / "1", tmp_path / "old")
+    with pytest.raises(predict.InferenceError, match=r"is a SavedModel without a version folder .* Move its files into"):
+        export.export(config, str(tmp_path / "old"))
+    assert "1" not in os.listdir(tmp_path / "old")
+    with pytest.raises(predict.InferenceError, match=r"exists and is not a folder"):
+        export.export(config, str(base / "notes.txt"))
+    # A symbolic link as --output: versions go into the folder it points to, the link stays.
     real = tmp_path / "storage" / "model"
     real.parent.mkdir()
     link = tmp_path / "link"
     os.symlink(real, link)
-    for _ in range(2):
-        assert export.export(config, str(link))[0] == str(link)
-    assert os.path.islink(link) and os.path.realpath(link) == str(real)
-    assert tf.saved_model.contains_saved_model(str(real))
-    assert sorted(os.listdir(tmp_path)) == ["link", "serving", "serving.partial", "storage"]
-    assert os.listdir(real.parent) == ["model"]  # no temporary folder left behind
+    assert export.export(config, str(link))[0] == str(link / "1")
+    assert os.path.islink(link) and sorted(os.listdir(real)) == ["1"]
+    assert os.listdir(real.parent) == ["model"]
+
+
+@pytest.mark.parametrize("shape", [(1, 20, 30, 1), (1, 20, 30, 4), (20, 30, 3), (1, 0, 30, 3)])
+def test_export_refuses_other_shapes_naming_the_expected_one(exported_own_size, shape):
+    loaded = tf.saved_model.load(exported_own_size)
+    for name in ("serving_default", "probabilities"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must be uint8 of shape \(batch, height, width, 3\)"):
+            loaded.signatures[name](images=tf.zeros(shape, tf.uint8))
+
+
+def test_export_refuses_images_above_max_pixels(exported_own_size):
+    serving = tf.saved_model.load(exported_own_size).signatures["serving_default"]
+    assert serving(images=tf.zeros((1, 20, 30, 3), tf.uint8))["labels"].shape == (1, 20, 30)  # 600 = the limit
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"more than evaluate.max_pixels = 600 pixels"):
+        serving(images=tf.zeros((1, 21, 30, 3), tf.uint8))
+
+
+@pytest.fixture(scope="module")
+def exported_own_size(tiny_run, tmp_path_factory):
+    logs, _, _ = tiny_run
+    config = config_lib.load_config(str(logs / "config.yaml"), [*OWN_SIZE, ("evaluate.max_pixels", 600)])
+    return export.export(config, str(tmp_path_factory.mktemp("export")))[0]

@@ -14,6 +14,9 @@ from conftest import REPO, SAMPLE_ROOT, clear_argmax, multi_scale_probabilities,
 from fcn import ade20k, data, evaluate, metrics, sample_data, visualize
 from fcn import config as config_lib
 from fcn import model as model_lib
+from test_protocol import protocol_logits
+
+SAMPLE_TEST_SIZE = (160, 96)  # configs/sample.yaml: evaluate.test_size, its data.base_size
 
 NOTEBOOK = os.path.join(REPO, "notebooks", "colormap.ipynb")
 TINY = ["--config", "configs/sample.yaml", "--no_progress", "--crop_size", "32", "--batch_size", "2",
@@ -68,7 +71,8 @@ def test_visualize_writes_coloured_images_of_a_seeded_batch(trained_run):
         np.testing.assert_array_equal(ground_truth, ade20k.colorize(label))  # label 0 ("other") black
         prediction = np.asarray(Image.open(os.path.join(output, f"pred_{k}.png")))
         # After one training step the class probabilities are all near 1/150: compare on the logits.
-        expected, clear = clear_argmax(model(image[None]).numpy()[0], margin=2e-5, min_clear=0.5)
+        # The sample config's protocol: the image fitted into evaluate.test_size [160, 96], logits resized back.
+        expected, clear = clear_argmax(protocol_logits(model, image[None], SAMPLE_TEST_SIZE)[0], margin=2e-5, min_clear=0.5)
         np.testing.assert_array_equal(prediction[clear], ade20k.colorize(expected)[clear])
         assert np.mean(expected != label) > 0.5  # a prediction unlike the ground truth
     figure = Image.open(os.path.join(output, "visualize.png"))
@@ -92,7 +96,8 @@ def test_pictures_are_the_ground_truth_and_the_multi_scale_prediction(tmp_path):
     _, model = save_run(logs, root)  # random score_fr weights: predictions vary over the image
     config = config_lib.load_config(
         str(logs / "config.yaml"),
-        [("evaluate.scales", "0.5,1.5"), ("evaluate.flip", "true"), ("evaluate.visualize_images", "2")],
+        [("evaluate.scales", "0.5,1.5"), ("evaluate.flip", "true"), ("evaluate.visualize_images", "2"),
+         ("evaluate.test_size", "none")],
     )
 
     result = visualize.visualize(config, root, str(tmp_path / "out"))
@@ -155,7 +160,7 @@ def test_notebook_shows_a_trained_runs_predictions_and_evaluation(trained_run, m
     assert "NOTE" not in text
     assert f"trained run: {tf.train.latest_checkpoint(os.path.join(logs, 'checkpoints'))}\n" in text
     model = restored_model(logs)
-    expected = expected_accuracies(root, lambda image: model(image[None]).numpy()[0].argmax(-1))
+    expected = expected_accuracies(root, lambda image: protocol_logits(model, image[None], SAMPLE_TEST_SIZE)[0].argmax(-1))
     printed = printed_accuracies(text)
     assert printed.keys() == expected.keys()
     for key, accuracy in expected.items():

@@ -1,0 +1,208 @@
+"""The test protocol (fcn/predict.py ``Predictor`` with ``evaluate.test_size``) checked against an independent computation.
+
+ADE20K's usual protocol (mmsegmentation's test pipeline): each image is resized to fit the test size
+(long edge, short edge) keeping its aspect ratio, the model runs there, its logits are resized back
+to the image's size and the labels are taken and scored there.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import SAMPLE_ROOT, bilinear_resize, clear_argmax, multi_scale_probabilities, save_run
+from fcn import config as config_lib
+from fcn import data, predict
+
+# The sample config's training scale: data.base_size [160, 96].
+TEST_SIZE = (160, 96)
+FIXTURE = os.path.join(SAMPLE_ROOT, "images", "validation", "ADE_val_00000003.jpg")  # 400 x 300
+
+
+def fit_factor(height, width, test_size):
+    """The protocol's resize factor, written out: the largest that fits (long, short) keeping the aspect ratio."""
+    if test_size is None:
+        return 1.0
+    long_edge, short_edge = test_size
+    return min(long_edge / max(height, width), short_edge / min(height, width))
+
+
+def protocol_probabilities(model, images, test_size, scales=(1.0,), flip=False):
+    """The protocol in numpy: each view resized to round(size x factor x scale), logits resized back, softmax, mean.
+
+    Returns:
+      float64 (B, H, W, C) at the images' own size.
+    """
+    factor = fit_factor(*np.shape(images)[1:3], test_size)
+    return multi_scale_probabilities(model, images, [factor * scale for scale in scales], flip)
+
+
+def protocol_logits(model, images, test_size):
+    """The single view in numpy: the logits of the image resized to the test size, resized back (B, H, W, C)."""
+    height, width = np.shape(images)[1:3]
+    factor = fit_factor(height, width, test_size)
+    scaled = bilinear_resize(images, max(round(height * factor), 1), max(round(width * factor), 1))
+    return bilinear_resize(np.asarray(model(np.asarray(scaled, np.float32), training=False)), height, width)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """An FCN-8s whose predictions vary over the image (random score_fr weights)."""
+    _, model = save_run(tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("no_data"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def fixture_image():
+    return data.read_image_file(FIXTURE)[None]  # (1, 300, 400, 3)
+
+
+def test_single_view_is_resize_to_the_test_size_run_resize_back_softmax(tiny_model, fixture_image):
+    assert fit_factor(300, 400, TEST_SIZE) == 96 / 300  # the short edge binds: the network sees 96 x 128
+    predictor = predict.Predictor(tiny_model, test_size=TEST_SIZE)
+
+    probabilities = predictor.probabilities(fixture_image).numpy()
+    labels = predictor.labels(fixture_image).numpy()
+
+    expected = protocol_probabilities(tiny_model, fixture_image, TEST_SIZE)
+    assert probabilities.shape == labels.shape + (150,) and labels.shape == (1, 300, 400)  # the image's own size
+    np.testing.assert_allclose(probabilities, expected, atol=2e-4)
+    best, clear = clear_argmax(expected, margin=4e-4, min_clear=0.5)
+    np.testing.assert_array_equal(labels[clear], best[clear])
+    # One resize code for both methods; the labels came in 2 bands of rows (BAND_VALUES), the probabilities whole.
+    assert 300 * 400 * 150 > predict.BAND_VALUES
+    np.testing.assert_array_equal(labels, probabilities.argmax(-1))
+    # The protocol does change the answer: the model at the image's own size disagrees on most pixels.
+    own_size = tiny_model(fixture_image).numpy().argmax(-1)
+    assert np.mean(own_size != labels) > 0.3
+
+
+def test_scales_and_flip_are_relative_to_the_test_size(tiny_model, fixture_image):
+    scales = (0.75, 1.25)
+    predictor = predict.Predictor(tiny_model, scales=scales, flip=True, test_size=TEST_SIZE)
+
+    probabilities = predictor.probabilities(fixture_image).numpy()
+    labels = predictor.labels(fixture_image).numpy()
+
+    expected = protocol_probabilities(tiny_model, fixture_image, TEST_SIZE, scales, flip=True)
+    np.testing.assert_allclose(probabilities, expected, atol=2e-4)
+    best, clear = clear_argmax(expected, margin=4e-4, min_clear=0.5)
+    assert labels.shape == (1, 300, 400)
+    np.testing.assert_array_equal(labels[clear], best[clear])
+    # The network ran at round(96 x 0.75) x round(128 x 0.75) and round(96 x 1.25) x round(128 x 1.25).
+    assert [tuple(predictor.view_size((300, 400), s).numpy()) for s in scales] == [(72, 96), (120, 160)]
+
+
+def test_own_size_keeps_whole_image_inference(tiny_model):
+    images = np.random.default_rng(0).integers(0, 256, (1, 37, 53, 3)).astype(np.uint8)
+    config = config_lib.load_config(None, [("evaluate.test_size", "none"), ("model.fc_channels", 16)])
+    predictor = predict.make_predictor(tiny_model, config)
+    assert predictor.test_size is None
+    np.testing.assert_array_equal(predictor.labels(images).numpy(), tiny_model(images).numpy().argmax(-1))
+
+
+def test_labels_band_by_band_are_the_whole_maps_argmax(tiny_model, fixture_image):
+    """A band of 3 rows (100 bands of the 300-row image) gives the labels of one band of the whole image."""
+    classes = 150
+    whole = predict.Predictor(tiny_model, scales=(0.5, 1.0), test_size=TEST_SIZE, band_values=10**9)
+    banded = predict.Predictor(tiny_model, scales=(0.5, 1.0), test_size=TEST_SIZE, band_values=3 * 400 * classes)
+    np.testing.assert_array_equal(banded.labels(fixture_image).numpy(), whole.probabilities(fixture_image).numpy().argmax(-1))
+
+
+def test_the_config_default_follows_data_base_size():
+    config = config_lib.load_config(None)
+    assert config.evaluate.test_size == "base_size" and config.evaluate.resolved_test_size(config.data.base_size) == (2048, 512)
+    moved = config_lib.load_config(None, [("data.base_size", "1024,256")])
+    assert moved.evaluate.resolved_test_size(moved.data.base_size) == (1024, 256)
+    sample = config_lib.load_config(os.path.join(os.path.dirname(SAMPLE_ROOT), "..", "..", "configs", "sample.yaml"))
+    assert sample.evaluate.resolved_test_size(sample.data.base_size) == tuple(sample.data.base_size) == (160, 96)
+    for own in ("none", "0,0", None):
+        config = config_lib.load_config(None, [("evaluate.test_size", own)])
+        assert config.evaluate.resolved_test_size(config.data.base_size) is None
+    for bad, message in (("big", "evaluate.test_size must be a pair"), ("-5,3", "two positive sizes"),
+                         ("1,2,3", "evaluate.test_size must be a pair")):
+        with pytest.raises(config_lib.ConfigError, match=message):
+            config_lib.load_config(None, [("evaluate.test_size", bad)])
+
+
+def test_evaluate_predict_and_the_savedmodel_give_the_same_labels(tmp_path):
+    """The three modes on the real fixture images; the largest is above evaluate.max_pixels and is refused by each mode,
+    which goes on with the next image."""
+    import shutil
+
+    from PIL import Image
+
+    from fcn import evaluate, export
+
+    root = str(tmp_path / "ADEChallengeData2016")
+    shutil.copytree(SAMPLE_ROOT, root)
+    logs = tmp_path / "run"
+    save_run(logs, root)
+    # 683 x 512 = 349,696 pixels is above the limit; 500 x 364 and 400 x 300 are below.
+    config = config_lib.load_config(str(logs / "config.yaml"), [("evaluate.test_size", "160,96"), ("evaluate.max_pixels", 200_000)])
+    images = {k: os.path.join(root, "images", "validation", f"ADE_val_0000000{k}.jpg") for k in (1, 2, 3)}
+
+    evaluated = evaluate.evaluate(config, root, output_dir=str(tmp_path / "out"), save_predictions=str(tmp_path / "sub"),
+                                  progress=False)
+    predicted = predict.predict_images(config, [images[1], images[3]], str(tmp_path / "pred"), progress=False)
+    version, _ = export.export(config, str(tmp_path / "export"))
+
+    message = "683x512 = 349,696 pixels, more than evaluate.max_pixels = 200,000: skipped"
+    assert evaluated.images == 2 and list(evaluated.too_large) == [images[1]] and message in evaluated.too_large[images[1]]
+    assert sorted(os.listdir(tmp_path / "sub")) == ["ADE_val_00000002.png", "ADE_val_00000003.png"]
+    assert list(predicted.failed) == [images[1]] and message in predicted.failed[images[1]]
+    assert list(predicted.written) == [images[3]]  # the image after the refused one
+    from_evaluate = np.asarray(Image.open(tmp_path / "sub" / "ADE_val_00000003.png"))
+    from_predict = np.asarray(Image.open(tmp_path / "pred" / "ADE_val_00000003.png"))
+    serving = tf.saved_model.load(version).signatures["serving_default"]
+    from_export = serving(images=tf.constant(data.read_image_file(images[3])[None]))["labels"].numpy()[0]
+    assert from_evaluate.shape == (300, 400) and len(np.unique(from_evaluate)) > 3
+    np.testing.assert_array_equal(from_predict, from_evaluate)
+    np.testing.assert_array_equal(from_export, from_evaluate)
+    with open(tmp_path / "out" / "metrics.json") as f:
+        written = __import__("json").load(f)
+    assert written["test_size"] == [160, 96] and message in written["skipped"][images[1]]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than evaluate.max_pixels = 200,000|more than evaluate.max_pixels = 200000"):
+        serving(images=tf.constant(data.read_image_file(images[1])[None]))
+
+
+@pytest.mark.slow
+def test_a_model_trained_at_its_scale_scores_higher_on_half_size_images_with_the_protocol(tmp_path):
+    """The sample recipe trained in-process, scored on its validation images shown at half size.
+
+    Without the protocol the network sees the scenes at half the scale it was trained at; with it
+    (evaluate.test_size = data.base_size [160, 96]) they are brought back to that scale first.
+    Both are scored on the same half-size labels.
+    """
+    from PIL import Image
+
+    from conftest import write_pair
+    from fcn import evaluate, sample_data, train
+
+    root = str(tmp_path / "sample" / "ADEChallengeData2016")
+    sample_data.generate_sample_dataset(root, num_train=24, num_val=8, progress=False)
+    config = config_lib.load_config(
+        os.path.join(os.path.dirname(__file__), "..", "configs", "sample.yaml"),
+        [("data.data_dir", root), ("logs_dir", str(tmp_path / "run")), ("train.max_steps", 60), ("train.val_every", 60),
+         ("train.val_images", 8), ("train.checkpoint_every", 60)],
+    )
+    train.train(config, root, train.setup_process(config), progress=False)
+    half = str(tmp_path / "half" / "ADEChallengeData2016")
+    for image_path, annotation_path in data.list_split(root, "validation").pairs:
+        image, label = Image.open(image_path), Image.open(annotation_path)
+        size = (image.width // 2, image.height // 2)
+        stem = os.path.splitext(os.path.basename(image_path))[0]
+        write_pair(half, "validation", stem, np.asarray(image.convert("RGB").resize(size, Image.BILINEAR)),
+                   np.asarray(label.resize(size, Image.NEAREST)), image_format="PNG")
+
+    scores = {}
+    for name, test_size in (("protocol", "base_size"), ("own size", "none")):
+        predictor, _ = predict.predictor_from_config(
+            dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, test_size=test_size))
+        )
+        scores[name] = evaluate.evaluate_split(predictor.labels, half, "validation", 150, progress=False).scores
+    print({name: {k: round(s[k], 4) for k in ("pixel_accuracy", "mean_iou")} for name, s in scores.items()})
+    assert scores["protocol"]["pixel_accuracy"] > scores["own size"]["pixel_accuracy"] + 0.05
+    assert scores["protocol"]["mean_iou"] > scores["own size"]["mean_iou"]

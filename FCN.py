@@ -66,7 +66,7 @@ def add_switch(parser: argparse.ArgumentParser, flag: str, description: str, def
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="FCN.py",
-        description="Fully convolutional networks (FCN-8s on VGG16) for scene parsing on MIT ADE20K.",
+        description="Fully convolutional networks (FCN-8s on VGG16 or VGG19) for scene parsing.",
         epilog=(
             "Precedence, lowest first: built-in defaults (the full ADE20K recipe), --config FILE, "
             "--set KEY=VALUE, the dedicated flags. Every run writes its resolved config to LOGS_DIR/config.yaml."
@@ -97,14 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--data_dir", help="the ADEChallengeData2016 folder, or a folder containing it (data.data_dir)"
     )
     parser.add_argument("--learning_rate", type=float, help="Adam learning rate (train.learning_rate)")
-    parser.add_argument("--model_dir", help="where pretrained VGG16 weight files are cached (model.model_dir)")
+    parser.add_argument("--model_dir", help="where pretrained VGG weight files are cached (model.model_dir)")
     add_switch(parser, "--debug", "histograms of activations, gradients and variables in TensorBoard (train.debug)")
     parser.add_argument("--max_steps", type=int, help="total training steps of the run (train.max_steps)")
     parser.add_argument("--crop_size", metavar="H[,W]", help="training crop, e.g. 512 or 384,512 (data.crop_size)")
     parser.add_argument(
         "--vgg_weights",
         metavar="none|imagenet|imagenet_notop|PATH",
-        help="initial VGG16 weights: none, imagenet, imagenet_notop, or a Keras .h5 / MatConvNet .mat file (model.vgg_weights)",
+        help="initial VGG weights of model.backbone: none, imagenet, imagenet_notop, or a Keras .h5 / MatConvNet .mat file (model.vgg_weights)",
     )
     add_switch(
         parser,

@@ -76,7 +76,7 @@ def restore_model(config: Config, checkpoint: str = ""):
     except checkpoints.MismatchError as error:
         raise InferenceError(
             f"{error}. This config's model has num_classes={config.data.num_classes}, "
-            f"fc_channels={config.model.fc_channels}, crf={config.model.crf}: pass the run's own config "
+            f"backbone={config.model.backbone}, fc_channels={config.model.fc_channels}, crf={config.model.crf}: pass the run's own config "
             "(--config LOGS_DIR/config.yaml)"
         ) from None
     except checkpoints.CheckpointError as error:

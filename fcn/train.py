@@ -47,7 +47,6 @@ from fcn import model as model_lib
 from fcn.config import Config
 
 # Layers whose outputs are ReLU activations, for --debug histograms.
-RELU_LAYERS = model_lib.VGG16_CONV_LAYERS + ("fc6", "fc7")
 
 
 class TrainingError(RuntimeError):
@@ -315,7 +314,8 @@ def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.S
     checked = variables + [v for v in optimizer.variables if tf.as_dtype(v.dtype).is_floating]
     probe = None
     if train.debug:
-        probe = keras.Model(model.input, [model.output, {name: model.get_layer(name).output for name in RELU_LAYERS}])
+        relu_layers = model_lib.conv_layer_names(model_lib.backbone_of(model)) + ("fc6", "fc7")
+        probe = keras.Model(model.input, [model.output, {name: model.get_layer(name).output for name in relu_layers}])
 
     def replica_step(images, labels):
         replica_context = tf.distribute.get_replica_context()

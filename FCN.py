@@ -9,13 +9,19 @@ library function of the chosen mode. Everything else lives in ``fcn/``.
     python FCN.py --mode=predict --config configs/sample.yaml --image photo.jpg
 """
 
-import argparse
-import os
-import sys
+try:  # a Ctrl-C in the first moments lands in these imports: a message, not a traceback
+    import argparse
+    import os
+    import signal
+    import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the console
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the console
+    from fcn import config as config_lib  # (after the environment is set)
+except KeyboardInterrupt:
+    import sys
 
-from fcn import config as config_lib  # noqa: E402  (after the environment is set)
+    print("FCN.py: interrupted while starting", file=sys.stderr)
+    sys.exit(130)  # EXIT_INTERRUPTED, defined below
 
 MODES = ("train", "visualize", "evaluate", "predict", "export", "check_data")
 
@@ -286,5 +292,16 @@ def run_export(config: config_lib.Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _exit_at_once(signum, frame):
+    os._exit(EXIT_INTERRUPTED)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+    except KeyboardInterrupt:  # between two of main's own handlers (parsing, reading the config)
+        print("FCN.py: interrupted", file=sys.stderr)
+        status = EXIT_INTERRUPTED
+    # The work is done: a Ctrl-C while the interpreter and TensorFlow shut down ends the process at once.
+    signal.signal(signal.SIGINT, _exit_at_once)
+    sys.exit(status)

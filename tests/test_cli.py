@@ -1,6 +1,7 @@
 """Tests of the command line (FCN.py), run as a user runs it."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -194,6 +195,33 @@ def test_ctrl_c_while_starting_is_one_line_and_status_130(tmp_path):
             process.kill()
     assert process.returncode == FCN.EXIT_INTERRUPTED, stderr
     assert "Traceback" not in stderr and "FCN.py: interrupted" in stderr
+
+
+def test_ctrl_c_in_the_first_moments_never_prints_a_traceback(tmp_path):
+    """Seeded moments from FCN.py's first import (``-X importtime`` reports ``argparse``; before it the
+    interpreter is still starting or compiling the script) to well into the imports: a message, never a
+    traceback."""
+    import time
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    rng = np.random.default_rng(0)
+    for delay in sorted(rng.uniform(0.0, 0.5, size=6)):
+        process = subprocess.Popen(
+            [sys.executable, "-X", "importtime", os.path.join(REPO, "FCN.py"), "--mode=check_data", "--data_dir", str(tmp_path),
+             "--no_progress"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        startup = []
+        for line in process.stderr:
+            startup.append(line)
+            if line.rstrip().endswith("| argparse"):
+                break
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+        assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, (delay, stderr[-3000:])
+        assert process.returncode == FCN.EXIT_INTERRUPTED, (delay, process.returncode, stderr[-3000:])
+        assert "FCN.py: interrupted" in stderr
 
 
 def test_check_data_creates_nothing(tmp_path):

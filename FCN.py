@@ -207,6 +207,9 @@ def main(argv=None) -> int:
         if args.mode == "visualize":
             return run_visualize(config, root, args)
         return run_train(config, root, progress)
+    except data.ClassTableMismatchError as error:  # the config disagrees with the class table: a usage error
+        print(f"FCN.py: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except (data.DataError, download.DownloadError, predict.InferenceError, checkpoints.CheckpointError) as error:
         print(f"FCN.py: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -218,7 +221,7 @@ def main(argv=None) -> int:
 def run_check_data(config: config_lib.Config, root: str, progress: bool) -> int:
     from fcn import check_data
 
-    reports = check_data.check_dataset(root, config.data.num_classes, progress=progress)
+    reports = check_data.check_dataset(data.as_dataset(root, config.data), progress=progress)
     print(check_data.format_report(root, reports))
     return EXIT_FAILED if any(r.error_count for r in reports) else EXIT_OK
 

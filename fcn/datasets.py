@@ -902,6 +902,22 @@ def run_classes(logs_dir: str, config: DataConfig) -> ClassTable:
     return classes
 
 
+def dataset_for_run(root, config: DataConfig, classes: ClassTable) -> Dataset:
+    """The dataset at ``root`` (a folder or a Dataset), checked to have the run's classes.
+
+    Raises:
+      ClassTableMismatchError: the dataset's annotation values are not the
+        run's classes (scoring or showing it would mislabel every pixel).
+    """
+    dataset = as_dataset(root, config)
+    if not dataset.classes.same_classes(classes):
+        raise ClassTableMismatchError(
+            f"{display_path(dataset.root)} has {dataset.classes.describe()}, but the run was trained on "
+            f"{classes.describe()}: point --data_dir at the run's dataset"
+        )
+    return dataset
+
+
 def record_run_classes(logs_dir: str, classes: ClassTable) -> str:
     """Writes the run's ``classes.csv``, or checks the one there is the same table.
 

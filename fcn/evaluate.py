@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fcn import data, metrics
+from fcn import data, datasets, metrics
 from fcn import predict as predict_lib
 from fcn.config import Config
 
@@ -68,16 +68,19 @@ class EvaluationResult:
     fcn_matrix: np.ndarray | None = None
 
 
-def native_resolution_dataset(root: str, split: str, num_classes: int) -> tf.data.Dataset:
+def native_resolution_dataset(root, split: str, num_classes) -> tf.data.Dataset:
     """Every pair of a split at its own size, in file-name order, as batches of one.
 
     Elements are the dicts of ``fcn/data.py`` with B = 1: ``image`` (1, H, W, 3)
-    uint8, ``label`` (1, H, W) train ids, ``path``, ``error``.
+    uint8, ``label`` (1, H, W) train ids, ``path``, ``error``. ``num_classes``:
+    the class table (an int: ADE20K's first classes).
     """
     pairs = data.usable_pairs(root, split)
     dataset = tf.data.Dataset.from_tensor_slices(([p[0] for p in pairs], [p[1] for p in pairs]))
     dataset = dataset.interleave(
-        lambda image_path, annotation_path: data.read_example_dataset(image_path, annotation_path, num_classes),
+        lambda image_path, annotation_path: data.read_example_dataset(
+            image_path, annotation_path, datasets.as_class_table(num_classes)
+        ),
         cycle_length=2,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
@@ -86,7 +89,7 @@ def native_resolution_dataset(root: str, split: str, num_classes: int) -> tf.dat
 
 
 def evaluate_split(
-    labels_fn, root: str, split: str, num_classes: int, save_predictions: str = "", progress: bool = True
+    labels_fn, root, split: str, num_classes, save_predictions: str = "", progress: bool = True
 ) -> EvaluationResult:
     """Segments every image of a split at its own size and scores the split.
 
@@ -96,12 +99,14 @@ def evaluate_split(
         scores both (``fcn_scores``).
       root: the dataset root.
       split: ``training`` or ``validation``.
-      num_classes: C.
-      save_predictions: a folder for submission PNGs, or "".
+      num_classes: the run's ``datasets.ClassTable`` (an int C: ADE20K's first C classes).
+      save_predictions: a folder for submission PNGs (the table's label values), or "".
       progress: show a progress bar.
     """
+    classes = datasets.as_class_table(num_classes)
+    num_classes = classes.num_classes
     count = len(data.list_split(root, split).pairs)
-    dataset = native_resolution_dataset(root, split, num_classes)
+    dataset = native_resolution_dataset(root, split, classes)
     confusion = metrics.ConfusionMatrix(num_classes)
     fcn_confusion = None
     skipped = data.SkipReport()
@@ -121,9 +126,9 @@ def evaluate_split(
         images += 1
         if save_predictions:
             stem = os.path.splitext(os.path.basename(data.decode_path(example["path"][0])))[0]
-            predict_lib.write_label_png(os.path.join(save_predictions, stem + ".png"), predictions[0].numpy())
+            predict_lib.write_label_png(os.path.join(save_predictions, stem + ".png"), predictions[0].numpy(), classes)
     matrix = confusion.matrix
-    names = predict_lib.class_names(num_classes)
+    names = list(classes.names)
     return EvaluationResult(
         scores=metrics.scores(matrix, names),
         matrix=matrix,
@@ -151,8 +156,9 @@ def evaluate(
       predict.InferenceError: no usable checkpoint.
     """
     predictor, prefix = predict_lib.predictor_from_config(config, checkpoint, with_fcn=config.evaluate.compare_fcn)
+    dataset = datasets.dataset_for_run(root, config.data, predictor.classes)
     result = evaluate_split(
-        predictor.labels, root, config.evaluate.split, config.data.num_classes, save_predictions, progress
+        predictor.labels, dataset, config.evaluate.split, predictor.classes, save_predictions, progress
     )
     result.checkpoint = prefix
     write_reports(result, output_dir or config.logs_dir, config)
@@ -211,7 +217,7 @@ def write_reports(result: EvaluationResult, output_dir: str, config: Config) -> 
         json.dump(metrics_json(result, config), f, indent=2, allow_nan=False)
         f.write("\n")
     np.save(paths["matrix"], result.matrix)
-    figure = confusion_figure(result.matrix, predict_lib.class_names(result.matrix.shape[0]))
+    figure = confusion_figure(result.matrix, list(result.scores["per_class_iou"]))  # the class names, by train id
     figure.savefig(paths["figure"], dpi=100, bbox_inches="tight")
     return paths
 

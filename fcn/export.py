@@ -6,8 +6,9 @@ The SavedModel's ``serving_default`` signature takes
 
 and returns
 
-    labels         uint8   (B, H, W)      ADE20K label values 1..150 (train id + 1, as in the
-                                          annotation PNGs and the challenge's submission format)
+    labels         uint8   (B, H, W)      annotation values of the run's class table, as in its
+                                          annotation PNGs (ADE20K 1..150 = train id + 1, VOC 0..20,
+                                          a folder dataset's ids)
     probabilities  float32 (B, H, W, C)   softmax class probabilities, channel c = train id c
 
 computed exactly as ``--mode=evaluate`` does (the scales and flip of
@@ -17,8 +18,9 @@ Load it without this package::
     serving = tf.saved_model.load(EXPORT_DIR).signatures["serving_default"]
     outputs = serving(images=tf.constant(batch))   # batch: uint8 (B, H, W, 3)
 
-The class names, one per line in train-id order (line ``c`` names label value
-``c + 1``), are written beside it as ``classes.txt``.
+The class names, one per line in train-id order, are written beside it as
+``classes.txt``, and the whole class table (annotation value, name, colour, the
+ignored values) as ``classes.csv``.
 """
 
 import os
@@ -35,7 +37,9 @@ SIGNATURE = "serving_default"
 
 
 # What an export writes into its folder: nothing else in a folder is ever deleted by a re-export.
-EXPORT_CONTENTS = frozenset({"saved_model.pb", "fingerprint.pb", "variables", "assets", "classes.txt", "keras_metadata.pb"})
+EXPORT_CONTENTS = frozenset(
+    {"saved_model.pb", "fingerprint.pb", "variables", "assets", "classes.txt", "classes.csv", "keras_metadata.pb"}
+)
 # Marks a folder being written by export, so that one left by a killed export can be removed.
 PARTIAL_MARKER = ".fcn_export_partial"
 
@@ -79,10 +83,12 @@ def export_predictor(predictor: predict_lib.Predictor, export_dir: str) -> str:
       ``export_dir``.
     """
 
+    values = tf.constant(predictor.classes.ids, tf.uint8)  # train id -> annotation value
+
     def serve(images):
         probabilities = predictor.probabilities(images)  # (B, H, W, C)
-        labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32) + 1  # (B, H, W)
-        return {"labels": tf.cast(labels, tf.uint8), "probabilities": probabilities}
+        labels = tf.gather(values, tf.argmax(probabilities, axis=-1, output_type=tf.int32))  # (B, H, W)
+        return {"labels": labels, "probabilities": probabilities}
 
     archive = keras.export.ExportArchive()
     archive.track(predictor.model)
@@ -98,7 +104,8 @@ def export_predictor(predictor: predict_lib.Predictor, export_dir: str) -> str:
     archive.write_out(os.path.join(temporary, "model"), verbose=False)
     model_dir = os.path.join(temporary, "model")
     with open(os.path.join(model_dir, "classes.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(predict_lib.class_names(predictor.model.output_shape[-1])) + "\n")
+        f.write("\n".join(predictor.classes.names) + "\n")
+    predictor.classes.write_csv(os.path.join(model_dir, "classes.csv"))
     if os.path.exists(target):
         shutil.rmtree(target)
     os.replace(model_dir, target)

@@ -25,7 +25,7 @@ import tensorflow as tf
 import tqdm
 from PIL import Image
 
-from fcn import ade20k, checkpoints, data
+from fcn import ade20k, checkpoints, data, datasets
 from fcn import model as model_lib
 from fcn.config import Config
 
@@ -57,8 +57,9 @@ def restore_model(config: Config, checkpoint: str = ""):
       InferenceError: no checkpoint, none intact, or one of another model configuration.
     """
     path = checkpoint or config.logs_dir
+    classes = datasets.run_classes(config.logs_dir, config.data)  # the run's classes decide the model's outputs
     # Every weight comes from the checkpoint; the CRF stage runs its test-time iterations.
-    model = model_lib.build_from_config(config.model, config.data.num_classes, crf_iterations=config.model.crf_test_iterations)
+    model = model_lib.build_from_config(config.model, classes.num_classes, crf_iterations=config.model.crf_test_iterations)
     try:
         prefix = checkpoints.restore_model_weights(model, path)
     except checkpoints.NoCheckpointError:
@@ -73,7 +74,7 @@ def restore_model(config: Config, checkpoint: str = ""):
         ) from None
     except checkpoints.MismatchError as error:
         raise InferenceError(
-            f"{error}. This config's model has num_classes={config.data.num_classes}, "
+            f"{error}. This config's model has num_classes={classes.num_classes}, "
             f"fc_channels={config.model.fc_channels}, crf={config.model.crf}: pass the run's own config "
             "(--config LOGS_DIR/config.yaml)"
         ) from None
@@ -111,10 +112,13 @@ class Predictor:
         returning a list of such logits.
       scales: image scales of the views.
       flip: add the horizontally flipped view of every scale.
+      classes: the run's ``datasets.ClassTable``: names, colours and the label
+        values of train ids (default ADE20K's for the model's number of outputs).
     """
 
-    def __init__(self, model, scales=(1.0,), flip: bool = False):
+    def __init__(self, model, scales=(1.0,), flip: bool = False, classes: datasets.ClassTable | None = None):
         self.model = model
+        self.classes = classes or datasets.ClassTable.ade20k(tf.nest.flatten(model.output_shape)[-1])
         self.scales = tuple(float(s) for s in scales)
         self.flip = bool(flip)
         spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
@@ -184,7 +188,8 @@ def predictor_from_config(config: Config, checkpoint: str = "", with_fcn: bool =
     model, prefix = restore_model(config, checkpoint)
     if with_fcn and model_lib.has_crf(model):
         model = model_lib.with_fcn_output(model)
-    return Predictor(model, config.evaluate.scales, config.evaluate.flip), prefix
+    classes = datasets.run_classes(config.logs_dir, config.data)
+    return Predictor(model, config.evaluate.scales, config.evaluate.flip, classes), prefix
 
 
 # ---------------------------------------------------------------------------
@@ -250,23 +255,26 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def write_label_png(path: str, train_ids) -> None:
-    """Writes the submission format: 8-bit greyscale PNG, ADE20K label values (train id + 1).
+def write_label_png(path: str, train_ids, classes: datasets.ClassTable | None = None) -> None:
+    """Writes the submission format: the annotation values of the class table (``ClassTable.write_label_png``).
+
+    ADE20K's (the default): 8-bit greyscale, values 1..150 (train id + 1);
+    VOC's: a palette PNG in the VOC colour map, values 0..20.
 
     Args:
       path: the PNG to write.
-      train_ids: integer array (H, W) of train ids 0..149.
+      train_ids: integer array (H, W) of train ids 0..C-1.
+      classes: the run's class table.
     """
-    ids = np.asarray(train_ids)
-    Image.fromarray((ids + 1).astype(np.uint8), mode="L").save(path)
+    (classes or datasets.ClassTable.ade20k()).write_label_png(path, train_ids)
 
 
 def write_rgb_png(path: str, rgb) -> None:
     Image.fromarray(np.asarray(rgb, np.uint8), mode="RGB").save(path)
 
 
-def overlay(image, train_ids, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """The image blended with its ADE20K-coloured label map.
+def overlay(image, train_ids, alpha: float = OVERLAY_ALPHA, classes: datasets.ClassTable | None = None) -> np.ndarray:
+    """The image blended with its label map in the class table's colours (default ADE20K's).
 
     Args:
       image: uint8 (H, W, 3).
@@ -276,7 +284,7 @@ def overlay(image, train_ids, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
       uint8 (H, W, 3).
     """
     image = np.asarray(image, np.float32)
-    blended = (1 - alpha) * image + alpha * ade20k.colorize(train_ids).astype(np.float32)
+    blended = (1 - alpha) * image + alpha * (classes or datasets.ClassTable.ade20k()).colourise(train_ids).astype(np.float32)
     keep = (np.asarray(train_ids) == ade20k.IGNORE_LABEL)[..., None]
     return np.round(np.where(keep, image, blended)).astype(np.uint8)
 
@@ -386,8 +394,8 @@ def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str 
         train_ids = predictor.labels(image[None])[0].numpy()  # (H, W)
         base = os.path.join(output_dir, _stem(path))
         _record_outputs(output_dir, written_before, [os.path.basename(base + suffix) for suffix in OUTPUT_SUFFIXES])
-        write_label_png(base + ".png", train_ids)
-        write_rgb_png(base + "_mask.png", ade20k.colorize(train_ids))
-        write_rgb_png(base + "_overlay.png", overlay(image, train_ids))
+        write_label_png(base + ".png", train_ids, predictor.classes)
+        write_rgb_png(base + "_mask.png", predictor.classes.colourise(train_ids))
+        write_rgb_png(base + "_overlay.png", overlay(image, train_ids, classes=predictor.classes))
         result.written[path] = base + ".png"
     return result

@@ -373,3 +373,142 @@ def test_check_data_on_ade20k_still_refuses_palette_annotations(tmp_path, rng):
     write_palette_png(annotation, label)
     reports = check_data.check_dataset(str(tmp_path), progress=False)
     assert reports[0].problems == [(os.path.join(str(tmp_path), "images", "training", "ADE_train_1.jpg"), datasets.ERROR_ANNOTATION_FORMAT)]
+
+
+# ---------------------------------------------------------------------------
+# The class table through every output: train, evaluate, visualize, predict, export.
+
+
+def _train_tiny_run(tmp_path_factory, layout):
+    """Sample data of ``layout``, 2 training steps in-process, and a checkpoint of the same model with random
+    scores (a 2-step model predicts one class everywhere; random score_fr weights make every class appear)."""
+    import tensorflow as tf
+
+    from fcn import predict, train
+
+    base = tmp_path_factory.mktemp(layout)
+    data_dir = str(base / "data")
+    root = sample_data.generate_sample_dataset(
+        datasets.LAYOUTS[layout].sample_root(data_dir), num_train=4, num_val=3, min_size=40, max_size=56, progress=False,
+        layout=layout,
+    )  # fmt: skip
+    config = config_lib.load_config(
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "sample.yaml"),
+        [("data.data_dir", data_dir), ("logs_dir", str(base / "run")), ("data.layout", layout), ("data.num_classes", 0),
+         ("data.crop_size", "32"), ("data.val_size", "48"), ("train.batch_size", 2), ("model.fc_channels", 8),
+         ("train.max_steps", 2), ("train.val_every", 2), ("train.summary_every", 1), ("train.val_images", 2),
+         ("train.checkpoint_every", 2)],
+    )  # fmt: skip
+    result = train.train(config, root, train.setup_process(config), progress=False)
+    assert result.step == 2
+    model, _ = predict.restore_model(config)
+    score = model.get_layer("score_fr")
+    score.kernel.assign(np.random.default_rng(3).normal(0, 1, score.kernel.shape).astype(np.float32))
+    checkpoint = str(base / "random")
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=model), checkpoint, 1).save(checkpoint_number=1)
+    return config, root, checkpoint
+
+
+@pytest.fixture(scope="module")
+def voc_run(tmp_path_factory):
+    return _train_tiny_run(tmp_path_factory, "voc")
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    return _train_tiny_run(tmp_path_factory, "folder")
+
+
+def _colours_of(picture_path):
+    with Image.open(picture_path) as picture:
+        return {tuple(c) for c in np.asarray(picture.convert("RGB")).reshape(-1, 3)}
+
+
+def _check_outputs(config, root, checkpoint, tmp_path):
+    """Every output of the run follows the dataset's class table."""
+    import json
+
+    import tensorflow as tf
+
+    from fcn import evaluate, export, predict, summaries, visualize
+
+    dataset = datasets.find_dataset(config.data)
+    classes = dataset.classes
+    # Training recorded the table; its TensorBoard images are in the table's colours.
+    recorded = datasets.ClassTable.read_csv(os.path.join(config.logs_dir, "classes.csv"))
+    assert recorded.names == classes.names and recorded.ids == classes.ids and recorded.colours == classes.colours
+    np.testing.assert_array_equal(summaries.colorize(tf.constant([[0, 1, 255]]), classes).numpy()[0], [*classes.palette()[:2], (0, 0, 0)])
+
+    # evaluate: names in metrics.json, label values in the submission PNGs.
+    submission = str(tmp_path / "submission")
+    result = evaluate.evaluate(config, root, checkpoint, str(tmp_path / "eval"), submission, progress=False)
+    with open(tmp_path / "eval" / "metrics.json") as f:
+        metrics = json.load(f)
+    assert list(metrics["per_class_iou"]) == list(classes.names)
+    predictor, _ = predict.predictor_from_config(config, checkpoint)
+    values_seen = set()
+    for image_path, annotation_path in dataset.usable_pairs("validation"):
+        image, _ = datasets.load_example(image_path, annotation_path, classes)
+        expected = classes.to_values(predictor.labels(image[None])[0].numpy())
+        stem = os.path.splitext(os.path.basename(image_path))[0]
+        with Image.open(os.path.join(submission, stem + ".png")) as picture:
+            assert picture.mode == ("P" if classes.palette_png else "L")
+            np.testing.assert_array_equal(np.asarray(picture), expected)
+        values_seen |= set(np.unique(expected).tolist())
+    assert len(values_seen) > 1 and values_seen <= set(classes.ids)
+    assert result.images == 3
+
+    # visualize: ground truth and predictions in the table's colours.
+    shown = visualize.visualize(config, root, str(tmp_path / "vis"), checkpoint)
+    pairs = dict(dataset.usable_pairs("validation"))
+    for k, image_path in enumerate(shown.shown):
+        _, label = datasets.load_example(image_path, pairs[image_path], classes)
+        with Image.open(tmp_path / "vis" / f"gt_{k}.png") as picture:
+            np.testing.assert_array_equal(np.asarray(picture), classes.colourise(label))
+        assert _colours_of(tmp_path / "vis" / f"pred_{k}.png") <= {tuple(int(v) for v in c) for c in classes.palette()}
+
+    # predict: the label PNG holds the table's values, the mask its colours.
+    image_path = dataset.usable_pairs("validation")[0][0]
+    written = predict.predict_images(config, [image_path], str(tmp_path / "pred"), checkpoint, progress=False)
+    image = datasets.read_image_file(image_path)
+    train_ids = predictor.labels(image[None])[0].numpy()
+    np.testing.assert_array_equal(datasets.read_label_png(written.written[image_path]), classes.to_values(train_ids))
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    with Image.open(tmp_path / "pred" / f"{stem}_mask.png") as picture:
+        np.testing.assert_array_equal(np.asarray(picture), classes.colourise(train_ids))
+
+    # export: the SavedModel's labels are the table's values; classes.txt and classes.csv beside it.
+    export_dir, _ = export.export(config, str(tmp_path / "export"), checkpoint)
+    serving = tf.saved_model.load(export_dir).signatures["serving_default"]
+    outputs = serving(images=tf.constant(image[None]))
+    np.testing.assert_array_equal(outputs["labels"].numpy()[0], classes.to_values(outputs["probabilities"].numpy()[0].argmax(-1)))
+    np.testing.assert_array_equal(outputs["labels"].numpy()[0], classes.to_values(train_ids))
+    assert open(os.path.join(export_dir, "classes.txt")).read().splitlines() == list(classes.names)
+    assert datasets.ClassTable.read_csv(os.path.join(export_dir, "classes.csv")).ids == classes.ids
+    return image
+
+
+@pytest.mark.slow
+def test_a_voc_run_speaks_voc_everywhere_and_needs_no_dataset_for_predict_and_export(voc_run, tmp_path):
+    config, root, checkpoint = voc_run
+    image = _check_outputs(config, root, checkpoint, tmp_path / "with")
+    # No dataset on disk: the run's classes.csv is enough for predict and export.
+    elsewhere = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=str(tmp_path / "nothing")))
+    from fcn import export, predict
+
+    photo = str(tmp_path / "photo.jpg")
+    Image.fromarray(image).save(photo, quality=98)
+    written = predict.predict_images(elsewhere, [photo], str(tmp_path / "p"), checkpoint, progress=False)
+    with Image.open(written.written[photo]) as picture:
+        assert picture.mode == "P"
+        np.testing.assert_array_equal(np.asarray(picture.getpalette(), np.uint8).reshape(-1, 3)[:256], datasets.voc_colormap())
+        assert set(np.unique(np.asarray(picture)).tolist()) <= set(range(21))
+    export_dir, _ = export.export(elsewhere, str(tmp_path / "e"), checkpoint)
+    assert open(os.path.join(export_dir, "classes.txt")).read().splitlines() == list(datasets.VOC_CLASSES)
+
+
+@pytest.mark.slow
+def test_a_folder_run_with_ids_other_than_0_to_2_speaks_its_table_everywhere(folder_run, tmp_path):
+    config, root, checkpoint = folder_run
+    assert datasets.find_dataset(config.data).classes.ids == (7, 42, 200)
+    _check_outputs(config, root, checkpoint, tmp_path)

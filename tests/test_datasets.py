@@ -512,3 +512,21 @@ def test_a_folder_run_with_ids_other_than_0_to_2_speaks_its_table_everywhere(fol
     config, root, checkpoint = folder_run
     assert datasets.find_dataset(config.data).classes.ids == (7, 42, 200)
     _check_outputs(config, root, checkpoint, tmp_path)
+
+
+def test_voc_config_agrees_with_the_voc_table(tmp_path):
+    config = config_lib.load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "voc.yaml"))
+    assert (config.data.layout, config.data.num_classes) == ("voc", 21)
+    root = sample_data.generate_sample_dataset(
+        str(tmp_path / "VOC2012"), num_train=1, num_val=1, min_size=500, max_size=500, progress=False, layout="voc"
+    )
+    dataset = datasets.find_dataset(dataclasses.replace(config.data, data_dir=str(tmp_path)))
+    assert dataset.root == root and dataset.classes.names == datasets.VOC_CLASSES
+    # A whole VOC image with a 500-pixel side goes through the training transform at its own size, padded to 512.
+    image, label = datasets.load_example(*dataset.usable_pairs("training")[0], dataset.classes)
+    import tensorflow as tf
+
+    example = data.augment({"image": tf.constant(image), "label": tf.constant(label)}, config.data, tf.constant([1, 2], tf.int64))
+    height, width = label.shape
+    np.testing.assert_array_equal(example["label"].numpy()[:height, :width], label)
+    assert (example["label"].numpy()[height:] == 255).all() and (example["label"].numpy()[:, width:] == 255).all()

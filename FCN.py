@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, help="global batch size (train.batch_size)")
     parser.add_argument("--logs_dir", help="run directory: checkpoints, TensorBoard events, config.yaml (logs_dir)")
     parser.add_argument(
-        "--data_dir", help="the ADEChallengeData2016 folder, or a folder containing it (data.data_dir)"
+        "--data_dir",
+        help="the dataset: an ADEChallengeData2016 or VOC2012 folder, a folder dataset with classes.csv, or a folder "
+        "containing one (data.data_dir; data.layout picks the layout, default auto)",
     )
     parser.add_argument("--learning_rate", type=float, help="Adam learning rate (train.learning_rate)")
     parser.add_argument("--model_dir", help="where pretrained VGG16 weight files are cached (model.model_dir)")
@@ -130,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--save_predictions",
         metavar="DIR",
         default="",
-        help="evaluate: also write one PNG per image in the challenge's submission format (same stem, uint8 labels 1..150)",
+        help="evaluate: also write one PNG per image in the challenge's submission format (same stem, the class table's label values: 1..150 for ADE20K, 0..20 for VOC)",
     )
     parser.add_argument("--image", metavar="PATH", nargs="+", default=[], help="predict: image files or folders of images")
     parser.add_argument(
@@ -285,7 +287,7 @@ def run_export(config: config_lib.Config, args: argparse.Namespace) -> int:
     from fcn import export
 
     path, checkpoint = export.export(config, args.output, args.checkpoint)
-    print(f"checkpoint: {checkpoint}\nSavedModel: {path} (signature {export.SIGNATURE}: uint8 images -> labels 1..150, probabilities)")
+    print(f"checkpoint: {checkpoint}\nSavedModel: {path} (signature {export.SIGNATURE}: uint8 images -> label values, probabilities)")
     return EXIT_OK
 
 

@@ -24,7 +24,8 @@ comparison table).
 Outputs, in the run's ``logs_dir`` or ``--output DIR``: the table printed,
 ``metrics.json``, ``confusion_matrix.npy`` (int64 (C, C), rows = ground truth)
 and ``confusion_matrix.png``; with ``--save_predictions DIR`` one submission
-PNG per image (same stem, the image's size, uint8 values 1..150). Files the
+PNG per image (same stem, the image's size, the class table's values: 1..150
+for ADE20K, 0..20 for VOC). Files the
 pipeline flags as unusable are excluded, counted and reported.
 """
 

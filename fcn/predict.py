@@ -9,9 +9,10 @@ The one owner of inference, shared by evaluate, visualize and export:
   their own resolution, optionally averaging the softmax probabilities of
   several scales and of the horizontally flipped image, compiled once for all
   sizes;
-- ``write_label_png`` writes the challenge's submission format: an 8-bit
-  greyscale PNG of the image's size holding ADE20K label values 1..150
-  (train id + 1; 0 "other" is never predicted).
+- ``write_label_png`` writes the submission format of the run's class table
+  (``datasets.ClassTable``): a PNG of the image's size holding annotation
+  values, 8-bit greyscale 1..150 for ADE20K (train id + 1; 0 "other" is never
+  predicted), a palette PNG in the VOC colour map with values 0..20 for VOC.
 
 ``predict_images`` is ``python FCN.py --mode=predict --image PATH...``: for each
 image a coloured mask, an overlay on the image and the raw label PNG.
@@ -118,7 +119,7 @@ class Predictor:
 
     def __init__(self, model, scales=(1.0,), flip: bool = False, classes: datasets.ClassTable | None = None):
         self.model = model
-        self.classes = classes or datasets.ClassTable.ade20k(tf.nest.flatten(model.output_shape)[-1])
+        self._classes = classes
         self.scales = tuple(float(s) for s in scales)
         self.flip = bool(flip)
         spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
@@ -130,6 +131,13 @@ class Predictor:
         )
         self.probabilities = tf.function(self._probabilities, input_signature=[spec])
         self.labels = tf.function(self._labels, input_signature=[spec])
+
+    @property
+    def classes(self) -> datasets.ClassTable:
+        """The class table given, or ADE20K's for the model's number of outputs."""
+        if self._classes is None:
+            self._classes = datasets.ClassTable.ade20k(tf.nest.flatten(self.model.output_shape)[-1])
+        return self._classes
 
     @property
     def single_view(self) -> bool:
@@ -360,8 +368,8 @@ class PredictResult:
 def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str = "", progress: bool = True) -> PredictResult:
     """Segments image files of any size and writes, per image ``STEM``:
 
-    ``STEM.png`` the raw labels (8-bit, ADE20K values 1..150, the submission
-    format), ``STEM_mask.png`` the labels in the ADE20K colours and
+    ``STEM.png`` the raw labels (the class table's annotation values, the
+    submission format), ``STEM_mask.png`` the labels in the table's colours and
     ``STEM_overlay.png`` the mask blended over the image.
 
     Args:

@@ -1,9 +1,9 @@
-"""``--mode=visualize``: a trained model's predictions on a random batch of a split, in the ADE20K colours.
+"""``--mode=visualize``: a trained model's predictions on a random batch of a split, in its class table's colours.
 
 For the ``k``-th image of the batch it writes ``inp_k.png`` (the image),
 ``gt_k.png`` (the ground truth) and ``pred_k.png`` (the prediction at the
-image's own size), both label maps in the ADE20K palette with label 0
-("other", ignored) black, and ``visualize.png``: one row per image with
+image's own size), both label maps in the colours of the run's class table
+with ignored pixels (ADE20K's 0 "other", 255) black, and ``visualize.png``: one row per image with
 image | ground truth | prediction and a legend of the classes present.
 With the CRF stage (``model.crf``) the FCN's own prediction is shown beside
 the CRF-refined one: ``pred_fcn_k.png`` holds it, ``pred_k.png`` the refined

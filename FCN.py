@@ -221,7 +221,7 @@ def main(argv=None) -> int:
 
 
 def run_check_data(config: config_lib.Config, root: str, progress: bool) -> int:
-    from fcn import check_data
+    from fcn import check_data, data
 
     reports = check_data.check_dataset(data.as_dataset(root, config.data), progress=progress)
     print(check_data.format_report(root, reports))

@@ -67,6 +67,7 @@ class EvaluationResult:
     checkpoint: str = ""
     fcn_scores: dict | None = None
     fcn_matrix: np.ndarray | None = None
+    classes: datasets.ClassTable | None = None
 
 
 def native_resolution_dataset(root, split: str, num_classes) -> tf.data.Dataset:
@@ -137,6 +138,7 @@ def evaluate_split(
         skipped=skipped,
         fcn_scores=None if fcn_confusion is None else metrics.scores(fcn_confusion.matrix, names),
         fcn_matrix=None if fcn_confusion is None else fcn_confusion.matrix,
+        classes=classes,
     )
 
 
@@ -218,13 +220,17 @@ def write_reports(result: EvaluationResult, output_dir: str, config: Config) -> 
         json.dump(metrics_json(result, config), f, indent=2, allow_nan=False)
         f.write("\n")
     np.save(paths["matrix"], result.matrix)
-    figure = confusion_figure(result.matrix, list(result.scores["per_class_iou"]))  # the class names, by train id
+    colours = None if result.classes is None else result.classes.palette()
+    figure = confusion_figure(result.matrix, list(result.scores["per_class_iou"]), colours=colours)  # names by train id
     figure.savefig(paths["figure"], dpi=100, bbox_inches="tight")
     return paths
 
 
-def confusion_figure(matrix, names, top: int = FIGURE_CLASSES):
+def confusion_figure(matrix, names, top: int = FIGURE_CLASSES, colours=None):
     """The confusion matrix of the ``top`` classes with the most ground-truth pixels.
+
+    With ``colours`` (uint8 (C, 3), the class table's), a swatch of each
+    class's colour stands beside its name on both axes.
 
     Each row is divided by all pixels of its ground-truth class, including
     those predicted as classes not shown, so a shown row sums to at most 1.
@@ -252,6 +258,18 @@ def confusion_figure(matrix, names, top: int = FIGURE_CLASSES):
     axes.set_xlabel("prediction")
     axes.set_ylabel("ground truth")
     axes.set_title(f"confusion matrix, {len(shown)} most frequent classes\n(fraction of each ground-truth class, log scale)")
+    if colours is not None:
+        from matplotlib.patches import Rectangle
+
+        axes.tick_params(pad=10)
+        for position, i in enumerate(shown):
+            colour = np.asarray(colours[i], np.float64) / 255.0
+            for transform, xy, width, height in (
+                (axes.get_yaxis_transform(), (-0.025, position - 0.5), 0.02, 1.0),  # x in axes fraction, y in rows
+                (axes.get_xaxis_transform(), (position - 0.5, -0.025), 1.0, 0.02),
+            ):
+                axes.add_patch(Rectangle(xy, width, height, transform=transform, clip_on=False, facecolor=colour,
+                                         edgecolor="none", gid=f"class_colour_{i}"))  # fmt: skip
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
     return figure
 

@@ -530,3 +530,45 @@ def test_voc_config_agrees_with_the_voc_table(tmp_path):
     height, width = label.shape
     np.testing.assert_array_equal(example["label"].numpy()[:height, :width], label)
     assert (example["label"].numpy()[height:] == 255).all() and (example["label"].numpy()[:, width:] == 255).all()
+
+
+def test_confusion_figure_shows_the_class_colours():
+    from fcn import evaluate
+
+    table = datasets.ClassTable(("sky", "thing", "ground"), (7, 200, 42), ((70, 130, 180), (220, 20, 60), (152, 251, 152)))
+    matrix = np.array([[5, 1, 0], [0, 0, 0], [2, 0, 9]])
+    figure = evaluate.confusion_figure(matrix, list(table.names), colours=table.palette())
+    swatches = {}
+    for patch in figure.axes[0].patches:
+        swatches.setdefault(patch.get_gid(), []).append(tuple(np.round(np.asarray(patch.get_facecolor()[:3]) * 255).astype(int)))
+    # The two classes with ground truth, each with its colour on both axes; "thing" (no ground truth) is not shown.
+    assert swatches == {"class_colour_0": [(70, 130, 180)] * 2, "class_colour_2": [(152, 251, 152)] * 2}
+
+
+# ---------------------------------------------------------------------------
+# The command line (one run per layout).
+
+
+@pytest.mark.slow  # a FCN.py subprocess
+def test_cli_refuses_a_num_classes_that_disagrees_with_the_voc_table(tmp_path):
+    from conftest import run_fcn
+
+    sample_data.generate_sample_dataset(str(tmp_path / "VOCdevkit" / "VOC2012"), num_train=1, num_val=1, progress=False, layout="voc")
+    result = run_fcn("--mode=check_data", "--data_dir", str(tmp_path), "--no_progress")
+    assert result.returncode == 2, result.stderr
+    assert "data.num_classes is 150, but the class table (PASCAL VOC 2012) has 21 classes" in result.stderr
+    assert "--set data.num_classes=21" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow  # a FCN.py subprocess
+def test_cli_check_data_names_a_value_outside_a_folder_table(tmp_path, rng):
+    from conftest import run_fcn
+
+    good = rng.choice(np.array([0, 7, 42, 200], np.uint8), (30, 40))
+    make_folder(str(tmp_path), THREE_CLASSES, {("training", "a"): good, ("training", "b"): np.where(good == 7, 8, good).astype(np.uint8),
+                                               ("validation", "c"): good}, rng)  # fmt: skip
+    result = run_fcn("--mode=check_data", "--data_dir", str(tmp_path), "--set", "data.num_classes=0", "--no_progress")
+    assert result.returncode == 1, result.stderr
+    assert f"{datasets.ERROR_MESSAGES[datasets.ERROR_LABEL_OUT_OF_RANGE]}: 1" in result.stdout
+    assert os.path.join(str(tmp_path), "images", "training", "b.jpg") in result.stdout
+    assert "training: 2 pairs, 1 usable, 3 classes present" in result.stdout and "1 problem(s) found" in result.stdout

@@ -578,6 +578,13 @@ class Layout:
     def ways_out(self) -> list[str]:
         return []
 
+    def no_pairs(self, root: str, split: str) -> str:
+        """What an empty split looks like, for messages."""
+        return (
+            f"{os.path.join(root, 'images', split)}: no image with a matching annotation in "
+            f"{os.path.join(root, 'annotations', split)}"
+        )
+
 
 class Ade20kLayout(Layout):
     """ADEChallengeData2016: images/ and annotations/ by split, 8-bit greyscale values 0..150."""
@@ -695,6 +702,9 @@ class VocLayout(Layout):
     def class_table(self, root, config):
         return ClassTable.voc()
 
+    def no_pairs(self, root, split):
+        return f"{display_path(root)}: the {split} split lists no image"
+
     def sample_root(self, data_dir):
         return os.path.join(data_dir, "VOC2012")
 
@@ -757,12 +767,7 @@ class Dataset:
                 + f"\nFix them, then rerun; --mode=check_data --data_dir {root} lists every problem."
             )
         if not listing.pairs:
-            if isinstance(self.layout, VocLayout):
-                raise DataError(f"{root}: the {split} split lists no image; run --mode=check_data --data_dir {root}")
-            raise DataError(
-                f"{os.path.join(self.root, 'images', split)}: no image with a matching annotation in "
-                f"{os.path.join(self.root, 'annotations', split)}; run --mode=check_data --data_dir {root}"
-            )
+            raise DataError(f"{self.layout.no_pairs(self.root, split)}; run --mode=check_data --data_dir {root}")
         return listing.pairs
 
 

@@ -812,7 +812,7 @@ def check_num_classes(num_classes: int, classes: ClassTable) -> None:
         raise ClassTableMismatchError(
             f"data.num_classes is {num_classes}, but the class table ({classes.source}) has {classes.num_classes} "
             f"classes: set data.num_classes to {classes.num_classes}, or to 0 to follow the class table "
-            f"(--set data.num_classes={classes.num_classes})"
+            f"(--set data.num_classes={classes.num_classes}); for a trained run, pass its --config LOGS_DIR/config.yaml"
         )
 
 
@@ -840,7 +840,7 @@ def prepare_dataset(config: DataConfig, progress: bool = True, generate_sample: 
     dataset = find_dataset(config)
     if dataset is not None:
         return dataset.root
-    layout = layouts_for(config)[1 if config.layout == "auto" else 0]  # auto: ADE20K, the default recipe
+    layout = LAYOUTS["ade20k" if config.layout == "auto" else config.layout]  # auto: ADE20K, the default recipe
     if config.synthetic and generate_sample:
         from fcn import sample_data  # only runs that use the sample data need it
 

@@ -36,6 +36,7 @@ the same arguments give byte-identical files.
 
 import dataclasses
 import os
+import re
 import shutil
 
 import numpy as np
@@ -132,13 +133,18 @@ def is_complete(root: str, layout: str = "ade20k") -> bool:
     """Whether ``root`` holds a finished sample dataset.
 
     Args:
-      root: the ADEChallengeData2016 folder.
+      root: the dataset folder (ADEChallengeData2016, VOC2012, a folder dataset).
+      layout: the layout it should hold.
 
     Returns:
-      True when the marker file written as the last generation step and the
-      four image/annotation folders exist.
+      True when the marker file written as the last generation step names
+      ``layout`` (no layout line: ADE20K) and the layout's folders exist.
     """
     if not os.path.isfile(os.path.join(root, MARKER_FILENAME)):
+        return False
+    with open(os.path.join(root, MARKER_FILENAME), encoding="utf-8", errors="replace") as f:
+        written = re.search(r"^layout: (\w+)$", f.read(), re.M)
+    if (written.group(1) if written else "ade20k") != layout:  # the marker of another layout's sample data
         return False
     return all(os.path.isdir(folder) for folder in _layout_folders(root, layout))
 

@@ -64,7 +64,6 @@ MARKER_FILENAME = "SAMPLE_DATA.txt"
 GENERATOR_VERSION = 1
 
 _SPLITS = (("training", "ADE_train"), ("validation", "ADE_val"))
-LAYOUTS = ("ade20k", "voc", "folder")
 
 # VOC value of each ADE20K value drawn (0 "other" -> 255, VOC's void); unlisted ones are background (0).
 VOC_VALUES = {0: 255, 8: 18, 13: 15, 21: 7}
@@ -123,12 +122,6 @@ class FolderInUseError(ValueError):
     """The folder meant for the sample data already holds other files."""
 
 
-def _layout_folders(root: str, layout: str) -> list[str]:
-    if layout == "voc":
-        return [os.path.join(root, name) for name in ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation"))]
-    return [os.path.join(root, kind, split) for kind in ("images", "annotations") for split, _ in _SPLITS]
-
-
 def is_complete(root: str, layout: str = "ade20k") -> bool:
     """Whether ``root`` holds a finished sample dataset.
 
@@ -146,7 +139,7 @@ def is_complete(root: str, layout: str = "ade20k") -> bool:
         written = re.search(r"^layout: (\w+)$", f.read(), re.M)
     if (written.group(1) if written else "ade20k") != layout:  # the marker of another layout's sample data
         return False
-    return all(os.path.isdir(folder) for folder in _layout_folders(root, layout))
+    return all(os.path.isdir(os.path.join(root, folder)) for folder in _WRITERS[layout].folders)
 
 
 def generate_sample_dataset(
@@ -189,8 +182,8 @@ def generate_sample_dataset(
     """
     if num_train < 0 or num_val < 0:
         raise ValueError(f"image counts must be >= 0, got num_train={num_train}, num_val={num_val}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout not in _WRITERS:
+        raise ValueError(f"layout must be one of {', '.join(_WRITERS)}, got {layout!r}")
     if not 32 <= min_size <= max_size:
         raise ValueError(f"need 32 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}")
     root = os.path.abspath(root)
@@ -211,7 +204,7 @@ def generate_sample_dataset(
         shutil.rmtree(tmp_root)
     try:
         counts = {"training": num_train, "validation": num_val}
-        writer = _LayoutWriter(tmp_root, layout)
+        writer = _WRITERS[layout](tmp_root)
         with tqdm.tqdm(total=num_train + num_val, desc="sample data", unit="image", disable=not progress) as bar:
             for split_index, (split, prefix) in enumerate(_SPLITS):
                 for index in range(1, counts[split] + 1):
@@ -232,43 +225,70 @@ def generate_sample_dataset(
     return root
 
 
-class _LayoutWriter:
-    """Writes the scenes' files in one layout."""
+class _Ade20kWriter:
+    """Writes the scenes' files in the ADE20K layout; the other layouts' writers change what differs."""
 
-    def __init__(self, root: str, layout: str):
-        self.root, self.layout = root, layout
-        self.lists = {split: [] for split, _ in _SPLITS}
-        for folder in _layout_folders(root, layout):
-            os.makedirs(folder)
+    folders = tuple(os.path.join(kind, split) for kind in ("images", "annotations") for split, _ in _SPLITS)
+
+    def __init__(self, root: str):
+        self.root = root
+        for folder in self.folders:
+            os.makedirs(os.path.join(root, folder))
+
+    def image_path(self, split: str, name: str) -> str:
+        return os.path.join(self.root, "images", split, name + ".jpg")
 
     def write(self, split: str, name: str, image: np.ndarray, labels: np.ndarray) -> None:
         """One scene: ``labels`` are ADE20K values, mapped to the layout's."""
-        if self.layout == "ade20k":
-            image_path = os.path.join(self.root, "images", split, name + ".jpg")
-            Image.fromarray(labels).save(os.path.join(self.root, "annotations", split, name + ".png"))
-        elif self.layout == "voc":
-            image_path = os.path.join(self.root, "JPEGImages", name + ".jpg")
-            values = _mapped(labels, VOC_VALUES, 0)
-            picture = Image.frombytes("P", (values.shape[1], values.shape[0]), values.tobytes())
-            picture.putpalette(_voc_palette())
-            picture.save(os.path.join(self.root, "SegmentationClass", name + ".png"), bits=8)
-            self.lists[split].append(name)
-        else:
-            image_path = os.path.join(self.root, "images", split, name + ".jpg")
-            values = _mapped(labels, {0: 0, **_FOLDER_VALUES}, _FOLDER_OTHERS)
-            Image.fromarray(values).save(os.path.join(self.root, "annotations", split, name + ".png"))
-        Image.fromarray(image).save(image_path, quality=_JPEG_QUALITY)
+        Image.fromarray(image).save(self.image_path(split, name), quality=_JPEG_QUALITY)
+        self.write_annotation(split, name, labels)
+
+    def write_annotation(self, split: str, name: str, labels: np.ndarray) -> None:
+        Image.fromarray(labels).save(os.path.join(self.root, "annotations", split, name + ".png"))
 
     def finish(self) -> None:
-        if self.layout == "voc":
-            for split, names in self.lists.items():
-                path = os.path.join(self.root, "ImageSets", "Segmentation", _VOC_SPLITS[split] + ".txt")
-                with open(path, "w", encoding="utf-8", newline="\n") as f:
-                    f.writelines(name + "\n" for name in names)
-        elif self.layout == "folder":
-            with open(os.path.join(self.root, "classes.csv"), "w", encoding="utf-8", newline="\n") as f:
-                f.write("id,name,r,g,b,ignore\n0,unlabelled,0,0,0,1\n")
-                f.writelines(f"{value},{name},{r},{g},{b},0\n" for value, (name, (r, g, b)) in FOLDER_CLASSES.items())
+        pass
+
+
+class _VocWriter(_Ade20kWriter):
+    """VOC2012: JPEGImages/, palette PNGs in SegmentationClass/, the split lists."""
+
+    folders = ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation"))
+
+    def __init__(self, root: str):
+        super().__init__(root)
+        self.lists = {split: [] for split, _ in _SPLITS}
+
+    def image_path(self, split, name):
+        return os.path.join(self.root, "JPEGImages", name + ".jpg")
+
+    def write_annotation(self, split, name, labels):
+        values = _mapped(labels, VOC_VALUES, 0)
+        picture = Image.frombytes("P", (values.shape[1], values.shape[0]), values.tobytes())
+        picture.putpalette(_voc_palette())
+        picture.save(os.path.join(self.root, "SegmentationClass", name + ".png"), bits=8)
+        self.lists[split].append(name)
+
+    def finish(self):
+        for split, names in self.lists.items():
+            path = os.path.join(self.root, "ImageSets", "Segmentation", _VOC_SPLITS[split] + ".txt")
+            with open(path, "w", encoding="utf-8", newline="\n") as f:
+                f.writelines(name + "\n" for name in names)
+
+
+class _FolderWriter(_Ade20kWriter):
+    """A folder dataset: ADE20K's folders, greyscale annotations of FOLDER_CLASSES' ids, classes.csv."""
+
+    def write_annotation(self, split, name, labels):
+        super().write_annotation(split, name, _mapped(labels, {0: 0, **_FOLDER_VALUES}, _FOLDER_OTHERS))
+
+    def finish(self):
+        with open(os.path.join(self.root, "classes.csv"), "w", encoding="utf-8", newline="\n") as f:
+            f.write("id,name,r,g,b,ignore\n0,unlabelled,0,0,0,1\n")
+            f.writelines(f"{value},{name},{r},{g},{b},0\n" for value, (name, (r, g, b)) in FOLDER_CLASSES.items())
+
+
+_WRITERS = {"ade20k": _Ade20kWriter, "voc": _VocWriter, "folder": _FolderWriter}
 
 
 def _mapped(labels: np.ndarray, values: dict, default: int) -> np.ndarray:

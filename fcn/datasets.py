@@ -44,7 +44,6 @@ ignored. ``load_example`` raises ``DataError`` naming the file instead.
 import collections
 import csv
 import dataclasses
-import functools
 import io
 import os
 import re
@@ -348,9 +347,6 @@ class ClassTable:
         else:
             Image.fromarray(values, mode="L").save(path)
 
-    def legend_names(self) -> list[str]:
-        return list(self.names)
-
 
 def as_class_table(classes) -> ClassTable:
     """A ClassTable as it is; an int as ADE20K's first ``classes`` classes (the framework's older signatures)."""
@@ -369,6 +365,12 @@ def read_label_png(path: str) -> np.ndarray:
         if picture.mode not in ("L", "P"):
             raise DataError(f"{display_path(path)}: a {picture.mode} image, not a greyscale or palette label PNG")
         return np.asarray(picture)
+
+
+# ---------------------------------------------------------------------------
+# Paths and folder listings.
+
+
 def display_path(path) -> str:
     """A path as text that can always be printed: undecodable name bytes appear as \\xNN escapes.
 

@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, help="global batch size (train.batch_size)")
     parser.add_argument("--logs_dir", help="run directory: checkpoints, TensorBoard events, config.yaml (logs_dir)")
     parser.add_argument(
-        "--data_dir", help="the ADEChallengeData2016 folder, or a folder containing it (data.data_dir)"
+        "--data_dir",
+        help="the dataset: an ADEChallengeData2016 or VOC2012 folder, a folder dataset with classes.csv, or a folder "
+        "containing one (data.data_dir; data.layout picks the layout, default auto)",
     )
     parser.add_argument("--learning_rate", type=float, help="Adam learning rate (train.learning_rate)")
     parser.add_argument("--model_dir", help="where pretrained VGG weight files are cached (model.model_dir)")
@@ -136,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--save_predictions",
         metavar="DIR",
         default="",
-        help="evaluate: also write one PNG per image in the challenge's submission format (same stem, uint8 labels 1..150)",
+        help="evaluate: also write one PNG per image in the challenge's submission format (same stem, the class table's label values: 1..150 for ADE20K, 0..20 for VOC)",
     )
     parser.add_argument("--image", metavar="PATH", nargs="+", default=[], help="predict: image files or folders of images")
     parser.add_argument(
@@ -213,6 +215,9 @@ def main(argv=None) -> int:
         if args.mode == "visualize":
             return run_visualize(config, root, args)
         return run_train(config, root, progress)
+    except data.ClassTableMismatchError as error:  # the config disagrees with the class table: a usage error
+        print(f"FCN.py: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except (data.DataError, download.DownloadError, predict.InferenceError, checkpoints.CheckpointError) as error:
         print(f"FCN.py: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -222,9 +227,9 @@ def main(argv=None) -> int:
 
 
 def run_check_data(config: config_lib.Config, root: str, progress: bool) -> int:
-    from fcn import check_data
+    from fcn import check_data, data
 
-    reports = check_data.check_dataset(root, config.data.num_classes, progress=progress)
+    reports = check_data.check_dataset(data.as_dataset(root, config.data), progress=progress)
     print(check_data.format_report(root, reports))
     return EXIT_FAILED if any(r.error_count for r in reports) else EXIT_OK
 
@@ -288,7 +293,7 @@ def run_export(config: config_lib.Config, args: argparse.Namespace) -> int:
     from fcn import export
 
     path, checkpoint = export.export(config, args.output, args.checkpoint)
-    print(f"checkpoint: {checkpoint}\nSavedModel: {path} (signatures {export.SIGNATURE}: uint8 images -> labels 1..150; {export.PROBABILITIES_SIGNATURE}: labels and class probabilities)")
+    print(f"checkpoint: {checkpoint}\nSavedModel: {path} (signatures {export.SIGNATURE}: uint8 images -> label values; {export.PROBABILITIES_SIGNATURE}: label values and class probabilities)")
     return EXIT_OK
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fcn import ade20k, data
+from fcn import ade20k, data, datasets
 
 
 @dataclasses.dataclass
@@ -21,12 +21,14 @@ class SplitReport:
       annotations_without_image: annotation files with no image.
       problems: (image path, ``data.ERROR_*`` code) of every unusable pair.
       label_pixels: pixel count per train id (0..num_classes-1) over the usable pairs.
-      ignored_pixels: pixels labelled 0 ("other") over the usable pairs.
+      ignored_pixels: pixels of ignored values (ADE20K's 0 "other", 255) over the usable pairs.
       missing_folders: expected folders that do not exist.
       unreadable: (path, reason) of entries named like images or annotations
         that cannot be opened (a symbolic link loop, a folder named X.jpg).
       same_stem: groups of files sharing a stem (``X.jpg`` and ``X.png``),
         which the pipeline refuses to choose between.
+      entries_without_files: entries of a split list (VOC) with neither image
+        nor annotation.
     """
 
     split: str
@@ -39,11 +41,12 @@ class SplitReport:
     missing_folders: tuple[str, ...] = ()
     unreadable: tuple[tuple[str, str], ...] = ()
     same_stem: tuple[tuple[str, ...], ...] = ()
+    entries_without_files: tuple[str, ...] = ()
 
     @property
     def no_pairs(self) -> bool:
         """No pairs, and no missing folder or listing problem that already explains why."""
-        return self.pairs == 0 and not (self.missing_folders or self.unreadable or self.same_stem)
+        return self.pairs == 0 and not (self.missing_folders or self.unreadable or self.same_stem or self.entries_without_files)
 
     @property
     def error_count(self) -> int:
@@ -55,6 +58,7 @@ class SplitReport:
             + len(self.missing_folders)
             + len(self.unreadable)
             + len(self.same_stem)
+            + len(self.entries_without_files)
             + self.no_pairs
         )
 
@@ -65,18 +69,23 @@ def _summarise(example, num_classes):
     return example["path"], example["error"], counts[:num_classes], counts[data.IGNORE_LABEL]
 
 
-def check_split(root: str, split: str, num_classes: int = ade20k.NUM_CLASSES, progress: bool = True) -> SplitReport:
-    """Reads every pair of one split through the pipeline's own reader."""
+def check_split(root, split: str, num_classes: int = ade20k.NUM_CLASSES, progress: bool = True) -> SplitReport:
+    """Reads every pair of one split through the pipeline's own reader.
+
+    Args:
+      root: a dataset root folder (ADE20K's classes, ``num_classes`` of them)
+        or a ``datasets.Dataset`` (its own layout and class table).
+    """
+    dataset = root if isinstance(root, datasets.Dataset) else datasets.open_dataset(datasets.DataConfig(num_classes=num_classes), root)
+    classes = dataset.classes
+    num_classes = classes.num_classes
     report = SplitReport(split=split, label_pixels=np.zeros(num_classes, np.int64))
-    report.missing_folders = tuple(
-        folder
-        for folder in (os.path.join(root, "images", split), os.path.join(root, "annotations", split))
-        if not os.path.isdir(folder)
-    )
-    listing = data.list_split(root, split)
+    listing = dataset.list_split(split)
+    report.missing_folders = listing.missing
     report.pairs = len(listing.pairs)
     report.images_without_annotation = listing.images_without_annotation
     report.annotations_without_image = listing.annotations_without_image
+    report.entries_without_files = listing.entries_without_files
     report.unreadable = listing.unreadable
     report.same_stem = listing.same_stem
     if not listing.pairs:
@@ -84,7 +93,7 @@ def check_split(root: str, split: str, num_classes: int = ade20k.NUM_CLASSES, pr
     paths = [os.fsencode(p) for pair in listing.pairs for p in pair]  # bytes: any file name, UTF-8 or not
     dataset = tf.data.Dataset.from_tensor_slices((paths[0::2], paths[1::2]))
     dataset = dataset.interleave(
-        lambda image, annotation: data.read_example_dataset(image, annotation, num_classes).map(
+        lambda image, annotation: data.read_example_dataset(image, annotation, classes).map(
             lambda example: _summarise(example, num_classes)
         ),
         cycle_length=tf.data.AUTOTUNE,
@@ -101,8 +110,8 @@ def check_split(root: str, split: str, num_classes: int = ade20k.NUM_CLASSES, pr
     return report
 
 
-def check_dataset(root: str, num_classes: int = ade20k.NUM_CLASSES, progress: bool = True) -> list[SplitReport]:
-    """Scans both splits of the dataset at ``root``."""
+def check_dataset(root, num_classes: int = ade20k.NUM_CLASSES, progress: bool = True) -> list[SplitReport]:
+    """Scans both splits of the dataset at ``root`` (a root folder or a ``datasets.Dataset``)."""
     return [check_split(root, split, num_classes, progress) for split in data.SPLITS]
 
 
@@ -122,7 +131,7 @@ def format_report(root: str, reports: list[SplitReport], limit: int = 20) -> str
         classes_present = int(np.count_nonzero(report.label_pixels)) if report.label_pixels is not None else 0
         lines.append(
             f"{report.split}: {report.pairs} pairs, {report.pairs - len(report.problems)} usable, "
-            f"{classes_present} classes present, {labelled} labelled and {report.ignored_pixels} 'other' pixels"
+            f"{classes_present} classes present, {labelled} labelled and {report.ignored_pixels} ignored pixels"
         )
         listing("missing folders", list(report.missing_folders))
         if report.no_pairs:
@@ -135,6 +144,7 @@ def format_report(root: str, reports: list[SplitReport], limit: int = 20) -> str
             "names used by more than one file (keep one: rename or remove the others)",
             [" and ".join(data.display_path(p) for p in group) for group in report.same_stem],
         )
+        listing("split list entries with neither image nor annotation", list(report.entries_without_files))
         listing("images without annotation", list(report.images_without_annotation))
         listing("annotations without image", list(report.annotations_without_image))
         for code, message in data.ERROR_MESSAGES.items():

@@ -21,6 +21,11 @@ import yaml
 ADE20K_URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
 ADE20K_SHA1 = "219e1696abb36c8ba3a3afe7fb2f4b4606a897c7"
 ADE20K_ZIP_BYTES = 967_382_037  # only used for the progress bar when the server sends no size
+VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
+VOC_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"
+VOC_TAR_BYTES = 1_999_639_040  # only used for the progress bar when the server sends no size
+LAYOUTS = ("auto", "ade20k", "voc", "folder")
+VOC_TRAIN_LISTS = ("train", "trainval", "train_aug")
 MAX_SEED = 2**32 - 1  # NumPy and Keras seeds are 32-bit unsigned integers
 
 
@@ -33,15 +38,29 @@ class DataConfig:
     """Where the data is and how training examples are made from it.
 
     Attributes:
-      data_dir: the ADEChallengeData2016 folder (holding ``images/`` and
-        ``annotations/``) or a folder that contains it.
+      data_dir: the dataset's folder or a folder that contains it: an
+        ADEChallengeData2016 folder, a VOC2012 folder (or VOCdevkit, or the
+        folder holding it), or a folder dataset (``images/``, ``annotations/``,
+        ``classes.csv``); see ``fcn/datasets.py``.
+      layout: ``auto`` (detected from ``data_dir``), ``ade20k``, ``voc`` or
+        ``folder``.
+      voc_train_list: the VOC list of the training split, in
+        ``ImageSets/Segmentation``: ``train``, ``trainval``, or ``train_aug``
+        (the SBD-augmented 10,582 images, annotations in ``SegmentationClassAug/``).
       synthetic: generate the synthetic sample dataset into ``data_dir`` when
-        it holds none (the embedded default data, see ``fcn/sample_data.py``).
-      download: fetch and extract the official zip when ``data_dir`` holds no
-        dataset.
-      download_url: where the zip is fetched from.
+        it holds none (the embedded default data, see ``fcn/sample_data.py``),
+        in the layout of ``layout`` (ADE20K's for ``auto``).
+      download: fetch and extract the official archive when ``data_dir``
+        holds no dataset (ADE20K's zip, or VOC 2012's tar with ``layout: voc``).
+      download_url: where the ADE20K zip is fetched from.
       download_sha1: its published SHA-1; a mismatch rejects the file.
-      num_classes: labelled classes; annotation values 1..num_classes.
+      voc_download_url: where the VOC 2012 trainval tar is fetched from.
+      voc_download_md5: its published MD5; a mismatch rejects the file.
+      num_classes: the number of classes, which the dataset's class table
+        decides (ADE20K 150, VOC 21, a folder dataset its ``classes.csv``):
+        0 follows the table; any other value must equal it (a run is refused
+        otherwise). For ADE20K it may select the first classes (values
+        1..num_classes).
       base_size: (long edge, short edge) the training image is fitted into
         before the random ratio is applied, as in the common recipe.
       ratio_range: (low, high) of the uniform random rescale ratio.
@@ -56,10 +75,14 @@ class DataConfig:
     """
 
     data_dir: str = "data"
+    layout: str = "auto"
+    voc_train_list: str = "train"
     synthetic: bool = False
     download: bool = False
     download_url: str = ADE20K_URL
     download_sha1: str = ADE20K_SHA1
+    voc_download_url: str = VOC_URL
+    voc_download_md5: str = VOC_MD5
     num_classes: int = 150
     base_size: tuple[int, int] = (2048, 512)
     ratio_range: tuple[float, float] = (0.5, 2.0)
@@ -446,8 +469,15 @@ def check_values(config: Config) -> None:
     if problems:  # NaN passes every comparison below (NaN <= 0 is false): stop here
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     d, m, t, e = config.data, config.model, config.train, config.evaluate
-    if d.num_classes < 1 or d.num_classes > 254:
-        problems.append(f"data.num_classes must be in 1..254 (labels are uint8, 255 is ignore), got {d.num_classes}")
+    if d.num_classes < 0 or d.num_classes > 254:
+        problems.append(
+            f"data.num_classes must be in 1..254 (labels are uint8, 255 is ignore), or 0 to follow the class table, "
+            f"got {d.num_classes}"
+        )
+    if d.layout not in LAYOUTS:
+        problems.append(f"data.layout must be one of {', '.join(LAYOUTS)}, got {d.layout!r}")
+    if d.voc_train_list not in VOC_TRAIN_LISTS:
+        problems.append(f"data.voc_train_list must be one of {', '.join(VOC_TRAIN_LISTS)}, got {d.voc_train_list!r}")
     if min(d.crop_size) < 1 or min(d.val_size) < 1 or min(d.base_size) < 1:
         problems.append("data.crop_size, data.val_size and data.base_size must be positive")
     if not 0 < d.ratio_range[0] <= d.ratio_range[1]:

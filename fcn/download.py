@@ -1,15 +1,19 @@
-"""Fetches the official ADE20K SceneParsing zip and unpacks it into place.
+"""Fetches an official dataset archive and unpacks it into place.
 
-The zip is about 1 GB, so the transfer resumes after a cut connection (HTTP
+Two archives: the ADE20K SceneParsing zip (``download_ade20k``, about 1 GB,
+SHA-1 checked) and the PASCAL VOC 2012 trainval tar (``download_voc``, about
+2 GB, MD5 checked). The transfer resumes after a cut connection (HTTP
 ``Range``), and every step that could be interrupted is arranged so that a
 rerun of the same command picks up where the last one stopped:
 
-* bytes arrive in ``<data_dir>/.downloads/ADEChallengeData2016.zip.part``;
-* only a file whose SHA-1 matches is renamed to ``ADEChallengeData2016.zip``;
+* bytes arrive in ``<data_dir>/.downloads/<archive>.part``;
+* only a file whose checksum matches is renamed to ``<archive>``;
 * the archive is unpacked into a temporary ``<data_dir>/.extract-*`` folder
-  and the finished ``ADEChallengeData2016`` folder is moved into place with
-  one ``os.replace``, so ``<data_dir>/ADEChallengeData2016`` is either absent
-  or complete.
+  and the finished folder (``ADEChallengeData2016``, ``VOCdevkit``) is moved
+  into place with one ``os.replace``, so it is either absent or complete;
+* members that would land outside the extraction folder (absolute paths,
+  ``..``) are refused, and so are a tar's symbolic and hard links and
+  special files.
 
 Only the standard library talks to the network.
 """
@@ -20,7 +24,9 @@ import http.client
 import logging
 import os
 import re
+import dataclasses
 import shutil
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
@@ -32,6 +38,40 @@ from fcn import config
 
 DATASET_DIR_NAME = "ADEChallengeData2016"
 REQUIRED_DIRS = ("images/training", "images/validation", "annotations/training", "annotations/validation")
+
+
+@dataclasses.dataclass(frozen=True)
+class Archive:
+    """One official archive and what it unpacks to.
+
+    Attributes:
+      file_name: the archive's name in ``.downloads``.
+      top_dir: the folder it unpacks to, moved into ``data_dir`` as a whole.
+      required_dirs: folders under ``top_dir`` that a genuine archive holds.
+      dataset_dir: the dataset root under ``top_dir`` ("" = ``top_dir`` itself).
+      hash_name: ``sha1`` or ``md5``.
+      what: the archive's name in messages.
+      config_keys: the config keys of its URL and checksum, for messages.
+      approximate_bytes: its size, for the progress bar when the server sends none.
+    """
+
+    file_name: str
+    top_dir: str
+    required_dirs: tuple[str, ...]
+    dataset_dir: str
+    hash_name: str
+    what: str
+    config_keys: str
+    approximate_bytes: int
+
+
+ADE20K = Archive(DATASET_DIR_NAME + ".zip", DATASET_DIR_NAME, REQUIRED_DIRS, "", "sha1", "the official ADE20K zip",
+                 "data.download_url, data.download_sha1", config.ADE20K_ZIP_BYTES)  # fmt: skip
+VOC = Archive(
+    "VOCtrainval_11-May-2012.tar", "VOCdevkit",
+    ("VOC2012/JPEGImages", "VOC2012/SegmentationClass", "VOC2012/ImageSets/Segmentation"), "VOC2012", "md5",
+    "the official VOC 2012 trainval tar", "data.voc_download_url, data.voc_download_md5", config.VOC_TAR_BYTES,
+)  # fmt: skip
 
 _ZIP_NAME = DATASET_DIR_NAME + ".zip"
 _DOWNLOADS_DIR_NAME = ".downloads"
@@ -86,19 +126,47 @@ def download_ade20k(
         partial file is kept for resuming), a checksum mismatch, an unsafe
         member path in the zip or a zip without the expected folders.
     """
-    dataset_dir = os.path.join(data_dir, DATASET_DIR_NAME)
-    if _is_dataset(dataset_dir):
+    return _fetch(ADE20K, data_dir, url, sha1, progress, keep_zip)
+
+
+def download_voc(
+    data_dir: str,
+    url: str = config.VOC_URL,
+    md5: str = config.VOC_MD5,
+    progress: bool = True,
+    keep_tar: bool = False,
+) -> str:
+    """Makes ``<data_dir>/VOCdevkit/VOC2012`` from the official VOC 2012 trainval tar.
+
+    The same guarantees as ``download_ade20k``: resumed transfer, MD5 check,
+    extraction into a temporary folder renamed into place, and refusal of tar
+    members that would leave it (absolute paths, ``..``, symbolic and hard
+    links, devices).
+
+    Returns:
+      The path of the ``VOC2012`` folder.
+
+    Raises:
+      DownloadError: as ``download_ade20k``.
+    """
+    return _fetch(VOC, data_dir, url, md5, progress, keep_tar)
+
+
+def _fetch(archive: Archive, data_dir: str, url: str, digest: str, progress: bool, keep: bool) -> str:
+    top_dir = os.path.join(data_dir, archive.top_dir)
+    dataset_dir = os.path.join(top_dir, archive.dataset_dir) if archive.dataset_dir else top_dir
+    if _is_dataset(top_dir, archive):
         return dataset_dir
-    _make_room_for(dataset_dir)
+    _make_room_for(top_dir, archive)
     os.makedirs(data_dir, exist_ok=True)
     _remove_stale_extractions(data_dir)
     downloads_dir = os.path.join(data_dir, _DOWNLOADS_DIR_NAME)
     os.makedirs(downloads_dir, exist_ok=True)
 
-    zip_path = _verified_zip(url, sha1, downloads_dir, data_dir, progress)
-    _extract(zip_path, data_dir, progress)
-    if not keep_zip:
-        os.remove(zip_path)
+    archive_path = _verified_zip(url, digest, downloads_dir, data_dir, progress, archive)
+    _extract(archive_path, data_dir, progress, archive)
+    if not keep:
+        os.remove(archive_path)
         try:
             os.rmdir(downloads_dir)
         except OSError:
@@ -106,11 +174,13 @@ def download_ade20k(
     return dataset_dir
 
 
-def _is_dataset(dataset_dir: str) -> bool:
-    return all(os.path.isdir(os.path.join(dataset_dir, name)) for name in ("images", "annotations"))
+def _is_dataset(dataset_dir: str, archive: Archive = ADE20K) -> bool:
+    if archive is ADE20K:
+        return all(os.path.isdir(os.path.join(dataset_dir, name)) for name in ("images", "annotations"))
+    return all(os.path.isdir(os.path.join(dataset_dir, name)) for name in archive.required_dirs)
 
 
-def _make_room_for(dataset_dir: str) -> None:
+def _make_room_for(dataset_dir: str, archive: Archive = ADE20K) -> None:
     """Checks that the finished folder can be moved to ``dataset_dir``.
 
     Fails before a long download rather than after it when something
@@ -121,8 +191,9 @@ def _make_room_for(dataset_dir: str) -> None:
     if os.path.isdir(dataset_dir) and not os.path.islink(dataset_dir) and not os.listdir(dataset_dir):
         os.rmdir(dataset_dir)
         return
+    holds = "both images/ and annotations/" if archive is ADE20K else ", ".join(archive.required_dirs)
     raise DownloadError(
-        f"{dataset_dir} exists but does not hold both images/ and annotations/. "
+        f"{dataset_dir} exists but does not hold {holds}. "
         "It is not from this downloader, which never leaves a partial folder: "
         "move it away or delete it, then rerun."
     )
@@ -135,38 +206,49 @@ def _remove_stale_extractions(data_dir: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _manual_hint(url: str, data_dir: str) -> str:
+def _manual_hint(url: str, data_dir: str, archive: Archive = ADE20K) -> str:
+    unpack = "unzip" if archive.file_name.endswith(".zip") else "untar"
     return (
         "Rerun the same command to resume, or download "
-        f"{url} yourself and unzip it into {data_dir} (giving {os.path.join(data_dir, DATASET_DIR_NAME)})."
+        f"{url} yourself and {unpack} it into {data_dir} (giving {os.path.join(data_dir, archive.top_dir)})."
     )
 
 
-def _verified_zip(url: str, sha1: str, downloads_dir: str, data_dir: str, progress: bool) -> str:
-    """Returns the path of a zip whose SHA-1 is ``sha1``, downloading it if needed."""
-    expected = sha1.strip().lower()
-    zip_path = os.path.join(downloads_dir, _ZIP_NAME)
+def _verified_zip(url: str, digest: str, downloads_dir: str, data_dir: str, progress: bool, archive: Archive = ADE20K) -> str:
+    """Returns the path of an archive whose checksum is ``digest``, downloading it if needed."""
+    expected = digest.strip().lower()
+    hash_label = archive.hash_name.upper().replace("SHA1", "SHA-1")
+    zip_path = os.path.join(downloads_dir, archive.file_name)
     part_path = zip_path + ".part"
     if os.path.exists(zip_path):
         # Checked again because the file may have been truncated or swapped
-        # since it was verified, or ``sha1`` may have changed.
-        actual = file_sha1(zip_path)
+        # since it was verified, or the checksum may have changed.
+        actual = file_digest(zip_path, archive.hash_name)
         if actual == expected:
             return zip_path
-        _logger.warning("%s has SHA-1 %s, expected %s; deleting it and downloading again.", zip_path, actual, expected)
+        _logger.warning("%s has %s %s, expected %s; deleting it and downloading again.", zip_path, hash_label, actual, expected)
         os.remove(zip_path)
 
-    _download(url, part_path, data_dir, progress)
-    actual = file_sha1(part_path)
+    _download(url, part_path, data_dir, progress, archive)
+    actual = file_digest(part_path, archive.hash_name)
     if actual != expected:
         os.remove(part_path)  # resuming a corrupt file could never succeed
         raise DownloadError(
-            f"Checksum mismatch for {part_path} downloaded from {url}: expected SHA-1 {expected}, "
-            f"got {actual}. The file has been deleted. Check the URL and SHA-1 "
-            "(data.download_url, data.download_sha1) and rerun to download again."
+            f"Checksum mismatch for {part_path} downloaded from {url}: expected {hash_label} {expected}, "
+            f"got {actual}. The file has been deleted. Check the URL and {hash_label} "
+            f"({archive.config_keys}) and rerun to download again."
         )
     os.replace(part_path, zip_path)
     return zip_path
+
+
+def file_digest(path: str, hash_name: str) -> str:
+    """The ``hash_name`` (sha1, md5) digest of a file as lowercase hexadecimal, read in chunks."""
+    digest = hashlib.new(hash_name)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def file_sha1(path: str) -> str:
@@ -185,17 +267,17 @@ def file_sha1(path: str) -> str:
     return digest.hexdigest()
 
 
-def _download(url: str, part_path: str, data_dir: str, progress: bool) -> None:
+def _download(url: str, part_path: str, data_dir: str, progress: bool, archive: Archive = ADE20K) -> None:
     """Completes ``part_path`` from ``url``, resuming what is already there."""
     offset = os.path.getsize(part_path) if os.path.exists(part_path) else 0
     try:
-        _transfer(url, part_path, offset, data_dir, progress)
+        _transfer(url, part_path, offset, data_dir, progress, archive)
     except _CannotResume:
         os.remove(part_path)
-        _transfer(url, part_path, 0, data_dir, progress)
+        _transfer(url, part_path, 0, data_dir, progress, archive)
 
 
-def _transfer(url: str, part_path: str, offset: int, data_dir: str, progress: bool) -> None:
+def _transfer(url: str, part_path: str, offset: int, data_dir: str, progress: bool, archive: Archive = ADE20K) -> None:
     """One HTTP request that appends to ``part_path`` from byte ``offset``.
 
     Raises:
@@ -220,12 +302,12 @@ def _transfer(url: str, part_path: str, offset: int, data_dir: str, progress: bo
             with (
                 open(part_path, mode) as f,
                 tqdm.tqdm(
-                    total=expected_total or config.ADE20K_ZIP_BYTES,
+                    total=expected_total or archive.approximate_bytes,
                     initial=offset,
                     unit="B",
                     unit_scale=True,
                     unit_divisor=1024,
-                    desc=f"Downloading {_ZIP_NAME}",
+                    desc=f"Downloading {archive.file_name}",
                     disable=not progress,
                 ) as bar,
             ):
@@ -239,11 +321,11 @@ def _transfer(url: str, part_path: str, offset: int, data_dir: str, progress: bo
             if match and int(match.group(1)) == offset:
                 return  # the partial file is already whole (stopped before it was verified)
             raise _CannotResume() from None
-        raise DownloadError(f"Downloading {url} failed: {error}. {_manual_hint(url, data_dir)}") from error
+        raise DownloadError(f"Downloading {url} failed: {error}. {_manual_hint(url, data_dir, archive)}") from error
     except _NETWORK_ERRORS as error:
         kept = f" {offset + received:,} bytes are kept in {part_path}." if offset + received else ""
         raise DownloadError(
-            f"Downloading {url} failed: {error}.{kept} {_manual_hint(url, data_dir)}"
+            f"Downloading {url} failed: {error}.{kept} {_manual_hint(url, data_dir, archive)}"
         ) from error
 
     # http.client returns an empty read, not an error, when the peer closes
@@ -256,18 +338,23 @@ def _transfer(url: str, part_path: str, offset: int, data_dir: str, progress: bo
         )
 
 
-def _check_member_names(archive: zipfile.ZipFile, zip_path: str) -> None:
+def _check_member_names(archive, zip_path: str, spec: Archive = ADE20K) -> None:
     """Rejects members that would land outside the extraction folder (zip-slip),
     and a name that is both a file and a folder (``a/b`` and ``a/b/c``), which
     cannot be extracted."""
+    names = archive.namelist() if isinstance(archive, zipfile.ZipFile) else [m.name + ("/" if m.isdir() else "") for m in archive]
+    _check_names(names, zip_path, spec)
+
+
+def _check_names(names: list[str], archive_path: str, spec: Archive) -> None:
     folders, files = set(), {}
-    for name in archive.namelist():
+    for name in names:
         normalized = name.replace("\\", "/")
         parts = normalized.split("/")
         if normalized.startswith("/") or re.match(r"[A-Za-z]:", normalized) or ".." in parts:
             raise DownloadError(
-                f"{zip_path} contains the unsafe member path {name!r} (absolute or with '..'); "
-                "refusing to extract it. The file is not the official ADE20K zip."
+                f"{archive_path} contains the unsafe member path {name!r} (absolute or with '..'); "
+                f"refusing to extract it. The file is not {spec.what}."
             )
         parts = [part for part in parts if part not in ("", ".")]
         folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
@@ -276,38 +363,60 @@ def _check_member_names(archive: zipfile.ZipFile, zip_path: str) -> None:
     clashes = sorted(folders & files.keys())
     if clashes:
         raise DownloadError(
-            f"{zip_path} holds {files[clashes[0]]!r} both as a file and as a folder of other members; "
-            "it cannot be extracted. The file is not the official ADE20K zip."
+            f"{archive_path} holds {files[clashes[0]]!r} both as a file and as a folder of other members; "
+            f"it cannot be extracted. The file is not {spec.what}."
         )
 
 
-def _extract(zip_path: str, data_dir: str, progress: bool) -> None:
-    """Unpacks the zip so that ``<data_dir>/ADEChallengeData2016`` appears whole or not at all."""
-    dataset_dir = os.path.join(data_dir, DATASET_DIR_NAME)
+def _check_tar_members(members: list[tarfile.TarInfo], tar_path: str, spec: Archive) -> None:
+    """Only regular files and folders: a link (symbolic or hard) could make later members write outside the folder."""
+    for member in members:
+        if not (member.isfile() or member.isdir()):
+            kind = "a symbolic link" if member.issym() else "a hard link" if member.islnk() else "a special file"
+            raise DownloadError(
+                f"{tar_path} contains {member.name!r}, {kind}; refusing to extract it. The file is not {spec.what}."
+            )
+    _check_names([m.name + ("/" if m.isdir() else "") for m in members], tar_path, spec)
+
+
+def _extract(zip_path: str, data_dir: str, progress: bool, spec: Archive = ADE20K) -> None:
+    """Unpacks the archive so that ``<data_dir>/<top_dir>`` appears whole or not at all."""
+    dataset_dir = os.path.join(data_dir, spec.top_dir)
     staging_dir = tempfile.mkdtemp(prefix=_EXTRACT_PREFIX, dir=data_dir)
     try:
         try:
-            with zipfile.ZipFile(zip_path) as archive:
-                _check_member_names(archive, zip_path)
-                members = archive.infolist()
-                for member in tqdm.tqdm(
-                    members, desc=f"Extracting {_ZIP_NAME}", unit="file", disable=not progress
-                ):
-                    archive.extract(member, staging_dir)
+            if spec.file_name.endswith(".zip"):
+                with zipfile.ZipFile(zip_path) as archive:
+                    _check_member_names(archive, zip_path, spec)
+                    members = archive.infolist()
+                    for member in tqdm.tqdm(
+                        members, desc=f"Extracting {spec.file_name}", unit="file", disable=not progress
+                    ):
+                        archive.extract(member, staging_dir)
+            else:
+                with tarfile.open(zip_path) as archive:
+                    members = archive.getmembers()
+                    _check_tar_members(members, zip_path, spec)
+                    for member in tqdm.tqdm(members, desc=f"Extracting {spec.file_name}", unit="file", disable=not progress):
+                        # "data" filter (Python 3.12, 3.11.4): a second guard against paths leaving the folder.
+                        extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                        archive.extract(member, staging_dir, set_attrs=False, **extra)
         except zipfile.BadZipFile as error:
             raise DownloadError(f"{zip_path} is not a readable zip file: {error}") from error
+        except tarfile.TarError as error:
+            raise DownloadError(f"{zip_path} is not a readable tar file: {error}") from error
         except OSError as error:  # e.g. a full disk, or a member that cannot be written here
             raise DownloadError(
                 f"extracting {zip_path} failed: {error}. Nothing extracted was kept; rerun once it is fixed."
             ) from error
 
-        extracted_dir = os.path.join(staging_dir, DATASET_DIR_NAME)
-        missing = [name for name in REQUIRED_DIRS if not os.path.isdir(os.path.join(extracted_dir, name))]
+        extracted_dir = os.path.join(staging_dir, spec.top_dir)
+        missing = [name for name in spec.required_dirs if not os.path.isdir(os.path.join(extracted_dir, name))]
         if missing:
             raise DownloadError(
                 f"{zip_path} does not contain the expected folders: "
-                + ", ".join(f"{DATASET_DIR_NAME}/{name}" for name in missing)
-                + ". It is not the official ADE20K SceneParsing zip."
+                + ", ".join(f"{spec.top_dir}/{name}" for name in missing)
+                + f". It is not {spec.what}."
             )
         os.replace(extracted_dir, dataset_dir)
     finally:

@@ -29,7 +29,8 @@ comparison table).
 Outputs, in the run's ``logs_dir`` or ``--output DIR``: the table printed,
 ``metrics.json``, ``confusion_matrix.npy`` (int64 (C, C), rows = ground truth)
 and ``confusion_matrix.png``; with ``--save_predictions DIR`` one submission
-PNG per image (same stem, the image's size, uint8 values 1..150). Files the
+PNG per image (same stem, the image's size, the class table's values: 1..150
+for ADE20K, 0..20 for VOC). Files the
 pipeline flags as unusable are excluded, counted and reported.
 """
 
@@ -42,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fcn import data, metrics
+from fcn import data, datasets, metrics
 from fcn import predict as predict_lib
 from fcn.config import Config
 
@@ -73,18 +74,22 @@ class EvaluationResult:
     fcn_scores: dict | None = None
     fcn_matrix: np.ndarray | None = None
     too_large: dict = dataclasses.field(default_factory=dict)
+    classes: datasets.ClassTable | None = None
 
 
-def native_resolution_dataset(root: str, split: str, num_classes: int, pairs=None) -> tf.data.Dataset:
+def native_resolution_dataset(root, split: str, num_classes, pairs=None) -> tf.data.Dataset:
     """Every pair of a split (or ``pairs`` of it) at its own size, in file-name order, as batches of one.
 
     Elements are the dicts of ``fcn/data.py`` with B = 1: ``image`` (1, H, W, 3)
-    uint8, ``label`` (1, H, W) train ids, ``path``, ``error``.
+    uint8, ``label`` (1, H, W) train ids, ``path``, ``error``. ``num_classes``:
+    the class table (an int: ADE20K's first classes).
     """
     pairs = data.usable_pairs(root, split) if pairs is None else pairs
     dataset = tf.data.Dataset.from_tensor_slices(([p[0] for p in pairs], [p[1] for p in pairs]))
     dataset = dataset.interleave(
-        lambda image_path, annotation_path: data.read_example_dataset(image_path, annotation_path, num_classes),
+        lambda image_path, annotation_path: data.read_example_dataset(
+            image_path, annotation_path, datasets.as_class_table(num_classes)
+        ),
         cycle_length=2,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
@@ -93,7 +98,7 @@ def native_resolution_dataset(root: str, split: str, num_classes: int, pairs=Non
 
 
 def evaluate_split(
-    labels_fn, root: str, split: str, num_classes: int, save_predictions: str = "", progress: bool = True,
+    labels_fn, root, split: str, num_classes, save_predictions: str = "", progress: bool = True,
     max_pixels: int | None = None,
 ) -> EvaluationResult:
     """Segments every image of a split and scores the split at each image's own size.
@@ -104,12 +109,14 @@ def evaluate_split(
         scores both (``fcn_scores``).
       root: the dataset root.
       split: ``training`` or ``validation``.
-      num_classes: C.
-      save_predictions: a folder for submission PNGs, or "".
+      num_classes: the run's ``datasets.ClassTable`` (an int C: ADE20K's first C classes).
+      save_predictions: a folder for submission PNGs (the table's label values), or "".
       progress: show a progress bar.
       max_pixels: images with more pixels are left out (``too_large``) before
         they are decoded; None = no limit.
     """
+    classes = datasets.as_class_table(num_classes)
+    num_classes = classes.num_classes
     pairs = data.usable_pairs(root, split)
     too_large = {}
     if max_pixels is not None:
@@ -119,7 +126,7 @@ def evaluate_split(
                 too_large[image_path] = refused
         pairs = tuple(pair for pair in pairs if pair[0] not in too_large)
     count = len(pairs)
-    dataset = native_resolution_dataset(root, split, num_classes, pairs)
+    dataset = native_resolution_dataset(root, split, classes, pairs)
     confusion = metrics.ConfusionMatrix(num_classes)
     fcn_confusion = None
     skipped = data.SkipReport()
@@ -139,9 +146,9 @@ def evaluate_split(
         images += 1
         if save_predictions:
             stem = os.path.splitext(os.path.basename(data.decode_path(example["path"][0])))[0]
-            predict_lib.write_label_png(os.path.join(save_predictions, stem + ".png"), predictions[0].numpy())
+            predict_lib.write_label_png(os.path.join(save_predictions, stem + ".png"), predictions[0].numpy(), classes)
     matrix = confusion.matrix
-    names = predict_lib.class_names(num_classes)
+    names = list(classes.names)
     return EvaluationResult(
         scores=metrics.scores(matrix, names),
         matrix=matrix,
@@ -150,6 +157,7 @@ def evaluate_split(
         fcn_scores=None if fcn_confusion is None else metrics.scores(fcn_confusion.matrix, names),
         fcn_matrix=None if fcn_confusion is None else fcn_confusion.matrix,
         too_large=too_large,
+        classes=classes,
     )
 
 
@@ -170,8 +178,9 @@ def evaluate(
       predict.InferenceError: no usable checkpoint.
     """
     predictor, prefix = predict_lib.predictor_from_config(config, checkpoint, with_fcn=config.evaluate.compare_fcn)
+    dataset = datasets.dataset_for_run(root, config.data, predictor.classes)
     result = evaluate_split(
-        predictor.labels, root, config.evaluate.split, config.data.num_classes, save_predictions, progress,
+        predictor.labels, dataset, config.evaluate.split, predictor.classes, save_predictions, progress,
         config.evaluate.max_pixels,
     )
     result.checkpoint = prefix
@@ -241,13 +250,17 @@ def write_reports(result: EvaluationResult, output_dir: str, config: Config) -> 
         json.dump(metrics_json(result, config), f, indent=2, allow_nan=False)
         f.write("\n")
     np.save(paths["matrix"], result.matrix)
-    figure = confusion_figure(result.matrix, predict_lib.class_names(result.matrix.shape[0]))
+    colours = None if result.classes is None else result.classes.palette()
+    figure = confusion_figure(result.matrix, list(result.scores["per_class_iou"]), colours=colours)  # names by train id
     figure.savefig(paths["figure"], dpi=100, bbox_inches="tight")
     return paths
 
 
-def confusion_figure(matrix, names, top: int = FIGURE_CLASSES):
+def confusion_figure(matrix, names, top: int = FIGURE_CLASSES, colours=None):
     """The confusion matrix of the ``top`` classes with the most ground-truth pixels.
+
+    With ``colours`` (uint8 (C, 3), the class table's), a swatch of each
+    class's colour stands beside its name on both axes.
 
     Each row is divided by all pixels of its ground-truth class, including
     those predicted as classes not shown, so a shown row sums to at most 1.
@@ -275,6 +288,18 @@ def confusion_figure(matrix, names, top: int = FIGURE_CLASSES):
     axes.set_xlabel("prediction")
     axes.set_ylabel("ground truth")
     axes.set_title(f"confusion matrix, {len(shown)} most frequent classes\n(fraction of each ground-truth class, log scale)")
+    if colours is not None:
+        from matplotlib.patches import Rectangle
+
+        axes.tick_params(pad=10)
+        for position, i in enumerate(shown):
+            colour = np.asarray(colours[i], np.float64) / 255.0
+            for transform, xy, width, height in (
+                (axes.get_yaxis_transform(), (-0.025, position - 0.5), 0.02, 1.0),  # x in axes fraction, y in rows
+                (axes.get_xaxis_transform(), (position - 0.5, -0.025), 1.0, 0.02),
+            ):
+                axes.add_patch(Rectangle(xy, width, height, transform=transform, clip_on=False, facecolor=colour,
+                                         edgecolor="none", gid=f"class_colour_{i}"))  # fmt: skip
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
     return figure
 

@@ -20,8 +20,9 @@ Signatures, both taking
 ``serving_default`` returns the labels only (small enough to send back over
 the network):
 
-    labels         uint8   (batch, height, width)      ADE20K label values 1..150 (train id + 1, as in
-                                                       the annotation PNGs and the challenge's submission format)
+    labels         uint8   (batch, height, width)      annotation values of the run's class table, as in its
+                                                       annotation PNGs (ADE20K 1..150 = train id + 1, VOC 0..20,
+                                                       a folder dataset's ids)
 
 ``probabilities`` returns the same ``labels`` and the full map:
 
@@ -41,8 +42,9 @@ image, or more than ``evaluate.max_pixels`` pixels fail with an
     model = tf.saved_model.load("BASE/1")
     labels = model.signatures["serving_default"](images=tf.constant(batch))["labels"]   # batch: uint8 (B, H, W, 3)
 
-The class names, one per line in train-id order (line ``c`` names label value
-``c + 1``), are written beside the SavedModel as ``BASE/N/classes.txt``.
+The class names, one per line in train-id order, are written beside the SavedModel as
+``BASE/N/classes.txt``, and the whole class table (annotation value, name, colour, the
+ignored values) as ``BASE/N/classes.csv``.
 """
 
 import os
@@ -124,14 +126,16 @@ def export_predictor(predictor: predict_lib.Predictor, base: str, max_pixels: in
     """
     input_signature = [tf.TensorSpec(None, tf.uint8, name="images")]
 
+    values = tf.constant(predictor.classes.ids, tf.uint8)  # train id -> annotation value
+
     def serve_labels(images):
         labels = predictor.labels(checked_images(images, max_pixels))  # (B, H, W) train ids
-        return {"labels": tf.cast(labels + 1, tf.uint8)}
+        return {"labels": tf.gather(values, labels)}
 
     def serve_probabilities(images):
         probabilities = predictor.probabilities(checked_images(images, max_pixels))  # (B, H, W, C)
-        labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32) + 1
-        return {"labels": tf.cast(labels, tf.uint8), "probabilities": probabilities}
+        labels = tf.gather(values, tf.argmax(probabilities, axis=-1, output_type=tf.int32))
+        return {"labels": labels, "probabilities": probabilities}
 
     archive = keras.export.ExportArchive()
     archive.track(predictor.model)
@@ -147,7 +151,8 @@ def export_predictor(predictor: predict_lib.Predictor, base: str, max_pixels: in
     model_dir = os.path.join(temporary, "model")
     archive.write_out(model_dir, verbose=False)
     with open(os.path.join(model_dir, "classes.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(predict_lib.class_names(predictor.model.output_shape[-1])) + "\n")
+        f.write("\n".join(predictor.classes.names) + "\n")
+    predictor.classes.write_csv(os.path.join(model_dir, "classes.csv"))
     version = (_versions(target) or [0])[-1] + 1
     while True:  # another export may have taken the number meanwhile: never write into an existing folder
         try:

@@ -9,9 +9,10 @@ The one owner of inference, shared by evaluate, visualize and export:
   their own resolution, optionally averaging the softmax probabilities of
   several scales and of the horizontally flipped image, compiled once for all
   sizes;
-- ``write_label_png`` writes the challenge's submission format: an 8-bit
-  greyscale PNG of the image's size holding ADE20K label values 1..150
-  (train id + 1; 0 "other" is never predicted).
+- ``write_label_png`` writes the submission format of the run's class table
+  (``datasets.ClassTable``): a PNG of the image's size holding annotation
+  values, 8-bit greyscale 1..150 for ADE20K (train id + 1; 0 "other" is never
+  predicted), a palette PNG in the VOC colour map with values 0..20 for VOC.
 
 ``predict_images`` is ``python FCN.py --mode=predict --image PATH...``: for each
 image a coloured mask, an overlay on the image and the raw label PNG.
@@ -26,7 +27,7 @@ import tensorflow as tf
 import tqdm
 from PIL import Image
 
-from fcn import ade20k, checkpoints, data
+from fcn import ade20k, checkpoints, data, datasets
 from fcn import model as model_lib
 from fcn.config import Config
 
@@ -59,8 +60,9 @@ def restore_model(config: Config, checkpoint: str = ""):
       InferenceError: no checkpoint, none intact, or one of another model configuration.
     """
     path = checkpoint or config.logs_dir
+    classes = datasets.run_classes(config.logs_dir, config.data)  # the run's classes decide the model's outputs
     # Every weight comes from the checkpoint; the CRF stage runs its test-time iterations.
-    model = model_lib.build_from_config(config.model, config.data.num_classes, crf_iterations=config.model.crf_test_iterations)
+    model = model_lib.build_from_config(config.model, classes.num_classes, crf_iterations=config.model.crf_test_iterations)
     try:
         prefix = checkpoints.restore_model_weights(model, path)
     except checkpoints.NoCheckpointError:
@@ -75,7 +77,7 @@ def restore_model(config: Config, checkpoint: str = ""):
         ) from None
     except checkpoints.MismatchError as error:
         raise InferenceError(
-            f"{error}. This config's model has num_classes={config.data.num_classes}, "
+            f"{error}. This config's model has num_classes={classes.num_classes}, "
             f"backbone={config.model.backbone}, fc_channels={config.model.fc_channels}, crf={config.model.crf}: pass the run's own config "
             "(--config LOGS_DIR/config.yaml)"
         ) from None
@@ -132,10 +134,14 @@ class Predictor:
       test_size: (long edge, short edge) the views are fitted into, or None
         for the image's own size.
       band_values: floats of one band of the full-resolution score map.
+      classes: the run's ``datasets.ClassTable``: names, colours and the label
+        values of train ids (default ADE20K's for the model's number of outputs).
     """
 
-    def __init__(self, model, scales=(1.0,), flip: bool = False, test_size=None, band_values: int = BAND_VALUES):
+    def __init__(self, model, scales=(1.0,), flip: bool = False, test_size=None, band_values: int = BAND_VALUES,
+                 classes: datasets.ClassTable | None = None):
         self.model = model
+        self._classes = classes
         self.scales = tuple(float(s) for s in scales)
         self.flip = bool(flip)
         self.test_size = None if test_size is None else tuple(int(s) for s in test_size)
@@ -149,6 +155,13 @@ class Predictor:
         )
         self.probabilities = tf.function(self._probabilities, input_signature=[spec])
         self.labels = tf.function(self._labels, input_signature=[spec])
+
+    @property
+    def classes(self) -> datasets.ClassTable:
+        """The class table given, or ADE20K's for the model's number of outputs."""
+        if self._classes is None:
+            self._classes = datasets.ClassTable.ade20k(tf.nest.flatten(self.model.output_shape)[-1])
+        return self._classes
 
     @property
     def single_view(self) -> bool:
@@ -260,7 +273,8 @@ def make_predictor(model, config: Config) -> Predictor:
     get their protocol, so that they cannot disagree.
     """
     e = config.evaluate
-    return Predictor(model, e.scales, e.flip, e.resolved_test_size(config.data.base_size))
+    classes = datasets.run_classes(config.logs_dir, config.data)
+    return Predictor(model, e.scales, e.flip, e.resolved_test_size(config.data.base_size), classes=classes)
 
 
 def predictor_from_config(config: Config, checkpoint: str = "", with_fcn: bool = False) -> tuple[Predictor, str]:
@@ -370,23 +384,26 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def write_label_png(path: str, train_ids) -> None:
-    """Writes the submission format: 8-bit greyscale PNG, ADE20K label values (train id + 1).
+def write_label_png(path: str, train_ids, classes: datasets.ClassTable | None = None) -> None:
+    """Writes the submission format: the annotation values of the class table (``ClassTable.write_label_png``).
+
+    ADE20K's (the default): 8-bit greyscale, values 1..150 (train id + 1);
+    VOC's: a palette PNG in the VOC colour map, values 0..20.
 
     Args:
       path: the PNG to write.
-      train_ids: integer array (H, W) of train ids 0..149.
+      train_ids: integer array (H, W) of train ids 0..C-1.
+      classes: the run's class table.
     """
-    ids = np.asarray(train_ids)
-    Image.fromarray((ids + 1).astype(np.uint8), mode="L").save(path)
+    (classes or datasets.ClassTable.ade20k()).write_label_png(path, train_ids)
 
 
 def write_rgb_png(path: str, rgb) -> None:
     Image.fromarray(np.asarray(rgb, np.uint8), mode="RGB").save(path)
 
 
-def overlay(image, train_ids, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """The image blended with its ADE20K-coloured label map.
+def overlay(image, train_ids, alpha: float = OVERLAY_ALPHA, classes: datasets.ClassTable | None = None) -> np.ndarray:
+    """The image blended with its label map in the class table's colours (default ADE20K's).
 
     Args:
       image: uint8 (H, W, 3).
@@ -396,11 +413,12 @@ def overlay(image, train_ids, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
       uint8 (H, W, 3).
     """
     image, train_ids = np.asarray(image), np.asarray(train_ids)
+    colours = classes or datasets.ClassTable.ade20k()
     result = np.empty(image.shape, np.uint8)
     for start in range(0, image.shape[0], OVERLAY_ROWS):  # float copies of a band of rows, not of a large image
         rows = slice(start, start + OVERLAY_ROWS)
         band = image[rows].astype(np.float32)
-        blended = (1 - alpha) * band + alpha * ade20k.colorize(train_ids[rows]).astype(np.float32)
+        blended = (1 - alpha) * band + alpha * colours.colourise(train_ids[rows]).astype(np.float32)
         keep = (train_ids[rows] == ade20k.IGNORE_LABEL)[..., None]
         result[rows] = np.round(np.where(keep, band, blended))
     return result
@@ -477,8 +495,8 @@ class PredictResult:
 def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str = "", progress: bool = True) -> PredictResult:
     """Segments image files of any size and writes, per image ``STEM``:
 
-    ``STEM.png`` the raw labels (8-bit, ADE20K values 1..150, the submission
-    format), ``STEM_mask.png`` the labels in the ADE20K colours and
+    ``STEM.png`` the raw labels (the class table's annotation values, the
+    submission format), ``STEM_mask.png`` the labels in the table's colours and
     ``STEM_overlay.png`` the mask blended over the image.
 
     Args:
@@ -523,8 +541,8 @@ def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str 
         train_ids = predictor.labels(image[None])[0].numpy()  # (H, W)
         base = os.path.join(output_dir, _stem(path))
         _record_outputs(output_dir, written_before, [os.path.basename(base + suffix) for suffix in OUTPUT_SUFFIXES])
-        write_label_png(base + ".png", train_ids)
-        write_rgb_png(base + "_mask.png", ade20k.colorize(train_ids))
-        write_rgb_png(base + "_overlay.png", overlay(image, train_ids))
+        write_label_png(base + ".png", train_ids, predictor.classes)
+        write_rgb_png(base + "_mask.png", predictor.classes.colourise(train_ids))
+        write_rgb_png(base + "_overlay.png", overlay(image, train_ids, classes=predictor.classes))
         result.written[path] = base + ".png"
     return result

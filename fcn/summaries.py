@@ -17,7 +17,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from fcn import ade20k
+from fcn import datasets
 
 
 def writers(logs_dir: str) -> dict[str, tf.summary.SummaryWriter]:
@@ -25,9 +25,10 @@ def writers(logs_dir: str) -> dict[str, tf.summary.SummaryWriter]:
     return {name: tf.summary.create_file_writer(os.path.join(logs_dir, name)) for name in ("train", "validation")}
 
 
-def colorize(labels: tf.Tensor) -> tf.Tensor:
-    """Train ids (B, H, W) -> uint8 RGB (B, H, W, 3) in the ADE20K colours; ignored (255) is black."""
-    lookup = tf.concat([tf.constant(ade20k.palette()), tf.zeros([256 - ade20k.NUM_CLASSES, 3], tf.uint8)], axis=0)
+def colorize(labels: tf.Tensor, classes: datasets.ClassTable | None = None) -> tf.Tensor:
+    """Train ids (B, H, W) -> uint8 RGB (B, H, W, 3) in the class table's colours (default ADE20K's); ignored (255) is black."""
+    classes = classes or datasets.ClassTable.ade20k()
+    lookup = tf.concat([tf.constant(classes.palette()), tf.zeros([256 - classes.num_classes, 3], tf.uint8)], axis=0)
     return tf.gather(lookup, tf.cast(labels, tf.int32))
 
 
@@ -67,18 +68,19 @@ def write_scalars(writer: tf.summary.SummaryWriter, step: int, values: dict) -> 
             tf.summary.scalar(scalar_tag(name), value)
 
 
-def write_images(writer, step: int, images, labels, predictions, max_outputs: int) -> None:
-    """Input, ground truth and prediction, the last two in the ADE20K colours.
+def write_images(writer, step: int, images, labels, predictions, max_outputs: int, classes=None) -> None:
+    """Input, ground truth and prediction, the last two in the colours of the run's class table.
 
     Args:
       images: (B, H, W, 3) uint8 RGB.
       labels: (B, H, W) train ids, 255 ignored.
       predictions: (B, H, W) train ids.
+      classes: the run's ``datasets.ClassTable`` (default ADE20K's).
     """
     with writer.as_default(step=step):
         tf.summary.image("input", images, max_outputs=max_outputs)
-        tf.summary.image("ground_truth", colorize(labels), max_outputs=max_outputs)
-        tf.summary.image("prediction", colorize(predictions), max_outputs=max_outputs)
+        tf.summary.image("ground_truth", colorize(labels, classes), max_outputs=max_outputs)
+        tf.summary.image("prediction", colorize(predictions, classes), max_outputs=max_outputs)
 
 
 HISTOGRAM_BUCKETS = 30

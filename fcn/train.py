@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fcn import checkpoints, data, metrics, summaries, weights
+from fcn import checkpoints, data, datasets, metrics, summaries, weights
 from fcn import model as model_lib
 from fcn.config import Config
 
@@ -456,6 +456,7 @@ class _Run:
 
     def __init__(self, config: Config, root: str, strategy: tf.distribute.Strategy, progress: bool):
         self.config, self.root, self.strategy = config, root, strategy
+        self.classes = root.classes
         self.chief = is_chief(strategy)
         self.progress = progress and self.chief
         # Only the chief writes into the run directory; the other workers must still
@@ -518,7 +519,7 @@ class _Run:
         writer = self.writers["validation"]
         summaries.write_scalars(writer, step, values)
         if first is not None:
-            summaries.write_images(writer, step, *first, max_outputs=self.config.train.image_summaries)
+            summaries.write_images(writer, step, *first, max_outputs=self.config.train.image_summaries, classes=self.classes)
         writer.flush()
         if values["mean_iou"] > float(self.state.best_mean_iou):
             self.state.best_mean_iou.assign(values["mean_iou"])
@@ -533,7 +534,9 @@ class _Run:
         summaries.write_scalars(
             writer, step, {"loss": float(output.loss), "learning_rate": learning_rate, "images_per_second": images_per_second}
         )
-        summaries.write_images(writer, step, local_batch["image"], local_batch["label"], output.predictions, train.image_summaries)
+        summaries.write_images(
+            writer, step, local_batch["image"], local_batch["label"], output.predictions, train.image_summaries, classes=self.classes
+        )
         if self.crf_layer is not None:
             summaries.write_crf(writer, step, self.crf_layer)
         if train.debug:
@@ -552,11 +555,18 @@ def train(config: Config, root: str, strategy: tf.distribute.Strategy | None = N
 
     Args:
       config: the run's config.
-      root: the dataset root.
+      root: the dataset root (or a ``datasets.Dataset``); its class table is
+        written to ``LOGS_DIR/classes.csv`` and must match one already there.
       strategy: from ``setup_process`` (default: the current strategy).
       progress: show a progress bar.
     """
-    run = _Run(config, root, strategy or tf.distribute.get_strategy(), progress)
+    strategy = strategy or tf.distribute.get_strategy()
+    # The dataset's class table decides the model's outputs; the run directory keeps it (classes.csv).
+    dataset = data.as_dataset(root, config.data)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_classes=dataset.classes.num_classes))
+    if is_chief(strategy):
+        datasets.record_run_classes(config.logs_dir, dataset.classes)
+    run = _Run(config, dataset, strategy, progress)
     try:
         return _loop(run)
     finally:

@@ -1,9 +1,9 @@
-"""``--mode=visualize``: a trained model's predictions on a random batch of a split, in the ADE20K colours.
+"""``--mode=visualize``: a trained model's predictions on a random batch of a split, in its class table's colours.
 
 For the ``k``-th image of the batch it writes ``inp_k.png`` (the image),
 ``gt_k.png`` (the ground truth) and ``pred_k.png`` (the prediction at the
-image's own size, with the protocol of ``--mode=evaluate``), both label maps in the ADE20K palette with label 0
-("other", ignored) black, and ``visualize.png``: one row per image with
+image's own size, with the protocol of ``--mode=evaluate``), both label maps in the colours of the run's
+class table with ignored pixels (ADE20K's 0 "other", 255) black, and ``visualize.png``: one row per image with
 image | ground truth | prediction and a legend of the classes present.
 With the CRF stage (``model.crf``) the FCN's own prediction is shown beside
 the CRF-refined one: ``pred_fcn_k.png`` holds it, ``pred_k.png`` the refined
@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from fcn import ade20k, data
+from fcn import data, datasets
 from fcn import predict as predict_lib
 from fcn.config import Config
 
@@ -29,10 +29,10 @@ def legend_classes(*label_maps) -> list[int]:
     present = set()
     for label_map in label_maps:
         present.update(int(i) for i in np.unique(np.asarray(label_map)))
-    return sorted(i for i in present if 0 <= i < ade20k.NUM_CLASSES)
+    return sorted(i for i in present if 0 <= i < datasets.IGNORE_LABEL)
 
 
-def comparison_figure(images, labels, predictions, names=None, titles=None, fcn_predictions=None):
+def comparison_figure(images, labels, predictions, names=None, titles=None, fcn_predictions=None, classes=None):
     """One row per image: image | ground truth | prediction, and a legend of the classes present.
 
     Args:
@@ -43,6 +43,7 @@ def comparison_figure(images, labels, predictions, names=None, titles=None, fcn_
       titles: an optional title per row (e.g. the file name).
       fcn_predictions: the FCN's own predictions when ``predictions`` are
         CRF-refined: shown in a column "FCN" before "FCN + CRF".
+      classes: the run's ``datasets.ClassTable``: colours and names (default ADE20K's).
 
     Returns:
       a matplotlib Figure (no pyplot state, so it works headless and in notebooks).
@@ -50,7 +51,8 @@ def comparison_figure(images, labels, predictions, names=None, titles=None, fcn_
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    names = list(names or ade20k.class_names())
+    classes = classes or datasets.ClassTable.ade20k()
+    names = list(names or classes.names)
     columns = [predictions] if fcn_predictions is None else [fcn_predictions, predictions]
     headings = ("image", "ground truth") + (("prediction",) if fcn_predictions is None else ("FCN", "FCN + CRF"))
     present = legend_classes(*[l for l in labels if l is not None], *[p for column in columns for p in column])
@@ -61,7 +63,7 @@ def comparison_figure(images, labels, predictions, names=None, titles=None, fcn_
     figure = Figure(figsize=(width, height), layout="constrained")
     axes = figure.subplots(len(images), len(headings), squeeze=False, height_ratios=aspects)
     for row, (image, label, *row_predictions) in enumerate(zip(images, labels, *columns)):
-        panels = (image, None if label is None else ade20k.colorize(label), *map(ade20k.colorize, row_predictions))
+        panels = (image, None if label is None else classes.colourise(label), *map(classes.colourise, row_predictions))
         for column, (panel, heading) in enumerate(zip(panels, headings)):
             ax = axes[row, column]
             ax.axis("off")
@@ -70,7 +72,7 @@ def comparison_figure(images, labels, predictions, names=None, titles=None, fcn_
                 continue
             ax.imshow(panel, interpolation="nearest")
             ax.set_title(titles[row] if titles and column == 0 else heading, fontsize=9)
-    handles = [Patch(facecolor=ade20k.palette()[i] / 255.0, edgecolor="grey", label=names[i]) for i in present]
+    handles = [Patch(facecolor=classes.palette()[i] / 255.0, edgecolor="grey", label=names[i]) for i in present]
     handles.append(Patch(facecolor="black", label="other (ignored)"))
     figure.legend(handles=handles, loc="outside lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
     return figure
@@ -107,8 +109,10 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
       predict.InferenceError: no usable checkpoint.
       data.DataError: the split holds no pairs.
     """
-    pairs = data.usable_pairs(root, config.evaluate.split)
     predictor, prefix = predict_lib.predictor_from_config(config, checkpoint, with_fcn=True)
+    classes = predictor.classes
+    dataset = datasets.dataset_for_run(root, config.data, classes)
+    pairs = dataset.usable_pairs(config.evaluate.split)
     order = np.random.default_rng(config.train.seed).permutation(len(pairs))
     output_dir = output_dir or os.path.join(config.logs_dir, "visualize")
     os.makedirs(output_dir, exist_ok=True)
@@ -122,7 +126,7 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
             skipped[image_path] = refused
             continue
         try:
-            image, label = data.load_example(image_path, annotation_path, config.data.num_classes)
+            image, label = data.load_example(image_path, annotation_path, dataset.classes)
         except data.DataError as error:
             skipped[image_path] = str(error)
             continue
@@ -130,20 +134,21 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
         k = len(shown)
         if isinstance(prediction, (list, tuple)):
             fcn_prediction, prediction = (p[0].numpy() for p in prediction)
-            predict_lib.write_rgb_png(os.path.join(output_dir, f"pred_fcn_{k}.png"), ade20k.colorize(fcn_prediction))
+            predict_lib.write_rgb_png(os.path.join(output_dir, f"pred_fcn_{k}.png"), classes.colourise(fcn_prediction))
             fcn_predictions.append(fcn_prediction)
         else:
             prediction = prediction[0].numpy()  # (H, W)
         predict_lib.write_rgb_png(os.path.join(output_dir, f"inp_{k}.png"), image)
-        predict_lib.write_rgb_png(os.path.join(output_dir, f"gt_{k}.png"), ade20k.colorize(label))
-        predict_lib.write_rgb_png(os.path.join(output_dir, f"pred_{k}.png"), ade20k.colorize(prediction))
+        predict_lib.write_rgb_png(os.path.join(output_dir, f"gt_{k}.png"), classes.colourise(label))
+        predict_lib.write_rgb_png(os.path.join(output_dir, f"pred_{k}.png"), classes.colourise(prediction))
         images.append(image)
         labels.append(label)
         predictions.append(prediction)
         shown.append(image_path)
     if shown:
         figure = comparison_figure(
-            images, labels, predictions, titles=[os.path.basename(p) for p in shown], fcn_predictions=fcn_predictions or None
+            images, labels, predictions, titles=[os.path.basename(p) for p in shown], fcn_predictions=fcn_predictions or None,
+            classes=classes,
         )
         figure.savefig(os.path.join(output_dir, FIGURE_FILE), dpi=100)
     return VisualizeResult(shown, output_dir, skipped, prefix)

@@ -414,3 +414,154 @@ def test_failed_write_while_extracting_is_a_download_error(tmp_path, serve, payl
         download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
     assert not (data_dir / "ADEChallengeData2016").exists()
     assert leftovers(data_dir) == []
+
+
+# ---------------------------------------------------------------------------
+# The PASCAL VOC 2012 trainval tar.
+
+VOC_FILES = {
+    "VOCdevkit/VOC2012/JPEGImages/2007_000032.jpg": random.Random(3).randbytes(30_000),
+    "VOCdevkit/VOC2012/SegmentationClass/2007_000032.png": b"\x89PNG palette" * 20,
+    "VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt": b"2007_000032\n",
+    "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt": b"",
+    "VOCdevkit/VOC2012/Annotations/2007_000032.xml": b"<annotation/>",
+}
+
+
+def make_tar(files: dict[str, bytes], extra=()) -> bytes:
+    """An uncompressed tar in memory, with folder entries as the official one has; ``extra``: more TarInfo members."""
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        folders = sorted({"/".join(name.split("/")[:i]) for name in files for i in range(1, name.count("/") + 1)})
+        for folder in folders:
+            info = tarfile.TarInfo(folder)
+            info.type = tarfile.DIRTYPE
+            archive.addfile(info)
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+        for info in extra:
+            archive.addfile(info)
+    return buffer.getvalue()
+
+
+def md5_of(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def test_voc_download_extracts_the_tar_and_checks_its_md5(tmp_path, serve):
+    payload = make_tar(VOC_FILES)
+    server = serve(payload)
+    data_dir = tmp_path / "data"
+    path = download.download_voc(str(data_dir), url=server.url, md5=md5_of(payload), progress=False)
+    assert path == os.path.join(str(data_dir), "VOCdevkit", "VOC2012")
+    assert read_tree(os.path.join(str(data_dir), "VOCdevkit")) == {k[len("VOCdevkit/"):]: v for k, v in VOC_FILES.items()}
+    assert leftovers(data_dir) == [] and not os.path.exists(os.path.join(str(data_dir), ".downloads"))
+    assert download.download_voc(str(data_dir), url=server.url, md5=md5_of(payload), progress=False) == path
+    assert len(server.ranges) == 1, "the second call must not touch the network"
+
+
+def test_voc_md5_mismatch_deletes_the_file(tmp_path, serve):
+    payload = make_tar(VOC_FILES)
+    server = serve(payload)
+    wrong = "0" * 32
+    with pytest.raises(download.DownloadError) as raised:
+        download.download_voc(str(tmp_path), url=server.url, md5=wrong, progress=False)
+    message = str(raised.value)
+    assert f"expected MD5 {wrong}" in message and md5_of(payload) in message and "data.voc_download_md5" in message
+    assert not os.path.exists(os.path.join(str(tmp_path), ".downloads", "VOCtrainval_11-May-2012.tar.part"))
+    assert not (tmp_path / "VOCdevkit").exists()
+
+
+def test_voc_interrupted_transfer_resumes_with_range(tmp_path, serve):
+    payload = make_tar(VOC_FILES)
+    server = serve(payload)
+    server.mode = "cut"
+    with pytest.raises(download.DownloadError, match="rerun"):
+        download.download_voc(str(tmp_path), url=server.url, md5=md5_of(payload), progress=False)
+    part = os.path.join(str(tmp_path), ".downloads", "VOCtrainval_11-May-2012.tar.part")
+    with open(part, "rb") as f:
+        assert f.read() == payload[: len(payload) // 2]
+    assert not (tmp_path / "VOCdevkit").exists()
+    server.mode = "normal"
+    path = download.download_voc(str(tmp_path), url=server.url, md5=md5_of(payload), progress=False)
+    assert server.ranges[-1] == f"bytes={len(payload) // 2}-" and server.statuses[-1] == 206
+    assert os.path.isfile(os.path.join(path, "JPEGImages", "2007_000032.jpg"))
+
+
+def _link(name, target, kind):
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info
+
+
+def _file(name, content=b"x"):
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = len(content)
+    return info
+
+
+@pytest.mark.parametrize(
+    "member, message",
+    [
+        ("symlink", "a symbolic link"),
+        ("hardlink", "a hard link"),
+        ("dotdot", "unsafe member path"),
+        ("absolute", "unsafe member path"),
+    ],
+)
+def test_voc_tar_members_leaving_the_folder_are_refused(tmp_path, serve, member, message):
+    import tarfile
+
+    outside = tmp_path / "outside.txt"
+    if member in ("symlink", "hardlink"):
+        kind = tarfile.SYMTYPE if member == "symlink" else tarfile.LNKTYPE
+        extra = [_link("VOCdevkit/VOC2012/escape", str(outside) if member == "symlink" else "../../outside.txt", kind)]
+        payload = make_tar(VOC_FILES, extra)
+    else:
+        name = "VOCdevkit/../../outside.txt" if member == "dotdot" else str(outside)
+        buffer = io.BytesIO(make_tar(VOC_FILES)[:-1024])  # drop the end-of-archive blocks, then append one more member
+        with tarfile.open(fileobj=buffer, mode="a") as archive:
+            archive.addfile(_file(name, b"escaped"), io.BytesIO(b"escaped"))
+        payload = buffer.getvalue()
+    server = serve(payload)
+    data_dir = tmp_path / "data"
+    with pytest.raises(download.DownloadError, match=message) as raised:
+        download.download_voc(str(data_dir), url=server.url, md5=md5_of(payload), progress=False)
+    assert "not the official VOC 2012 trainval tar" in str(raised.value)
+    assert not outside.exists() and not (data_dir / "VOCdevkit").exists()
+    assert [name for name in leftovers(data_dir) if name.startswith(".extract")] == []
+
+
+def test_voc_tar_without_segmentation_is_rejected(tmp_path, serve):
+    files = {k: v for k, v in VOC_FILES.items() if "SegmentationClass" not in k}
+    payload = make_tar(files)
+    server = serve(payload)
+    with pytest.raises(download.DownloadError, match="VOCdevkit/VOC2012/SegmentationClass"):
+        download.download_voc(str(tmp_path), url=server.url, md5=md5_of(payload), progress=False)
+    assert not (tmp_path / "VOCdevkit").exists()
+
+
+def test_voc_layout_downloads_the_voc_tar(tmp_path, serve):
+    import dataclasses
+
+    from fcn import config as config_lib
+    from fcn import datasets
+
+    payload = make_tar(VOC_FILES)
+    server = serve(payload)
+    config = dataclasses.replace(
+        config_lib.DataConfig(), data_dir=str(tmp_path), layout="voc", download=True, num_classes=0,
+        voc_download_url=server.url, voc_download_md5=md5_of(payload),
+    )  # fmt: skip
+    root = datasets.prepare_dataset(config, progress=False)
+    assert root == os.path.join(str(tmp_path), "VOCdevkit", "VOC2012")
+    assert datasets.find_dataset(dataclasses.replace(config, layout="auto")).layout.name == "voc"

@@ -204,3 +204,36 @@ def test_bad_arguments_are_rejected(tmp_path, kwargs):
     with pytest.raises(ValueError, match=r"image counts must be >= 0|need 32 <= min_size <= max_size"):
         sample_data.generate_sample_dataset(str(tmp_path / "ADE"), progress=False, **kwargs)
     assert not (tmp_path / "ADE").exists()
+
+
+def test_sample_data_of_one_layout_is_never_taken_for_another(tmp_path):
+    root = str(tmp_path / "data")
+    sample_data.generate_sample_dataset(root, num_train=1, num_val=1, progress=False, layout="folder")
+    assert sample_data.is_complete(root, "folder") and not sample_data.is_complete(root, "ade20k")
+    with open(os.path.join(root, "classes.csv")) as f:
+        assert f.readline().strip() == "id,name,r,g,b,ignore"
+    before = _digests(root)
+    with pytest.raises(sample_data.FolderInUseError):
+        sample_data.generate_sample_dataset(root, num_train=1, num_val=1, progress=False)  # ADE20K over the folder layout
+    assert _digests(root) == before
+
+
+def test_voc_layout_writes_palette_pngs_of_the_same_scenes(tmp_path):
+    ade = sample_data.generate_sample_dataset(str(tmp_path / "ade"), num_train=2, num_val=1, progress=False)
+    voc = sample_data.generate_sample_dataset(str(tmp_path / "VOC2012"), num_train=2, num_val=1, progress=False, layout="voc")
+    with open(os.path.join(voc, "ImageSets", "Segmentation", "train.txt")) as f:
+        names = f.read().split()
+    assert names == ["ADE_train_00000001", "ADE_train_00000002"]
+    for name in names:
+        with Image.open(os.path.join(ade, "annotations", "training", name + ".png")) as picture:
+            ade_values = np.asarray(picture)
+        with Image.open(os.path.join(voc, "SegmentationClass", name + ".png")) as picture:
+            assert picture.mode == "P"
+            voc_values = np.asarray(picture)
+        # person 13 -> 15, car 21 -> 7, bed 8 -> sofa 18, unlabelled 0 -> 255, every other class background 0.
+        expected = np.zeros_like(ade_values)
+        for ade_value, voc_value in {13: 15, 21: 7, 8: 18, 0: 255}.items():
+            expected[ade_values == ade_value] = voc_value
+        np.testing.assert_array_equal(voc_values, expected)
+        with open(os.path.join(ade, "images", "training", name + ".jpg"), "rb") as a, open(os.path.join(voc, "JPEGImages", name + ".jpg"), "rb") as b:
+            assert a.read() == b.read()

@@ -5,10 +5,13 @@ The one owner of inference, shared by evaluate, visualize and export:
 - ``restore_model`` rebuilds the run's FCN-8s from its config and restores a
   checkpoint (the newest intact one of ``logs_dir/checkpoints`` unless told
   otherwise; ``fcn/checkpoints.py`` finds and checks it);
-- ``Predictor`` runs it on uint8 images of any size (batch dimension first) at
-  their own resolution, optionally averaging the softmax probabilities of
-  several scales and of the horizontally flipped image, compiled once for all
-  sizes;
+- ``Predictor`` runs it on uint8 images of any size (batch dimension first)
+  with the test protocol: each image fitted into the test size (the training
+  scale ``data.base_size`` by default, or left at its own size with
+  ``evaluate.test_size: none``), optionally averaging the softmax
+  probabilities of several scales and of the horizontally flipped image, the
+  logits resized back and the labels taken at the image's own size; compiled
+  once for all sizes (``make_predictor`` builds it from a config);
 - ``write_label_png`` writes the submission format of the run's class table
   (``datasets.ClassTable``): a PNG of the image's size holding annotation
   values, 8-bit greyscale 1..150 for ADE20K (train id + 1; 0 "other" is never
@@ -500,7 +503,8 @@ def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str 
     ``STEM_overlay.png`` the mask blended over the image.
 
     Args:
-      config: the run's config (model shape, ``logs_dir``, ``evaluate.scales`` / ``flip``).
+      config: the run's config (model shape, ``logs_dir``, the protocol of
+        ``evaluate.test_size`` / ``scales`` / ``flip``, ``evaluate.max_pixels``).
       paths: image files and folders of images.
       output_dir: where to write (default ``LOGS_DIR/predictions``).
       checkpoint: see ``restore_model``.

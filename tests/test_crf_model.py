@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import SAMPLE_ROOT, run_fcn
+from conftest import SAMPLE_ROOT, bilinear_resize, run_fcn
 from test_evaluate import official_scores
+from test_protocol import fit_factor
 from fcn import ade20k, checkpoints, crf, data, metrics, predict, sample_data, summaries
 from fcn import config as config_lib
 from fcn import model as model_lib
@@ -175,7 +176,8 @@ def test_inference_modes_use_fcn_and_crf(crf_runs, tmp_path):
     assert not checkpoints.holds_layer_weights(checkpoints.candidates(fcn_run_config.logs_dir).prefixes[0], model_lib.CRF_WEIGHTS)
     with pytest.raises(predict.InferenceError, match="crf=True"):
         predict.restore_model(config, checkpoint=fcn_run)  # and a CRF model needs the CRF weights
-    both = predict.Predictor(model_lib.with_fcn_output(model))
+    both = predict.make_predictor(model_lib.with_fcn_output(model), config)  # the run's protocol: fit into [160, 96]
+    assert both.test_size == (160, 96)
 
     # evaluate with compare_fcn: both sets of numbers, each from its own labels.
     out = str(tmp_path / "evaluation")
@@ -199,7 +201,8 @@ def test_inference_modes_use_fcn_and_crf(crf_runs, tmp_path):
             assert written["fcn_alone"][key] == pytest.approx(value, rel=1e-12), key
     assert written["crf"] is True and written["crf_iterations"] == 3
     # And against a computation that shares none of that code: the checkpoint read with TensorFlow's own
-    # API into a fresh model, run eagerly, scored pixel by pixel with the official formula.
+    # API into a fresh model, run eagerly on each image fitted into the test size (numpy resizes, as in
+    # tests/test_protocol.py), its logits resized back, scored pixel by pixel with the official formula.
     fresh = model_lib.build_fcn8s(
         150, fc_channels=16, crf=dict(num_iterations=3, theta_alpha=config.model.crf_theta_alpha,
                                       theta_beta=config.model.crf_theta_beta, theta_gamma=config.model.crf_theta_gamma)
@@ -210,9 +213,12 @@ def test_inference_modes_use_fcn_and_crf(crf_runs, tmp_path):
     for image_path, annotation_path in data.list_split(root, "validation").pairs:
         image = np.asarray(Image.open(image_path).convert("RGB"))
         truths.append(np.asarray(Image.open(annotation_path)))
-        fcn_logits, crf_logits = eager(image[None])
-        fcn_eager.append(fcn_logits[0].numpy().argmax(-1))
-        crf_eager.append(crf_logits[0].numpy().argmax(-1))
+        height, width = image.shape[:2]
+        factor = fit_factor(height, width, (160, 96))
+        scaled = bilinear_resize(image[None], max(round(height * factor), 1), max(round(width * factor), 1))
+        fcn_logits, crf_logits = eager(np.asarray(scaled, np.float32))
+        fcn_eager.append(bilinear_resize(fcn_logits.numpy(), height, width)[0].argmax(-1))
+        crf_eager.append(bilinear_resize(crf_logits.numpy(), height, width)[0].argmax(-1))
     # Compiled and eager inference may break exact ties of the untrained CRF differently: a tolerance.
     for scores, expected in ((written, official_scores(truths, crf_eager)), (written["fcn_alone"], official_scores(truths, fcn_eager))):
         assert scores["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"], abs=0.02)

@@ -5,7 +5,6 @@ ADE20K's usual protocol (mmsegmentation's test pipeline): each image is resized 
 to the image's size and the labels are taken and scored there.
 """
 
-import dataclasses
 import os
 
 import numpy as np

@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--image", metavar="PATH", nargs="+", default=[], help="predict: image files or folders of images")
     parser.add_argument(
+        "--pretrained",
+        metavar="NAME|FILE",
+        default="",
+        help="predict with a released model instead of a run: crfasrnn_voc (crfasrnn_keras's FCN-8s + CRF-RNN for "
+        "Pascal VOC, downloaded once into model.model_dir) or the path of its crfrnn_keras_model.h5",
+    )
+    parser.add_argument(
         "--strategy",
         choices=("default", "mirrored", "multi_worker"),
         help="default: one device; mirrored: all local GPUs (or --set train.devices=...); "
@@ -192,6 +199,9 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     if args.mode == "predict" and not args.image:
         print("FCN.py: --mode=predict needs --image PATH [PATH ...] (image files or folders)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.pretrained and args.mode != "predict":
+        print(f"FCN.py: --pretrained is for --mode=predict (got --mode={args.mode})", file=sys.stderr)
         return EXIT_USAGE
 
     try:  # importing TensorFlow takes seconds: a Ctrl-C is likely to land here
@@ -278,10 +288,20 @@ def run_visualize(config: config_lib.Config, root: str, args: argparse.Namespace
 
 
 def run_predict(config: config_lib.Config, args: argparse.Namespace, progress: bool) -> int:
-    from fcn import data, predict
+    from fcn import data, predict, pretrained, weights
 
-    result = predict.predict_images(config, args.image, args.output, args.checkpoint, progress=progress)
-    print(f"checkpoint: {result.checkpoint}")
+    if args.pretrained:
+        output = args.output or os.path.join(config.logs_dir, "predictions")
+        try:
+            result = pretrained.predict_images(args.pretrained, args.image, output, config.model.model_dir,
+                                               config.evaluate.max_pixels, progress=progress)
+        except weights.WeightsError as error:
+            print(f"FCN.py: {error}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"model: {result.checkpoint}")
+    else:
+        result = predict.predict_images(config, args.image, args.output, args.checkpoint, progress=progress)
+        print(f"checkpoint: {result.checkpoint}")
     for path, label_png in result.written.items():
         print(f"{data.display_path(path)} -> {data.display_path(label_png)} (+ _mask.png, _overlay.png)")
     for reason in result.failed.values():

@@ -526,10 +526,24 @@ def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str 
     output_dir = output_dir or os.path.join(config.logs_dir, "predictions")
     written_before = _check_outputs(files, output_dir)
     predictor, prefix = predictor_from_config(config, checkpoint)
-    os.makedirs(output_dir, exist_ok=True)
     result = PredictResult({}, dict(unopenable), prefix)
+    labels_of = lambda image: predictor.labels(image[None])[0].numpy()  # noqa: E731  (H, W) train ids
+    write_predictions(files, output_dir, written_before, labels_of, predictor.classes, config.evaluate.max_pixels, result, progress)
+    return result
+
+
+def write_predictions(files, output_dir: str, written_before: set[str], labels_of, classes, max_pixels: int, result: PredictResult,
+                      progress: bool = True) -> None:
+    """The loop of ``predict_images`` for any model: ``labels_of(uint8 (H, W, 3)) -> train ids (H, W)``.
+
+    Checked ``files`` (``_check_outputs`` gave ``written_before``) are read one
+    by one; each image's label PNG, mask and overlay in the colours of
+    ``classes`` go to ``output_dir``; refusals and unreadable images go to
+    ``result.failed`` and the next image is processed.
+    """
+    os.makedirs(output_dir, exist_ok=True)
     for path in tqdm.tqdm(files, desc="predicting", unit="image", disable=not progress, dynamic_ncols=True):
-        refused = too_large(path, config.evaluate.max_pixels)  # before decoding: bounds the memory of one image
+        refused = too_large(path, max_pixels)  # before decoding: bounds the memory of one image
         if refused:
             result.failed[path] = refused
             continue
@@ -538,15 +552,14 @@ def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str 
         except InferenceError as error:
             result.failed[path] = str(error)
             continue
-        refused = too_large(path, config.evaluate.max_pixels, image.shape[:2])  # a header PIL could not read
+        refused = too_large(path, max_pixels, image.shape[:2])  # a header PIL could not read
         if refused:
             result.failed[path] = refused
             continue
-        train_ids = predictor.labels(image[None])[0].numpy()  # (H, W)
+        train_ids = labels_of(image)
         base = os.path.join(output_dir, _stem(path))
         _record_outputs(output_dir, written_before, [os.path.basename(base + suffix) for suffix in OUTPUT_SUFFIXES])
-        write_label_png(base + ".png", train_ids, predictor.classes)
-        write_rgb_png(base + "_mask.png", predictor.classes.colourise(train_ids))
-        write_rgb_png(base + "_overlay.png", overlay(image, train_ids, classes=predictor.classes))
+        write_label_png(base + ".png", train_ids, classes)
+        write_rgb_png(base + "_mask.png", classes.colourise(train_ids))
+        write_rgb_png(base + "_overlay.png", overlay(image, train_ids, classes=classes))
         result.written[path] = base + ".png"
-    return result

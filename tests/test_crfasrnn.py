@@ -350,3 +350,56 @@ def test_fetch_pretrained_downloads_once_and_leaves_nothing_on_failure(tmp_path,
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.slow  # 500 x 500 through VGG16 and a 10-iteration CRF, twice
+def test_demo_command_fetches_the_released_file_and_writes_voc_labels(tmp_path, monkeypatch, capsys):
+    """``--mode=predict --pretrained crfasrnn_voc``: the file comes from a server on 127.0.0.1 into the model
+    cache; the label PNG is a VOC palette PNG of the image's size holding the model's labels, the mask is in
+    the VOC colours."""
+    import dataclasses
+    import threading
+
+    import FCN
+    from fcn import datasets
+    from test_model import _FileServer
+
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    served = tmp_path / "served.h5"
+    keras.utils.set_random_seed(5)
+    reference = reference_model()
+    randomise(reference)
+    write_keras2_weights(str(served), reference)
+    server = _FileServer({"crfrnn_keras_model.h5": served.read_bytes()})
+    server.paths = []
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+    try:
+        entry = weights.PRETRAINED["crfasrnn_voc"]
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1.0/crfrnn_keras_model.h5"
+        monkeypatch.setitem(weights.PRETRAINED, "crfasrnn_voc", dataclasses.replace(entry, url=url))
+        out, cache = tmp_path / "out", tmp_path / "cache"
+        status = FCN.main(["--mode=predict", "--pretrained", "crfasrnn_voc", "--image", IMAGE, "--output", str(out),
+                           "--model_dir", str(cache), "--no_progress"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert status == FCN.EXIT_OK, capsys.readouterr().err
+    assert server.paths == ["/v1.0/crfrnn_keras_model.h5"] and (cache / "crfrnn_keras_model.h5").is_file()
+    # The model's labels, computed here from the same file, as crfasrnn_keras's demo makes them.
+    image = np.asarray(Image.open(IMAGE).convert("RGB"))
+    net = weights.load_crfasrnn_keras(str(served), num_classes=NUM_CLASSES)
+    inputs, valid = model_lib.crfasrnn_keras_inputs(image)
+    expected = model_lib.crfasrnn_keras_labels(np.asarray(net(inputs[None], training=False))[0], valid, image.shape[:2])
+    stem = os.path.splitext(os.path.basename(IMAGE))[0]
+    written = Image.open(out / f"{stem}.png")
+    assert written.mode == "P" and written.size == (image.shape[1], image.shape[0])
+    np.testing.assert_array_equal(np.asarray(written), expected)
+    assert len(np.unique(expected)) > 1  # the random weights separate several classes: a real comparison
+    palette = np.asarray(written.getpalette()[: 3 * NUM_CLASSES]).reshape(-1, 3)
+    np.testing.assert_array_equal(palette, datasets.voc_colormap()[:NUM_CLASSES])
+    mask = np.asarray(Image.open(out / f"{stem}_mask.png").convert("RGB"))
+    np.testing.assert_array_equal(mask, datasets.voc_colormap()[expected])
+    # A name that is neither released nor a file: a message and status 1.
+    assert FCN.main(["--mode=predict", "--pretrained", "nope", "--image", IMAGE, "--output", str(out), "--no_progress"]) == FCN.EXIT_FAILED
+    assert "neither a released model (crfasrnn_voc) nor an existing file" in capsys.readouterr().err

@@ -1,0 +1,73 @@
+"""Released models of other projects, run as their authors ran them: ``--mode=predict --pretrained NAME|FILE``.
+
+``crfasrnn_voc`` is crfasrnn_keras's released FCN-8s + CRF-RNN for Pascal VOC
+2012 (``weights.PRETRAINED``): fetched once into ``model.model_dir``, its
+structure checked (it has no published hash), rebuilt in that project's own
+geometry (``model.build_crfasrnn_reference``) with this project's CRF-RNN in
+place of its compiled op. Each image goes through that project's
+preprocessing (fitted into 500 x 500, padded), and the labels are cropped and
+resized back to the image's size as its demo does; the outputs are those of
+``--mode=predict``: the label PNG (a palette PNG of VOC values 0..20), the
+mask and the overlay in the VOC colours.
+"""
+
+import os
+
+import numpy as np
+
+from fcn import datasets, weights
+from fcn import model as model_lib
+from fcn import predict as predict_lib
+
+
+def resolve(source: str, model_dir: str = "") -> tuple[str, weights.Pretrained]:
+    """(path of the model file, its description) for a ``PRETRAINED`` name or a local file of one.
+
+    Raises:
+      weights.WeightsError: an unknown name that is no file, or a failed download.
+    """
+    if source in weights.PRETRAINED:
+        return weights.fetch_pretrained(source, model_dir or None), weights.PRETRAINED[source]
+    if os.path.isfile(source):
+        return source, weights.PRETRAINED["crfasrnn_voc"]  # the one released file this project reads
+    names = ", ".join(sorted(weights.PRETRAINED))
+    raise weights.WeightsError(f"--pretrained {source}: neither a released model ({names}) nor an existing file")
+
+
+def class_table(entry: weights.Pretrained) -> datasets.ClassTable:
+    """The classes a released model predicts."""
+    if entry.dataset == "voc2012":
+        return datasets.ClassTable.voc()
+    raise weights.WeightsError(f"released model of an unknown label set {entry.dataset!r}")
+
+
+def labeller(path: str, entry: weights.Pretrained):
+    """``labels_of(uint8 (H, W, 3)) -> train ids (H, W)`` of the model in ``path``."""
+    import tensorflow as tf
+
+    net = weights.load_crfasrnn_keras(path, num_classes=entry.num_classes, num_iterations=entry.crf_iterations)
+    forward = tf.function(lambda inputs: net(inputs, training=False), reduce_retracing=True)
+
+    def labels_of(image):
+        inputs, valid = model_lib.crfasrnn_keras_inputs(image)
+        scores = forward(inputs[None])[0].numpy()
+        return model_lib.crfasrnn_keras_labels(scores, valid, image.shape[:2]).astype(np.int32)
+
+    return labels_of
+
+
+def predict_images(source: str, paths, output_dir: str, model_dir: str = "", max_pixels: int = 40_000_000,
+                   progress: bool = True) -> predict_lib.PredictResult:
+    """``--mode=predict --pretrained SOURCE``: ``predict.predict_images`` with a released model.
+
+    Raises:
+      weights.WeightsError: no such model, a failed download, or a file whose structure does not fit.
+      predict.InferenceError: a bad path, colliding names, or outputs that would write over other files.
+    """
+    files, unopenable = predict_lib.list_images(paths)
+    written_before = predict_lib._check_outputs(files, output_dir)
+    path, entry = resolve(source, model_dir)
+    classes = class_table(entry)
+    result = predict_lib.PredictResult({}, dict(unopenable), path)
+    predict_lib.write_predictions(files, output_dir, written_before, labeller(path, entry), classes, max_pixels, result, progress)
+    return result

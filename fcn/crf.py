@@ -94,6 +94,33 @@ def build_image_lattice(image: tf.Tensor, theta_alpha: float, theta_beta: float)
     return permutohedral.build_lattice(bilateral_features(image, theta_alpha, theta_beta))
 
 
+def build_position_lattice(image: tf.Tensor, theta_gamma: float) -> permutohedral.Lattice:
+    """The lattice of the pixel positions of one (H, W) image, for the spatial kernel.
+
+    It depends on the image size only, so one lattice serves every image of
+    the batch (``shared_lattice_filter``). ``image``: (B, H, W, ...), only its
+    shape is used.
+    """
+    return permutohedral.build_lattice(spatial_features(image[:1], theta_gamma))
+
+
+def shared_lattice_filter(lattice: permutohedral.Lattice, values: tf.Tensor) -> tf.Tensor:
+    """Filters each image of (B, H, W, C) values with the one lattice of a single image.
+
+    The batch is folded into the channels, (1, H * W, B * C), so that the
+    lattice is traversed once per call whatever the batch size.
+    """
+    shape = tf.shape(values)
+    channels = values.shape[-1]
+    batch = values.shape[0]
+    folded_channels = batch * channels if batch is not None and channels is not None else -1
+    folded = tf.transpose(tf.reshape(values, tf.stack([shape[0], -1, shape[3]])), [1, 0, 2])  # (H W, B, C)
+    folded = tf.reshape(folded, (1, -1, folded_channels))  # (1, H W, B C)
+    filtered = permutohedral.lattice_filter(lattice, folded)
+    filtered = tf.transpose(tf.reshape(filtered, tf.stack([-1, shape[0], shape[3]])), [1, 0, 2])  # (B, H W, C)
+    return tf.reshape(filtered, shape)
+
+
 def spatial_radius(theta_gamma: float) -> int:
     """Truncation radius of the spatial kernel, in pixels."""
     return int(math.ceil(SPATIAL_TRUNCATION * theta_gamma))
@@ -292,9 +319,10 @@ class CrfRnn(keras.layers.Layer):
         unaries, image = inputs
         unaries = tf.cast(unaries, self.compute_dtype)  # (B, H, W, C)
         lattice = build_image_lattice(image, self.theta_alpha, self.theta_beta)
+        positions = build_position_lattice(image, self.theta_gamma)
         return mean_field(
             unaries,
-            spatial=lambda values: spatial_filter(values, self.theta_gamma),
+            spatial=lambda values: shared_lattice_filter(positions, values),
             bilateral=lambda values: permutohedral.lattice_filter(lattice, values),
             spatial_kernel_weights=tf.convert_to_tensor(self.spatial_kernel_weights),
             bilateral_kernel_weights=tf.convert_to_tensor(self.bilateral_kernel_weights),

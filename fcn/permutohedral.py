@@ -81,6 +81,9 @@ import tensorflow as tf
 
 # Vertex keys are int64; keep a factor 2 of headroom below 2^63.
 _MAX_KEY = 2.0**62
+# Vertices are numbered with a table over the key range, instead of a hash,
+# when the range is at most this many times the number of point-vertex keys.
+_DENSE_KEYS_PER_KEY = 4.0
 
 
 class LatticePart(NamedTuple):
@@ -240,39 +243,65 @@ def _build_part(features: tf.Tensor) -> LatticePart:
     lowered = tf.cumsum(rank_strides[:, ::-1], axis=1, exclusive=True)  # (P, k): the k highest-rank q_i drop by one
     keys = base_keys[:, None] + tf.range(d + 1, dtype=tf.int64) - lowered  # (P, d + 1)
 
-    # Vertices numbered in order of first appearance: pixels in raster order then
-    # touch nearby rows of the vertex arrays, which keeps splat, blur and slice
-    # cache-friendly.
-    unique_keys, vertex = tf.unique(tf.reshape(keys, [-1]), out_idx=tf.int32)  # (M,), (P * (d + 1),)
-    num_vertices = tf.size(unique_keys)
-
-    # Next vertex along each direction, by key arithmetic and a second hash
-    # lookup: the vertex keys go first and, being unique, keep their indices
-    # 0..M-1; a neighbour key that is no vertex gets an index >= M. One
-    # tf.unique of M (d + 2) keys replaced sorting the keys and a binary search
-    # per neighbour: for 1.4M vertices (512x512 random colours) the lookup
-    # alone took 1.5x less wall time and 3x less CPU time (2-core AVX2 EPYC,
-    # loaded), the whole build 0.9x; on ADE_val_00000001 (141k vertices) the
-    # build is unchanged. Same lattice, bit for bit.
+    # Vertices, and the next vertex along each direction (key arithmetic, then a
+    # lookup of that key; a key that is no vertex is not found).
     offsets = _next_vertex_key_offsets(d, strides)  # (k, j)
-    next_keys = unique_keys[:, None] + tf.gather(offsets, tf.math.floormod(unique_keys, d + 1))  # (M, d + 1)
-    _, found = tf.unique(tf.concat([unique_keys, tf.reshape(next_keys, [-1])], axis=0), out_idx=tf.int32)
-    following = tf.reshape(found[num_vertices:], (-1, d + 1))  # (M, d + 1), valid where present
-    present = following < num_vertices
+    flat_keys = tf.reshape(keys, [-1])
+
+    def hashed():
+        # Vertices numbered in order of first appearance: pixels in raster order
+        # then touch nearby rows of the vertex arrays, which keeps splat, blur
+        # and slice cache-friendly. Neighbours by binary search in the sorted
+        # vertex keys: on ADE_val_00000001 (141k vertices, 850k neighbour keys)
+        # 1.9x faster than a second tf.unique over vertex and neighbour keys; on
+        # 512x512 random colours (1.4M vertices) the same (2-core AVX2 EPYC,
+        # loaded). Same lattice.
+        unique_keys, vertex = tf.unique(flat_keys, out_idx=tf.int32)  # (M,), (P * (d + 1),)
+        next_keys = tf.reshape(unique_keys[:, None] + tf.gather(offsets, tf.math.floormod(unique_keys, d + 1)), [-1])
+        order = tf.argsort(unique_keys)
+        sorted_keys = tf.gather(unique_keys, order)
+        last = tf.maximum(tf.size(unique_keys) - 1, 0)
+        position = tf.minimum(tf.searchsorted(sorted_keys, next_keys, out_type=tf.int32), last)
+        found = tf.equal(tf.gather(sorted_keys, position), next_keys)  # (M (d + 1),)
+        return unique_keys, vertex, tf.gather(order, position), found
+
+    def dense():
+        # Few possible keys (the lattice of pixel positions: about 3 N): a table
+        # over the whole key range instead of a hash; vertices in key order.
+        # On 683x512 positions (1.05M keys, range 132k) this replaces a
+        # tf.unique that took most of the build.
+        table_size = tf.cast(key_range, tf.int32)
+        present = tf.math.bincount(tf.cast(flat_keys, tf.int32), minlength=table_size, maxlength=table_size) > 0
+        numbers = tf.cumsum(tf.cast(present, tf.int32), exclusive=True)  # (R,): vertex number of each key
+        unique_keys = tf.where(present)[:, 0]  # (M,), increasing
+        next_keys = unique_keys[:, None] + tf.gather(offsets, tf.math.floormod(unique_keys, d + 1))
+        next_keys = tf.reshape(tf.cast(next_keys, tf.int32), [-1])  # within the range: no key carries
+        return unique_keys, tf.gather(numbers, tf.cast(flat_keys, tf.int32)), tf.gather(numbers, next_keys), tf.gather(present, next_keys)
+
+    num_keys = tf.cast(tf.size(flat_keys), tf.float64)
+    unique_keys, vertex, following, found = tf.cond(key_range <= _DENSE_KEYS_PER_KEY * num_keys, dense, hashed)
+    num_vertices = tf.size(unique_keys)
+    following = tf.reshape(following, (-1, d + 1))  # (M, d + 1), valid where found
+    present = tf.transpose(tf.reshape(found, (-1, d + 1)))  # (d + 1, M)
 
     # Blur along direction j: B_j = s (I / 2 + (N_j + N_j^T) / 4), N_j[v, next_j(v)] = 1;
     # a missing neighbour contributes nothing. Each B_j is exactly symmetric, and
     # s^(d + 1) is the normalisation constant, so that slice is exactly splat^T.
+    # The edges of all directions come from one tf.where, direction-major.
     scale = _normalisation(d) ** (1.0 / (d + 1))
-    vertices = tf.range(num_vertices)
-    diagonal = tf.cast(tf.stack([vertices, vertices], axis=1), tf.int64)
+    vertices = tf.range(num_vertices, dtype=tf.int64)
+    diagonal = tf.stack([vertices, vertices], axis=1)
+    edges = tf.where(present)  # (E, 2): direction, vertex
+    edge_count = tf.reduce_sum(tf.cast(present, tf.int32), axis=1)  # (d + 1,)
+    source = edges[:, 1]
+    target = tf.cast(tf.gather_nd(following, tf.reverse(edges, [1])), tf.int64)
     blur = []
-    for direction in range(d + 1):
-        pairs = tf.boolean_mask(tf.stack([vertices, following[:, direction]], axis=1), present[:, direction])
-        pairs = tf.cast(pairs, tf.int64)  # (E, 2)
+    ends = tf.unstack(tf.cumsum(edge_count), num=d + 1)
+    for start, stop in zip([0] + ends[:-1], ends):
+        pairs = tf.stack([source[start:stop], target[start:stop]], axis=1)  # (E_j, 2)
         indices = tf.concat([diagonal, pairs, pairs[:, ::-1]], axis=0)
         blur_weights = tf.concat(
-            [tf.fill([num_vertices], 0.5 * scale), tf.fill([2 * tf.shape(pairs)[0]], 0.25 * scale)], axis=0
+            [tf.fill([num_vertices], 0.5 * scale), tf.fill([2 * (stop - start)], 0.25 * scale)], axis=0
         )
         blur.append(tf.SparseTensor(indices, blur_weights, tf.cast([num_vertices, num_vertices], tf.int64)))
 

@@ -332,19 +332,60 @@ def in_channel_chunks(function, values: tf.Tensor) -> tf.Tensor:
     return tf.concat([function(part) for part in tf.split(values, sizes, axis=-1)], axis=-1)
 
 
-def _apply(lattice: LatticePart, values: tf.Tensor, reverse: bool) -> tf.Tensor:
-    """Splat, blur, slice; values (P, C) -> (P, C). ``reverse`` blurs in the transposed order."""
-
-    def cast(matrix):
-        return tf.SparseTensor(matrix.indices, tf.cast(matrix.values, values.dtype), matrix.dense_shape)
-
-    vertex_values = tf.sparse.sparse_dense_matmul(cast(lattice.splat), values)  # (M, C)
-    for blur in reversed(lattice.blur) if reverse else lattice.blur:
-        vertex_values = tf.sparse.sparse_dense_matmul(cast(blur), vertex_values)  # (M, C)
-    return tf.sparse.sparse_dense_matmul(cast(lattice.slice), vertex_values)  # (P, C)
+def _cast(matrix: tf.SparseTensor, dtype) -> tf.SparseTensor:
+    return tf.SparseTensor(matrix.indices, tf.cast(matrix.values, dtype), matrix.dense_shape)
 
 
-def lattice_filter(lattice: Lattice, values: tf.Tensor, transpose: bool = False) -> tf.Tensor:
+def _splat_blur(part: LatticePart, values: tf.Tensor, reverse: bool) -> tf.Tensor:
+    """Splat and blur, (P, C) -> (M, C). ``reverse`` blurs in the transposed order."""
+    vertex_values = tf.sparse.sparse_dense_matmul(_cast(part.splat, values.dtype), values)
+    for blur in reversed(part.blur) if reverse else part.blur:
+        vertex_values = tf.sparse.sparse_dense_matmul(_cast(blur, values.dtype), vertex_values)
+    return vertex_values
+
+
+def _slice(part: LatticePart, vertex_values: tf.Tensor) -> tf.Tensor:
+    """(M, C) -> (P, C)."""
+    return tf.sparse.sparse_dense_matmul(_cast(part.slice, vertex_values.dtype), vertex_values)
+
+
+def _to_vertices(part: LatticePart, values: tf.Tensor, reverse: bool) -> tf.Tensor:
+    """Splat and blur of (P, C) values, by channel chunks; its gradient is slice after the reversed blur."""
+
+    @tf.custom_gradient
+    def forward(x):
+        def gradient(upstream):  # (M, C) -> (P, C): (B S)^T = S^T B^T, each B_j symmetric
+            return in_channel_chunks(lambda chunk: _slice(part, _blur_only(part, chunk, not reverse)), upstream)
+
+        return in_channel_chunks(lambda chunk: _splat_blur(part, chunk, reverse), x), gradient
+
+    return forward(values)
+
+
+def _blur_only(part: LatticePart, vertex_values: tf.Tensor, reverse: bool) -> tf.Tensor:
+    for blur in reversed(part.blur) if reverse else part.blur:
+        vertex_values = tf.sparse.sparse_dense_matmul(_cast(blur, vertex_values.dtype), vertex_values)
+    return vertex_values
+
+
+def _from_vertices(part: LatticePart, vertex_values: tf.Tensor) -> tf.Tensor:
+    """Slice of (M, C) vertex values, by channel chunks; its gradient is the splat."""
+
+    @tf.custom_gradient
+    def forward(z):
+        def gradient(upstream):  # (P, C) -> (M, C)
+            return in_channel_chunks(
+                lambda chunk: tf.sparse.sparse_dense_matmul(_cast(part.splat, chunk.dtype), chunk), upstream
+            )
+
+        return in_channel_chunks(lambda chunk: _slice(part, chunk), z), gradient
+
+    return forward(vertex_values)
+
+
+def lattice_filter(
+    lattice: Lattice, values: tf.Tensor, transpose: bool = False, channel_weights: tf.Tensor = None
+) -> tf.Tensor:
     """Gaussian-filters values with a lattice from ``build_lattice``.
 
     Args:
@@ -353,28 +394,42 @@ def lattice_filter(lattice: Lattice, values: tf.Tensor, transpose: bool = False)
         spatial axes in the order of the features' N axis.
       transpose: apply the transposed filter (blur directions reversed), which
         is the filter's gradient.
+      channel_weights: optional (L, K) matrix, K dividing C: the output is then
+        out[..., g L + l] = sum_k channel_weights[l, k] filtered[..., g K + k]
+        for each group g of K channels. It is applied to the blurred lattice
+        vertices, before the slice (the filter acts on each channel alone, so
+        the two commute): M x K x L multiply-adds instead of N x K x L, M the
+        number of vertices.
 
     Returns:
-      The shape of ``values``, approximately sum_j exp(-|f_i - f_j|^2 / 2) values_j
-      within each batch element, j = i included. Differentiable with respect to
-      values.
+      The shape of ``values`` (last axis C / K x L with ``channel_weights``),
+      approximately sum_j exp(-|f_i - f_j|^2 / 2) values_j within each batch
+      element, j = i included. Differentiable with respect to values and
+      channel_weights; the backward pass is the transposed filter and keeps
+      only the (M, C) vertex values when ``channel_weights`` is given.
     """
     values = tf.convert_to_tensor(values)
     channels = values.shape[-1] if values.shape[-1] is not None else tf.shape(values)[-1]
     parts = lattice.parts
 
-    def apply(batched_values, reverse):  # (B, N, C)
-        def apply_part(part, part_values):
-            flat = tf.reshape(part_values, (-1, channels))  # (P, C)
-            return in_channel_chunks(lambda chunk: _apply(part, chunk, reverse), flat)
+    def apply_part(part, part_values):  # (..., C) of one part
+        vertex_values = _to_vertices(part, tf.reshape(part_values, (-1, channels)), transpose)  # (M, C)
+        if channel_weights is not None:
+            weights = tf.cast(channel_weights, vertex_values.dtype)
+            if weights.shape[-1] is not None and vertex_values.shape[-1] == weights.shape[-1]:
+                vertex_values = tf.matmul(vertex_values, weights, transpose_b=True)  # (M, L)
+            else:
+                grouped = tf.reshape(vertex_values, tf.stack([tf.shape(vertex_values)[0], -1, tf.shape(weights)[1]]))
+                mixed = tf.matmul(grouped, weights[None], transpose_b=True)  # (M, G, L)
+                vertex_values = tf.reshape(mixed, tf.stack([tf.shape(vertex_values)[0], -1]))
+                if None not in (values.shape[-1], weights.shape[0], weights.shape[1]):
+                    vertex_values = tf.ensure_shape(vertex_values, (None, values.shape[-1] // weights.shape[1] * weights.shape[0]))
+        return _from_vertices(part, vertex_values)  # (P, C')
 
-        if len(parts) == 1:
-            return tf.reshape(apply_part(parts[0], batched_values), tf.shape(batched_values))
-        return tf.stack([apply_part(part, x) for part, x in zip(parts, tf.unstack(batched_values, len(parts)))])
-
-    @tf.custom_gradient
-    def filtered(batched_values):
-        return apply(batched_values, transpose), lambda upstream: apply(upstream, not transpose)
-
-    output = filtered(tf.reshape(values, tf.stack([tf.shape(values)[0], -1, channels])))  # (B, N, C)
-    return tf.reshape(output, tf.shape(values))
+    batched = tf.reshape(values, tf.stack([tf.shape(values)[0], -1, channels]))  # (B, N, C)
+    if len(parts) == 1:
+        output = apply_part(parts[0], batched)
+        output = tf.reshape(output, tf.stack([tf.shape(values)[0], tf.shape(batched)[1], -1]))
+    else:
+        output = tf.stack([apply_part(part, x) for part, x in zip(parts, tf.unstack(batched, len(parts)))])
+    return tf.reshape(output, tf.concat([tf.shape(values)[:-1], tf.shape(output)[-1:]], axis=0))

@@ -17,19 +17,25 @@ in time linear in the number of points:
 4. *slice*: each point reads the blurred values back with the same weights.
 
 Splat, blur and slice are linear and depend only on the features, so
-``build_lattice`` does all the geometry once (int64 vertex keys, ``tf.unique``,
-neighbours by a second ``tf.unique``) and returns them as sparse matrices;
-``lattice_filter`` is then d + 3 sparse-dense matrix products per call, for any
-number of channels. A batch of known size gets one lattice per feature set
-(image); a batch of unknown size is one lattice, in which the batch index is
-the most significant digit of every vertex key, so that its feature sets never
-share a vertex. Either way they are filtered independently.
+``build_lattice`` does all the geometry once (int64 vertex keys; vertices
+numbered by ``tf.unique``, or by a table over the key range when that range is
+small, as for the pixel positions of the spatial kernel; neighbours by key
+arithmetic and a binary search in the sorted keys) and returns them as sparse
+matrices; ``lattice_filter`` is then d + 3 sparse-dense matrix products per
+call, for any number of channels. A batch of known size gets one lattice per
+feature set (image); a batch of unknown size is one lattice, in which the batch
+index is the most significant digit of every vertex key, so that its feature
+sets never share a vertex. Either way they are filtered independently.
 
 The filter matrix is ``S^T B_d ... B_0 S`` with ``S`` the splat matrix and each
 blur ``B_k`` symmetric, so its transpose is the same product with the blur
 directions reversed: the gradient is one more filter call, and the backward
 pass keeps nothing of the forward one (memory does not grow with lattice
 vertices times channels per call). The lattice itself carries no gradient.
+A channel product (``channel_weights``, the C x C matrices of the CRF) is
+applied to the blurred vertices, before the slice: the filter acts on each
+channel alone, so the two commute, and there are fewer vertices than points
+(141k and 45k for 350k pixels on ADE_val_00000001, bilateral and spatial).
 
 Why sparse matrices: on this 2-core CPU (TF 2.21, 500x375 image, C = 21) they
 beat every dense index formulation tried. Slice as d + 1 row gathers times
@@ -38,35 +44,14 @@ weights took 2-3x the ``sparse_dense_matmul``; splat by
 the slice matrix 1-3x; blur as two neighbour gathers and an ``add_n`` made the
 whole filter 1.2x (C = 21) to 1.6x (C = 150) slower, and the diagonal of the
 blur as a scaled copy 1.8x. At these channel counts the cost is per stored
-index, not per multiply-add.
-
-Where the time goes (``python bench/crf.py``, 2-core AMD EPYC with AVX2, no
-AVX-512, shared machine at load average 2.8-3.5; each part alone, seconds):
-
-====================================  =====  =====  =====  =====  =========  =======  =========
-case                                  build  splat  blur   slice  bilateral  spatial  softmax +
-                                                    (x6)          filter     filter   C x C
-====================================  =====  =====  =====  =====  =========  =======  =========
-ADE_val_00000001 683x512, C = 21      1.56   0.05   0.16   0.06   0.26       0.25     0.10
-same image, C = 150                   1.28   0.81   1.41   1.02   2.70       3.01     1.84
-random colours 512x512, C = 21        6.69   0.22   2.04   0.07   2.56       0.18     0.10
-====================================  =====  =====  =====  =====  =========  =======  =========
-
-A forward pass is one build and, per mean-field iteration, one filter of each
-kind and the softmax with the products. The build is mostly its two
-``tf.unique`` calls (hash tables of 2.1M point-vertex keys and of the 1.0M
-vertex and neighbour keys on the ADE image; about 0.8 s each under load in a
-step-stats profile), then top_k, gathers and index stacking. On random colours
-the lattice has 1.43M vertices for 262k pixels (0.28 neighbours per vertex and
-direction), so the build and the six blurs dominate. At C = 150 the spatial
-filter (band GEMMs, transposes, window gathers), the bilateral filter and the
-C x C products cost about the same. Tried and not kept, measured in the same
-process: a separate splat/slice for isolated vertices (no neighbour in any
-direction; no gain on either image); the spatial filter as two
-``depthwise_conv2d`` (slower), with band blocks of 8-32 rows instead of 64, as a
-main-plus-halo product instead of the window gather, or without channel chunks
-(all within the noise); ``mallopt`` raising the mmap threshold to 1 GiB from
-inside the process (no change at C = 150, batch 1).
+index, not per multiply-add: two chunks of 10-11 channels took 1.8x one of 21,
+and 21 channels padded to 32 (TensorFlow's vectorised path from 32 on) 6x;
+sorting the indices row-major, 1.1x; the CSR ``SparseMatrixMatMul``, 3x (683x512,
+C = 21, loaded machine). The same filter compiled with XLA (gathers,
+``unsorted_segment_sum``) took 9x. Also tried for the build and not kept: a
+vectorised open-addressing hash (``tensor_scatter_nd_max`` rounds) 3-4x slower
+than ``tf.unique``; the coordinate ranks by pairwise comparisons instead of two
+``top_k``, 1.8x slower. ``bench/README.md`` has where the time goes, per part.
 
 No custom op, no ``py_function``, no strings: runs eagerly and in ``tf.function``
 on any device. It does not compile with XLA (``tf.unique`` has a data-dependent
@@ -82,8 +67,10 @@ import tensorflow as tf
 # Vertex keys are int64; keep a factor 2 of headroom below 2^63.
 _MAX_KEY = 2.0**62
 # Vertices are numbered with a table over the key range, instead of a hash,
-# when the range is at most this many times the number of point-vertex keys.
+# when the range is at most this many times the number of point-vertex keys
+# and at most _MAX_TABLE entries (int32 keys and counts).
 _DENSE_KEYS_PER_KEY = 4.0
+_MAX_TABLE = 2**26
 
 
 class LatticePart(NamedTuple):
@@ -279,7 +266,8 @@ def _build_part(features: tf.Tensor) -> LatticePart:
         return unique_keys, tf.gather(numbers, tf.cast(flat_keys, tf.int32)), tf.gather(numbers, next_keys), tf.gather(present, next_keys)
 
     num_keys = tf.cast(tf.size(flat_keys), tf.float64)
-    unique_keys, vertex, following, found = tf.cond(key_range <= _DENSE_KEYS_PER_KEY * num_keys, dense, hashed)
+    use_table = tf.logical_and(key_range <= _DENSE_KEYS_PER_KEY * num_keys, key_range <= _MAX_TABLE)
+    unique_keys, vertex, following, found = tf.cond(use_table, dense, hashed)
     num_vertices = tf.size(unique_keys)
     following = tf.reshape(following, (-1, d + 1))  # (M, d + 1), valid where found
     present = tf.transpose(tf.reshape(found, (-1, d + 1)))  # (d + 1, M)

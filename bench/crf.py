@@ -218,8 +218,14 @@ def parts(case_list, repeats: int) -> None:
         num_classes = unaries.shape[-1]
         image_batch = tf.constant(image[None])
         values = tf.constant(rng.random((1,) + unaries.shape), tf.float32)
-        build = tf.function(lambda i: crf.build_image_lattice(i, THETA_ALPHA, THETA_BETA))
-        build_positions = tf.function(lambda i: crf.build_position_lattice(i, THETA_GAMMA))
+        @tf.function
+        def build(images):
+            return crf.build_image_lattice(images, THETA_ALPHA, THETA_BETA)
+
+        @tf.function
+        def build_positions(images):
+            return crf.build_position_lattice(images, THETA_GAMMA)
+
         lattice, positions = build(image_batch), build_positions(image_batch)
         part = lattice.parts[0]
         flat = tf.reshape(values, (-1, num_classes))
@@ -237,6 +243,12 @@ def parts(case_list, repeats: int) -> None:
         vertex_values = splat(flat)
         norms = [tf.constant(rng.random((1,) + unaries.shape[:2] + (1,)) + 1.0, tf.float32) for _ in range(2)]
 
+        def bilateral_filter(x):
+            return permutohedral.lattice_filter(lattice, x, channel_weights=weights)
+
+        def spatial_filter(x):
+            return crf.shared_lattice_filter(positions, x, weights)
+
         def rest(logits, spatial, bilateral):  # as in crf.mean_field, with the filters' outputs given
             return logits - (spatial / norms[0] + bilateral / norms[1]), tf.nn.softmax(logits)
 
@@ -246,12 +258,8 @@ def parts(case_list, repeats: int) -> None:
             "splat": median_seconds(splat, (flat,), repeats),
             "blur": median_seconds(chunked(blur_all), (vertex_values,), repeats),
             "slice": median_seconds(chunked(lambda x: tf.sparse.sparse_dense_matmul(part.slice, x)), (vertex_values,), repeats),
-            "bilateral": median_seconds(
-                tf.function(lambda x: permutohedral.lattice_filter(lattice, x, channel_weights=weights)), (values,), repeats
-            ),
-            "spatial": median_seconds(
-                tf.function(lambda x: crf.shared_lattice_filter(positions, x, weights)), (values,), repeats
-            ),
+            "bilateral": median_seconds(tf.function(bilateral_filter), (values,), repeats),
+            "spatial": median_seconds(tf.function(spatial_filter), (values,), repeats),
             "rest": median_seconds(tf.function(rest), (values, values, values), repeats),
         }
         # Two builds; per iteration one filter of each kind and the rest (the
@@ -340,6 +348,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the C = 21 fixture case only, no training part")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the median is shown)")
     parser.add_argument("--no_training", action="store_true", help="parts 1 and 2 only")
+    parser.add_argument("--parts_only", action="store_true", help="part 2 only (where the time goes), every case")
     parser.add_argument("--training_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.training_child:
@@ -348,9 +357,10 @@ def main() -> None:
         return
     print(f"CPU: {cpu_name()}; TensorFlow {tf.__version__}; load average at start: {load_average()}")
     case_list = cases(args.quick)
-    side_by_side(case_list, args.repeats)
+    if not args.parts_only:
+        side_by_side(case_list, args.repeats)
     parts(case_list, args.repeats)
-    if not (args.quick or args.no_training):
+    if not (args.quick or args.no_training or args.parts_only):
         training(args.repeats)
     print(f"\nload average at the end: {load_average()}")
 

@@ -122,9 +122,9 @@ def shared_lattice_filter(
     """
     shape = tf.shape(values)
     batch, channels = values.shape[0], values.shape[-1]
-    folded_channels = batch * channels if batch is not None and channels is not None else -1
+    folded_channels = batch * channels if batch is not None and channels is not None else shape[0] * shape[3]
     folded = tf.transpose(tf.reshape(values, tf.stack([shape[0], -1, shape[3]])), [1, 0, 2])  # (H W, B, C)
-    folded = tf.reshape(folded, (1, -1, folded_channels))  # (1, H W, B C)
+    folded = tf.reshape(folded, tf.stack([1, -1, folded_channels]))  # (1, H W, B C)
     filtered = permutohedral.lattice_filter(lattice, folded, channel_weights=channel_weights)  # (1, H W, B L)
     filtered = tf.transpose(tf.reshape(filtered, tf.stack([-1, shape[0], tf.shape(filtered)[-1] // shape[0]])), [1, 0, 2])
     return tf.reshape(filtered, tf.concat([shape[:-1], [-1]], axis=0))  # (B, H, W, L)

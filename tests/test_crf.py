@@ -362,6 +362,21 @@ def test_batch_of_different_images_matches_single_images(samples):
     assert np.abs(swapped - together).max() > 0.1
 
 
+def test_layer_with_unknown_batch_and_image_size_matches_eager(crops):
+    """As in a Keras model graph: no static batch, height, width (the position lattice folds the batch)."""
+    rng = np.random.default_rng(17)
+    unaries = rng.normal(0.0, 2.0, (2, 9, 11, 4)).astype(np.float32)
+    images = crops[:2, :9, :11]
+    layer = crf.CrfRnn(num_iterations=2)
+    eager = layer([unaries, images]).numpy()
+    graph = tf.function(
+        lambda u, i: layer([u, i]),
+        input_signature=[tf.TensorSpec((None, None, None, 4)), tf.TensorSpec((None, None, None, 3), tf.uint8)],
+    )
+    np.testing.assert_allclose(graph(unaries, images).numpy(), eager, atol=1e-4)
+    assert np.abs(eager - unaries).max() > 0.1
+
+
 def test_refinement_improves_noisy_blurred_unaries(samples):
     rng = np.random.default_rng(6)
     gains = []

@@ -9,19 +9,24 @@ Three parts, in one run:
    ``ADE_val_00000001.jpg`` (683x512) at C = 21 and C = 150, and a random-colour
    512x512 image at C = 21 (the worst case of the lattice: almost every pixel
    has vertices of its own). Both sides run in this process, taking turns; the
-   median of ``--repeats`` calls is shown, with the ratio and the fraction of
-   pixels where the two give the same label. Unaries: the image's ground-truth
+   median of ``--repeats`` calls is shown, with the median (and range) of the
+   per-turn ratios, the fraction of pixels where the two give the same label
+   and the load average after the case. Unaries: the image's ground-truth
    labels (modulo C) as one-hot maps, blurred (sigma 4 px), times 8, plus
    N(0, 2^2) noise, so that the CRF has something to do; our layer gets them
-   as logits, pydensecrf2 as -log softmax. Our side is a ``tf.function`` of the
+   as logits (its softmax is timed), pydensecrf2 as -log softmax computed
+   before its timer starts (its lattice builds, inference and argmax are
+   timed). Our side is a ``tf.function`` of the
    layer, traced for the image size (as ``keras.Model.predict`` does).
    pydensecrf2 is an optional dependency of this benchmark only
    (``pip install pydensecrf2``); without it our side is timed alone.
 
-2. **Where the time goes**, per part of one forward pass, for each case:
-   lattice build, splat, blur (all d + 1 directions), slice, the spatial
-   filter, and softmax with the C x C products, each timed alone on C channels
-   (``tf.function``, median), and how many times a forward pass runs it.
+2. **Where the time goes**, per part of one forward pass, for each case: the
+   bilateral and the position lattice builds; splat, blur (all d + 1
+   directions) and slice of the bilateral lattice; each filter with its C x C
+   product; the rest of an iteration (softmax, norms, sums); each timed alone
+   on C channels (``tf.function``, median), and how many times a forward pass
+   runs it.
 
 3. **Training**: forward + backward (gradients for the unaries and the three
    C x C matrices) at C = 150, 500x375, batch 1 and 4, in seconds per image,
@@ -37,9 +42,10 @@ printed at the start and at the end.
 Usage, from the repo root::
 
     pip install pydensecrf2   # optional, for the comparison
-    python bench/crf.py [--quick] [--repeats 3]
+    python bench/crf.py [--quick] [--no_training] [--repeats 3]
 
-``--quick``: part 1 and 2 on the C = 21 fixture case only, no training part.
+``--quick``: part 1 and 2 on the C = 21 fixture case only, no training part;
+``--no_training``: parts 1 and 2 on every case.
 """
 
 import argparse
@@ -111,13 +117,23 @@ def cases(quick: bool):
     return result
 
 
-def pydensecrf_labels(image: np.ndarray, unaries: np.ndarray) -> np.ndarray:
-    """pydensecrf2's labels (H, W) for the same CRF as ``crf.CrfRnn`` at its initial weights."""
-    height, width, num_classes = unaries.shape
-    model = densecrf.DenseCRF2D(width, height, num_classes)
+def pydensecrf_energy(unaries: np.ndarray) -> np.ndarray:
+    """(C, H W) float32 unary energies for pydensecrf2: -log softmax of the (H, W, C) logits."""
+    num_classes = unaries.shape[-1]
     shifted = unaries - unaries.max(axis=-1, keepdims=True)
-    energy = np.log(np.exp(shifted).sum(axis=-1, keepdims=True)) - shifted  # -log softmax
-    model.setUnaryEnergy(np.ascontiguousarray(energy.reshape(-1, num_classes).T))
+    energy = np.log(np.exp(shifted).sum(axis=-1, keepdims=True)) - shifted
+    return np.ascontiguousarray(energy.reshape(-1, num_classes).T)
+
+
+def pydensecrf_labels(image: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    """pydensecrf2's labels (H, W) for the same CRF as ``crf.CrfRnn`` at its initial weights.
+
+    Timed from the energies on: the lattice builds, the inference and the argmax.
+    """
+    height, width = image.shape[:2]
+    num_classes = energy.shape[0]
+    model = densecrf.DenseCRF2D(width, height, num_classes)
+    model.setUnaryEnergy(energy)
     model.addPairwiseGaussian(
         sxy=THETA_GAMMA, compat=SPATIAL_WEIGHT, kernel=densecrf.DIAG_KERNEL, normalization=densecrf.NORMALIZE_AFTER
     )
@@ -164,41 +180,56 @@ def side_by_side(case_list, repeats: int) -> None:
     print(f"\n1. {NUM_ITERATIONS} mean-field iterations, one image, median of {repeats} (seconds)")
     if densecrf is None:
         print("   pydensecrf2 is not installed (pip install pydensecrf2): timing our layer alone")
-    print("| case | ours | pydensecrf2 | pydensecrf2 / ours | same label |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| case | ours | pydensecrf2 | pydensecrf2 / ours (median of the runs' ratios, range) | same label | load average |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for name, image, unaries in case_list:
         layer = new_layer(unaries.shape[-1])
         forward = tf.function(lambda u, i: tf.argmax(layer([u, i]), axis=-1))
         inputs = (tf.constant(unaries[None]), tf.constant(image[None]))
         ours_labels = forward(*inputs).numpy()[0]  # trace and warm up
+        energy = pydensecrf_energy(unaries) if densecrf is not None else None
         ours, theirs = [], []
         for _ in range(repeats):  # taking turns, so that both see the same load
             ours.append(timed(lambda: forward(*inputs).numpy())[0])
             if densecrf is not None:
-                seconds, their_labels = timed(pydensecrf_labels, image, unaries)
+                seconds, their_labels = timed(pydensecrf_labels, image, energy)
                 theirs.append(seconds)
+        load = load_average().split()[0]
         if densecrf is None:
-            print(f"| {name} | {np.median(ours):.2f} s | - | - | - |", flush=True)
+            print(f"| {name} | {np.median(ours):.2f} s | - | - | - | {load} |", flush=True)
             continue
-        ratio = np.median(theirs) / np.median(ours)
+        ratios = np.array(theirs) / np.array(ours)
         same = np.mean(ours_labels == their_labels)
-        print(f"| {name} | {np.median(ours):.2f} s | {np.median(theirs):.2f} s | {ratio:.2f} | {100 * same:.2f} % |", flush=True)
+        print(
+            f"| {name} | {np.median(ours):.2f} s | {np.median(theirs):.2f} s | {np.median(ratios):.2f} "
+            f"({ratios.min():.2f}-{ratios.max():.2f}) | {100 * same:.2f} % | {load} |",
+            flush=True,
+        )
 
 
 def parts(case_list, repeats: int) -> None:
     print(f"\n2. Where the time goes: each part alone on the case's C channels, median of {repeats} (seconds)")
-    print("| case | lattice build | splat | blur (6 directions) | slice | bilateral filter | spatial filter "
-          "| softmax + C x C products | sum per forward pass |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| case | bilateral lattice build | position lattice build | splat | blur (6 directions) | slice "
+          "| bilateral filter + C x C product | spatial filter + C x C product | softmax, norms, rest "
+          "| sum per forward pass |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rng = np.random.default_rng(1)
     for name, image, unaries in case_list:
         num_classes = unaries.shape[-1]
         image_batch = tf.constant(image[None])
         values = tf.constant(rng.random((1,) + unaries.shape), tf.float32)
-        build = tf.function(lambda i: crf.build_image_lattice(i, THETA_ALPHA, THETA_BETA))
-        lattice = build(image_batch)
+        @tf.function
+        def build(images):
+            return crf.build_image_lattice(images, THETA_ALPHA, THETA_BETA)
+
+        @tf.function
+        def build_positions(images):
+            return crf.build_position_lattice(images, THETA_GAMMA)
+
+        lattice, positions = build(image_batch), build_positions(image_batch)
         part = lattice.parts[0]
         flat = tf.reshape(values, (-1, num_classes))
+        weights = tf.constant(rng.normal(size=(num_classes, num_classes)), tf.float32)
 
         def chunked(function):
             return tf.function(lambda x: permutohedral.in_channel_chunks(function, x))
@@ -210,30 +241,36 @@ def parts(case_list, repeats: int) -> None:
 
         splat = chunked(lambda x: tf.sparse.sparse_dense_matmul(part.splat, x))
         vertex_values = splat(flat)
-        layer = new_layer(num_classes)
         norms = [tf.constant(rng.random((1,) + unaries.shape[:2] + (1,)) + 1.0, tf.float32) for _ in range(2)]
 
-        def softmax_and_products(logits):  # as in crf.mean_field, with the filters left out
-            q = tf.nn.softmax(logits)
-            pairwise = crf._channel_product(q, layer.spatial_kernel_weights) / norms[0]
-            return logits - (pairwise + crf._channel_product(q, layer.bilateral_kernel_weights) / norms[1])
+        def bilateral_filter(x):
+            return permutohedral.lattice_filter(lattice, x, channel_weights=weights)
+
+        def spatial_filter(x):
+            return crf.shared_lattice_filter(positions, x, weights)
+
+        def rest(logits, spatial, bilateral):  # as in crf.mean_field, with the filters' outputs given
+            return logits - (spatial / norms[0] + bilateral / norms[1]), tf.nn.softmax(logits)
 
         seconds = {
             "build": median_seconds(build, (image_batch,), repeats),
+            "positions": median_seconds(build_positions, (image_batch,), repeats),
             "splat": median_seconds(splat, (flat,), repeats),
             "blur": median_seconds(chunked(blur_all), (vertex_values,), repeats),
             "slice": median_seconds(chunked(lambda x: tf.sparse.sparse_dense_matmul(part.slice, x)), (vertex_values,), repeats),
-            "bilateral": median_seconds(tf.function(lambda x: permutohedral.lattice_filter(lattice, x)), (values,), repeats),
-            "spatial": median_seconds(tf.function(lambda x: crf.spatial_filter(x, THETA_GAMMA)), (values,), repeats),
-            "rest": median_seconds(tf.function(softmax_and_products), (values,), repeats),
+            "bilateral": median_seconds(tf.function(bilateral_filter), (values,), repeats),
+            "spatial": median_seconds(tf.function(spatial_filter), (values,), repeats),
+            "rest": median_seconds(tf.function(rest), (values, values, values), repeats),
         }
-        # One build; per iteration one filter of each kind and the rest (the
+        # Two builds; per iteration one filter of each kind and the rest (the
         # two normalisations filter one channel, left out here).
-        total = seconds["build"] + NUM_ITERATIONS * (seconds["bilateral"] + seconds["spatial"] + seconds["rest"])
+        total = seconds["build"] + seconds["positions"] + NUM_ITERATIONS * (
+            seconds["bilateral"] + seconds["spatial"] + seconds["rest"]
+        )
         print(
-            f"| {name} | {seconds['build']:.3f} | {seconds['splat']:.3f} | {seconds['blur']:.3f} | {seconds['slice']:.3f} "
-            f"| {seconds['bilateral']:.3f} | {seconds['spatial']:.3f} | {seconds['rest']:.3f} "
-            f"| 1 x build + {NUM_ITERATIONS} x (filters + rest) = {total:.2f} |",
+            f"| {name} | {seconds['build']:.3f} | {seconds['positions']:.3f} | {seconds['splat']:.3f} "
+            f"| {seconds['blur']:.3f} | {seconds['slice']:.3f} | {seconds['bilateral']:.3f} | {seconds['spatial']:.3f} "
+            f"| {seconds['rest']:.3f} | 2 builds + {NUM_ITERATIONS} x (filters + rest) = {total:.2f} |",
             flush=True,
         )
 
@@ -310,6 +347,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the C = 21 fixture case only, no training part")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the median is shown)")
+    parser.add_argument("--no_training", action="store_true", help="parts 1 and 2 only")
+    parser.add_argument("--parts_only", action="store_true", help="part 2 only (where the time goes), every case")
     parser.add_argument("--training_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.training_child:
@@ -318,9 +357,10 @@ def main() -> None:
         return
     print(f"CPU: {cpu_name()}; TensorFlow {tf.__version__}; load average at start: {load_average()}")
     case_list = cases(args.quick)
-    side_by_side(case_list, args.repeats)
+    if not args.parts_only:
+        side_by_side(case_list, args.repeats)
     parts(case_list, args.repeats)
-    if not args.quick:
+    if not (args.quick or args.no_training or args.parts_only):
         training(args.repeats)
     print(f"\nload average at the end: {load_average()}")
 

@@ -17,19 +17,25 @@ in time linear in the number of points:
 4. *slice*: each point reads the blurred values back with the same weights.
 
 Splat, blur and slice are linear and depend only on the features, so
-``build_lattice`` does all the geometry once (int64 vertex keys, ``tf.unique``,
-neighbours by a second ``tf.unique``) and returns them as sparse matrices;
-``lattice_filter`` is then d + 3 sparse-dense matrix products per call, for any
-number of channels. A batch of known size gets one lattice per feature set
-(image); a batch of unknown size is one lattice, in which the batch index is
-the most significant digit of every vertex key, so that its feature sets never
-share a vertex. Either way they are filtered independently.
+``build_lattice`` does all the geometry once (int64 vertex keys; vertices
+numbered by ``tf.unique``, or by a table over the key range when that range is
+small, as for the pixel positions of the spatial kernel; neighbours by key
+arithmetic and a binary search in the sorted keys) and returns them as sparse
+matrices; ``lattice_filter`` is then d + 3 sparse-dense matrix products per
+call, for any number of channels. A batch of known size gets one lattice per
+feature set (image); a batch of unknown size is one lattice, in which the batch
+index is the most significant digit of every vertex key, so that its feature
+sets never share a vertex. Either way they are filtered independently.
 
 The filter matrix is ``S^T B_d ... B_0 S`` with ``S`` the splat matrix and each
 blur ``B_k`` symmetric, so its transpose is the same product with the blur
 directions reversed: the gradient is one more filter call, and the backward
 pass keeps nothing of the forward one (memory does not grow with lattice
 vertices times channels per call). The lattice itself carries no gradient.
+A channel product (``channel_weights``, the C x C matrices of the CRF) is
+applied to the blurred vertices, before the slice: the filter acts on each
+channel alone, so the two commute, and there are fewer vertices than points
+(141k and 45k for 350k pixels on ADE_val_00000001, bilateral and spatial).
 
 Why sparse matrices: on this 2-core CPU (TF 2.21, 500x375 image, C = 21) they
 beat every dense index formulation tried. Slice as d + 1 row gathers times
@@ -38,35 +44,14 @@ weights took 2-3x the ``sparse_dense_matmul``; splat by
 the slice matrix 1-3x; blur as two neighbour gathers and an ``add_n`` made the
 whole filter 1.2x (C = 21) to 1.6x (C = 150) slower, and the diagonal of the
 blur as a scaled copy 1.8x. At these channel counts the cost is per stored
-index, not per multiply-add.
-
-Where the time goes (``python bench/crf.py``, 2-core AMD EPYC with AVX2, no
-AVX-512, shared machine at load average 2.8-3.5; each part alone, seconds):
-
-====================================  =====  =====  =====  =====  =========  =======  =========
-case                                  build  splat  blur   slice  bilateral  spatial  softmax +
-                                                    (x6)          filter     filter   C x C
-====================================  =====  =====  =====  =====  =========  =======  =========
-ADE_val_00000001 683x512, C = 21      1.56   0.05   0.16   0.06   0.26       0.25     0.10
-same image, C = 150                   1.28   0.81   1.41   1.02   2.70       3.01     1.84
-random colours 512x512, C = 21        6.69   0.22   2.04   0.07   2.56       0.18     0.10
-====================================  =====  =====  =====  =====  =========  =======  =========
-
-A forward pass is one build and, per mean-field iteration, one filter of each
-kind and the softmax with the products. The build is mostly its two
-``tf.unique`` calls (hash tables of 2.1M point-vertex keys and of the 1.0M
-vertex and neighbour keys on the ADE image; about 0.8 s each under load in a
-step-stats profile), then top_k, gathers and index stacking. On random colours
-the lattice has 1.43M vertices for 262k pixels (0.28 neighbours per vertex and
-direction), so the build and the six blurs dominate. At C = 150 the spatial
-filter (band GEMMs, transposes, window gathers), the bilateral filter and the
-C x C products cost about the same. Tried and not kept, measured in the same
-process: a separate splat/slice for isolated vertices (no neighbour in any
-direction; no gain on either image); the spatial filter as two
-``depthwise_conv2d`` (slower), with band blocks of 8-32 rows instead of 64, as a
-main-plus-halo product instead of the window gather, or without channel chunks
-(all within the noise); ``mallopt`` raising the mmap threshold to 1 GiB from
-inside the process (no change at C = 150, batch 1).
+index, not per multiply-add: two chunks of 10-11 channels took 1.8x one of 21,
+and 21 channels padded to 32 (TensorFlow's vectorised path from 32 on) 6x;
+sorting the indices row-major, 1.1x; the CSR ``SparseMatrixMatMul``, 3x (683x512,
+C = 21, loaded machine). The same filter compiled with XLA (gathers,
+``unsorted_segment_sum``) took 9x. Also tried for the build and not kept: a
+vectorised open-addressing hash (``tensor_scatter_nd_max`` rounds) 3-4x slower
+than ``tf.unique``; the coordinate ranks by pairwise comparisons instead of two
+``top_k``, 1.8x slower. ``bench/README.md`` has where the time goes, per part.
 
 No custom op, no ``py_function``, no strings: runs eagerly and in ``tf.function``
 on any device. It does not compile with XLA (``tf.unique`` has a data-dependent
@@ -81,6 +66,11 @@ import tensorflow as tf
 
 # Vertex keys are int64; keep a factor 2 of headroom below 2^63.
 _MAX_KEY = 2.0**62
+# Vertices are numbered with a table over the key range, instead of a hash,
+# when the range is at most this many times the number of point-vertex keys
+# and at most _MAX_TABLE entries (int32 keys and counts).
+_DENSE_KEYS_PER_KEY = 4.0
+_MAX_TABLE = 2**26
 
 
 class LatticePart(NamedTuple):
@@ -240,39 +230,66 @@ def _build_part(features: tf.Tensor) -> LatticePart:
     lowered = tf.cumsum(rank_strides[:, ::-1], axis=1, exclusive=True)  # (P, k): the k highest-rank q_i drop by one
     keys = base_keys[:, None] + tf.range(d + 1, dtype=tf.int64) - lowered  # (P, d + 1)
 
-    # Vertices numbered in order of first appearance: pixels in raster order then
-    # touch nearby rows of the vertex arrays, which keeps splat, blur and slice
-    # cache-friendly.
-    unique_keys, vertex = tf.unique(tf.reshape(keys, [-1]), out_idx=tf.int32)  # (M,), (P * (d + 1),)
-    num_vertices = tf.size(unique_keys)
-
-    # Next vertex along each direction, by key arithmetic and a second hash
-    # lookup: the vertex keys go first and, being unique, keep their indices
-    # 0..M-1; a neighbour key that is no vertex gets an index >= M. One
-    # tf.unique of M (d + 2) keys replaced sorting the keys and a binary search
-    # per neighbour: for 1.4M vertices (512x512 random colours) the lookup
-    # alone took 1.5x less wall time and 3x less CPU time (2-core AVX2 EPYC,
-    # loaded), the whole build 0.9x; on ADE_val_00000001 (141k vertices) the
-    # build is unchanged. Same lattice, bit for bit.
+    # Vertices, and the next vertex along each direction (key arithmetic, then a
+    # lookup of that key; a key that is no vertex is not found).
     offsets = _next_vertex_key_offsets(d, strides)  # (k, j)
-    next_keys = unique_keys[:, None] + tf.gather(offsets, tf.math.floormod(unique_keys, d + 1))  # (M, d + 1)
-    _, found = tf.unique(tf.concat([unique_keys, tf.reshape(next_keys, [-1])], axis=0), out_idx=tf.int32)
-    following = tf.reshape(found[num_vertices:], (-1, d + 1))  # (M, d + 1), valid where present
-    present = following < num_vertices
+    flat_keys = tf.reshape(keys, [-1])
+
+    def hashed():
+        # Vertices numbered in order of first appearance: pixels in raster order
+        # then touch nearby rows of the vertex arrays, which keeps splat, blur
+        # and slice cache-friendly. Neighbours by binary search in the sorted
+        # vertex keys: on ADE_val_00000001 (141k vertices, 850k neighbour keys)
+        # 1.9x faster than a second tf.unique over vertex and neighbour keys; on
+        # 512x512 random colours (1.4M vertices) the same (2-core AVX2 EPYC,
+        # loaded). Same lattice.
+        unique_keys, vertex = tf.unique(flat_keys, out_idx=tf.int32)  # (M,), (P * (d + 1),)
+        next_keys = tf.reshape(unique_keys[:, None] + tf.gather(offsets, tf.math.floormod(unique_keys, d + 1)), [-1])
+        order = tf.argsort(unique_keys)
+        sorted_keys = tf.gather(unique_keys, order)
+        last = tf.maximum(tf.size(unique_keys) - 1, 0)
+        position = tf.minimum(tf.searchsorted(sorted_keys, next_keys, out_type=tf.int32), last)
+        found = tf.equal(tf.gather(sorted_keys, position), next_keys)  # (M (d + 1),)
+        return unique_keys, vertex, tf.gather(order, position), found
+
+    def dense():
+        # Few possible keys (the lattice of pixel positions: about 3 N): a table
+        # over the whole key range instead of a hash; vertices in key order.
+        # On 683x512 positions (1.05M keys, range 132k) this replaces a
+        # tf.unique that took most of the build.
+        table_size = tf.cast(key_range, tf.int32)
+        present = tf.math.bincount(tf.cast(flat_keys, tf.int32), minlength=table_size, maxlength=table_size) > 0
+        numbers = tf.cumsum(tf.cast(present, tf.int32), exclusive=True)  # (R,): vertex number of each key
+        unique_keys = tf.where(present)[:, 0]  # (M,), increasing
+        next_keys = unique_keys[:, None] + tf.gather(offsets, tf.math.floormod(unique_keys, d + 1))
+        next_keys = tf.reshape(tf.cast(next_keys, tf.int32), [-1])  # within the range: no key carries
+        return unique_keys, tf.gather(numbers, tf.cast(flat_keys, tf.int32)), tf.gather(numbers, next_keys), tf.gather(present, next_keys)
+
+    num_keys = tf.cast(tf.size(flat_keys), tf.float64)
+    use_table = tf.logical_and(key_range <= _DENSE_KEYS_PER_KEY * num_keys, key_range <= _MAX_TABLE)
+    unique_keys, vertex, following, found = tf.cond(use_table, dense, hashed)
+    num_vertices = tf.size(unique_keys)
+    following = tf.reshape(following, (-1, d + 1))  # (M, d + 1), valid where found
+    present = tf.transpose(tf.reshape(found, (-1, d + 1)))  # (d + 1, M)
 
     # Blur along direction j: B_j = s (I / 2 + (N_j + N_j^T) / 4), N_j[v, next_j(v)] = 1;
     # a missing neighbour contributes nothing. Each B_j is exactly symmetric, and
     # s^(d + 1) is the normalisation constant, so that slice is exactly splat^T.
+    # The edges of all directions come from one tf.where, direction-major.
     scale = _normalisation(d) ** (1.0 / (d + 1))
-    vertices = tf.range(num_vertices)
-    diagonal = tf.cast(tf.stack([vertices, vertices], axis=1), tf.int64)
+    vertices = tf.range(num_vertices, dtype=tf.int64)
+    diagonal = tf.stack([vertices, vertices], axis=1)
+    edges = tf.where(present)  # (E, 2): direction, vertex
+    edge_count = tf.reduce_sum(tf.cast(present, tf.int32), axis=1)  # (d + 1,)
+    source = edges[:, 1]
+    target = tf.cast(tf.gather_nd(following, tf.reverse(edges, [1])), tf.int64)
     blur = []
-    for direction in range(d + 1):
-        pairs = tf.boolean_mask(tf.stack([vertices, following[:, direction]], axis=1), present[:, direction])
-        pairs = tf.cast(pairs, tf.int64)  # (E, 2)
+    ends = tf.unstack(tf.cumsum(edge_count), num=d + 1)
+    for start, stop in zip([0] + ends[:-1], ends):
+        pairs = tf.stack([source[start:stop], target[start:stop]], axis=1)  # (E_j, 2)
         indices = tf.concat([diagonal, pairs, pairs[:, ::-1]], axis=0)
         blur_weights = tf.concat(
-            [tf.fill([num_vertices], 0.5 * scale), tf.fill([2 * tf.shape(pairs)[0]], 0.25 * scale)], axis=0
+            [tf.fill([num_vertices], 0.5 * scale), tf.fill([2 * (stop - start)], 0.25 * scale)], axis=0
         )
         blur.append(tf.SparseTensor(indices, blur_weights, tf.cast([num_vertices, num_vertices], tf.int64)))
 
@@ -303,19 +320,60 @@ def in_channel_chunks(function, values: tf.Tensor) -> tf.Tensor:
     return tf.concat([function(part) for part in tf.split(values, sizes, axis=-1)], axis=-1)
 
 
-def _apply(lattice: LatticePart, values: tf.Tensor, reverse: bool) -> tf.Tensor:
-    """Splat, blur, slice; values (P, C) -> (P, C). ``reverse`` blurs in the transposed order."""
-
-    def cast(matrix):
-        return tf.SparseTensor(matrix.indices, tf.cast(matrix.values, values.dtype), matrix.dense_shape)
-
-    vertex_values = tf.sparse.sparse_dense_matmul(cast(lattice.splat), values)  # (M, C)
-    for blur in reversed(lattice.blur) if reverse else lattice.blur:
-        vertex_values = tf.sparse.sparse_dense_matmul(cast(blur), vertex_values)  # (M, C)
-    return tf.sparse.sparse_dense_matmul(cast(lattice.slice), vertex_values)  # (P, C)
+def _cast(matrix: tf.SparseTensor, dtype) -> tf.SparseTensor:
+    return tf.SparseTensor(matrix.indices, tf.cast(matrix.values, dtype), matrix.dense_shape)
 
 
-def lattice_filter(lattice: Lattice, values: tf.Tensor, transpose: bool = False) -> tf.Tensor:
+def _splat_blur(part: LatticePart, values: tf.Tensor, reverse: bool) -> tf.Tensor:
+    """Splat and blur, (P, C) -> (M, C). ``reverse`` blurs in the transposed order."""
+    vertex_values = tf.sparse.sparse_dense_matmul(_cast(part.splat, values.dtype), values)
+    for blur in reversed(part.blur) if reverse else part.blur:
+        vertex_values = tf.sparse.sparse_dense_matmul(_cast(blur, values.dtype), vertex_values)
+    return vertex_values
+
+
+def _slice(part: LatticePart, vertex_values: tf.Tensor) -> tf.Tensor:
+    """(M, C) -> (P, C)."""
+    return tf.sparse.sparse_dense_matmul(_cast(part.slice, vertex_values.dtype), vertex_values)
+
+
+def _to_vertices(part: LatticePart, values: tf.Tensor, reverse: bool) -> tf.Tensor:
+    """Splat and blur of (P, C) values, by channel chunks; its gradient is slice after the reversed blur."""
+
+    @tf.custom_gradient
+    def forward(x):
+        def gradient(upstream):  # (M, C) -> (P, C): (B S)^T = S^T B^T, each B_j symmetric
+            return in_channel_chunks(lambda chunk: _slice(part, _blur_only(part, chunk, not reverse)), upstream)
+
+        return in_channel_chunks(lambda chunk: _splat_blur(part, chunk, reverse), x), gradient
+
+    return forward(values)
+
+
+def _blur_only(part: LatticePart, vertex_values: tf.Tensor, reverse: bool) -> tf.Tensor:
+    for blur in reversed(part.blur) if reverse else part.blur:
+        vertex_values = tf.sparse.sparse_dense_matmul(_cast(blur, vertex_values.dtype), vertex_values)
+    return vertex_values
+
+
+def _from_vertices(part: LatticePart, vertex_values: tf.Tensor) -> tf.Tensor:
+    """Slice of (M, C) vertex values, by channel chunks; its gradient is the splat."""
+
+    @tf.custom_gradient
+    def forward(z):
+        def gradient(upstream):  # (P, C) -> (M, C)
+            return in_channel_chunks(
+                lambda chunk: tf.sparse.sparse_dense_matmul(_cast(part.splat, chunk.dtype), chunk), upstream
+            )
+
+        return in_channel_chunks(lambda chunk: _slice(part, chunk), z), gradient
+
+    return forward(vertex_values)
+
+
+def lattice_filter(
+    lattice: Lattice, values: tf.Tensor, transpose: bool = False, channel_weights: tf.Tensor = None
+) -> tf.Tensor:
     """Gaussian-filters values with a lattice from ``build_lattice``.
 
     Args:
@@ -324,28 +382,42 @@ def lattice_filter(lattice: Lattice, values: tf.Tensor, transpose: bool = False)
         spatial axes in the order of the features' N axis.
       transpose: apply the transposed filter (blur directions reversed), which
         is the filter's gradient.
+      channel_weights: optional (L, K) matrix, K dividing C: the output is then
+        out[..., g L + l] = sum_k channel_weights[l, k] filtered[..., g K + k]
+        for each group g of K channels. It is applied to the blurred lattice
+        vertices, before the slice (the filter acts on each channel alone, so
+        the two commute): M x K x L multiply-adds instead of N x K x L, M the
+        number of vertices.
 
     Returns:
-      The shape of ``values``, approximately sum_j exp(-|f_i - f_j|^2 / 2) values_j
-      within each batch element, j = i included. Differentiable with respect to
-      values.
+      The shape of ``values`` (last axis C / K x L with ``channel_weights``),
+      approximately sum_j exp(-|f_i - f_j|^2 / 2) values_j within each batch
+      element, j = i included. Differentiable with respect to values and
+      channel_weights; the backward pass is the transposed filter and keeps
+      only the (M, C) vertex values when ``channel_weights`` is given.
     """
     values = tf.convert_to_tensor(values)
     channels = values.shape[-1] if values.shape[-1] is not None else tf.shape(values)[-1]
     parts = lattice.parts
 
-    def apply(batched_values, reverse):  # (B, N, C)
-        def apply_part(part, part_values):
-            flat = tf.reshape(part_values, (-1, channels))  # (P, C)
-            return in_channel_chunks(lambda chunk: _apply(part, chunk, reverse), flat)
+    def apply_part(part, part_values):  # (..., C) of one part
+        vertex_values = _to_vertices(part, tf.reshape(part_values, (-1, channels)), transpose)  # (M, C)
+        if channel_weights is not None:
+            weights = tf.cast(channel_weights, vertex_values.dtype)
+            if weights.shape[-1] is not None and vertex_values.shape[-1] == weights.shape[-1]:
+                vertex_values = tf.matmul(vertex_values, weights, transpose_b=True)  # (M, L)
+            else:
+                grouped = tf.reshape(vertex_values, tf.stack([tf.shape(vertex_values)[0], -1, tf.shape(weights)[1]]))
+                mixed = tf.matmul(grouped, weights[None], transpose_b=True)  # (M, G, L)
+                vertex_values = tf.reshape(mixed, tf.stack([tf.shape(vertex_values)[0], -1]))
+                if None not in (values.shape[-1], weights.shape[0], weights.shape[1]):
+                    vertex_values = tf.ensure_shape(vertex_values, (None, values.shape[-1] // weights.shape[1] * weights.shape[0]))
+        return _from_vertices(part, vertex_values)  # (P, C')
 
-        if len(parts) == 1:
-            return tf.reshape(apply_part(parts[0], batched_values), tf.shape(batched_values))
-        return tf.stack([apply_part(part, x) for part, x in zip(parts, tf.unstack(batched_values, len(parts)))])
-
-    @tf.custom_gradient
-    def filtered(batched_values):
-        return apply(batched_values, transpose), lambda upstream: apply(upstream, not transpose)
-
-    output = filtered(tf.reshape(values, tf.stack([tf.shape(values)[0], -1, channels])))  # (B, N, C)
-    return tf.reshape(output, tf.shape(values))
+    batched = tf.reshape(values, tf.stack([tf.shape(values)[0], -1, channels]))  # (B, N, C)
+    if len(parts) == 1:
+        output = apply_part(parts[0], batched)
+        output = tf.reshape(output, tf.stack([tf.shape(values)[0], tf.shape(batched)[1], -1]))
+    else:
+        output = tf.stack([apply_part(part, x) for part, x in zip(parts, tf.unstack(batched, len(parts)))])
+    return tf.reshape(output, tf.concat([tf.shape(values)[:-1], tf.shape(output)[-1:]], axis=0))

@@ -211,7 +211,7 @@ def test_spatial_features_are_scaled_pixel_positions():
 
 @pytest.mark.parametrize("shape", [(CROP, CROP), (40, 31)])
 def test_lattice_of_positions_approximates_the_spatial_filter(shape):
-    """The 2-D lattice of bench/crf.py's "rebuilt" baseline filters the spatial kernel.
+    """The 2-D lattice of pixel positions (the layer's spatial filter) against the exact filter.
 
     Normalised outputs against the exact filter, white noise in [0, 1], theta_gamma 3:
     measured mean error 0.0022, max 0.016, where the filter moves the values by 0.245.
@@ -224,6 +224,76 @@ def test_lattice_of_positions_approximates_the_spatial_filter(shape):
     exact = crf.spatial_filter(tf.constant(values), 3.0).numpy() / crf.spatial_filter(ones, 3.0).numpy()
     error = np.abs(filtered / norm - exact)
     assert error.mean() < 0.005 and error.max() < 0.04, (error.mean(), error.max())
+
+
+def test_position_lattice_is_shared_by_the_images_of_a_batch():
+    """``shared_lattice_filter`` (batch folded into channels) against each image filtered alone."""
+    rng = np.random.default_rng(14)
+    values = tf.constant(rng.random((3, 17, 23, 4)))
+    weights = tf.constant(rng.normal(size=(5, 4)))
+    positions = crf.build_position_lattice(tf.zeros((3, 17, 23, 3)), 3.0)
+    alone = permutohedral.build_lattice(crf.spatial_features(tf.zeros((1, 17, 23, 3)), 3.0))
+    shared = crf.shared_lattice_filter(positions, values).numpy()
+    mixed = crf.shared_lattice_filter(positions, values, weights).numpy()
+    assert mixed.shape == (3, 17, 23, 5)
+    for i in range(3):
+        expected = permutohedral.lattice_filter(alone, values[i : i + 1]).numpy()
+        np.testing.assert_allclose(shared[i : i + 1], expected, rtol=1e-12)
+        np.testing.assert_allclose(mixed[i : i + 1], expected @ weights.numpy().T, rtol=1e-9, atol=1e-12)
+    # Each image's own values: swapping them swaps the outputs.
+    swapped = crf.shared_lattice_filter(positions, values[::-1]).numpy()
+    np.testing.assert_allclose(swapped, shared[::-1], rtol=1e-12)
+    assert np.abs(shared[0] - shared[1]).max() > 0.1
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_channel_weights_on_the_vertices(crops, groups):
+    """The product applied to the lattice vertices equals the product after the filter, gradients included.
+
+    The reference gradients go through the filter's own (separately tested)
+    gradient and an ordinary matmul after it.
+    """
+    rng = np.random.default_rng(15)
+    image = crops[:2, :12, :10]
+    lattice = crf.build_image_lattice(image, 5.0, 30.0)  # two parts: one lattice per image
+    values = tf.constant(rng.random((2, 12, 10, 3 * groups)))
+    weights = tf.constant(rng.normal(size=(4, 3)))
+    upstream = tf.constant(rng.normal(size=(2, 12, 10, 4 * groups)))
+
+    def after(v, w):  # the product after the filter, group by group
+        filtered = permutohedral.lattice_filter(lattice, v)
+        return tf.concat([tf.matmul(filtered[..., 3 * g : 3 * g + 3], w, transpose_b=True) for g in range(groups)], -1)
+
+    results = []
+    for function in (after, lambda v, w: permutohedral.lattice_filter(lattice, v, channel_weights=w)):
+        with tf.GradientTape() as tape:
+            tape.watch([values, weights])
+            output = function(values, weights)
+            loss = tf.reduce_sum(output * upstream)
+        results.append([output.numpy()] + [g.numpy() for g in tape.gradient(loss, [values, weights])])
+    assert results[1][0].shape == (2, 12, 10, 4 * groups)
+    for expected, actual in zip(*results):
+        assert np.abs(expected).max() > 1e-2
+        np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("dense_keys_per_key", [0.0, 1e9])
+def test_key_table_and_hash_number_the_same_lattice(crops, monkeypatch, dense_keys_per_key):
+    """Vertices numbered by a table over the key range (small ranges) or by tf.unique: the same filter.
+
+    0 forces the hash on the pixel positions (which take the table by default);
+    1e9 forces the table on the colour crops (which take the hash by default).
+    """
+    values = tf.constant(np.random.default_rng(16).random((2, CROP, CROP, 3)))
+    features = [
+        crf.spatial_features(tf.zeros((2, CROP, CROP, 3)), 3.0),
+        crf.bilateral_features(crops[:2], 160.0, 3.0),
+    ]
+    default = [permutohedral.lattice_filter(permutohedral.build_lattice(f), values).numpy() for f in features]
+    monkeypatch.setattr(permutohedral, "_DENSE_KEYS_PER_KEY", dense_keys_per_key)
+    forced = [permutohedral.lattice_filter(permutohedral.build_lattice(f), values).numpy() for f in features]
+    for a, b in zip(default, forced):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
 def test_filter_gradients_are_the_transposed_filters(crops):
@@ -290,6 +360,21 @@ def test_batch_of_different_images_matches_single_images(samples):
     # And the images do differ in what the layer does with them.
     swapped = layer([unaries, images[::-1]]).numpy()
     assert np.abs(swapped - together).max() > 0.1
+
+
+def test_layer_with_unknown_batch_and_image_size_matches_eager(crops):
+    """As in a Keras model graph: no static batch, height, width (the position lattice folds the batch)."""
+    rng = np.random.default_rng(17)
+    unaries = rng.normal(0.0, 2.0, (2, 9, 11, 4)).astype(np.float32)
+    images = crops[:2, :9, :11]
+    layer = crf.CrfRnn(num_iterations=2)
+    eager = layer([unaries, images]).numpy()
+    graph = tf.function(
+        lambda u, i: layer([u, i]),
+        input_signature=[tf.TensorSpec((None, None, None, 4)), tf.TensorSpec((None, None, None, 3), tf.uint8)],
+    )
+    np.testing.assert_allclose(graph(unaries, images).numpy(), eager, atol=1e-4)
+    assert np.abs(eager - unaries).max() > 0.1
 
 
 def test_refinement_improves_noisy_blurred_unaries(samples):

@@ -488,10 +488,12 @@ def _check_outputs(config, root, checkpoint, tmp_path, inference_config=None):
 
     # export: the SavedModel's labels are the table's values; classes.txt and classes.csv beside it.
     export_dir, _ = export.export(inference_config, str(tmp_path / "export"), checkpoint)
-    serving = tf.saved_model.load(export_dir).signatures["serving_default"]
-    outputs = serving(images=tf.constant(image[None]))
+    signatures = tf.saved_model.load(export_dir).signatures
+    labels = signatures["serving_default"](images=tf.constant(image[None]))["labels"].numpy()[0]
+    outputs = signatures["probabilities"](images=tf.constant(image[None]))
     np.testing.assert_array_equal(outputs["labels"].numpy()[0], classes.to_values(outputs["probabilities"].numpy()[0].argmax(-1)))
-    np.testing.assert_array_equal(outputs["labels"].numpy()[0], classes.to_values(train_ids))
+    np.testing.assert_array_equal(labels, classes.to_values(train_ids))
+    np.testing.assert_array_equal(outputs["labels"].numpy()[0], labels)
     assert open(os.path.join(export_dir, "classes.txt")).read().splitlines() == list(classes.names)
     assert datasets.ClassTable.read_csv(os.path.join(export_dir, "classes.csv")).ids == classes.ids
     return image

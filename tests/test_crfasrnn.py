@@ -29,17 +29,15 @@ IMAGE = sorted(glob.glob(os.path.join(SAMPLE_ROOT, "images", "validation", "*.jp
 IMAGENET_MEANS_RGB = np.array([123.68, 116.779, 103.939], dtype=np.float32)  # util.py's _IMAGENET_MEANS
 
 
-def high_dim_filter(values, lattice, bilateral, theta_gamma=None):
-    """The C++ op's interface ((C, H, W) values), computed by fcn.crf's filters.
+def high_dim_filter(values, lattice):
+    """The C++ op's interface ((C, H, W) values), computed on fcn's permutohedral lattices.
 
-    The op takes the (3, H, W) image and builds its lattice at every call; here
-    the image's lattice is built once by the caller (the same lattice each time).
+    The op takes the (3, H, W) image and builds its lattice (of positions and
+    colours, or of positions alone for the spatial kernel) at every call; here
+    each lattice is built once by the caller (the same lattice each time).
     """
     values = tf.transpose(values, (1, 2, 0))[None]
-    if bilateral:
-        out = permutohedral.lattice_filter(lattice, values)
-    else:
-        out = crf_lib.spatial_filter(values, theta_gamma)
+    out = permutohedral.lattice_filter(lattice, values)
     return tf.transpose(out[0], (2, 0, 1))
 
 
@@ -65,14 +63,15 @@ class ReferenceCrfRnnLayer(keras.layers.Layer):
         rgb = tf.transpose(inputs[1][0, :, :, :], perm=(2, 0, 1))
         c, h, w = self.num_classes, self.image_dims[0], self.image_dims[1]
         lattice = crf_lib.build_image_lattice(tf.transpose(rgb, (1, 2, 0))[None], self.theta_alpha, self.theta_beta)
+        positions = permutohedral.build_lattice(crf_lib.spatial_features(tf.transpose(rgb, (1, 2, 0))[None], self.theta_gamma))
         all_ones = np.ones((c, h, w), dtype=np.float32)
-        spatial_norm_vals = high_dim_filter(all_ones, lattice, bilateral=False, theta_gamma=self.theta_gamma)
-        bilateral_norm_vals = high_dim_filter(all_ones, lattice, bilateral=True)
+        spatial_norm_vals = high_dim_filter(all_ones, positions)
+        bilateral_norm_vals = high_dim_filter(all_ones, lattice)
         q_values = unaries
         for _ in range(self.num_iterations):
             softmax_out = tf.nn.softmax(q_values, 0)
-            spatial_out = high_dim_filter(softmax_out, lattice, bilateral=False, theta_gamma=self.theta_gamma) / spatial_norm_vals
-            bilateral_out = high_dim_filter(softmax_out, lattice, bilateral=True) / bilateral_norm_vals
+            spatial_out = high_dim_filter(softmax_out, positions) / spatial_norm_vals
+            bilateral_out = high_dim_filter(softmax_out, lattice) / bilateral_norm_vals
             message_passing = tf.matmul(self.spatial_ker_weights, tf.reshape(spatial_out, (c, -1))) + tf.matmul(
                 self.bilateral_ker_weights, tf.reshape(bilateral_out, (c, -1))
             )

@@ -584,6 +584,8 @@ def finish_together(strategy: tf.distribute.Strategy) -> None:
     ``StartAbort UNAVAILABLE`` on a worker whose run went well. The thread
     reads its stop flag after each sleep, so the flag is set first; the
     all-reduce that follows keeps the chief until every worker has set it.
+    (The coordination service's own heartbeat, hosted by the chief, can still
+    report the chief gone when a worker outlives it by a heartbeat.)
     """
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return

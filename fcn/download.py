@@ -15,6 +15,11 @@ rerun of the same command picks up where the last one stopped:
   ``..``) are refused, and so are a tar's symbolic and hard links and
   special files.
 
+``download_file`` is the same resumable transfer for a single file (the
+released model files of ``fcn/weights.py``): bytes arrive in
+``<file>.partial``, a check of the caller's runs on the whole file, and only a
+file it accepts is renamed to its final name.
+
 Only the standard library talks to the network.
 """
 
@@ -229,7 +234,7 @@ def _verified_zip(url: str, digest: str, downloads_dir: str, data_dir: str, prog
         _logger.warning("%s has %s %s, expected %s; deleting it and downloading again.", zip_path, hash_label, actual, expected)
         os.remove(zip_path)
 
-    _download(url, part_path, data_dir, progress, archive)
+    _download(url, part_path, progress, archive.file_name, archive.approximate_bytes, _manual_hint(url, data_dir, archive))
     actual = file_digest(part_path, archive.hash_name)
     if actual != expected:
         os.remove(part_path)  # resuming a corrupt file could never succeed
@@ -267,18 +272,66 @@ def file_sha1(path: str) -> str:
     return digest.hexdigest()
 
 
-def _download(url: str, part_path: str, data_dir: str, progress: bool, archive: Archive = ADE20K) -> None:
+PARTIAL_SUFFIX = ".partial"
+
+
+def download_file(url: str, path: str, check=None, progress: bool = True, approximate_bytes: int = 0, hint: str = "") -> str:
+    """Fetches ``url`` into ``path``: resumable, checked, atomic.
+
+    Bytes arrive in ``path + ".partial"``; a call after an interrupted one
+    continues that file with an HTTP ``Range`` request (and starts over when
+    the server cannot). ``check(partial_path)`` then runs on the whole file:
+    a file it refuses (by raising) is deleted, since resuming it could never
+    succeed, and its exception propagates; only a file it accepts is renamed
+    to ``path`` (one ``os.replace``), so ``path`` is either absent or checked.
+    An existing ``path`` is returned as it is.
+
+    Args:
+      url: http, https or file URL.
+      path: the final file; its folder must exist.
+      check: None, or a callable that raises when the downloaded file is not
+        the expected one.
+      progress: show a progress bar.
+      approximate_bytes: the bar's total when the server sends no length.
+      hint: what the user can do, appended to network errors.
+
+    Returns:
+      ``path``.
+
+    Raises:
+      DownloadError: a network failure or a cut transfer (the partial file is
+        kept for the next call).
+    """
+    if os.path.isfile(path):
+        return path
+    partial = path + PARTIAL_SUFFIX
+    _download(url, partial, progress, os.path.basename(path), approximate_bytes, hint)
+    if check is not None:
+        try:
+            check(partial)
+        except Exception:  # (a Ctrl-C during the check keeps the file for the next call)
+            os.remove(partial)
+            raise
+    os.replace(partial, path)
+    return path
+
+
+def _download(url: str, part_path: str, progress: bool, label: str, approximate_bytes: int, hint: str) -> None:
     """Completes ``part_path`` from ``url``, resuming what is already there."""
     offset = os.path.getsize(part_path) if os.path.exists(part_path) else 0
     try:
-        _transfer(url, part_path, offset, data_dir, progress, archive)
+        _transfer(url, part_path, offset, progress, label, approximate_bytes, hint)
     except _CannotResume:
         os.remove(part_path)
-        _transfer(url, part_path, 0, data_dir, progress, archive)
+        _transfer(url, part_path, 0, progress, label, approximate_bytes, hint)
 
 
-def _transfer(url: str, part_path: str, offset: int, data_dir: str, progress: bool, archive: Archive = ADE20K) -> None:
+def _transfer(url: str, part_path: str, offset: int, progress: bool, label: str, approximate_bytes: int, hint: str) -> None:
     """One HTTP request that appends to ``part_path`` from byte ``offset``.
+
+    ``label`` names the file on the progress bar, ``approximate_bytes`` is
+    the bar's total when the server sends no length, ``hint`` ends the
+    messages of network errors.
 
     Raises:
       _CannotResume: the server refuses the range or answers another one.
@@ -302,12 +355,12 @@ def _transfer(url: str, part_path: str, offset: int, data_dir: str, progress: bo
             with (
                 open(part_path, mode) as f,
                 tqdm.tqdm(
-                    total=expected_total or archive.approximate_bytes,
+                    total=expected_total or approximate_bytes or None,
                     initial=offset,
                     unit="B",
                     unit_scale=True,
                     unit_divisor=1024,
-                    desc=f"Downloading {archive.file_name}",
+                    desc=f"Downloading {label}",
                     disable=not progress,
                 ) as bar,
             ):
@@ -321,12 +374,10 @@ def _transfer(url: str, part_path: str, offset: int, data_dir: str, progress: bo
             if match and int(match.group(1)) == offset:
                 return  # the partial file is already whole (stopped before it was verified)
             raise _CannotResume() from None
-        raise DownloadError(f"Downloading {url} failed: {error}. {_manual_hint(url, data_dir, archive)}") from error
+        raise DownloadError(f"Downloading {url} failed: {error}. {hint}".rstrip()) from error
     except _NETWORK_ERRORS as error:
         kept = f" {offset + received:,} bytes are kept in {part_path}." if offset + received else ""
-        raise DownloadError(
-            f"Downloading {url} failed: {error}.{kept} {_manual_hint(url, data_dir, archive)}"
-        ) from error
+        raise DownloadError(f"Downloading {url} failed: {error}.{kept} {hint}".rstrip()) from error
 
     # http.client returns an empty read, not an error, when the peer closes
     # early, so the announced length is the only sign of a cut transfer.

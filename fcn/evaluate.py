@@ -32,6 +32,10 @@ and ``confusion_matrix.png``; with ``--save_predictions DIR`` one submission
 PNG per image (same stem, the image's size, the class table's values: 1..150
 for ADE20K, 0..20 for VOC). Files the
 pipeline flags as unusable are excluded, counted and reported.
+
+``evaluate_pretrained`` scores a released model (``--pretrained``, e.g.
+crfasrnn_keras's FCN-8s + CRF-RNN on VOC val) with its own preprocessing
+through the same loop and metrics.
 """
 
 import dataclasses
@@ -43,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fcn import data, datasets, metrics
+from fcn import data, datasets, metrics, weights
 from fcn import predict as predict_lib
 from fcn.config import Config
 
@@ -62,6 +66,8 @@ class EvaluationResult:
       skipped: the unusable files left out, with their reasons.
       checkpoint: the checkpoint prefix evaluated ("" when a predictor was given).
       too_large: image path -> message, the images above ``evaluate.max_pixels`` left out.
+      protocol: how the images were segmented, for ``metrics.json`` (test size,
+        scales, flip, CRF); None: the config's (``evaluate``, ``model.crf``).
       fcn_scores, fcn_matrix: with ``evaluate.compare_fcn``, the same for the
         FCN's logits before the CRF stage (``scores`` is then FCN + CRF).
     """
@@ -75,6 +81,7 @@ class EvaluationResult:
     fcn_matrix: np.ndarray | None = None
     too_large: dict = dataclasses.field(default_factory=dict)
     classes: datasets.ClassTable | None = None
+    protocol: dict | None = None
 
 
 def native_resolution_dataset(root, split: str, num_classes, pairs=None) -> tf.data.Dataset:
@@ -188,6 +195,63 @@ def evaluate(
     return result
 
 
+def evaluate_pretrained(
+    config: Config, root, source: str, output_dir: str = "", save_predictions: str = "", progress: bool = True
+) -> EvaluationResult:
+    """``--mode=evaluate --pretrained NAME|FILE``: a released model (``fcn/pretrained.py``) scored on ``config.evaluate.split``.
+
+    Each image goes through the model's own protocol (crfasrnn_keras's:
+    fitted into 500 x 500 and padded, the labels cropped and resized back to
+    the image's size), then ``evaluate_split`` scores it against the
+    annotation at full resolution, the ignore label (255) left out, exactly
+    as a run's evaluation. ``checkpoint`` is the model file; ``metrics.json``
+    records the model's protocol.
+
+    Args:
+      config: the config (``data`` finds the dataset; ``model.model_dir`` is
+        the download cache; ``evaluate.split``, ``evaluate.max_pixels``).
+      root: the dataset root (or a Dataset).
+      source: a ``weights.PRETRAINED`` name or the path of such a file.
+      output_dir: where the reports go (default
+        ``<logs_dir>/pretrained_<name or file stem>``, never a run's own reports).
+      save_predictions: a folder for submission PNGs, or "".
+      progress: progress bars (download, evaluation).
+
+    Raises:
+      datasets.ClassTableMismatchError: the dataset's classes are not the model's.
+      weights.WeightsError: no such model, a failed download, a misfit file.
+    """
+    from fcn import pretrained
+
+    entry = pretrained.entry_of(source)
+    classes = pretrained.class_table(entry)
+    dataset = datasets.as_dataset(root, dataclasses.replace(config.data, num_classes=0))
+    if not dataset.classes.same_classes(classes):
+        raise datasets.ClassTableMismatchError(
+            f"--pretrained {source} predicts {classes.describe()}, but {data.display_path(dataset.root)} has "
+            f"{dataset.classes.describe()}: point --data_dir at a {entry.dataset} dataset (e.g. --config configs/voc.yaml)"
+        )
+    path, entry = pretrained.resolve(source, config.model.model_dir, progress)
+    labels_of = pretrained.labeller(path, entry)
+
+    def labels_fn(images):  # (1, H, W, 3) uint8 -> (1, H, W) train ids
+        return tf.convert_to_tensor(labels_of(np.asarray(images)[0])[None])
+
+    result = evaluate_split(
+        labels_fn, dataset, config.evaluate.split, classes, save_predictions, progress, config.evaluate.max_pixels
+    )
+    result.checkpoint = path
+    result.protocol = pretrained.protocol(entry)
+    write_reports(result, output_dir or pretrained_output_dir(config, source), config)
+    return result
+
+
+def pretrained_output_dir(config: Config, source: str) -> str:
+    """The default folder of ``evaluate_pretrained``'s reports."""
+    name = source if source in weights.PRETRAINED else os.path.splitext(os.path.basename(source))[0]
+    return os.path.join(config.logs_dir, f"pretrained_{name}")
+
+
 # ---------------------------------------------------------------------------
 # Reports.
 
@@ -212,12 +276,18 @@ def metrics_json(result: EvaluationResult, config: Config) -> dict:
             **{path: message.split(": ", 1)[1] for path, message in result.too_large.items()},
         },
         "checkpoint": result.checkpoint,
+        **(_protocol_json(config) if result.protocol is None else result.protocol),
+        **({"fcn_alone": _headline(result.fcn_scores)} if result.fcn_scores is not None else {}),
+    }
+
+
+def _protocol_json(config: Config) -> dict:
+    return {
         "test_size": _test_size_json(config),
         "scales": list(config.evaluate.scales),
         "flip": config.evaluate.flip,
         "crf": config.model.crf,
         "crf_iterations": config.model.crf_test_iterations if config.model.crf else 0,
-        **({"fcn_alone": _headline(result.fcn_scores)} if result.fcn_scores is not None else {}),
     }
 
 

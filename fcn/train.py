@@ -239,8 +239,18 @@ def _initialise_from(model: keras.Model, source: str, report) -> None:
 
     Every FCN layer must find its weights there. The CRF stage takes its
     weights too when ``source`` has them, and otherwise keeps its initial
-    values: an FCN run starts an FCN + CRF run.
+    values: an FCN run starts an FCN + CRF run. A Keras ``.h5`` file is
+    crfasrnn_keras's released model (``weights.load_crfasrnn_keras_into_fcn8s``).
     """
+    if weights.is_crfasrnn_keras_file(source):
+        try:
+            notes = weights.load_crfasrnn_keras_into_fcn8s(model, source)
+        except weights.WeightsError as error:
+            raise TrainingError(f"--init_from {source}: {error}") from None
+        report(f"initialised from {source} (crfasrnn_keras's FCN-8s + CRF-RNN)")
+        for note in notes:
+            report(f"  {note}")
+        return
     has_crf = model_lib.has_crf(model)
     fcn_view = keras.Model(model.input, model.get_layer("logits").output) if has_crf else model
     try:

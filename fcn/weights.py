@@ -10,7 +10,10 @@ such layer; a file is never loaded in part.
 ``load_crfasrnn_keras`` reads crfasrnn_keras's ``crfrnn_keras_model.h5``
 (FCN-8s + CRF-RNN for Pascal VOC) into that project's geometry
 (``model.build_crfasrnn_reference``) after checking the file's structure;
-``PRETRAINED`` describes where the file is published.
+``load_crfasrnn_keras_into_fcn8s`` starts this project's FCN-8s (+ CRF-RNN)
+from it for fine-tuning (``--init_from``); ``PRETRAINED`` describes where
+the file is published and ``fetch_pretrained`` downloads it (resumable,
+structure-checked, atomic).
 """
 
 import dataclasses
@@ -481,11 +484,156 @@ def load_crfasrnn_keras(
     return net
 
 
-def fetch_pretrained(name: str, model_dir: str | None = None) -> str:
+# Our FCN-8s layer <- crfasrnn_keras's layer, for ``--init_from`` (``load_crfasrnn_keras_into_fcn8s``).
+_FCN8S_FROM_CRFASRNN = {
+    **{f"block{b}_conv{i}": f"conv{b}_{i}" for b, n, _ in model_lib.VGG16_BLOCKS for i in range(1, n + 1)},
+    "fc6": "fc6",
+    "fc7": "fc7",
+    "score_fr": "score-fr",
+    "upscore2": "score2",
+    "score_pool4": "score-pool4",
+    "upscore_pool4": "score4",
+    "score_pool3": "score-pool3",
+}
+
+
+def is_crfasrnn_keras_file(source: str) -> bool:
+    """Whether ``--init_from SOURCE`` names a Keras weights file (crfasrnn_keras's) rather than a run or checkpoint."""
+    return os.path.isfile(source) and (source.endswith((".h5", ".hdf5")) or h5py.is_hdf5(source))
+
+
+def load_crfasrnn_keras_into_fcn8s(model: keras.Model, path: str) -> list[str]:
+    """Starts this project's FCN-8s (+ CRF-RNN) from crfasrnn_keras's model file, for fine-tuning (``--init_from``).
+
+    The file's structure is checked (``check_crfasrnn_keras``), then its
+    classes and fc width against the model's: a file that does not fit is
+    refused, naming every layer, and nothing is copied. What carries over:
+
+    - ``conv1_1`` .. ``conv5_3`` -> ``block1_conv1`` .. ``block5_conv3``,
+      ``fc6``, ``fc7``, ``score-fr`` -> ``score_fr``, as they are;
+    - ``score2`` -> ``upscore2``; its bias (the model's transposed
+      convolutions have none) is added to ``score_pool4``'s bias, with which
+      it is summed at ``fuse_pool4``: the same sums;
+    - ``score4`` -> ``upscore_pool4``;
+    - ``score-pool4`` / ``score-pool3`` -> ``score_pool4`` / ``score_pool3``,
+      kernels divided by the model's skip scaling (0.01 x pool4, 1e-4 x
+      pool3), so the skip scores are the file's (the scaling only changes
+      how fast training moves them);
+    - ``crfrnn``'s ``spatial_ker_weights``, ``bilateral_ker_weights`` and
+      ``compatibility_matrix`` -> ``spatial_kernel_weights``,
+      ``bilateral_kernel_weights`` and ``compatibility`` as they are: that
+      layer computes ``U - compatibility_matrix (spatial S + bilateral B)``
+      as ``crf.mean_field`` does (only the initial values differ, -identity
+      there and 1 - identity here). Without ``model.crf`` they are not used.
+
+    What does not: the final ``upsample`` (a learned 16 x 16 / 8 transposed
+    convolution there, the fixed bilinear ``upscore8`` here) carries over
+    only when it is bilinear; and the geometry differs (no 100-pixel
+    padding, a 'same' fc6, 'same' transposed convolutions and one crop at
+    the end instead of 'valid' ones and the fixed crops 5, 9 and 31), so the
+    score maps are not aligned on the same pixels as there, and borders see
+    other padding: the model starts from the released weights, but its
+    outputs are not the released model's. ``model.build_crfasrnn_reference``
+    (``--pretrained``) is the exact one.
+
+    Returns:
+      notes on what did not carry over exactly, one per line.
+
+    Raises:
+      WeightsError: naming the file and every layer that does not fit.
+    """
+    values, file_classes, file_fc = check_crfasrnn_keras(path)
+    backbone = model_lib.backbone_of(model)
+    num_classes = model.get_layer("score_fr").filters
+    fc_channels = model.get_layer("fc6").filters
+    problems = []
+    if backbone != "vgg16":
+        extra = sorted(set(model_lib.conv_layer_names(backbone)) - set(_FCN8S_FROM_CRFASRNN))
+        problems.append(f"model.backbone={backbone}: the file has VGG16's conv1_1 .. conv5_3, nothing for {', '.join(extra)}")
+    if file_classes != num_classes or file_fc != fc_channels:
+        expected = crfasrnn_keras_layout(num_classes, fc_channels)
+        for name, shapes in crfasrnn_keras_layout(file_classes, file_fc).items():
+            if shapes != expected[name]:
+                problems.append(f"layer {name} has weights of shapes {shapes}, the model needs {expected[name]}")
+        if file_classes != num_classes:
+            problems.append(f"the file scores {file_classes} classes (Pascal VOC's 21), the model {num_classes}: train on its "
+                            f"dataset (--config configs/voc.yaml)")
+        if file_fc != fc_channels:
+            problems.append(f"the file's fc6/fc7 are {file_fc} wide: set model.fc_channels={file_fc}")
+    if problems:
+        raise WeightsError(f"{path} does not fit this FCN-8s; nothing was loaded:\n  " + "\n  ".join(problems))
+
+    notes = []
+    new = {ours: list(values[theirs]) for ours, theirs in _FCN8S_FROM_CRFASRNN.items()}
+    kernel2, bias2 = new["upscore2"]
+    new["upscore2"] = [kernel2]
+    for layer, scale in (("score_pool4", "scale_pool4"), ("score_pool3", "scale_pool3")):
+        factor = float(model.get_layer(scale).factor)
+        kernel, bias = new[layer]
+        new[layer] = [(kernel / np.float32(factor)).astype(np.float32), bias]
+    new["score_pool4"][1] = (new["score_pool4"][1] + bias2).astype(np.float32)
+    upsample = values["upsample"][0]
+    bilinear = np.asarray(model_lib.BilinearUpsampling()(upsample.shape))
+    deviation = float(np.abs(upsample - bilinear).max())
+    if deviation > 1e-6:
+        notes.append(f"upsample: not used; its kernel is {deviation:.3g} at most from bilinear, and upscore8 here is "
+                     "fixed bilinear")
+    if model_lib.has_crf(model):
+        new["crf"] = list(values["crfrnn"])
+    else:
+        notes.append("crfrnn: not used (model.crf is off)")
+    shapes = {name: [tuple(v.shape) for v in model.get_layer(name).weights] for name in new}
+    wrong = [name for name in new if shapes[name] != [tuple(v.shape) for v in new[name]]]
+    if wrong:  # a model not built by build_fcn8s
+        raise WeightsError(f"{path}: layers {', '.join(wrong)} of the model have other weight shapes; nothing was loaded")
+    for name, arrays in new.items():
+        model.get_layer(name).set_weights(arrays)
+    notes.append("geometry: this FCN-8s has no 100-pixel padding and no fixed crops (5, 9, 31), so it starts from "
+                 "the file's weights but does not reproduce the released model's outputs (--pretrained does)")
+    return notes
+
+
+def fetch_pretrained(name: str, model_dir: str | None = None, progress: bool = True) -> str:
     """Downloads (once) a ``PRETRAINED`` model file into ``model_dir`` and returns its path.
 
-    Without a published hash, the file is checked by its structure when
-    loaded; a download that fails leaves no partial file behind.
+    ``download.download_file`` fetches it: the bytes arrive in
+    ``<file>.partial``, a call after an interruption continues it (HTTP
+    Range), and only a file whose structure is that of the released model
+    (``check_crfasrnn_keras``; and its MD5, when one is published) is renamed
+    to its final name; a file that fails is deleted. A file already in the
+    cache is returned as it is (its structure is checked again when loaded).
+
+    Args:
+      name: a key of ``PRETRAINED``.
+      model_dir: the cache folder (default: Keras' ``~/.keras/models``).
+      progress: show a progress bar.
+
+    Raises:
+      WeightsError: the download failed (what arrived is kept for the next
+        call) or the file is not the released model (it is deleted).
     """
+    from fcn import download
+
     entry = PRETRAINED[name]
-    return _fetch(entry.url, entry.filename, model_dir, entry.md5 or None, what=f"the {name} model", fix="the loader")
+    folder = os.path.abspath(model_dir) if model_dir else os.path.join(os.path.expanduser("~"), ".keras", "models")
+    path = os.path.join(folder, entry.filename)
+    if os.path.isfile(path):
+        return path
+    os.makedirs(folder, exist_ok=True)
+
+    def check(partial: str) -> None:
+        if entry.md5 and download.file_digest(partial, "md5") != entry.md5:
+            raise WeightsError(f"the file downloaded from {entry.url} does not have the published MD5 {entry.md5}; it was deleted")
+        try:
+            check_crfasrnn_keras(partial, num_classes=entry.num_classes)
+        except WeightsError as error:
+            raise WeightsError(
+                f"the file downloaded from {entry.url} is not the released {name} model, so it was deleted and "
+                f"nothing was put in {folder}: {error}"
+            ) from None
+
+    manual = f"Rerun to resume, or download {entry.filename} yourself and pass its path to --pretrained."
+    try:
+        return download.download_file(entry.url, path, check, progress, hint=manual)
+    except download.DownloadError as error:
+        raise WeightsError(f"could not fetch the {name} model from {entry.url} into {path}: {error}") from None

@@ -9,6 +9,7 @@ Keras 2's ``save_weights`` wrote the released file.
 
 import glob
 import os
+import re
 
 import h5py
 import keras
@@ -19,6 +20,7 @@ from PIL import Image
 
 from conftest import SAMPLE_ROOT, clear_argmax
 from fcn import crf as crf_lib
+from fcn import datasets
 from fcn import model as model_lib
 from fcn import permutohedral
 from fcn import weights
@@ -180,13 +182,20 @@ def util_preprocessed_image(file_name):
 
 
 @pytest.fixture(scope="module")
-def released_format(tmp_path_factory):
-    """(path of a crfrnn_keras_model.h5 with random weights, the reference's output on the fixture image, util's inputs)."""
+def released_file(tmp_path_factory):
+    """(the reference model with random weights, the path of its crfrnn_keras_model.h5)."""
     keras.utils.set_random_seed(3)
     reference = reference_model()
     randomise(reference)
     path = str(tmp_path_factory.mktemp("crfasrnn") / "crfrnn_keras_model.h5")
     write_keras2_weights(path, reference)
+    return reference, path
+
+
+@pytest.fixture(scope="module")
+def released_format(released_file):
+    """(path of a crfrnn_keras_model.h5 with random weights, the reference's output on the fixture image, util's inputs)."""
+    reference, path = released_file
     batch, img_h, img_w, size = util_preprocessed_image(IMAGE)
     probe = keras.Model(reference.input, [reference.get_layer("cropping2d_3").output, reference.output])
     unaries, refined = (np.asarray(t) for t in probe(batch))
@@ -329,7 +338,7 @@ def test_fetch_pretrained_downloads_once_and_leaves_nothing_on_failure(tmp_path,
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     served = tmp_path / "served.h5"
-    write_layers(str(served), tiny_layers())
+    write_layers(str(served), tiny_layers(num_classes=21))
     server = _FileServer({"crfrnn_keras_model.h5": served.read_bytes()})
     server.paths = []
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
@@ -339,13 +348,13 @@ def test_fetch_pretrained_downloads_once_and_leaves_nothing_on_failure(tmp_path,
         entry = weights.PRETRAINED["crfasrnn_voc"]
         monkeypatch.setitem(weights.PRETRAINED, "crfasrnn_voc", dataclasses.replace(entry, url=base + "missing.h5"))
         with pytest.raises(weights.WeightsError, match="could not fetch the crfasrnn_voc model"):
-            weights.fetch_pretrained("crfasrnn_voc", str(cache))
+            weights.fetch_pretrained("crfasrnn_voc", str(cache), progress=False)
         assert not (cache / "crfrnn_keras_model.h5").exists()
         monkeypatch.setitem(weights.PRETRAINED, "crfasrnn_voc", dataclasses.replace(entry, url=base + "crfrnn_keras_model.h5"))
-        path = weights.fetch_pretrained("crfasrnn_voc", str(cache))
-        assert path == str(cache / "crfrnn_keras_model.h5") and weights.fetch_pretrained("crfasrnn_voc", str(cache)) == path
+        path = weights.fetch_pretrained("crfasrnn_voc", str(cache), progress=False)
+        assert path == str(cache / "crfrnn_keras_model.h5") and weights.fetch_pretrained("crfasrnn_voc", str(cache), progress=False) == path
         assert server.paths == ["/v1.0/missing.h5", "/v1.0/crfrnn_keras_model.h5"]  # the second call used the cache
-        assert weights.load_crfasrnn_keras(path).output.shape[-1] == 5
+        assert weights.load_crfasrnn_keras(path).output.shape[-1] == 21
     finally:
         server.shutdown()
         server.server_close()
@@ -402,3 +411,150 @@ def test_demo_command_fetches_the_released_file_and_writes_voc_labels(tmp_path, 
     # A name that is neither released nor a file: a message and status 1.
     assert FCN.main(["--mode=predict", "--pretrained", "nope", "--image", IMAGE, "--output", str(out), "--no_progress"]) == FCN.EXIT_FAILED
     assert "neither a released model (crfasrnn_voc) nor an existing file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# The release file's download: resumable, structure-checked, atomic.
+
+
+def _serve(payload, monkeypatch):
+    """A ZipServer of tests/test_download.py on 127.0.0.1 serving ``payload`` as the release file."""
+    import dataclasses
+    import threading
+
+    from test_download import ZipServer
+
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    server = ZipServer(payload)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1.0/crfrnn_keras_model.h5"
+    monkeypatch.setitem(weights.PRETRAINED, "crfasrnn_voc", dataclasses.replace(weights.PRETRAINED["crfasrnn_voc"], url=url))
+    return server
+
+
+def test_release_file_download_resumes_after_a_cut_and_ends_with_the_exact_bytes(tmp_path, monkeypatch):
+    served = tmp_path / "served.h5"
+    write_layers(str(served), tiny_layers(num_classes=21))
+    payload = served.read_bytes()
+    server = _serve(payload, monkeypatch)
+    cache = tmp_path / "cache"
+    final, partial = cache / "crfrnn_keras_model.h5", cache / "crfrnn_keras_model.h5.partial"
+    try:
+        server.mode = "cut"  # the full length announced, half the body sent, the connection closed
+        with pytest.raises(weights.WeightsError, match="could not fetch the crfasrnn_voc model .* stopped after"):
+            weights.fetch_pretrained("crfasrnn_voc", str(cache), progress=False)
+        assert not final.exists() and partial.read_bytes() == payload[: len(payload) // 2]
+        server.mode = "normal"
+        path = weights.fetch_pretrained("crfasrnn_voc", str(cache), progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.ranges == [None, f"bytes={len(payload) // 2}-"] and server.statuses == [200, 206]
+    assert path == str(final) and final.read_bytes() == payload and not partial.exists()
+    assert weights.load_crfasrnn_keras(path).output.shape[-1] == 21
+
+
+@pytest.mark.parametrize("what", ["html", "misfit"])
+def test_a_release_file_failing_the_structure_check_never_gets_its_final_name(tmp_path, monkeypatch, what):
+    if what == "html":
+        payload = b"<html>rate limited</html>"
+    else:  # an HDF5 Keras file of another model: 5 classes, not the release's 21
+        write_layers(str(tmp_path / "served.h5"), tiny_layers(num_classes=5))
+        payload = (tmp_path / "served.h5").read_bytes()
+    server = _serve(payload, monkeypatch)
+    cache = tmp_path / "cache"
+    try:
+        with pytest.raises(weights.WeightsError, match="is not the released crfasrnn_voc model, so it was deleted") as raised:
+            weights.fetch_pretrained("crfasrnn_voc", str(cache), progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert ("score-fr" if what == "misfit" else "cannot be read as an HDF5") in str(raised.value)
+    assert os.listdir(cache) == []  # neither the final name nor a .partial that a rerun would resume
+
+
+# ---------------------------------------------------------------------------
+# --mode=evaluate --pretrained on VOC.
+
+
+def voc_sample(folder, num_val=2):
+    from fcn import sample_data
+
+    return sample_data.generate_sample_dataset(
+        os.path.join(folder, "VOCdevkit", "VOC2012"), num_train=1, num_val=num_val, min_size=48, max_size=96,
+        progress=False, layout="voc",
+    )  # fmt: skip
+
+
+def confusion(truth, predicted, num_classes=NUM_CLASSES):
+    counted = truth != 255
+    return np.bincount(truth[counted].astype(np.int64) * num_classes + predicted[counted], minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
+
+
+def miou_and_accuracy(matrix):
+    intersection = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - intersection
+    return float(np.mean(intersection[union > 0] / union[union > 0])), float(intersection.sum() / matrix.sum())
+
+
+@pytest.mark.slow  # 500 x 500 through the reference and our model for each of 2 images
+def test_evaluate_pretrained_gives_the_scores_of_the_reference_labels(released_file, tmp_path, capsys):
+    """The numbers of ``--mode=evaluate --pretrained FILE`` on a VOC val split, against a confusion matrix computed
+    here in numpy from crfasrnn_keras's own pipeline (util.py's preprocessing, the plain-Keras reference, argmax,
+    crop, nearest resize) and the annotation PNGs at their own size, 255 left out."""
+    import json
+
+    import FCN
+
+    reference, path = released_file
+    root = voc_sample(str(tmp_path / "data"))
+    out, saved = tmp_path / "eval", tmp_path / "saved"
+    status = FCN.main(["--mode=evaluate", "--pretrained", path, "--data_dir", str(tmp_path / "data"), "--output", str(out),
+                       "--save_predictions", str(saved), "--no_progress"])  # fmt: skip
+    assert status == FCN.EXIT_OK, capsys.readouterr().err
+    with open(out / "metrics.json") as f:
+        reported = json.load(f)
+    scored = np.load(out / "confusion_matrix.npy")
+    stems = open(os.path.join(root, "ImageSets", "Segmentation", "val.txt")).read().split()
+    expected, ours, agree, pixels = 0, 0, 0, 0
+    for stem in stems:
+        truth = np.asarray(Image.open(os.path.join(root, "SegmentationClass", stem + ".png")))  # palette indices
+        batch, img_h, img_w, size = util_preprocessed_image(os.path.join(root, "JPEGImages", stem + ".jpg"))
+        assert (img_h, img_w) != (500, 500) and size != (img_w, img_h)  # resized and padded
+        probabilities = np.asarray(reference(batch))[0]
+        labels = np.asarray(Image.fromarray(probabilities.argmax(-1).astype(np.uint8)[:img_h, :img_w], "P").resize(size))
+        predicted = np.asarray(Image.open(saved / f"{stem}.png"))  # the labels evaluate scored (VOC values = train ids)
+        assert labels.shape == predicted.shape == truth.shape
+        expected = expected + confusion(truth, labels)
+        ours = ours + confusion(truth, predicted)
+        agree += (labels == predicted).sum()
+        pixels += labels.size
+    # The scoring: the matrix evaluate reports is that of the labels it wrote, 255 excluded, at full resolution.
+    np.testing.assert_array_equal(scored, ours)
+    truth_values = np.concatenate([np.asarray(Image.open(os.path.join(root, "SegmentationClass", s + ".png"))).ravel() for s in stems])
+    assert (truth_values == 255).any() and scored.sum() == (truth_values != 255).sum()
+    # The model and its protocol: those labels are the reference's, and so are the numbers.
+    assert agree / pixels > 0.999
+    miou, accuracy = miou_and_accuracy(expected)
+    assert abs(reported["pixel_accuracy"] - accuracy) <= 1 - agree / pixels + 1e-12
+    assert abs(reported["mean_iou"] - miou) < 2e-3
+    assert len(np.unique(np.nonzero(expected)[1])) > 2 and 0 < accuracy < 1  # several classes predicted, some right
+    assert reported["checkpoint"] == path and reported["images"] == len(stems) == 2
+    assert reported["test_size"] == [500, 500] and reported["crf"] and reported["crf_iterations"] == 10
+    assert list(reported["per_class_iou"]) == list(datasets.VOC_CLASSES)
+
+
+def test_evaluate_pretrained_refuses_a_dataset_of_other_classes(tmp_path, capsys):
+    import FCN
+
+    out = tmp_path / "eval"
+    status = FCN.main(["--mode=evaluate", "--pretrained", "crfasrnn_voc", "--data_dir", SAMPLE_ROOT, "--output", str(out),
+                       "--model_dir", str(tmp_path / "cache"), "--no_progress"])  # fmt: skip
+    assert status == FCN.EXIT_USAGE
+    assert re.search(r"--pretrained crfasrnn_voc predicts 21 classes .* but .*ADEChallengeData2016 has 150 classes",
+                     capsys.readouterr().err)
+    assert not (tmp_path / "cache").exists() and not out.exists()  # refused before fetching or writing anything
+    assert FCN.main(["--mode=export", "--pretrained", "crfasrnn_voc"]) == FCN.EXIT_USAGE

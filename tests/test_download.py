@@ -565,3 +565,37 @@ def test_voc_layout_downloads_the_voc_tar(tmp_path, serve):
     root = datasets.prepare_dataset(config, progress=False)
     assert root == os.path.join(str(tmp_path), "VOCdevkit", "VOC2012")
     assert datasets.find_dataset(dataclasses.replace(config, layout="auto")).layout.name == "voc"
+
+
+# ---------------------------------------------------------------------------
+# download_file: one file, resumable on <file>.partial, checked, atomic.
+
+
+def test_download_file_resumes_a_cut_transfer_and_renames_only_after_the_check(tmp_path, serve):
+    payload = random.Random(7).randbytes(30_000)
+    server = serve(payload)
+    target = tmp_path / "model.h5"
+    partial = tmp_path / ("model.h5" + download.PARTIAL_SUFFIX)
+    checked = []
+    server.mode = "cut"
+    with pytest.raises(download.DownloadError, match=r"stopped after 15,000 of 30,000 bytes"):
+        download.download_file(server.url, str(target), checked.append, progress=False)
+    assert not target.exists() and partial.read_bytes() == payload[:15_000] and checked == []
+    server.mode = "normal"
+    assert download.download_file(server.url, str(target), lambda p: checked.append(open(p, "rb").read()), progress=False) == str(target)
+    assert server.ranges == [None, "bytes=15000-"]
+    assert target.read_bytes() == payload and not partial.exists()
+    assert checked == [payload]  # the check saw the whole file under its temporary name
+    # The file in place is used as it is.
+    assert download.download_file(server.url, str(target), progress=False) == str(target) and len(server.ranges) == 2
+
+
+def test_download_file_deletes_what_its_check_refuses(tmp_path, serve):
+    server = serve(b"<html>not the file</html>")
+
+    def refuse(path):
+        raise ValueError(f"{path} is not a model")
+
+    with pytest.raises(ValueError, match=r"model.h5.partial is not a model"):
+        download.download_file(server.url, str(tmp_path / "model.h5"), refuse, progress=False)
+    assert os.listdir(tmp_path) == []

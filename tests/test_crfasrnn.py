@@ -558,3 +558,114 @@ def test_evaluate_pretrained_refuses_a_dataset_of_other_classes(tmp_path, capsys
                      capsys.readouterr().err)
     assert not (tmp_path / "cache").exists() and not out.exists()  # refused before fetching or writing anything
     assert FCN.main(["--mode=export", "--pretrained", "crfasrnn_voc"]) == FCN.EXIT_USAGE
+
+
+# ---------------------------------------------------------------------------
+# --init_from crfrnn_keras_model.h5: this project's FCN-8s + CRF-RNN starts from the file.
+
+
+def file_arrays(path):
+    """layer -> {weight name: value} read with h5py as Keras 2 wrote them (``conv1_1/kernel:0``)."""
+    with h5py.File(path, "r") as f:
+        text = lambda name: name.decode() if isinstance(name, bytes) else str(name)  # noqa: E731
+        return {layer: {text(name).split("/")[-1].split(":")[0]: np.asarray(group[text(name)])
+                        for name in group.attrs["weight_names"]}
+                for layer, group in f.items() if len(group.attrs["weight_names"])}  # fmt: skip
+
+
+def expected_fcn8s_weights(path):
+    """Our layer -> its weights taken from the file: renamed, score2's bias moved to score_pool4 (both are summed at
+    fuse_pool4), the skip kernels divided by the 0.01 / 1e-4 scaling of pool4 / pool3."""
+    a = file_arrays(path)
+    expected = {f"block{b}_conv{i}": [a[f"conv{b}_{i}"]["kernel"], a[f"conv{b}_{i}"]["bias"]]
+                for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for i in range(1, n + 1)}  # fmt: skip
+    for ours, theirs in (("fc6", "fc6"), ("fc7", "fc7"), ("score_fr", "score-fr")):
+        expected[ours] = [a[theirs]["kernel"], a[theirs]["bias"]]
+    expected["upscore2"] = [a["score2"]["kernel"]]
+    expected["score_pool4"] = [a["score-pool4"]["kernel"] * 100, a["score-pool4"]["bias"] + a["score2"]["bias"]]
+    expected["upscore_pool4"] = [a["score4"]["kernel"]]
+    expected["score_pool3"] = [a["score-pool3"]["kernel"] * 10_000, a["score-pool3"]["bias"]]
+    crf = a["crfrnn"]
+    expected["crf"] = [crf["spatial_ker_weights"], crf["bilateral_ker_weights"], crf["compatibility_matrix"]]
+    return expected
+
+
+def assert_weights(model, expected):
+    for name, values in expected.items():
+        found = model.get_layer(name).get_weights()
+        assert len(found) == len(values), name
+        for got, want in zip(found, values):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * np.abs(want).max(), err_msg=name)
+
+
+def test_init_from_the_release_file_starts_fcn8s_and_crf_from_its_weights(released_file, tmp_path):
+    from test_train import tiny_config, train_here
+
+    from fcn import predict, train
+
+    _, path = released_file
+    expected = expected_fcn8s_weights(path)
+    assert not np.allclose(expected["crf"][2], expected["crf"][2].T)  # a transposed matrix would show
+    net = model_lib.build_fcn8s(NUM_CLASSES, fc_channels=FC, crf=dict(num_iterations=1))
+    notes = []
+    train._initialise_from(net, path, notes.append)
+    assert_weights(net, expected)
+    assert notes[0] == f"initialised from {path} (crfasrnn_keras's FCN-8s + CRF-RNN)"
+    assert any(n.strip().startswith("upsample: not used") for n in notes)  # the random file's upsample is not bilinear
+    # The bias fold is exact: fuse_pool4 = upscore2(score_fr) + score2's bias + score-pool4(pool4) at every pixel.
+    images = np.random.default_rng(0).integers(0, 256, (1, 64, 96, 3)).astype(np.uint8)
+    probe = keras.Model(net.input, [net.get_layer(n).output for n in ("fuse_pool4", "block4_pool", "upscore2")])
+    fuse, pool4, upscore2 = (np.asarray(t, np.float64) for t in probe(images))
+    a = file_arrays(path)
+    by_hand = upscore2 + a["score2"]["bias"] + pool4 @ a["score-pool4"]["kernel"][0, 0] + a["score-pool4"]["bias"]
+    np.testing.assert_allclose(fuse, by_hand, rtol=0, atol=1e-4 * np.abs(by_hand).max())
+
+
+@pytest.mark.slow  # a training step of VGG16 + CRF-RNN, a checkpoint of 15 M weights and Adam's slots
+def test_training_with_init_from_the_release_file_starts_from_its_weights(released_file, tmp_path):
+    """One step at a learning rate of 1e-30 from the file: the run's weights are the file's."""
+    from test_train import tiny_config, train_here
+
+    from fcn import predict
+
+    _, path = released_file
+    expected = expected_fcn8s_weights(path)
+    root = voc_sample(str(tmp_path / "data"), num_val=1)
+    config = tiny_config(tmp_path / "run", root, ("data.layout", "voc"), ("data.num_classes", 0), ("model.fc_channels", FC),
+                         ("model.crf", True), ("model.crf_iterations", 1), ("train.max_steps", 1), ("train.init_from", path),
+                         ("train.learning_rate", 1e-30), ("data.val_size", "32"), ("train.val_images", 1))  # fmt: skip
+    result = train_here(config, root)
+    assert result.step == 1
+    trained, _ = predict.restore_model(config)
+    assert_weights(trained, expected)
+
+
+def test_init_from_refuses_a_file_that_does_not_fit_naming_the_layers(tmp_path):
+    from fcn import train
+
+    path = str(tmp_path / "crfrnn_keras_model.h5")
+    layers = tiny_layers(num_classes=5, fc=8)
+    layers["upsample"] = [np.asarray(model_lib.BilinearUpsampling()((16, 16, 5, 5)))]
+    write_layers(path, layers)
+    net = model_lib.build_fcn8s(5, fc_channels=8)  # fits; bilinear upsample carries over; no CRF stage
+    notes = weights.load_crfasrnn_keras_into_fcn8s(net, path)
+    assert not any(n.startswith("upsample") for n in notes) and "crfrnn: not used (model.crf is off)" in notes
+    np.testing.assert_array_equal(net.get_layer("fc7").get_weights()[0], layers["fc7"][0])
+
+    for model, lines in (
+        (model_lib.build_fcn8s(21, fc_channels=8), ["layer score-fr has weights of shapes [(1, 1, 8, 5), (5,)], the model "
+                                                     "needs [(1, 1, 8, 21), (21,)]", "the file scores 5 classes"]),
+        (model_lib.build_fcn8s(5, fc_channels=16), ["layer fc6 has weights of shapes [(7, 7, 512, 8), (8,)], the model "
+                                                     "needs [(7, 7, 512, 16), (16,)]", "set model.fc_channels=8"]),
+        (model_lib.build_fcn8s(5, fc_channels=8, backbone="vgg19"), ["model.backbone=vgg19: the file has VGG16's conv1_1 .. "
+                                                                     "conv5_3, nothing for block3_conv4, block4_conv4, block5_conv4"]),
+    ):  # fmt: skip
+        before = [w.copy() for w in model.get_weights()]
+        with pytest.raises(train.TrainingError, match=re.escape(f"--init_from {path}: {path} does not fit this FCN-8s; nothing was loaded")) as raised:
+            train._initialise_from(model, path, print)
+        for line in lines:
+            assert line in str(raised.value)
+        assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # nothing copied
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(train.TrainingError, match="junk.h5: cannot be read as an HDF5"):
+        train._initialise_from(model_lib.build_fcn8s(5, fc_channels=8), str(tmp_path / "junk.h5"), print)

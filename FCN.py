@@ -205,6 +205,9 @@ def main(argv=None) -> int:
     if args.pretrained and args.mode not in ("predict", "evaluate"):
         print(f"FCN.py: --pretrained is for --mode=predict and --mode=evaluate (got --mode={args.mode})", file=sys.stderr)
         return EXIT_USAGE
+    if args.pretrained and args.checkpoint:
+        print("FCN.py: --pretrained and --checkpoint both name the weights: pass one of them", file=sys.stderr)
+        return EXIT_USAGE
     if args.pretrained and args.mode == "evaluate":  # the released model's classes decide, not data.num_classes
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_classes=0))
 

@@ -558,6 +558,8 @@ def test_evaluate_pretrained_refuses_a_dataset_of_other_classes(tmp_path, capsys
                      capsys.readouterr().err)
     assert not (tmp_path / "cache").exists() and not out.exists()  # refused before fetching or writing anything
     assert FCN.main(["--mode=export", "--pretrained", "crfasrnn_voc"]) == FCN.EXIT_USAGE
+    assert FCN.main(["--mode=evaluate", "--pretrained", "crfasrnn_voc", "--checkpoint", "logs/x"]) == FCN.EXIT_USAGE
+    assert "pass one of them" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------

@@ -100,14 +100,45 @@ def save_run(logs_dir, data_dir, fixed_class=None, seed=0, fc_channels=16):
     return config, model
 
 
-def run_fcn(*args, timeout=600):
-    """Runs FCN.py as a user does; returns the CompletedProcess."""
+def run_fcn(*args, timeout=600, subprocess_=None):
+    """Runs FCN.py's command line as a user does; returns a ``subprocess.CompletedProcess``.
+
+    Training runs in a child process: it applies process-wide settings (logical
+    devices, op determinism, the global seed). The other modes touch no global
+    state, so they run ``FCN.main`` in this process, with its standard output and
+    error captured, which spares each call the start of an interpreter and
+    TensorFlow. ``subprocess_=True`` forces a child process.
+    """
+    import contextlib
+    import io
     import subprocess
 
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "FCN.py"), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
-    )
+    mode = "train"
+    for k, arg in enumerate(args):
+        if arg.startswith("--mode="):
+            mode = arg.split("=", 1)[1]
+        elif arg == "--mode" and k + 1 < len(args):
+            mode = args[k + 1]
+    if subprocess_ is None:
+        subprocess_ = mode == "train"
+    command = [sys.executable, os.path.join(REPO, "FCN.py"), *args]
+    if subprocess_:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    import FCN
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    previous = os.getcwd()
+    os.chdir(REPO)  # as the child process would: relative paths (configs/...) are the repository's
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                status = FCN.main(list(args))
+            except SystemExit as exit_:  # argparse's usage errors
+                status = exit_.code if isinstance(exit_.code, int) else 2
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess(command, status, stdout.getvalue(), stderr.getvalue())
 
 
 def bilinear_resize(array, height, width):

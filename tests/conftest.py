@@ -103,11 +103,12 @@ def save_run(logs_dir, data_dir, fixed_class=None, seed=0, fc_channels=16):
 def run_fcn(*args, timeout=600, subprocess_=None):
     """Runs FCN.py's command line as a user does; returns a ``subprocess.CompletedProcess``.
 
-    Training runs in a child process: it applies process-wide settings (logical
-    devices, op determinism, the global seed). The other modes touch no global
-    state, so they run ``FCN.main`` in this process, with its standard output and
-    error captured, which spares each call the start of an interpreter and
-    TensorFlow. ``subprocess_=True`` forces a child process.
+    ``FCN.main`` runs in this process, with its standard output and error
+    captured, which spares each call the start of an interpreter and of
+    TensorFlow. A training run that changes what cannot be undone in a process
+    (logical devices, op determinism, a cluster) runs in a child process, as
+    does any call with ``subprocess_=True``. The precision policy training sets
+    is reset after every test (``float32_policy``).
     """
     import contextlib
     import io
@@ -120,7 +121,8 @@ def run_fcn(*args, timeout=600, subprocess_=None):
         elif arg == "--mode" and k + 1 < len(args):
             mode = args[k + 1]
     if subprocess_ is None:
-        subprocess_ = mode == "train"
+        lasting = ("train.deterministic=true", "train.cpu_devices", "--strategy", "train.strategy")
+        subprocess_ = mode == "train" and any(key in arg for arg in args for key in lasting)
     command = [sys.executable, os.path.join(REPO, "FCN.py"), *args]
     if subprocess_:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")

@@ -2,7 +2,8 @@
 
 For each model (``sample``: ``configs/sample.yaml``, fc6/fc7 256 wide, test
 size (160, 96); ``full``: ``configs/ade20k.yaml``, the full FCN-8s with fc6/fc7
-4096 wide, test size (2048, 512)), a run directory with a checkpoint of random
+4096 wide, test size (2048, 512); ``full_own_size``: the same at each image's
+own size, ``evaluate.test_size: none``), a run directory with a checkpoint of random
 weights is written once, then ``python FCN.py --mode=predict`` runs in a child
 process on one JPEG per size (generated here, in a temporary folder). The
 child's peak resident set size comes from ``os.wait4`` (``ru_maxrss``, the
@@ -18,6 +19,7 @@ that fits ``--budget_gb`` is extrapolated from it, and said to be.
 Usage, from the repo root::
 
     python bench/memory.py [--megapixels 4 10 20 40] [--models sample full] [--budget_gb 8]
+    python bench/memory.py --models full_own_size --megapixels 0.5 1 2
 """
 
 import argparse
@@ -36,7 +38,13 @@ sys.path.insert(0, REPO)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-MODELS = {"sample": "configs/sample.yaml", "full": "configs/ade20k.yaml"}
+# Model -> (config file, its --set overrides). ``full_own_size`` runs the network at each image's own size
+# (``evaluate.test_size: none``, the usual Pascal VOC protocol, as in configs/voc.yaml).
+MODELS = {
+    "sample": ("configs/sample.yaml", ()),
+    "full": ("configs/ade20k.yaml", ()),
+    "full_own_size": ("configs/ade20k.yaml", ("evaluate.test_size=none",)),
+}
 GIB = 1 << 30
 
 
@@ -75,7 +83,7 @@ def prepare_run(model: str, run_dir: str) -> None:
     from fcn import config as config_lib
     from fcn import model as model_lib
 
-    config = config_lib.load_config(os.path.join(REPO, MODELS[model]), [("model.vgg_weights", "none"), ("logs_dir", run_dir)])
+    config = config_lib.load_config(os.path.join(REPO, MODELS[model][0]), [("model.vgg_weights", "none"), ("logs_dir", run_dir)])
     classes = datasets.ClassTable.ade20k(config.data.num_classes or 150)
     datasets.record_run_classes(run_dir, classes)
     network = model_lib.build_from_config(config.model, classes.num_classes)
@@ -154,8 +162,10 @@ def main(argv=None) -> int:
             points = []
             for megapixels, (path, width, height) in images.items():
                 output = os.path.join(work, f"out_{model}_{megapixels:g}")
+                config_file, overrides = MODELS[model]
                 command = [
-                    sys.executable, os.path.join(REPO, "FCN.py"), "--mode=predict", "--config", MODELS[model],
+                    sys.executable, os.path.join(REPO, "FCN.py"), "--mode=predict", "--config", config_file,
+                    *[arg for override in overrides for arg in ("--set", override)],
                     "--vgg_weights", "none", "--logs_dir", run_dir, "--image", path, "--output", output,
                     "--no_progress", "--set", f"evaluate.max_pixels={10 * max(int(m * 1e6) for m in images)}",
                 ]  # fmt: skip

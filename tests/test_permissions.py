@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, write_pair
+from fcn import datasets, sample_data
+from fcn.config import DataConfig
 
 PR_CAPBSET_DROP = 24
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
@@ -32,20 +34,22 @@ sys.path.insert(0, {repo!r})
 import FCN
 from fcn import data, predict
 
-root, folder, denied_image = sys.argv[1:4]
+root, folder, denied_image, voc_root = sys.argv[1:5]
 status = FCN.main(["--mode=check_data", "--data_dir", root, "--no_progress"])
 try:
     data.usable_pairs(root, "training")
     listing = ""
 except data.DataError as error:
     listing = str(error)
+voc = data.list_split(voc_root, "training", data.DataConfig(layout="voc", num_classes=0))
 files, unopenable = predict.list_images([folder])
 try:
     predict.read_image(denied_image)
     named = ""
 except predict.InferenceError as error:
     named = str(error)
-print(json.dumps(dict(status=status, listing=listing, files=files, unopenable=unopenable, named=named)))
+print(json.dumps(dict(status=status, listing=listing, files=files, unopenable=unopenable, named=named,
+                      voc_pairs=len(voc.pairs), voc_problems=voc.problems())))
 """
 
 
@@ -116,11 +120,16 @@ def test_unreadable_files_are_named_with_the_fix_not_called_corrupt(home):
     os.makedirs(folder)
     for name in ("a.jpg", "b.jpg"):
         shutil.copy(os.path.join(root, "images", "training", "ADE_train_00000001.jpg"), os.path.join(folder, name))
+    voc_root = sample_data.generate_sample_dataset(os.path.join(home, "voc"), num_train=3, num_val=1, progress=False,
+                                                   layout="voc")
+    voc_listing = datasets.list_split(voc_root, "training", DataConfig(layout="voc", num_classes=0))
+    assert len(voc_listing.pairs) == 3
     _readable_by_all(home)
     denied = [
         os.path.join(root, "images", "training", "ADE_train_00000002.jpg"),
         os.path.join(root, "annotations", "validation", "ADE_val_00000002.png"),
         os.path.join(folder, "b.jpg"),
+        voc_listing.pairs[1][1],  # a VOC annotation
     ]
     for path in denied:
         os.chmod(path, 0)
@@ -129,7 +138,7 @@ def test_unreadable_files_are_named_with_the_fix_not_called_corrupt(home):
         f.write(CHILD.format(repo=REPO))
     os.chmod(script, 0o644)
 
-    result = _run_stopped_by_permissions([script, root, folder, denied[2]], home)
+    result = _run_stopped_by_permissions([script, root, folder, denied[2], voc_root], home)
 
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
@@ -151,3 +160,5 @@ def test_unreadable_files_are_named_with_the_fix_not_called_corrupt(home):
     assert answers["files"] == [os.path.join(folder, "a.jpg")]
     assert answers["unopenable"] == {denied[2]: fix(denied[2])}
     assert answers["named"] == fix(denied[2])
+    # VOC's listed pairs: the pair with the unreadable annotation is a problem, the others are paired.
+    assert answers["voc_pairs"] == 2 and answers["voc_problems"] == [fix(denied[3])]

@@ -105,8 +105,7 @@ def setup_process(config: Config) -> tf.distribute.Strategy:
 
 # A worker is declared dead by the coordination service after this long without a heartbeat
 # (TensorFlow's default: 10 s). Longer than a loaded machine takes to end a finished worker's process
-# and then the chief's (see ``finish_together``); a crashed worker's peers still fail at once, since
-# their collectives find its address refusing connections.
+# and then the chief's (see ``finish_together``); the price: a silent worker is noticed 50 s later.
 HEARTBEAT_TIMEOUT_MS = 60_000
 
 

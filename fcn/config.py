@@ -220,7 +220,7 @@ class EvaluateConfig:
     test_size: tuple[int, int] | str = "base_size"
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
-    max_pixels: int = 40_000_000
+    max_pixels: int = 100_000_000  # bench/memory.py: 3.2 GiB peak for the full model at 100 M pixels
     visualize_images: int = 4
     compare_fcn: bool = False
 

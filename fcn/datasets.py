@@ -405,8 +405,8 @@ class FolderScan:
     Attributes:
       files: readable files with one of the extensions, sorted by name.
       unreadable: (path, reason) of entries with one of the extensions that
-        cannot be opened: a symbolic link looping or pointing nowhere, or a
-        name that is not a file.
+        cannot be opened: a symbolic link looping or pointing nowhere, a
+        name that is not a file, a file this user may not read.
     """
 
     files: tuple[str, ...]
@@ -441,11 +441,16 @@ def scan_image_folder(folder: str, extensions: tuple[str, ...] = IMAGE_EXTENSION
     return FolderScan(tuple(sorted(files)), tuple(sorted(unreadable)))
 
 
+def permission_denied(path) -> str:
+    """What to say of a file this user may not read (after its path and a colon)."""
+    return f"cannot read it: permission denied (give this user read access, e.g. chmod a+r {display_path(path)})"
+
+
 def _entry_problem(entry: os.DirEntry) -> str:
     """Why a folder entry named like an image cannot be read as a file, or ""."""
     try:
         if entry.is_file():
-            return ""
+            return "" if os.access(entry.path, os.R_OK) else permission_denied(entry.path)
         if entry.is_dir():
             return "a folder, not a file: rename or move it"
     except OSError as error:  # a symbolic link loop (ELOOP) raises here
@@ -673,9 +678,13 @@ class VocLayout(Layout):
         missing = tuple(p for p in (os.path.join(root, "JPEGImages"), annotation_dir) if not os.path.isdir(p))
         if not os.path.isfile(list_path):
             return SplitListing((), (), (), listed=True, missing=missing + (list_path,))
-        with open(list_path, "rb") as f:
-            lines = [os.fsdecode(line.strip()) for line in f.read().splitlines() if line.strip()]
+        try:
+            with open(list_path, "rb") as f:
+                lines = [os.fsdecode(line.strip()) for line in f.read().splitlines() if line.strip()]
+        except PermissionError:
+            raise DataError(f"{display_path(list_path)}: {permission_denied(list_path)}") from None
         pairs, without_annotation, without_image, without_files = [], [], [], []
+        unreadable = []
         for entry in sorted(set(lines)):
             fields = entry.split()
             if len(fields) == 2:  # "/JPEGImages/X.jpg /SegmentationClassAug/X.png", as SBD-augmented lists are written
@@ -685,7 +694,11 @@ class VocLayout(Layout):
                 annotation_path = os.path.join(annotation_dir, entry + ".png")
             has_image, has_annotation = os.path.isfile(image_path), os.path.isfile(annotation_path)
             if has_image and has_annotation:
-                pairs.append((image_path, annotation_path))
+                denied = [(p, permission_denied(p)) for p in (image_path, annotation_path) if not os.access(p, os.R_OK)]
+                if denied:
+                    unreadable.extend(denied)
+                else:
+                    pairs.append((image_path, annotation_path))
             elif has_image:
                 without_annotation.append(image_path)
             elif has_annotation:
@@ -696,6 +709,7 @@ class VocLayout(Layout):
             pairs=tuple(sorted(pairs)),
             images_without_annotation=tuple(without_annotation),
             annotations_without_image=tuple(without_image),
+            unreadable=tuple(unreadable),
             listed=True,
             entries_without_files=tuple(without_files),
             missing=missing,
@@ -983,6 +997,8 @@ def read_image_file(path: str) -> np.ndarray:
     try:
         with open(path, "rb") as f:
             contents = f.read()
+    except PermissionError:
+        raise DataError(f"{display_path(path)}: {permission_denied(path)}") from None
     except OSError as error:
         raise DataError(f"{display_path(path)}: cannot be read ({error.strerror})") from None
     try:
@@ -1130,6 +1146,9 @@ def load_example(image_path: str, annotation_path: str, classes=ade20k.NUM_CLASS
     Raises:
       DataError: naming the file and what is wrong with it.
     """
+    for path in (image_path, annotation_path):
+        if os.path.isfile(path) and not os.access(path, os.R_OK):
+            raise DataError(f"{display_path(path)}: {permission_denied(path)}")
     # Eagerly, decoding errors can be caught directly (the pipeline needs ignore_errors).
     try:
         image_read = decode_image(_path_tensor(image_path))

@@ -61,6 +61,24 @@ def free_ports(count):
     return ports
 
 
+# Each process stays alive LINGER seconds after FCN.py returns, longer than TensorFlow's default heartbeat
+# interval (5 s) and timeout (10 s) of the coordination service, which the chief hosts: a worker outliving the
+# chief would find it gone; a chief outliving a worker by the timeout would report the worker dead.
+LINGER = 15
+SHUTDOWN_ERRORS = ("StartAbort", "Failed to send RPC to coordination service", "Connection refused")
+
+
+def worker_command(*flags, linger=0.0):
+    """FCN.py's command line, in a Python that sleeps ``linger`` seconds after FCN.py has finished."""
+    script = (
+        "import atexit, runpy, sys, time; "
+        f"atexit.register(time.sleep, {linger}); "
+        f"sys.argv = {[os.path.join(REPO, 'FCN.py'), *flags]!r}; "
+        "runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    return [sys.executable, "-c", script]
+
+
 @pytest.mark.slow
 def test_two_workers_train_like_one_device_and_only_the_chief_writes(tmp_path, sample_root):
     reference = str(tmp_path / "reference")
@@ -72,8 +90,8 @@ def test_two_workers_train_like_one_device_and_only_the_chief_writes(tmp_path, s
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
         for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "grpc_proxy"):
             env.pop(name, None)
-        command = [sys.executable, os.path.join(REPO, "FCN.py"), *COMMON, "--data_dir", sample_root, "--logs_dir", logs,
-                   "--max_steps", "3", "--strategy", "multi_worker"]
+        command = worker_command(*COMMON, "--data_dir", sample_root, "--logs_dir", logs, "--max_steps", "3",
+                                 "--strategy", "multi_worker", linger=LINGER)
         processes.append(subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     outputs = [process.communicate(timeout=600) for process in processes]
     for process, (stdout, stderr) in zip(processes, outputs):
@@ -85,6 +103,10 @@ def test_two_workers_train_like_one_device_and_only_the_chief_writes(tmp_path, s
     assert "step 0: validation" in outputs[0][0] and "step 0: validation" not in outputs[1][0]
     assert "run directory:" in outputs[0][0] and "run directory:" not in outputs[1][0]
     assert "CollectiveAllReduceStrategy: 2 replicas" in outputs[0][0]
+    # No worker finds the chief gone, and the chief reports no worker dead.
+    for index, (_, stderr) in enumerate(outputs):
+        for error in SHUTDOWN_ERRORS:
+            assert error not in stderr, f"worker {index}: {stderr[-3000:]}"
 
 
 def losses_of(logs_dir):

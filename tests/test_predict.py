@@ -295,3 +295,26 @@ def exported_own_size(tiny_run, tmp_path_factory):
     logs, _, _ = tiny_run
     config = config_lib.load_config(str(logs / "config.yaml"), [*OWN_SIZE, ("evaluate.max_pixels", 600)])
     return export.export(config, str(tmp_path_factory.mktemp("export")))[0]
+
+
+def test_a_jpeg_above_the_default_max_pixels_is_refused_from_its_header_and_the_next_image_is_predicted(tmp_path, tiny_run, monkeypatch):
+    logs, _, model = tiny_run
+    config = config_lib.load_config(str(logs / "config.yaml"), OWN_SIZE)
+    limit = config.evaluate.max_pixels
+    assert limit == config_lib.EvaluateConfig().max_pixels == 100_000_000  # the default applies
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("L", (12000, 10000), 128).save(folder / "big.jpg", quality=50)  # a real 12000x10000 JPEG
+    image = np.random.default_rng(5).integers(0, 256, (20, 30, 3)).astype(np.uint8)
+    Image.fromarray(image).save(folder / "small.png")  # after big.jpg in the folder's order
+    decoded = []
+    read_image = predict.read_image
+    monkeypatch.setattr(predict, "read_image", lambda path: decoded.append(os.path.basename(path)) or read_image(path))
+    result = predict.predict_images(config, [str(folder)], str(tmp_path / "out"), progress=False)
+    assert decoded == ["small.png"]  # the large file was refused before any decoding
+    assert result.failed == {
+        str(folder / "big.jpg"): f"{folder / 'big.jpg'}: 12000x10000 = 120,000,000 pixels, more than evaluate.max_pixels = "
+        "100,000,000: skipped (raise it with --set evaluate.max_pixels=N if the memory allows, see README)"
+    }
+    expected = model(image[None]).numpy()[0].argmax(-1) + 1
+    np.testing.assert_array_equal(np.asarray(Image.open(result.written[str(folder / "small.png")])), expected)

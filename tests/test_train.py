@@ -25,6 +25,8 @@ TINY_OVERRIDES = [
     ("data.crop_size", "32"), ("train.batch_size", 2), ("model.fc_channels", 16), ("train.val_images", 4),
     ("data.val_size", "48"),
 ]
+# A checkpoint at every step, the last two kept, no validation.
+CHECKPOINTED = [("train.checkpoint_every", 1), ("train.keep_checkpoints", 2), ("train.val_every", 100000)]
 LOSS, PIXEL_ACCURACY, MEAN_IOU = (summaries.scalar_tag(n) for n in ("loss", "pixel_accuracy", "mean_iou"))
 
 
@@ -151,35 +153,29 @@ def test_no_histograms_without_debug(tmp_path, sample_root):
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, sample_root):
-    # Crop 64: pool5 is 2x2, so gradients reach the VGG layers through fc6 (at crop 32 almost none do).
-    common = [("train.deterministic", True), ("train.checkpoint_every", 100), ("train.val_every", 100), ("data.photometric", True),
-              ("data.crop_size", "64")]
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    assert train_here(tiny_config(whole, sample_root, *common, ("train.max_steps", 10)), sample_root).status == "finished"
-    train_here(tiny_config(split, sample_root, *common, ("train.max_steps", 6)), sample_root)
-    resumed = train_here(tiny_config(split, sample_root, *common, ("train.max_steps", 10)), sample_root)
-    assert resumed.step == 10 and resumed.checkpoint.endswith("ckpt-10")
-    # Deterministic ops on one CPU: bit-identical. The best validation mIoU may differ:
-    # the split run also validated at its end, step 6.
-    assert_same_checkpoints(latest(whole), latest(split), exclude={"best_mean_iou/.ATTRIBUTES/VARIABLE_VALUE"})
-    # And the runs did train: the weights moved away from a fresh start.
-    fresh = tmp_path / "fresh"
-    train_here(tiny_config(fresh, sample_root, *common, ("train.max_steps", 1)), sample_root)
-    a, c = checkpoint_weights(latest(whole)), checkpoint_weights(latest(fresh))
-    assert any(not np.array_equal(a[name], c[name]) for name in a)
+    """A run stopped and resumed ends bit for bit where the uninterrupted run ends.
 
-
-def test_trainer_builds_twice_in_one_process(tmp_path, sample_root):
-    """Nothing global in the trainer: two runs of one config in one process end with the same weights.
-
-    At crop 64 with the sample model's fc6 width, where the backward pass once raced with the updates.
+    Three trainers built in one process (nothing global in the trainer), at crop
+    64 with the sample model's fc6 width, where the backward pass once raced with
+    the updates. Crop 64: pool5 is 2x2, so gradients reach the VGG layers through
+    fc6 (at crop 32 almost none do).
     """
-    common = [("train.max_steps", 3), ("train.deterministic", True), ("data.crop_size", "64"), ("model.fc_channels", 256)]
-    config_a = tiny_config(tmp_path / "a", sample_root, *common)
-    config_b = tiny_config(tmp_path / "b", sample_root, *common)
-    train_here(config_a, sample_root)
-    train_here(config_b, sample_root)
-    assert_same_checkpoints(latest(tmp_path / "a"), latest(tmp_path / "b"))
+    common = [("train.deterministic", True), ("train.checkpoint_every", 100), ("train.val_every", 100), ("data.photometric", True),
+              ("data.crop_size", "64"), ("model.fc_channels", 256)]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert train_here(tiny_config(whole, sample_root, *common, ("train.max_steps", 6)), sample_root).status == "finished"
+    train_here(tiny_config(split, sample_root, *common, ("train.max_steps", 3)), sample_root)
+    at_step_3 = checkpoint_weights(latest(split))
+    resumed = train_here(tiny_config(split, sample_root, *common, ("train.max_steps", 6)), sample_root)
+    assert resumed.step == 6 and resumed.checkpoint.endswith("ckpt-6")
+    # Deterministic ops on one CPU: bit-identical. The best validation mIoU may differ:
+    # the split run also validated at its end, step 3.
+    assert_same_checkpoints(latest(whole), latest(split), exclude={"best_mean_iou/.ATTRIBUTES/VARIABLE_VALUE"})
+    # And the resumed steps did train: the weights moved on from step 3, in the VGG layers too.
+    at_step_6 = checkpoint_weights(latest(whole))
+    for index in (0, 26):  # the model's trainable variables 0 and 26: block1_conv1's and fc6's kernels
+        name = f"optimizer/_trainable_variables/{index}/.ATTRIBUTES/VARIABLE_VALUE"
+        assert not np.array_equal(at_step_6[name], at_step_3[name]), index
 
 
 # ---------------------------------------------------------------------------
@@ -213,15 +209,23 @@ def test_saving_refuses_non_finite_variables(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-@pytest.fixture
-def run_with_checkpoints(tmp_path, sample_root):
-    """A run directory with the checkpoints of steps 2 and 3, and the config that wrote them."""
-    logs = tmp_path / "run"
-    config = tiny_config(logs, sample_root, ("train.max_steps", 3), ("train.checkpoint_every", 1),
-                         ("train.keep_checkpoints", 2), ("train.val_every", 100000))
-    train_here(config, sample_root)
+@pytest.fixture(scope="module")
+def trained_with_checkpoints(tmp_path_factory, sample_root):
+    """A run directory with the checkpoints of steps 2 and 3 (trained once per module)."""
+    logs = tmp_path_factory.mktemp("checkpointed") / "run"
+    train_here(tiny_config(logs, sample_root, *CHECKPOINTED, ("train.max_steps", 3)), sample_root)
     assert checkpoints.checkpoint_steps(str(logs / "checkpoints")) == [3, 2]
-    return logs, config
+    return logs
+
+
+@pytest.fixture
+def run_with_checkpoints(tmp_path, sample_root, trained_with_checkpoints):
+    """A copy of ``trained_with_checkpoints`` for one test to damage, and the config that wrote it."""
+    import shutil
+
+    logs = tmp_path / "run"
+    shutil.copytree(trained_with_checkpoints, logs)
+    return logs, tiny_config(logs, sample_root, *CHECKPOINTED, ("train.max_steps", 3))
 
 
 def data_file(logs, step):
@@ -230,8 +234,7 @@ def data_file(logs, step):
 
 
 def resume_to(logs, sample_root, steps, capsys):
-    result = train_here(tiny_config(logs, sample_root, ("train.max_steps", steps), ("train.checkpoint_every", 1),
-                                    ("train.keep_checkpoints", 2), ("train.val_every", 100000)), sample_root)
+    result = train_here(tiny_config(logs, sample_root, *CHECKPOINTED, ("train.max_steps", steps)), sample_root)
     return result, capsys.readouterr()
 
 
@@ -368,7 +371,7 @@ def test_sigterm_saves_and_the_run_resumes(tmp_path, sample_root):
 def test_kill_9_during_saves_always_resumes_to_the_uninterrupted_weights(tmp_path, sample_root):
     """Seeded trials: each kill lands somewhere in a stream of saves (one per step); every rerun
     resumes from an intact checkpoint, and the run ends with the weights of a run never killed."""
-    steps = 14
+    steps = 10
     args = [*TINY, "--data_dir", sample_root, "--max_steps", str(steps), "--set", "train.deterministic=true",
             "--set", "train.checkpoint_every=1", "--set", "train.keep_checkpoints=2", "--set", "train.val_every=100000",
             "--set", "model.dropout=0"]
@@ -378,7 +381,7 @@ def test_kill_9_during_saves_always_resumes_to_the_uninterrupted_weights(tmp_pat
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     rng = np.random.default_rng(0)
     kills = 0
-    for _ in range(4):
+    for _ in range(3):
         process = subprocess.Popen(fcn_command(*args, "--logs_dir", logs), cwd=REPO, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True, env=env)
         start_steps = checkpoints.checkpoint_steps(os.path.join(logs, "checkpoints"))

@@ -26,6 +26,19 @@ def sample_root(tmp_path_factory):
     return root
 
 
+# COMMON's settings, for runs in this process.
+COMMON_OVERRIDES = [("model.dropout", 0.0), ("train.val_every", 100000), ("train.summary_every", 1), ("train.max_steps", 3)]
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory, sample_root):
+    """The run every other set-up is compared with: COMMON, 3 steps, one device, trained in this process."""
+    logs = tmp_path_factory.mktemp("one_device") / "run"
+    config = tiny_config(logs, sample_root, *COMMON_OVERRIDES)
+    assert train.train(config, sample_root, train.setup_process(config), progress=False).status == "finished"
+    return str(logs)
+
+
 def assert_same_training(reference_logs, other_logs):
     """Same per-step losses and the same weights (up to the order of floating-point sums)."""
     reference_losses = [float(v) for _, _, v in read_events(os.path.join(reference_logs, "train"))[LOSS]]
@@ -38,9 +51,8 @@ def assert_same_training(reference_logs, other_logs):
 
 
 @pytest.mark.slow
-def test_mirrored_over_two_cpus_matches_one_device(tmp_path, sample_root):
-    one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    assert run(*COMMON, "--data_dir", sample_root, "--logs_dir", one, "--max_steps", "3").returncode == 0
+def test_mirrored_over_two_cpus_matches_one_device(tmp_path, sample_root, one_device):
+    one, two = one_device, str(tmp_path / "two")
     result = run(*COMMON, "--data_dir", sample_root, "--logs_dir", two, "--max_steps", "3",
                  "--strategy", "mirrored", "--set", "train.cpu_devices=2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -80,9 +92,8 @@ def worker_command(*flags, linger=0.0):
 
 
 @pytest.mark.slow
-def test_two_workers_train_like_one_device_and_only_the_chief_writes(tmp_path, sample_root):
-    reference = str(tmp_path / "reference")
-    assert run(*COMMON, "--data_dir", sample_root, "--logs_dir", reference, "--max_steps", "3").returncode == 0
+def test_two_workers_train_like_one_device_and_only_the_chief_writes(tmp_path, sample_root, one_device):
+    reference = one_device
     logs = str(tmp_path / "cluster")
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     processes = []
@@ -113,9 +124,8 @@ def losses_of(logs_dir):
     return [float(v) for _, _, v in read_events(os.path.join(str(logs_dir), "train"))[LOSS]]
 
 
-def test_bfloat16_takes_effect_in_the_trainer_and_tracks_float32(tmp_path, sample_root):
-    overrides = [("model.dropout", 0.0), ("train.val_every", 100000), ("train.summary_every", 1), ("train.max_steps", 3)]
-    config = tiny_config(tmp_path / "bf16", sample_root, *overrides, ("train.mixed_precision", "bfloat16"))
+def test_bfloat16_takes_effect_in_the_trainer_and_tracks_float32(tmp_path, sample_root, one_device):
+    config = tiny_config(tmp_path / "bf16", sample_root, *COMMON_OVERRIDES, ("train.mixed_precision", "bfloat16"))
     strategy = train.setup_process(config)
     state = train.create_train_state(config, strategy)
     # The trainer's own model computes in bfloat16, keeps float32 variables and returns float32 logits.
@@ -124,9 +134,7 @@ def test_bfloat16_takes_effect_in_the_trainer_and_tracks_float32(tmp_path, sampl
     assert state.model.get_layer("block1_conv1").kernel.dtype == "float32"
     assert state.model(np.zeros((1, 32, 32, 3), np.uint8)).dtype == tf.float32
     assert train.train(config, sample_root, strategy, progress=False).status == "finished"
-    reference = tiny_config(tmp_path / "f32", sample_root, *overrides)
-    assert train.train(reference, sample_root, train.setup_process(reference), progress=False).status == "finished"
-    bf16, f32 = losses_of(tmp_path / "bf16"), losses_of(tmp_path / "f32")
+    bf16, f32 = losses_of(tmp_path / "bf16"), losses_of(one_device)
     assert len(bf16) == 3
     # bfloat16 keeps 8 bits of mantissa: close to float32's losses, not equal to them.
     np.testing.assert_allclose(bf16, f32, rtol=0.02)
@@ -134,12 +142,11 @@ def test_bfloat16_takes_effect_in_the_trainer_and_tracks_float32(tmp_path, sampl
     assert all(w.dtype == np.float32 for w in model_weights(tmp_path / "bf16").values())
 
 
-def test_xla_step_takes_effect_and_matches_the_plain_step(tmp_path, sample_root):
-    overrides = [("model.dropout", 0.0), ("train.val_every", 100000), ("train.summary_every", 100), ("train.max_steps", 2)]
-    for name, jit in (("plain", False), ("xla", True)):
-        config = tiny_config(tmp_path / name, sample_root, *overrides, ("train.jit_compile", jit))
-        assert train.train(config, sample_root, train.setup_process(config), progress=False).status == "finished"
-    a, b = model_weights(tmp_path / "plain"), model_weights(tmp_path / "xla")
+def test_xla_step_takes_effect_and_matches_the_plain_step(tmp_path, sample_root, one_device):
+    config = tiny_config(tmp_path / "xla", sample_root, *COMMON_OVERRIDES, ("train.jit_compile", True))
+    assert train.train(config, sample_root, train.setup_process(config), progress=False).status == "finished"
+    a, b = model_weights(one_device), model_weights(tmp_path / "xla")
+    assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=1e-3, atol=1e-5, err_msg=name)
     # XLA fuses and reorders the arithmetic: a compiled step does not round exactly as the plain one.

@@ -165,3 +165,80 @@ def test_evaluate_predict_and_the_savedmodel_give_the_same_labels(tmp_path):
     assert written["test_size"] == [160, 96] and message in written["skipped"][images[1]]
     with pytest.raises(tf.errors.InvalidArgumentError, match="more than evaluate.max_pixels = 200,000|more than evaluate.max_pixels = 200000"):
         serving(images=tf.constant(data.read_image_file(images[1])[None]))
+
+
+# ---------------------------------------------------------------------------
+# What the protocol is for: a model trained at one scale, shown images at another.
+
+STRIPES = 96  # image side; the training scale (data.base_size) fits it exactly
+
+
+def stripes_scene(rng):
+    """A 96x96 grey image of two regions told apart only by the scale of their texture.
+
+    Label 1 (ADE20K wall): stripes 2 pixels wide; label 2 (building): stripes 6
+    pixels wide; the same two grey levels, one random border (vertical or
+    horizontal), one random phase. Shown at half size, the wide stripes are as
+    wide as the narrow ones were in training.
+    """
+    position = np.arange(STRIPES)
+    border = rng.integers(24, 72)
+    label = np.where(position < border, 1, 2)[None, :].repeat(STRIPES, 0)
+    if rng.random() < 0.5:
+        label = label.T
+    if rng.random() < 0.5:
+        label = 3 - label
+    phase = rng.integers(0, 12)
+    narrow, wide = ((position + phase) // 2) % 2, ((position + phase) // 6) % 2
+    stripes = np.where(label == 1, narrow[None, :], wide[None, :])
+    return (60 + 140 * stripes)[..., None].repeat(3, -1).astype(np.uint8), label.astype(np.uint8)
+
+
+@pytest.mark.slow
+def test_a_model_trained_at_one_scale_scores_higher_on_half_size_images_with_the_protocol(tmp_path):
+    """Half-size validation images, fitted back into the training scale, score as the model was trained to.
+
+    Texture scale is the only cue of the stripes data, so a model shown the
+    images at half their training size without the protocol mistakes the wide
+    stripes for the narrow ones. Measured (60 steps, AMD EPYC): pixel accuracy
+    0.97 at the training size; at half size 0.81 with the protocol, 0.51 without;
+    mean IoU 0.67 against 0.34. (On the sample data, whose classes differ in
+    colour as much as in texture, an 80-step model scores within 0.01 at half
+    size with and without the protocol: the stripes make the scale the cue.)
+    """
+    from PIL import Image
+
+    from conftest import write_pair
+    from fcn import metrics, train
+
+    root = tmp_path / "ADEChallengeData2016"
+    rng = np.random.default_rng(0)
+    for split, count, prefix in (("training", 32, "ADE_train"), ("validation", 8, "ADE_val")):
+        for k in range(count):
+            write_pair(str(root), split, f"{prefix}_{k + 1:08d}", *stripes_scene(rng), image_format="PNG")
+    config = config_lib.load_config(None, [
+        ("data.data_dir", str(root)), ("logs_dir", str(tmp_path / "run")), ("data.base_size", "96,96"),
+        ("data.ratio_range", "1,1"), ("data.crop_size", "64,64"), ("data.val_size", "96,96"), ("data.photometric", "false"),
+        ("model.vgg_weights", "none"), ("model.fc_channels", 16), ("train.batch_size", 4), ("train.learning_rate", 1e-3),
+        ("train.max_steps", 60), ("train.val_every", 100000), ("train.summary_every", 1000), ("train.val_images", 4),
+    ])
+    assert config.evaluate.resolved_test_size(config.data.base_size) == (96, 96)  # the protocol's default: the training scale
+    train.train(config, str(root), train.setup_process(config), progress=False)
+    model, _ = predict.restore_model(config)
+
+    def scores(test_size, factor):
+        predictor = predict.Predictor(model, test_size=test_size)
+        matrix = metrics.ConfusionMatrix(150)
+        for image_path, annotation_path in data.list_split(str(root), "validation").pairs:
+            image, label = data.load_example(image_path, annotation_path)
+            side = round(STRIPES * factor)
+            image = np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR))
+            label = np.asarray(Image.fromarray(label.astype(np.uint8)).resize((side, side), Image.NEAREST))
+            matrix.update(label[None], predictor.labels(image[None]))
+        return metrics.scores(matrix.matrix)
+
+    trained = scores((96, 96), 1.0)
+    assert trained["pixel_accuracy"] > 0.9  # it learned the two textures at their scale
+    protocol, own_size = scores((96, 96), 0.5), scores(None, 0.5)
+    assert protocol["pixel_accuracy"] > own_size["pixel_accuracy"] + 0.15, (protocol, own_size)
+    assert protocol["mean_iou"] > own_size["mean_iou"] + 0.15, (protocol, own_size)

@@ -49,10 +49,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
 from fcn import summaries  # noqa: E402
 from fcn.config import Config, load_config  # noqa: E402
 from fcn import train  # noqa: E402
-# bench/ is on sys.path as the script's folder.
 from input_pipeline import make_training_root, print_table  # noqa: E402
 from model import (  # noqa: E402
     CORES,
@@ -300,6 +300,7 @@ def main(argv=None) -> None:
     peak_rate_per_cpu = max(rate / cpu_share for rate, _, cpu_share in peaks)
 
     print(f"fcn.train.make_train_step, full FCN-8s (fc6/fc7 4096, vgg_weights none, {parameters:,} parameters), Adam")
+    print(device.describe())
     print(
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {CORES} CPU cores, "
         "one fixed random batch (no input pipeline)"

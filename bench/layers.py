@@ -75,26 +75,17 @@ def conv_ops(layer, input_shape, output_shape, seed: int) -> dict[str, callable]
                 input=dy, filter_sizes=kernel.shape, out_backprop=x, strides=strides, padding=padding)),
         }
     if isinstance(layer, model_lib.PatchConv2D):
-        # keras.ops.matmul of (B, H, W, P) by (P, out) is tf.tensordot: one 2-D MatMul on the flattened
-        # patches, whose gradients are MatMul(dy, K, transpose_b) and MatMul(patches, dy, transpose_a).
-        matrix = tf.reshape(kernel, (-1, layer.filters))  # (kh*kw*in, out)
-        flat_dy = tf.reshape(dy, (-1, layer.filters))  # (B*H*W, out)
-        flat_patches = tf.reshape(layer._patches(x), (-1, matrix.shape[0]))  # (B*H*W, kh*kw*in)
-        patches_shape = (*input_shape[:3], matrix.shape[0])
-
-        def patches_gradient(patch_gradient):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                built = layer._patches(x)
-            return tape.gradient(built, x, output_gradients=tf.reshape(patch_gradient, patches_shape))
-
+        # The layer's product (fcn.model._patch_product) is one 2-D MatMul of the flattened patches by the kernel
+        # matrix; its gradients are (K dy^T)^T for the patches and patches^T dy for the kernel. TensorFlow's own
+        # MatMul gradient would take dy K^T for the patches: timed beside it.
         return {
             "forward": compiled(lambda: tf.matmul(tf.reshape(layer._patches(x), (-1, matrix.shape[0])), matrix)),
-            "input gradient": compiled(lambda: patches_gradient(tf.matmul(flat_dy, matrix, transpose_b=True))),
+            "input gradient": compiled(
+                lambda: patches_gradient(tf.transpose(tf.matmul(matrix, tf.transpose(flat_dy))))),
             "  of which the patches' gradient": compiled(lambda: patches_gradient(flat_patches)),
-            "input gradient as transpose(K dy^T)": compiled(
-                lambda: patches_gradient(tf.transpose(tf.matmul(matrix, flat_dy, transpose_b=True)))),
-            "kernel gradient": compiled(lambda: tf.matmul(flat_patches, flat_dy, transpose_a=True)),
+            "input gradient as dy K^T, MatMul's own gradient (not used)": compiled(
+                lambda: patches_gradient(tf.matmul(flat_dy, matrix, transpose_b=True))),
+            "kernel gradient": compiled(lambda: tf.matmul(tf.transpose(flat_patches), flat_dy)),
             "kernel gradient as Conv2DBackpropFilter (not used)": compiled(lambda: tf.raw_ops.Conv2DBackpropFilter(
                 input=x, filter_sizes=kernel.shape, out_backprop=dy, strides=strides, padding=padding)),
             "input gradient as Conv2DBackpropInput (not used)": compiled(lambda: tf.raw_ops.Conv2DBackpropInput(

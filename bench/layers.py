@@ -78,6 +78,17 @@ def conv_ops(layer, input_shape, output_shape, seed: int) -> dict[str, callable]
         # The layer's product (fcn.model._patch_product) is one 2-D MatMul of the flattened patches by the kernel
         # matrix; its gradients are (K dy^T)^T for the patches and patches^T dy for the kernel. TensorFlow's own
         # MatMul gradient would take dy K^T for the patches: timed beside it.
+        matrix = tf.reshape(kernel, (-1, layer.filters))  # (kh*kw*in, out)
+        flat_dy = tf.reshape(dy, (-1, layer.filters))  # (B*H*W, out)
+        flat_patches = tf.reshape(layer._patches(x), (-1, matrix.shape[0]))  # (B*H*W, kh*kw*in)
+        patches_shape = (*input_shape[:3], matrix.shape[0])
+
+        def patches_gradient(patch_gradient):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                built = layer._patches(x)
+            return tape.gradient(built, x, output_gradients=tf.reshape(patch_gradient, patches_shape))
+
         return {
             "forward": compiled(lambda: tf.matmul(tf.reshape(layer._patches(x), (-1, matrix.shape[0])), matrix)),
             "input gradient": compiled(

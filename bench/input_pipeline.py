@@ -2,8 +2,11 @@
 
 Compares, in one run, ``fcn.data.training_dataset`` with a plain Python loop
 that calls the same per-example functions eagerly one at a time, and sets both
-beside the reference FCN-8s CPU training step. Only the ratios within one run
-mean anything: absolute rates move with machine load.
+beside the real training step (``fcn.train.make_train_step``, full FCN-8s,
+float32) at the same crop size, measured in the same run by
+``bench/train.py``'s measuring process: the pipeline keeps the step fed while
+its images/s exceed the step's. Only the ratios within one run mean anything:
+absolute rates move with machine load.
 
 The data are the three real ADE20K validation pairs of the test fixtures,
 linked into a temporary dataset root as the ``training`` split, which the
@@ -12,7 +15,7 @@ stream cycles endlessly. The augmentation is the full recipe
 
 Usage, from the repo root::
 
-    python bench/input_pipeline.py [--seconds 20] [--batch_size 8] [--crop 512]
+    python bench/input_pipeline.py [--seconds 20] [--batch_size 8] [--crop 512] [--step_batch 2] [--step_steps 1]
 """
 
 import argparse
@@ -31,15 +34,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the table readable
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
 from fcn import data  # noqa: E402
 from fcn.config import DataConfig  # noqa: E402
 
 SAMPLE_ROOT = os.path.join(REPO, "tests", "fixtures", "ADEChallengeData2016")
 SAMPLE_SPLIT = "validation"
 WARMUP_BATCHES = 3
-# /work/shared/REFERENCE.md, "Measured on a 2-core development machine": one
-# FCN-8s training step of batch 8 at 256x256 takes ~22 s.
-REFERENCE_IMAGES, REFERENCE_SECONDS, REFERENCE_CROP = 8, 22.0, 256
 
 
 def make_training_root(directory: str) -> str:
@@ -64,13 +65,27 @@ def make_training_root(directory: str) -> str:
     return directory
 
 
-def reference_images_per_second(crop: int) -> float:
-    """The reference training step's rate, scaled by pixel count to ``crop``.
+def training_step_images_per_second(crop: int, batch: int, steps: int, work_dir: str) -> tuple[float, str]:
+    """Images/s of the real float32 training step at ``crop`` x ``crop``, batch ``batch``.
 
-    A convolutional network's cost grows with the pixels, so 512x512 is ~4x
-    slower than the measured 256x256.
+    Measured by ``bench/train.py``'s ``measure`` in a fresh process (one
+    warm-up, then the median of ``steps`` steps), on the full model with
+    random weights and a fixed random batch, so the pipeline is not part of it.
+
+    Returns:
+      (images/s, "" or why the measurement failed).
     """
-    return REFERENCE_IMAGES / REFERENCE_SECONDS * (REFERENCE_CROP / crop) ** 2
+    # bench/train.py imports this module for make_training_root and print_table: imported here, not at the top.
+    import train as bench_train
+    from fcn.config import load_config
+
+    config = load_config(None, bench_train.base_overrides(work_dir))
+    memory_limit_gb = min(bench_train.MAX_MEMORY_FRACTION * bench_train.available_gb(), 10.0)
+    _, results, failure = bench_train.measure(config, crop, batch, steps, memory_limit_gb)
+    if failure or not results:
+        return 0.0, failure or "no result"
+    _, _, seconds, _, _, _ = results[0]
+    return batch / seconds, ""
 
 
 def time_batches(next_batch, seconds: float) -> tuple[int, int, float]:
@@ -171,7 +186,14 @@ def main(argv=None) -> None:
     parser.add_argument("--batch_size", type=int, default=8, help="images per batch")
     parser.add_argument("--crop", type=int, default=512, help="square crop size")
     parser.add_argument("--seed", type=int, default=0, help="file order and augmentation seed")
+    parser.add_argument(
+        "--step_batch", type=int, default=2, help="batch of the training step timed at the same crop (0: not timed)"
+    )
+    parser.add_argument("--step_steps", type=int, default=1, help="timed training steps, after one warm-up")
     args = parser.parse_args(argv)
+    if args.step_batch < 0 or args.step_steps < 1:
+        parser.error("--step_batch must be at least 0 and --step_steps at least 1")
+    load_at_start = os.getloadavg()[0]
 
     config = dataclasses.replace(DataConfig(), crop_size=(args.crop, args.crop))
     with tempfile.TemporaryDirectory(prefix="fcn_bench_") as directory:
@@ -183,6 +205,12 @@ def main(argv=None) -> None:
         loop_first, loop_images, _, loop_seconds = measure(
             loop_batches(config, root, args.batch_size, args.seed, stage_seconds), args.seconds, stage_seconds.clear
         )
+        step_rate, step_failure = 0.0, "not timed (--step_batch 0)"
+        if args.step_batch:
+            step_rate, step_failure = training_step_images_per_second(
+                args.crop, args.step_batch, args.step_steps, os.path.join(directory, "step")
+            )
+    load_at_end = os.getloadavg()[0]
 
     # Both start at example 0 with the same seeds, so a mismatch means the loop
     # is not doing the pipeline's work and the ratio would be meaningless.
@@ -192,17 +220,23 @@ def main(argv=None) -> None:
                          "so their rates cannot be compared")
     pipeline_rate = pipeline_images / pipeline_seconds
     loop_rate = loop_images / loop_seconds
-    reference_rate = reference_images_per_second(args.crop)
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = device.cores()
+    print(device.describe())
     print(f"Input pipeline: 3 ADE20K sample images cycled, crop {args.crop}x{args.crop}, batch {args.batch_size},")
     print("full recipe augmentation (rescale 0.5-2.0 of (2048, 512), crop, cat_max_ratio 0.75, flip, photometric)")
     print(f"TensorFlow {tf.__version__}, {cores} CPU cores, {args.seconds:g} s timed after {WARMUP_BATCHES} warm-up batches")
     print(f"first batch identical in pipeline and loop: {'yes' if same_work else 'NO'}")
+    print(f"1-minute load average {load_at_start:.2f} at start, {load_at_end:.2f} at end")
     print()
     # The loop's stages show why it is slow: load_example builds a one-element
     # tf.data dataset per file, which costs more than the augmentation itself.
     stage_ms = {stage: f"{1000 * stage_seconds[stage] / loop_images:.1f}" for stage in ("read", "augment", "stack")}
+    step_rows, ratio_rows = [], []
+    if step_rate:
+        step_name = f"training step {args.crop}x{args.crop}, batch {args.step_batch} (same run)"
+        step_rows = [(step_name, f"{step_rate:.3f}", f"{1000 / step_rate:.0f}", "", "")]
+        ratio_rows = [("pipeline / training step", f"{pipeline_rate / step_rate:.0f}x", "", "", "")]
     print_table(
         ("", "images/s", "ms/image", "images", "seconds"),
         [
@@ -213,17 +247,20 @@ def main(argv=None) -> None:
             ("  of which read (load_example)", "", stage_ms["read"], "", ""),
             ("  of which augment", "", stage_ms["augment"], "", ""),
             ("  of which stack into batches", "", stage_ms["stack"], "", ""),
-            (f"reference FCN-8s CPU training step {args.crop}x{args.crop}", f"{reference_rate:.3f}",
-             f"{1000 / reference_rate:.0f}", "", ""),
+            *step_rows,
             ("", "", "", "", ""),
             ("pipeline / loop", f"{pipeline_rate / loop_rate:.1f}x", "", "", ""),
-            ("pipeline / reference FCN-8s CPU training step", f"{pipeline_rate / reference_rate:.0f}x", "", "", ""),
+            *ratio_rows,
         ],
     )
-    print(
-        f"(reference FCN-8s CPU training step: ~{REFERENCE_IMAGES} images / {REFERENCE_SECONDS:g} s at "
-        f"{REFERENCE_CROP}x{REFERENCE_CROP}, scaled by pixel count to {args.crop}x{args.crop})"
-    )
+    if step_rate:
+        print(
+            f"training step: fcn.train.make_train_step, full FCN-8s float32, {args.crop}x{args.crop} batch "
+            f"{args.step_batch}, median of {args.step_steps} step(s) after 1 warm-up, in a fresh process while the "
+            "pipeline was not running"
+        )
+    else:
+        print(f"training step: {step_failure}")
 
 
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

@@ -33,8 +33,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
 from fcn.model import build_fcn8s  # noqa: E402
-from input_pipeline import print_table  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from input_pipeline import print_table  # noqa: E402
 
 NUM_CLASSES = 150
 SIZES = (256, 512)
@@ -46,7 +47,7 @@ PEAK_INPUT_SHAPE = (8, 64, 64, 256)  # (B, H, W, C)
 PEAK_FILTERS = 256
 PEAK_KERNEL = 3
 PEAK_REPEATS = 5
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+CORES = device.cores()
 
 
 # ---------------------------------------------------------------------------
@@ -122,21 +123,33 @@ def check_flop_counter() -> None:
 # Timing.
 
 
+def wait_for(value) -> None:
+    """Returns once every tensor in ``value`` has been computed.
+
+    On a GPU ops run asynchronously, so a timer stopped when an op returns
+    would time the launch only; reading one element of each output waits for
+    it at the cost of a one-value copy (on the CPU the value is already there).
+    """
+    for tensor in tf.nest.flatten(value):
+        if isinstance(tensor, tf.Tensor):
+            tf.reshape(tensor, [-1])[:1].numpy()
+
+
 def time_runs(run, repeats: int) -> tuple[float, float]:
-    """Calls ``run`` once to warm up (tracing), then ``repeats`` more times.
+    """Calls ``run`` once to warm up (tracing), then ``repeats`` more times, waiting for its outputs.
 
     Returns:
       (median seconds of the timed runs, CPU share of the timed runs): the
       process's CPU time over wall time x cores, so 1.0 means this process had
       every core to itself and less means it waited (other jobs, or serial work).
     """
-    run()
+    wait_for(run())
     seconds = []
     cpu_start = time.process_time()
     wall_start = time.perf_counter()
     for _ in range(repeats):
         start = time.perf_counter()
-        run()
+        wait_for(run())
         seconds.append(time.perf_counter() - start)
     cpu_share = (time.process_time() - cpu_start) / ((time.perf_counter() - wall_start) * CORES)
     return statistics.median(seconds), cpu_share
@@ -275,6 +288,7 @@ def main(argv=None) -> None:
     peak_rate_per_cpu = max(rate / cpu_share for rate, _, cpu_share in peaks)
 
     print(f"FCN-8s (build_fcn8s({NUM_CLASSES}, vgg_weights='none'), fc6/fc7 4096, {model.count_params():,} parameters)")
+    print(device.describe())
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {CORES} CPU cores, float32, jit_compile False")
     print(
         f"median of {args.repeats} timed runs after 1 warm-up; 1-minute load average {load_at_start:.2f} at start, "

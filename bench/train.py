@@ -29,7 +29,7 @@ taking it (or another job).
 
 Usage, from the repo root::
 
-    python bench/train.py [--quick] [--steps 2] [--max_memory_gb 10]
+    python bench/train.py [--quick] [--steps 2] [--max_memory_gb 10] [--shape 256x8 ...]
 """
 
 import argparse
@@ -49,10 +49,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
 from fcn import summaries  # noqa: E402
 from fcn.config import Config, load_config  # noqa: E402
 from fcn import train  # noqa: E402
-# bench/ is on sys.path as the script's folder.
 from input_pipeline import make_training_root, print_table  # noqa: E402
 from model import (  # noqa: E402
     CORES,
@@ -81,7 +81,7 @@ def setting_options(args: argparse.Namespace) -> dict[str, tuple]:
     A new flag (a strategy, a precision, XLA) adds a key here, and the table
     a column for it.
     """
-    options = {"train.debug": (False,) if args.quick else (False, True)}
+    options = {"train.debug": (False,) if args.quick or args.shape else (False, True)}
     if args.strategy:
         options["train.strategy"] = tuple(args.strategy)
     if args.cpu_devices:
@@ -259,6 +259,9 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--jit_compile", action="store_true", help="measure with and without XLA")
     parser.add_argument(
+        "--shape", nargs="+", metavar="SIZExBATCH", help="crop sizes and batches to measure instead, e.g. 128x2 256x1 (without the --debug rows)"
+    )
+    parser.add_argument(
         "--max_memory_gb",
         type=float,
         default=10.0,
@@ -269,6 +272,13 @@ def main(argv=None) -> None:
     if args.steps < 1:
         parser.error("--steps must be at least 1")
     shapes = SHAPES[:1] if args.quick else SHAPES
+    if args.shape:
+        try:
+            shapes = tuple(tuple(int(n) for n in item.lower().split("x")) for item in args.shape)
+        except ValueError:
+            parser.error(f"--shape takes SIZExBATCH, e.g. 256x8, got {' '.join(args.shape)}")
+        if any(len(shape) != 2 or min(shape) < 1 for shape in shapes):
+            parser.error(f"--shape takes SIZExBATCH, e.g. 256x8, got {' '.join(args.shape)}")
     options = setting_options(args)
     memory_limit_gb = min(args.max_memory_gb, MAX_MEMORY_FRACTION * available_gb())
 
@@ -300,6 +310,7 @@ def main(argv=None) -> None:
     peak_rate_per_cpu = max(rate / cpu_share for rate, _, cpu_share in peaks)
 
     print(f"fcn.train.make_train_step, full FCN-8s (fc6/fc7 4096, vgg_weights none, {parameters:,} parameters), Adam")
+    print(device.describe())
     print(
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {CORES} CPU cores, "
         "one fixed random batch (no input pipeline)"

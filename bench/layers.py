@@ -1,0 +1,248 @@
+"""Where a training step's time goes: every convolution's three products, the update, the rest.
+
+For FCN-8s (150 classes, fc6/fc7 4096) at one crop size and batch, times
+each convolution layer's forward product, input gradient and kernel gradient
+as the TensorFlow ops the training step runs for them, alone, on random
+tensors of the layer's shapes:
+
+- ``Conv2D``: ``tf.nn.conv2d``, ``Conv2DBackpropInput``, ``Conv2DBackpropFilter``;
+- fc6 (``PatchConv2D``): the patch matrix and its product with the kernel,
+  the products back to the patches plus the patches' own gradient (slices
+  summed back), and the kernel's product with the patches; beside them, for
+  comparison, the plain 7x7 convolution gradients it replaces;
+- ``Conv2DTranspose``: the same three ops with their roles swapped.
+
+block1_conv1's input gradient is not computed by a step (the images need no
+gradient) and is left out. Then the Adam update of every trainable variable
+with fixed gradients (the optimizer of ``fcn.train.create_train_state``)
+with the step's finite check of weights and slots, compiled as the step runs
+them and, for comparison, as plain ops; and the
+real step (``fcn.train.make_train_step``) itself, in the same process; "rest"
+is the step minus the sum of the parts (bias, ReLU, pooling, dropout, loss,
+upsampling, gradient sums, scheduling). Every row is set beside the 3x3
+convolution peak of ``bench/model.py`` measured at the start and the end of
+the run.
+
+Each op is one warm-up and ``--repeats`` timed runs (median). Only the ratios
+within one run mean anything: absolute times move with machine load.
+
+Usage, from the repo root::
+
+    python bench/layers.py [--size 256] [--batch 8] [--repeats 2] [--no_step] [--no_update] [--only fc6,fc7]
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the table readable
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from fcn import model as model_lib  # noqa: E402
+from fcn import train  # noqa: E402
+from fcn.config import load_config  # noqa: E402
+from input_pipeline import make_training_root, print_table  # noqa: E402
+from model import conv_flops, conv_layer_shapes, measure_peak, print_peaks, time_runs  # noqa: E402
+
+NUM_CLASSES = 150
+
+
+def random(shape, seed: int) -> tf.Tensor:
+    return tf.random.stateless_normal(shape, seed=(seed, 0), dtype=tf.float32)
+
+
+def conv_ops(layer, input_shape, output_shape, seed: int) -> dict[str, callable]:
+    """Forward, input-gradient and kernel-gradient ops of one layer on its shapes: name -> no-argument function."""
+    kernel = random(tuple(layer.kernel.shape), seed)
+    x, dy = random(input_shape, seed + 1), random(output_shape, seed + 2)
+    strides = [1, *layer.strides, 1]
+    padding = layer.padding.upper()
+    compiled = lambda f: tf.function(f, jit_compile=False)  # noqa: E731
+
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        # Keras' kernel is (kh, kw, out, in): the forward product is a Conv2D's input gradient.
+        return {
+            "forward": compiled(lambda: tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=output_shape, filter=kernel, out_backprop=x, strides=strides, padding=padding)),
+            "input gradient": compiled(lambda: tf.nn.conv2d(dy, kernel, strides, padding)),
+            "kernel gradient": compiled(lambda: tf.raw_ops.Conv2DBackpropFilter(
+                input=dy, filter_sizes=kernel.shape, out_backprop=x, strides=strides, padding=padding)),
+        }
+    if isinstance(layer, model_lib.PatchConv2D):
+        # The layer's product (fcn.model._patch_product) is one 2-D MatMul of the flattened patches by the kernel
+        # matrix; its gradients are (K dy^T)^T for the patches and patches^T dy for the kernel. TensorFlow's own
+        # MatMul gradient would take dy K^T for the patches: timed beside it.
+        matrix = tf.reshape(kernel, (-1, layer.filters))  # (kh*kw*in, out)
+        flat_dy = tf.reshape(dy, (-1, layer.filters))  # (B*H*W, out)
+        flat_patches = tf.reshape(layer._patches(x), (-1, matrix.shape[0]))  # (B*H*W, kh*kw*in)
+        patches_shape = (*input_shape[:3], matrix.shape[0])
+
+        def patches_gradient(patch_gradient):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                built = layer._patches(x)
+            return tape.gradient(built, x, output_gradients=tf.reshape(patch_gradient, patches_shape))
+
+        return {
+            "forward": compiled(lambda: tf.matmul(tf.reshape(layer._patches(x), (-1, matrix.shape[0])), matrix)),
+            "input gradient": compiled(
+                lambda: patches_gradient(tf.transpose(tf.matmul(matrix, tf.transpose(flat_dy))))),
+            "  of which the patches' gradient": compiled(lambda: patches_gradient(flat_patches)),
+            "input gradient as dy K^T, MatMul's own gradient (not used)": compiled(
+                lambda: patches_gradient(tf.matmul(flat_dy, matrix, transpose_b=True))),
+            "kernel gradient": compiled(lambda: tf.matmul(tf.transpose(flat_patches), flat_dy)),
+            "kernel gradient as Conv2DBackpropFilter (not used)": compiled(lambda: tf.raw_ops.Conv2DBackpropFilter(
+                input=x, filter_sizes=kernel.shape, out_backprop=dy, strides=strides, padding=padding)),
+            "input gradient as Conv2DBackpropInput (not used)": compiled(lambda: tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=input_shape, filter=kernel, out_backprop=dy, strides=strides, padding=padding)),
+        }
+    ops = {"forward": compiled(lambda: tf.nn.conv2d(x, kernel, strides, padding))}
+    if layer.name != "block1_conv1":
+        ops["input gradient"] = compiled(lambda: tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=input_shape, filter=kernel, out_backprop=dy, strides=strides, padding=padding))
+    ops["kernel gradient"] = compiled(lambda: tf.raw_ops.Conv2DBackpropFilter(
+        input=x, filter_sizes=kernel.shape, out_backprop=dy, strides=strides, padding=padding))
+    if layer.kernel_size == (1, 1) and layer.filters >= 1024:
+        # fc7: a 1x1 convolution is a matrix product; the same three as 2-D MatMuls, for comparison.
+        matrix = tf.reshape(kernel, kernel.shape[2:])  # (in, out)
+        flat_x, flat_dy = tf.reshape(x, (-1, matrix.shape[0])), tf.reshape(dy, (-1, matrix.shape[1]))
+        ops["forward as MatMul (not used)"] = compiled(lambda: tf.matmul(flat_x, matrix))
+        ops["input gradient as MatMul (not used)"] = compiled(lambda: tf.matmul(flat_dy, matrix, transpose_b=True))
+        ops["kernel gradient as MatMul (not used)"] = compiled(lambda: tf.matmul(flat_x, flat_dy, transpose_a=True))
+    return ops
+
+
+def update_ops(state: train.TrainState) -> dict[str, callable]:
+    """The update of all trainable variables with fixed gradients: as the step runs it, and as plain ops.
+
+    The step (``fcn.train.make_train_step``) runs Adam and the finite check of
+    weights and slots as one XLA-compiled function; the plain-op versions are
+    what it ran before, for comparison.
+    """
+    variables = state.model.trainable_variables
+    gradients = [1e-3 * random(tuple(v.shape), 100 + i) for i, v in enumerate(variables)]
+    checked = variables + [v for v in state.optimizer.variables if tf.as_dtype(v.dtype).is_floating]
+
+    def apply():
+        state.optimizer.apply_gradients(zip(gradients, variables))
+        return tf.constant(0)
+
+    def check():
+        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in checked])
+
+    def apply_and_check():
+        apply()
+        return check()
+
+    return {
+        "Adam update + finite check (XLA, as the step runs it)": tf.function(apply_and_check, jit_compile=True),
+        "Adam update, plain ops (not used)": tf.function(apply, jit_compile=False),
+        "finite check, plain ops (not used)": tf.function(check, jit_compile=False),
+        "Adam update alone, XLA (not used)": tf.function(apply, jit_compile=True),
+    }
+
+
+def main(argv=None) -> None:
+    """Runs the measurements and prints the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=256, help="square crop size")
+    parser.add_argument("--batch", type=int, default=8, help="batch size")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per op, after one warm-up")
+    parser.add_argument("--step_repeats", type=int, default=1, help="timed runs of the whole step, after one warm-up")
+    parser.add_argument("--no_step", action="store_true", help="leave out the whole step (and so the 'rest' row)")
+    parser.add_argument("--no_update", action="store_true", help="leave out the Adam update and the finite check")
+    parser.add_argument("--only", default="", help="comma-separated layer names to time (default: all)")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="fcn-bench-layers-") as work_dir:
+        config = load_config(None, [
+            ("model.fc_channels", 4096),
+            ("data.data_dir", make_training_root(os.path.join(work_dir, "data"))),
+            ("logs_dir", os.path.join(work_dir, "logs")),
+        ])
+        strategy = train.setup_process(config)  # before anything initialises TensorFlow's devices
+        tf.get_logger().setLevel("ERROR")
+        load_at_start = os.getloadavg()[0]
+        peaks = [measure_peak()]
+        state = train.create_train_state(config, strategy)
+        model = state.model
+        only = {name for name in args.only.split(",") if name}
+        forward_flops = {name: flops * args.batch for name, flops in conv_flops(model, args.size, args.size).items()}
+
+        rows = []  # (layer, what, FLOPs or 0, seconds)
+        for index, (layer, input_shape, output_shape) in enumerate(conv_layer_shapes(model, args.size, args.size)):
+            if only and layer.name not in only:
+                continue
+            input_shape = (args.batch, *input_shape[1:])
+            output_shape = (args.batch, *output_shape[1:])
+            for what, op in conv_ops(layer, input_shape, output_shape, seed=10 * index).items():
+                seconds, _ = time_runs(op, args.repeats)
+                rows.append((layer.name, what, forward_flops[layer.name], seconds))
+                print(f"  {layer.name} {what}: {seconds:.3f} s", flush=True)
+
+        if not args.no_update:
+            for what, op in update_ops(state).items():
+                seconds, _ = time_runs(op, args.repeats)
+                rows.append(("all variables", what, 0, seconds))
+                print(f"  {what}: {seconds:.3f} s", flush=True)
+
+        step_seconds = None
+        if not args.no_step:
+            step = train.make_train_step(state, config, strategy)
+            images = tf.cast(tf.random.stateless_uniform((args.batch, args.size, args.size, 3), (1, 2), 0, 256, tf.int32), tf.uint8)
+            labels = tf.cast(tf.random.stateless_uniform((args.batch, args.size, args.size), (3, 4), 0, NUM_CLASSES, tf.int32), tf.uint8)
+            step_seconds, _ = time_runs(lambda: step(images, labels).loss, args.step_repeats)
+            print(f"  training step: {step_seconds:.3f} s", flush=True)
+        peaks.append(measure_peak())
+        load_at_end = os.getloadavg()[0]
+
+    peak_rate = max(rate for rate, _, _ in peaks)
+    print()
+    print(device.describe())
+    print(
+        f"FCN-8s ({model.count_params():,} parameters) at {args.size}x{args.size}, batch {args.batch}, float32; "
+        f"median of {args.repeats} runs per op after 1 warm-up; 1-minute load average {load_at_start:.2f} at start, "
+        f"{load_at_end:.2f} at end"
+    )
+    print()
+    counted = [row for row in rows if row_counted(row[1])]
+    parts_seconds = sum(seconds for _, _, _, seconds in counted)
+    table = []
+    for layer, what, flops, seconds in rows:
+        flops = 0 if "of which" in what else flops
+        rate = flops / seconds / 1e9 if flops else 0.0
+        share = f"{seconds / step_seconds:.1%}" if step_seconds and row_counted(what) else ""
+        table.append((layer, what, f"{flops / 1e9:.1f}" if flops else "", f"{seconds:.3f}",
+                      f"{rate:.0f}" if flops else "", f"{rate / peak_rate:.2f}" if flops else "", share))
+    conv_seconds = sum(seconds for _, _, flops, seconds in counted if flops)
+    conv_flops_total = sum(flops for _, _, flops, _ in counted if flops)
+    table.append(("all convolutions", "sum", f"{conv_flops_total / 1e9:.0f}", f"{conv_seconds:.2f}",
+                  f"{conv_flops_total / conv_seconds / 1e9:.0f}", f"{conv_flops_total / conv_seconds / 1e9 / peak_rate:.2f}",
+                  f"{conv_seconds / step_seconds:.1%}" if step_seconds else ""))
+    if step_seconds:
+        step_flops = 3 * sum(forward_flops.values())
+        table.append(("training step", "make_train_step", f"{step_flops / 1e9:.0f}", f"{step_seconds:.2f}",
+                      f"{step_flops / step_seconds / 1e9:.0f}", f"{step_flops / step_seconds / 1e9 / peak_rate:.2f}", "100%"))
+        table.append(("rest", "step - sum of the parts", "", f"{step_seconds - parts_seconds:.2f}", "", "",
+                      f"{(step_seconds - parts_seconds) / step_seconds:.1%}"))
+    print_table(("layer", "op", "GFLOP", "s", "GFLOP/s", "/peak", "of step"), table)
+    print()
+    print_peaks(peaks, peak_rate, max(rate / share for rate, _, share in peaks))
+    print("GFLOP: 2 x multiply-adds of the layer's forward product; each gradient counts the same. The training step "
+          "counts 3 x the forward FLOPs of all layers (bench/model.py's convention; block1_conv1's input gradient, "
+          "counted there, is not computed).")
+
+
+def row_counted(what: str) -> bool:
+    """Whether a row is part of the step as it runs (not an alternative, not a part of another row)."""
+    return "(not used)" not in what and " as " not in what.replace("as the step runs it", "") and "of which" not in what
+
+
+if __name__ == "__main__":
+    main()

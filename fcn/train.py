@@ -397,7 +397,9 @@ def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.S
         # then differed after their first step wherever gradients reach below fc6.
         with tf.control_dependencies(gradients):
             gradients = [tf.identity(g) for g in gradients]
-        non_finite = compiled_update(gradients)
+        # Under a tf.distribute strategy the update aggregates the replicas' gradients (a merge_call), which
+        # cannot run inside a nested compiled function: there it stays in the step's own graph.
+        non_finite = (update if tf.distribute.has_strategy() else compiled_update)(gradients)
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return loss, predictions, activations, gradients if train.debug else [], non_finite
 

@@ -45,21 +45,6 @@ def test_train_without_dataset_explains_the_ways_out(tmp_path):
     assert "--download" in result.stderr and "--config configs/sample.yaml" in result.stderr
 
 
-def test_train_on_sample_config_builds_the_sample_data(tmp_path):
-    data_dir, logs_dir = tmp_path / "sample", tmp_path / "run"
-    result = run("--mode=train", "--config", "configs/sample.yaml", "--data_dir", str(data_dir), "--logs_dir", str(logs_dir),
-                 "--no_progress", "--max_steps", "1", "--set", "model.fc_channels=16", "--set", "train.val_images=2")
-    assert result.returncode == 0, result.stderr
-    assert "tensorboard --logdir" in result.stdout
-    assert (logs_dir / "config.yaml").exists()
-    assert (logs_dir / "checkpoints" / "checkpoint").exists()
-    assert len(os.listdir(data_dir / "ADEChallengeData2016" / "images" / "training")) == 64
-    # The generated data passes the dataset check.
-    check = run("--mode=check_data", "--data_dir", str(data_dir), "--no_progress")
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert "training: 64 pairs, 64 usable" in check.stdout and "no problems found" in check.stdout
-
-
 def test_check_data_reports_each_problem_and_fails(tmp_path, rng):
     root = str(tmp_path)
     image = rng.integers(0, 255, (32, 40, 3)).astype(np.uint8)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO
+from conftest import REPO, run_fcn
 from fcn import sample_data
 from fcn import train
 from test_train import LOSS, TINY, model_weights, read_events, run, tiny_config
@@ -59,7 +59,7 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path, sample_root, one_de
     assert "MirroredStrategy: 2 replicas, 1 examples each per step" in result.stdout
     assert_same_training(one, two)
     # A checkpoint written under one strategy resumes under another.
-    resumed = run(*COMMON, "--data_dir", sample_root, "--logs_dir", two, "--max_steps", "4")
+    resumed = run_fcn(*COMMON, "--data_dir", sample_root, "--logs_dir", two, "--max_steps", "4")
     assert resumed.returncode == 0 and "at step 3" in resumed.stdout, resumed.stderr[-3000:]
 
 

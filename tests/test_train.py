@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO
+from conftest import REPO, run_fcn
 from fcn import checkpoints, sample_data, summaries, train
 from fcn import config as config_lib
 
@@ -360,8 +360,8 @@ def test_sigterm_saves_and_the_run_resumes(tmp_path, sample_root):
     assert "SIGTERM: stopped at step" in stdout + stderr
     stopped_at = checkpoints.step_of(latest(logs))
     assert stopped_at >= 5
-    resumed = run(*TINY, "--data_dir", sample_root, "--logs_dir", logs, "--max_steps", str(stopped_at + 2),
-                  "--set", "train.val_every=100000")
+    resumed = run_fcn(*TINY, "--data_dir", sample_root, "--logs_dir", logs, "--max_steps", str(stopped_at + 2),
+                      "--set", "train.val_every=100000")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at step {stopped_at}" in resumed.stdout
     assert latest(logs).endswith(f"ckpt-{stopped_at + 2}")
@@ -434,11 +434,19 @@ def test_training_learns_the_sample_data(tmp_path):
     only learned the class frequencies would predict one class: its mIoU stays
     below 0.05. Measured with the shipped sample config: mIoU 0.14-0.21 and pixel
     accuracy 0.40-0.51 after 50-75 steps.
+
+    The same run is the quick start's first command on a fresh machine: the
+    sample config generates its dataset where ``--data_dir`` points, and that
+    dataset passes ``--mode=check_data``.
     """
-    logs = str(tmp_path / "run")
-    result = run("--config", "configs/sample.yaml", "--no_progress", "--data_dir", str(tmp_path / "sample"),
-                 "--logs_dir", logs, "--max_steps", "80", "--set", "train.val_every=80", timeout=900)
+    data_dir, logs = tmp_path / "sample", str(tmp_path / "run")
+    result = run_fcn("--config", "configs/sample.yaml", "--no_progress", "--data_dir", str(data_dir),
+                     "--logs_dir", logs, "--max_steps", "80", "--set", "train.val_every=80", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "tensorboard --logdir" in result.stdout
+    assert os.path.exists(os.path.join(logs, "config.yaml"))
+    assert os.path.exists(os.path.join(logs, "checkpoints", "checkpoint"))
+    assert len(os.listdir(data_dir / "ADEChallengeData2016" / "images" / "training")) == 64
     validation = read_events(os.path.join(logs, "validation"))
     (start_step, _, start_iou), (end_step, _, end_iou) = validation[MEAN_IOU]
     (_, _, start_accuracy), (_, _, end_accuracy) = validation[PIXEL_ACCURACY]
@@ -446,3 +454,7 @@ def test_training_learns_the_sample_data(tmp_path):
     assert start_iou < 0.03 and start_accuracy < 0.25
     assert end_iou > 0.1 and end_iou > 4 * start_iou
     assert end_accuracy > 0.35
+    # The generated data passes the dataset check.
+    check = run_fcn("--mode=check_data", "--data_dir", str(data_dir), "--no_progress")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "training: 64 pairs, 64 usable" in check.stdout and "no problems found" in check.stdout

@@ -6,10 +6,12 @@ as the TensorFlow ops the training step runs for them, alone, on random
 tensors of the layer's shapes:
 
 - ``Conv2D``: ``tf.nn.conv2d``, ``Conv2DBackpropInput``, ``Conv2DBackpropFilter``;
-- fc6 (``PatchConv2D``): the patch matrix and its product with the kernel,
-  the products back to the patches plus the patches' own gradient (slices
-  summed back), and the kernel's product with the patches; beside them, for
-  comparison, the plain 7x7 convolution gradients it replaces;
+- fc6 and fc7 (``PatchConv2D``, 7x7 and 1x1): the patch matrix and its
+  product with the kernel, the products back to the patches plus the
+  patches' own gradient (slices summed back; for fc7's 1x1 kernel the patch
+  matrix is the input itself, nothing to gather), and the kernel's product
+  with the patches; beside them, marked "not used", MatMul's own gradient
+  for the input and the plain convolution (7x7, 1x1) each replaces;
 - ``Conv2DTranspose``: the same three ops with their roles swapped.
 
 block1_conv1's input gradient is not computed by a step (the images need no
@@ -77,7 +79,8 @@ def conv_ops(layer, input_shape, output_shape, seed: int) -> dict[str, callable]
     if isinstance(layer, model_lib.PatchConv2D):
         # The layer's product (fcn.model._patch_product) is one 2-D MatMul of the flattened patches by the kernel
         # matrix; its gradients are (K dy^T)^T for the patches and patches^T dy for the kernel. TensorFlow's own
-        # MatMul gradient would take dy K^T for the patches: timed beside it.
+        # MatMul gradient would take dy K^T for the patches: timed beside it, as are the convolution's own ops.
+        # A 1x1 kernel (fc7) has the input as its patch matrix: no patches' gradient of its own.
         matrix = tf.reshape(kernel, (-1, layer.filters))  # (kh*kw*in, out)
         flat_dy = tf.reshape(dy, (-1, layer.filters))  # (B*H*W, out)
         flat_patches = tf.reshape(layer._patches(x), (-1, matrix.shape[0]))  # (B*H*W, kh*kw*in)
@@ -89,32 +92,30 @@ def conv_ops(layer, input_shape, output_shape, seed: int) -> dict[str, callable]
                 built = layer._patches(x)
             return tape.gradient(built, x, output_gradients=tf.reshape(patch_gradient, patches_shape))
 
-        return {
+        ops = {
             "forward": compiled(lambda: tf.matmul(tf.reshape(layer._patches(x), (-1, matrix.shape[0])), matrix)),
             "input gradient": compiled(
                 lambda: patches_gradient(tf.transpose(tf.matmul(matrix, tf.transpose(flat_dy))))),
-            "  of which the patches' gradient": compiled(lambda: patches_gradient(flat_patches)),
+        }
+        if layer.kernel_size != (1, 1):
+            ops["  of which the patches' gradient"] = compiled(lambda: patches_gradient(flat_patches))
+        ops.update({
             "input gradient as dy K^T, MatMul's own gradient (not used)": compiled(
                 lambda: patches_gradient(tf.matmul(flat_dy, matrix, transpose_b=True))),
             "kernel gradient": compiled(lambda: tf.matmul(tf.transpose(flat_patches), flat_dy)),
-            "kernel gradient as Conv2DBackpropFilter (not used)": compiled(lambda: tf.raw_ops.Conv2DBackpropFilter(
-                input=x, filter_sizes=kernel.shape, out_backprop=dy, strides=strides, padding=padding)),
+            "forward as Conv2D (not used)": compiled(lambda: tf.nn.conv2d(x, kernel, strides, padding)),
             "input gradient as Conv2DBackpropInput (not used)": compiled(lambda: tf.raw_ops.Conv2DBackpropInput(
                 input_sizes=input_shape, filter=kernel, out_backprop=dy, strides=strides, padding=padding)),
-        }
+            "kernel gradient as Conv2DBackpropFilter (not used)": compiled(lambda: tf.raw_ops.Conv2DBackpropFilter(
+                input=x, filter_sizes=kernel.shape, out_backprop=dy, strides=strides, padding=padding)),
+        })
+        return ops
     ops = {"forward": compiled(lambda: tf.nn.conv2d(x, kernel, strides, padding))}
     if layer.name != "block1_conv1":
         ops["input gradient"] = compiled(lambda: tf.raw_ops.Conv2DBackpropInput(
             input_sizes=input_shape, filter=kernel, out_backprop=dy, strides=strides, padding=padding))
     ops["kernel gradient"] = compiled(lambda: tf.raw_ops.Conv2DBackpropFilter(
         input=x, filter_sizes=kernel.shape, out_backprop=dy, strides=strides, padding=padding))
-    if layer.kernel_size == (1, 1) and layer.filters >= 1024:
-        # fc7: a 1x1 convolution is a matrix product; the same three as 2-D MatMuls, for comparison.
-        matrix = tf.reshape(kernel, kernel.shape[2:])  # (in, out)
-        flat_x, flat_dy = tf.reshape(x, (-1, matrix.shape[0])), tf.reshape(dy, (-1, matrix.shape[1]))
-        ops["forward as MatMul (not used)"] = compiled(lambda: tf.matmul(flat_x, matrix))
-        ops["input gradient as MatMul (not used)"] = compiled(lambda: tf.matmul(flat_dy, matrix, transpose_b=True))
-        ops["kernel gradient as MatMul (not used)"] = compiled(lambda: tf.matmul(flat_x, flat_dy, transpose_a=True))
     return ops
 
 

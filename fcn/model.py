@@ -148,10 +148,11 @@ def _patch_product(patches, kernel):
     """``patches @ kernel`` for (B, H, W, P) by (P, out), with the patches' gradient computed transposed.
 
     The gradient of a plain product would take the patches' gradient as
-    ``dy @ kernel^T``; on a CPU that product of a few rows (one per fc6
-    position) by the transposed 25088 x 4096 kernel runs at half the speed of
-    the same product written ``(kernel @ dy^T)^T`` (``bench/layers.py``,
-    2-core AVX2 EPYC). The same multiply-adds: only the rounding order may differ.
+    ``dy @ kernel^T``; on a CPU that product of a few rows (one per fc6 or
+    fc7 position) by the transposed 25088 x 4096 or 4096 x 4096 kernel runs
+    at half the speed of the same product written ``(kernel @ dy^T)^T``
+    (``bench/layers.py``, 2-core AVX2 EPYC). The same multiply-adds: only the
+    rounding order may differ.
     """
     rows = ops.reshape(patches, (-1, ops.shape(kernel)[0]))  # (B*H*W, P)
     outputs = ops.reshape(ops.matmul(rows, kernel), (*ops.shape(patches)[:-1], ops.shape(kernel)[1]))
@@ -174,6 +175,10 @@ class PatchConv2D(keras.layers.Conv2D):
     output as ``Conv2D``; for fc6 (7x7x512 -> 4096 on a feature map a few
     cells wide) the patch matrix turns the kernel gradient into one large
     matrix product, which the CPU convolution kernels do several times slower.
+    With a 1x1 kernel (fc7, 4096 -> 4096) the input itself is the patch matrix:
+    the layer is one matrix product and its two gradients are products too,
+    where ``Conv2D``'s 1x1 backprop kernels run at about half their speed on
+    the CPU (``bench/layers.py``).
     """
 
     def __init__(self, filters, kernel_size, **kwargs):
@@ -197,6 +202,8 @@ class PatchConv2D(keras.layers.Conv2D):
         gradient is plain slicing and padding.
         """
         height, width = self.kernel_size
+        if (height, width) == (1, 1):
+            return inputs  # each position is its own window: nothing to pad or gather
         top, left = (height - 1) // 2, (width - 1) // 2
         padded = ops.pad(inputs, [[0, 0], [top, height - 1 - top], [left, width - 1 - left], [0, 0]])
         rows, cols = ops.shape(inputs)[1], ops.shape(inputs)[2]
@@ -330,7 +337,8 @@ def build_fcn8s(
         pools[block] = x
     x = PatchConv2D(fc_channels, 7, activation="relu", kernel_initializer="he_normal", name="fc6")(x)
     x = keras.layers.Dropout(dropout, name="drop6")(x)
-    x = keras.layers.Conv2D(fc_channels, 1, activation="relu", kernel_initializer="he_normal", name="fc7")(x)
+    # fc7 is a 1x1 convolution: as a PatchConv2D it is one matrix product (same weights, same checkpoints).
+    x = PatchConv2D(fc_channels, 1, activation="relu", kernel_initializer="he_normal", name="fc7")(x)
     x = keras.layers.Dropout(dropout, name="drop7")(x)
 
     def score(name):

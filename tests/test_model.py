@@ -13,6 +13,7 @@ import scipy.io
 import tensorflow as tf
 
 from conftest import SAMPLE_ROOT
+from fcn import checkpoints
 from fcn import data
 from fcn import model as model_lib
 from fcn import weights
@@ -316,6 +317,107 @@ def test_patch_conv2d_equals_conv2d_values_and_gradients():
     for expected, actual in zip(*results):
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
     assert keras.layers.deserialize(keras.layers.serialize(patches)).kernel_size == (7, 7)
+
+
+def traced_op_types(function, *args):
+    """The op types of ``function``'s graph, traced on ``args``."""
+    return {op.type for op in tf.function(function).get_concrete_function(*args).graph.get_operations()}
+
+
+def test_fc7_as_a_1x1_patch_conv2d_equals_conv2d_values_and_gradients():
+    """fc7's layer: tf.nn.conv2d's 1x1 result and its input, kernel and bias gradients, computed as matrix products."""
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(0, 1, (2, 3, 5, 48)), tf.float32)
+    kernel = tf.constant(rng.normal(0, 0.2, (1, 1, 48, 40)), tf.float32)
+    bias = tf.constant(rng.normal(0, 0.5, (40,)), tf.float32)
+    cotangent = tf.constant(rng.normal(0, 1, (2, 3, 5, 40)), tf.float32)
+    fc7 = model_lib.PatchConv2D(40, 1, activation="relu")
+    fc7.build(x.shape)
+    fc7.set_weights([kernel.numpy(), bias.numpy()])
+
+    def reference(x, kernel, bias):
+        return tf.nn.relu(tf.nn.conv2d(x, kernel, strides=1, padding="SAME") + bias)
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, kernel, bias])
+        expected = reference(x, kernel, bias)
+        expected_loss = tf.reduce_sum(expected * cotangent)
+        actual = fc7(x)
+        actual_loss = tf.reduce_sum(actual * cotangent)
+    expected_gradients = tape.gradient(expected_loss, [x, kernel, bias])
+    actual_gradients = tape.gradient(actual_loss, [x, fc7.kernel, fc7.bias])
+    assert 0.2 < float(np.mean(expected.numpy() > 0)) < 0.8  # the ReLU passes some values and stops others
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    for name, got, want in zip(("input", "kernel", "bias"), actual_gradients, expected_gradients):
+        assert got.shape == want.shape, name
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{name} gradient")
+
+    # Computed as products: no convolution, and no padding or gathering of 1x1 windows, forward or backward.
+    def forward_and_backward(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(fc7(x) * cotangent)
+        return tape.gradient(loss, [x, fc7.kernel])
+
+    types = traced_op_types(forward_and_backward, x)
+    assert "MatMul" in types or "BatchMatMulV2" in types
+    assert not types & {"Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "Pad", "PadV2", "ConcatV2", "StridedSlice"}
+
+
+def test_fcn8s_fc7_is_a_1x1_patch_conv2d():
+    fcn = model_lib.build_fcn8s(5, fc_channels=16)
+    fc7 = fcn.get_layer("fc7")
+    assert isinstance(fc7, model_lib.PatchConv2D) and fc7.kernel_size == (1, 1)
+    assert [tuple(w.shape) for w in fc7.weights] == [(1, 1, 16, 16), (16,)]
+    assert [w.name for w in fc7.weights] == ["kernel", "bias"]
+
+
+def with_conv2d_fc7(fcn):
+    """The same network with fc7 a plain keras Conv2D, as FCN-8s was built before fc7 became a PatchConv2D."""
+
+    def clone(layer):
+        if layer.name == "fc7":
+            return keras.layers.Conv2D(layer.filters, 1, activation="relu", name="fc7")
+        return layer.__class__.from_config(layer.get_config())
+
+    return keras.models.clone_model(fcn, clone_function=clone)
+
+
+def test_checkpoint_with_a_conv2d_fc7_restores_bit_for_bit(tmp_path, sample_crop):
+    """A training checkpoint (model and Adam slots) written when fc7 was a Conv2D restores into today's model."""
+    images = sample_crop[None, :64, :96]
+    old = with_conv2d_fc7(model_lib.build_fcn8s(5, fc_channels=16))
+    assert type(old.get_layer("fc7")) is keras.layers.Conv2D
+    rng = np.random.default_rng(4)
+    for layer in old.layers:  # distinct values in fc6, fc7 and the score layers (signal through every path)
+        if layer.weights and layer.name.startswith(("score", "fc")):
+            layer.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in layer.get_weights()])
+    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer.build(old.trainable_variables)
+    for index, variable in enumerate(optimizer.variables):  # a distinct value per slot, as after some training
+        variable.assign(tf.fill(variable.shape, tf.cast(index + 1, variable.dtype)))
+    expected = old(images).numpy()
+    assert float(np.abs(expected).max()) > 0.1
+    prefix = tf.train.Checkpoint(model=old, optimizer=optimizer).write(str(tmp_path / "old" / "ckpt"))
+
+    new = model_lib.build_fcn8s(5, fc_channels=16)
+    new_optimizer = keras.optimizers.Adam(1e-3)
+    new_optimizer.build(new.trainable_variables)
+    tf.train.Checkpoint(model=new, optimizer=new_optimizer).read(prefix).assert_consumed()
+    assert isinstance(new.get_layer("fc7"), model_lib.PatchConv2D)
+    assert len(old.weights) == len(new.weights) and len(optimizer.variables) == len(new_optimizer.variables)
+    for want, got in zip(old.weights + optimizer.variables, new.weights + new_optimizer.variables):
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=want.path)
+    actual = new(images).numpy()
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
+
+    # The same checkpoint through the project's own restore of a model's weights (evaluate, predict, export).
+    for variable in new.weights:
+        variable.assign(tf.zeros_like(variable))
+    checkpoints.restore_model_weights(new, prefix, report=lambda message: None)
+    for want, got in zip(old.weights, new.weights):
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=want.path)
+    np.testing.assert_array_equal(new(images), actual)
 
 
 def test_uint8_and_float_inputs_agree_and_preprocessing_is_caffe_style(sample_crop):

@@ -17,8 +17,9 @@ tensors of the layer's shapes:
 block1_conv1's input gradient is not computed by a step (the images need no
 gradient) and is left out. Then the Adam update of every trainable variable
 with fixed gradients (the optimizer of ``fcn.train.create_train_state``)
-with the step's finite check of weights and slots, compiled as the step runs
-them and, for comparison, as plain ops; and the
+with the step's finite check of weights and slots, as the step runs them
+(``fcn.optimizer.FusedAdam``, one sum per variable) and, for comparison,
+Keras' Adam as plain ops and compiled by XLA; and the
 real step (``fcn.train.make_train_step``) itself, in the same process; "rest"
 is the step minus the sum of the parts (bias, ReLU, pooling, dropout, loss,
 upsampling, gradient sums, scheduling). Every row is set beside the 3x3
@@ -120,32 +121,44 @@ def conv_ops(layer, input_shape, output_shape, seed: int) -> dict[str, callable]
 
 
 def update_ops(state: train.TrainState) -> dict[str, callable]:
-    """The update of all trainable variables with fixed gradients: as the step runs it, and as plain ops.
+    """The update of all trainable variables with fixed gradients: as the step runs it, and the alternatives.
 
-    The step (``fcn.train.make_train_step``) runs Adam and the finite check of
-    weights and slots as one XLA-compiled function; the plain-op versions are
-    what it ran before, for comparison.
+    The step (``fcn.train.make_train_step``) runs ``fcn.optimizer.FusedAdam``
+    (one ``ResourceApplyAdam`` kernel per variable) and then checks weights and
+    slots with one sum per variable. Beside them, not used: Keras' own Adam
+    as plain ops and compiled by XLA (on a second set of slots), and the finite
+    check as ``is_finite`` of every value.
     """
     variables = state.model.trainable_variables
     gradients = [1e-3 * random(tuple(v.shape), 100 + i) for i, v in enumerate(variables)]
     checked = variables + [v for v in state.optimizer.variables if tf.as_dtype(v.dtype).is_floating]
+    keras_adam = keras.optimizers.Adam(learning_rate=1e-4)
+    keras_adam.build(variables)
 
-    def apply():
-        state.optimizer.apply_gradients(zip(gradients, variables))
-        return tf.constant(0)
+    def apply(optimizer):
+        def run():
+            optimizer.apply_gradients(zip(gradients, variables))
+            return tf.constant(0)
+
+        return run
 
     def check():
+        return tf.math.is_finite(tf.add_n([tf.reduce_sum(v) for v in checked]))
+
+    def check_every_value():
         return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in checked])
 
     def apply_and_check():
-        apply()
+        apply(state.optimizer)()
         return check()
 
     return {
-        "Adam update + finite check (XLA, as the step runs it)": tf.function(apply_and_check, jit_compile=True),
-        "Adam update, plain ops (not used)": tf.function(apply, jit_compile=False),
-        "finite check, plain ops (not used)": tf.function(check, jit_compile=False),
-        "Adam update alone, XLA (not used)": tf.function(apply, jit_compile=True),
+        "Adam update (fused) + finite check (sums), as the step runs it": tf.function(apply_and_check),
+        "of which the fused Adam update": tf.function(apply(state.optimizer)),
+        "of which the finite check, one sum per variable": tf.function(check),
+        "finite check, is_finite of every value (not used)": tf.function(check_every_value),
+        "Keras Adam update, plain ops (not used)": tf.function(apply(keras_adam)),
+        "Keras Adam update, compiled by XLA (not used)": tf.function(apply(keras_adam), jit_compile=True),
     }
 
 

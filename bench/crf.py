@@ -36,8 +36,9 @@ Three parts, in one run:
    own): one warm-up call, then the median of ``--repeats``, and the peak
    resident memory (VmHWM) with the resident memory before the first call.
 
-Only ratios within one run mean much on a shared machine; the load average is
-printed at the start and at the end.
+The device (``bench/device.py``: CPU model, vector extensions, GPUs, TensorFlow)
+is printed first. Only ratios within one run mean much on a shared machine; the
+load average is printed at the start and at the end.
 
 Usage, from the repo root::
 
@@ -62,6 +63,7 @@ import numpy as np  # noqa: E402
 import scipy.ndimage  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
 from fcn import crf, data, permutohedral  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")  # retracing notices: every configuration is a new function on purpose
@@ -76,19 +78,6 @@ NUM_ITERATIONS = 5
 THETA_ALPHA, THETA_BETA, THETA_GAMMA = 160.0, 3.0, 3.0
 SPATIAL_WEIGHT, BILATERAL_WEIGHT = 3.0, 5.0
 TRAIN_HEIGHT, TRAIN_WIDTH, TRAIN_CLASSES = 375, 500, 150
-
-
-def cpu_name() -> str:
-    with open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-        else:
-            name = "unknown CPU"
-    flags = open("/proc/cpuinfo").read()
-    vector = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
-    return f"{name}, {os.cpu_count()} cores, {vector}"
 
 
 def load_average() -> str:
@@ -355,7 +344,8 @@ def main() -> None:
         kind, batch_size, repeats = args.training_child.split(",")
         training_child(kind, int(batch_size), int(repeats))
         return
-    print(f"CPU: {cpu_name()}; TensorFlow {tf.__version__}; load average at start: {load_average()}")
+    print(device.describe())
+    print(f"load average at start: {load_average()}")
     case_list = cases(args.quick)
     if not args.parts_only:
         side_by_side(case_list, args.repeats)

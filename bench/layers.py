@@ -32,10 +32,20 @@ within one run mean anything: absolute times move with machine load.
 Usage, from the repo root::
 
     python bench/layers.py [--size 256] [--batch 8] [--repeats 2] [--no_step] [--no_update] [--only fc6,fc7]
+        [--step_repeats 1] [--conv2d_fc7_step]
+
+``--conv2d_fc7_step`` also builds the step of the same network with fc7 a
+plain keras ``Conv2D`` (as it was before it became a 1x1 ``PatchConv2D``; the
+same weights, its own Adam) and times it in turns with the real step (order
+alternating, ``--step_repeats`` each, after two warm-up rounds), so the whole
+step is compared with its alternative in one process.
 """
 
 import argparse
+import dataclasses
 import os
+import statistics
+import time
 import sys
 import tempfile
 
@@ -120,6 +130,41 @@ def conv_ops(layer, input_shape, output_shape, seed: int) -> dict[str, callable]
     return ops
 
 
+def conv2d_fc7_state(state: train.TrainState, config) -> train.TrainState:
+    """``state`` with fc7 a keras ``Conv2D`` (1x1, "same"), the same weights, and an Adam of its own."""
+
+    def clone(layer):
+        if layer.name == "fc7":
+            return keras.layers.Conv2D(layer.filters, 1, padding="same", activation=layer.activation, name="fc7")
+        return layer.__class__.from_config(layer.get_config())
+
+    model = keras.models.clone_model(state.model, clone_function=clone)
+    model.set_weights(state.model.get_weights())
+    if type(model.get_layer("fc7")) is not keras.layers.Conv2D:
+        raise SystemExit("--conv2d_fc7_step: the clone's fc7 is not a Conv2D")
+    optimizer = keras.optimizers.Adam(learning_rate=config.train.learning_rate)
+    optimizer.build(model.trainable_variables)
+    return dataclasses.replace(state, model=model, optimizer=optimizer)
+
+
+def alternate(runs: dict[str, callable], repeats: int) -> dict[str, list[float]]:
+    """Two warm-up rounds, then ``repeats`` timed rounds, order alternating (A B, B A, ...): name -> seconds.
+
+    The first call of one after the other's first calls can take twice its time (memory being laid out for
+    two models): the second warm-up round takes that.
+    """
+    for run in (*runs.values(), *runs.values()):
+        float(run())
+    seconds = {name: [] for name in runs}
+    for round_index in range(repeats):
+        order = list(runs) if round_index % 2 == 0 else list(runs)[::-1]
+        for name in order:
+            start = time.perf_counter()
+            float(runs[name]())
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
 def update_ops(state: train.TrainState) -> dict[str, callable]:
     """The update of all trainable variables with fixed gradients: as the step runs it, and the alternatives.
 
@@ -172,6 +217,8 @@ def main(argv=None) -> None:
     parser.add_argument("--no_step", action="store_true", help="leave out the whole step (and so the 'rest' row)")
     parser.add_argument("--no_update", action="store_true", help="leave out the Adam update and the finite check")
     parser.add_argument("--only", default="", help="comma-separated layer names to time (default: all)")
+    parser.add_argument("--conv2d_fc7_step", action="store_true",
+                        help="also time the step with fc7 a keras Conv2D, in turns with the real step")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="fcn-bench-layers-") as work_dir:
@@ -206,13 +253,22 @@ def main(argv=None) -> None:
                 rows.append(("all variables", what, 0, seconds))
                 print(f"  {what}: {seconds:.3f} s", flush=True)
 
-        step_seconds = None
+        step_seconds = peer_seconds = None
         if not args.no_step:
             step = train.make_train_step(state, config, strategy)
             images = tf.cast(tf.random.stateless_uniform((args.batch, args.size, args.size, 3), (1, 2), 0, 256, tf.int32), tf.uint8)
             labels = tf.cast(tf.random.stateless_uniform((args.batch, args.size, args.size), (3, 4), 0, NUM_CLASSES, tf.int32), tf.uint8)
-            step_seconds, _ = time_runs(lambda: step(images, labels).loss, args.step_repeats)
-            print(f"  training step: {step_seconds:.3f} s", flush=True)
+            if args.conv2d_fc7_step:
+                peer = train.make_train_step(conv2d_fc7_state(state, config), config, strategy)
+                turns = alternate({"step": lambda: step(images, labels).loss,
+                                   "peer": lambda: peer(images, labels).loss}, args.step_repeats)
+                step_seconds, peer_seconds = (statistics.median(turns[name]) for name in ("step", "peer"))
+                ratios = [b / a for a, b in zip(turns["step"], turns["peer"])]
+                print(f"  training step: {' '.join(f'{x:.2f}' for x in turns['step'])} s; with fc7 as Conv2D: "
+                      f"{' '.join(f'{x:.2f}' for x in turns['peer'])} s", flush=True)
+            else:
+                step_seconds, _ = time_runs(lambda: step(images, labels).loss, args.step_repeats)
+                print(f"  training step: {step_seconds:.3f} s", flush=True)
         peaks.append(measure_peak())
         load_at_end = os.getloadavg()[0]
 
@@ -245,8 +301,15 @@ def main(argv=None) -> None:
                       f"{step_flops / step_seconds / 1e9:.0f}", f"{step_flops / step_seconds / 1e9 / peak_rate:.2f}", "100%"))
         table.append(("rest", "step - sum of the parts", "", f"{step_seconds - parts_seconds:.2f}", "", "",
                       f"{(step_seconds - parts_seconds) / step_seconds:.1%}"))
+        if peer_seconds:
+            table.append(("training step", "with fc7 as Conv2D (not used)", f"{step_flops / 1e9:.0f}",
+                          f"{peer_seconds:.2f}", f"{step_flops / peer_seconds / 1e9:.0f}",
+                          f"{step_flops / peer_seconds / 1e9 / peak_rate:.2f}", ""))
     print_table(("layer", "op", "GFLOP", "s", "GFLOP/s", "/peak", "of step"), table)
     print()
+    if peer_seconds:
+        print(f"step with fc7 as Conv2D / step, per turn ({args.step_repeats} turns, order alternating): "
+              f"{' '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
     print_peaks(peaks, peak_rate, max(rate / share for rate, _, share in peaks))
     print("GFLOP: 2 x multiply-adds of the layer's forward product; each gradient counts the same. The training step "
           "counts 3 x the forward FLOPs of all layers (bench/model.py's convention; block1_conv1's input gradient, "

@@ -384,13 +384,19 @@ def test_kill_9_during_saves_always_resumes_to_the_uninterrupted_weights(tmp_pat
     for _ in range(3):
         process = subprocess.Popen(fcn_command(*args, "--logs_dir", logs), cwd=REPO, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True, env=env)
-        start_steps = checkpoints.checkpoint_steps(os.path.join(logs, "checkpoints"))
+        # Two new checkpoints: the time between them is one step and its save; the kill lands at a random
+        # point of the next one (a fixed delay would outlast the run on a fast machine).
+        seen = [checkpoints.checkpoint_steps(os.path.join(logs, "checkpoints"))]
+        times = []
         deadline = time.time() + 240
-        while time.time() < deadline and checkpoints.checkpoint_steps(os.path.join(logs, "checkpoints")) == start_steps:
-            if process.poll() is not None:
-                break
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.5))  # somewhere in the stream of checkpoint writes
+        while time.time() < deadline and len(times) < 2 and process.poll() is None:
+            steps_now = checkpoints.checkpoint_steps(os.path.join(logs, "checkpoints"))
+            if steps_now != seen[-1]:
+                seen.append(steps_now)
+                times.append(time.time())
+            time.sleep(0.02)
+        if len(times) == 2:
+            time.sleep(rng.uniform(0.0, times[1] - times[0]))  # somewhere in the stream of checkpoint writes
         if process.poll() is None:
             process.kill()
             kills += 1

@@ -386,13 +386,13 @@ def test_kill_9_during_saves_always_resumes_to_the_uninterrupted_weights(tmp_pat
                                    stderr=subprocess.PIPE, text=True, env=env)
         # Two new checkpoints: the time between them is one step and its save; the kill lands at a random
         # point of the next one (a fixed delay would outlast the run on a fast machine).
-        seen = [checkpoints.checkpoint_steps(os.path.join(logs, "checkpoints"))]
+        last = checkpoints.checkpoint_steps(os.path.join(logs, "checkpoints"))
         times = []
         deadline = time.time() + 240
         while time.time() < deadline and len(times) < 2 and process.poll() is None:
-            steps_now = checkpoints.checkpoint_steps(os.path.join(logs, "checkpoints"))
-            if steps_now != seen[-1]:
-                seen.append(steps_now)
+            now = checkpoints.checkpoint_steps(os.path.join(logs, "checkpoints"))
+            if now != last:
+                last = now
                 times.append(time.time())
             time.sleep(0.02)
         if len(times) == 2:

@@ -1,11 +1,14 @@
 """Shared test helpers: the real ADE20K samples and small datasets written to disk."""
 
 import os
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+
+import forkserver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -107,12 +110,12 @@ def run_fcn(*args, timeout=600, subprocess_=None):
     captured, which spares each call the start of an interpreter and of
     TensorFlow. A training run that changes what cannot be undone in a process
     (logical devices, op determinism, a cluster) runs in a child process, as
-    does any call with ``subprocess_=True``. The precision policy training sets
+    does any call with ``subprocess_=True``: a child forked from a process that
+    has TensorFlow imported (``tests/forkserver.py``). The precision policy training sets
     is reset after every test (``float32_policy``).
     """
     import contextlib
     import io
-    import subprocess
 
     mode = "train"
     for k, arg in enumerate(args):
@@ -126,7 +129,7 @@ def run_fcn(*args, timeout=600, subprocess_=None):
     command = [sys.executable, os.path.join(REPO, "FCN.py"), *args]
     if subprocess_:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+        return forkserver.run(command, REPO, env, timeout=timeout)
     import FCN
 
     stdout, stderr = io.StringIO(), io.StringIO()

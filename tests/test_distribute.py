@@ -3,13 +3,13 @@
 import json
 import os
 import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import forkserver
 from conftest import REPO, run_fcn
 from fcn import sample_data
 from fcn import train
@@ -80,15 +80,20 @@ LINGER = 15
 SHUTDOWN_ERRORS = ("StartAbort", "Failed to send RPC to coordination service", "Connection refused")
 
 
-def worker_command(*flags, linger=0.0):
-    """FCN.py's command line, in a Python that sleeps ``linger`` seconds after FCN.py has finished."""
-    script = (
-        "import atexit, runpy, sys, time; "
-        f"atexit.register(time.sleep, {linger}); "
-        f"sys.argv = {[os.path.join(REPO, 'FCN.py'), *flags]!r}; "
-        "runpy.run_path(sys.argv[0], run_name='__main__')"
-    )
-    return [sys.executable, "-c", script]
+def worker_command(directory, *flags, linger=0.0):
+    """FCN.py's command line, in a Python that sleeps ``linger`` seconds after FCN.py has finished.
+
+    The wrapper script is written to ``directory``.
+    """
+    script = os.path.join(str(directory), "linger.py")
+    with open(script, "w") as file:
+        file.write(
+            "import atexit, runpy, sys, time\n"
+            f"atexit.register(time.sleep, {linger})\n"
+            "sys.argv = sys.argv[1:]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        )
+    return [sys.executable, script, os.path.join(REPO, "FCN.py"), *flags]
 
 
 @pytest.mark.slow
@@ -101,9 +106,9 @@ def test_two_workers_train_like_one_device_and_only_the_chief_writes(tmp_path, s
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
         for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "grpc_proxy"):
             env.pop(name, None)
-        command = worker_command(*COMMON, "--data_dir", sample_root, "--logs_dir", logs, "--max_steps", "3",
+        command = worker_command(tmp_path, *COMMON, "--data_dir", sample_root, "--logs_dir", logs, "--max_steps", "3",
                                  "--strategy", "multi_worker", linger=LINGER)
-        processes.append(subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        processes.append(forkserver.Process(command, REPO, env))  # forked with TensorFlow imported, not yet started
     outputs = [process.communicate(timeout=600) for process in processes]
     for process, (stdout, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr[-3000:]

@@ -3,7 +3,6 @@
 import glob
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import forkserver
 from conftest import REPO, run_fcn
 from fcn import checkpoints, sample_data, summaries, train
 from fcn import config as config_lib
@@ -54,9 +54,14 @@ def fcn_command(*args):
     return [sys.executable, os.path.join(REPO, "FCN.py"), *args]
 
 
+def start(*args):
+    """FCN.py in a child process of its own (forked with TensorFlow imported: ``tests/forkserver.py``)."""
+    return forkserver.Process(fcn_command(*args), REPO, dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+
+
 def run(*args, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(fcn_command(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    """FCN.py run to its end in a child process; a ``subprocess.CompletedProcess``."""
+    return forkserver.run(fcn_command(*args), REPO, dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=timeout)
 
 
 def read_events(directory):
@@ -339,12 +344,8 @@ def test_first_signal_asks_to_stop_and_a_second_stops_at_once():
 @pytest.mark.slow
 def test_sigterm_saves_and_the_run_resumes(tmp_path, sample_root):
     logs = str(tmp_path / "run")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    process = subprocess.Popen(
-        fcn_command(*TINY, "--data_dir", sample_root, "--logs_dir", logs, "--max_steps", "100000",
-                    "--set", "train.checkpoint_every=100000", "--set", "train.val_every=100000", "--set", "train.summary_every=5"),
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )
+    process = start(*TINY, "--data_dir", sample_root, "--logs_dir", logs, "--max_steps", "100000",
+                    "--set", "train.checkpoint_every=100000", "--set", "train.val_every=100000", "--set", "train.summary_every=5")
     # Wait until training is under way: the first train summary is written at step 5.
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -378,12 +379,10 @@ def test_kill_9_during_saves_always_resumes_to_the_uninterrupted_weights(tmp_pat
     reference = str(tmp_path / "reference")
     assert run(*args, "--logs_dir", reference).returncode == 0
     logs = str(tmp_path / "killed")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     rng = np.random.default_rng(0)
     kills = 0
     for _ in range(3):
-        process = subprocess.Popen(fcn_command(*args, "--logs_dir", logs), cwd=REPO, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True, env=env)
+        process = start(*args, "--logs_dir", logs)
         # Two new checkpoints: the time between them is one step and its save; the kill lands at a random
         # point of the next one (a fixed delay would outlast the run on a fast machine).
         last = checkpoints.checkpoint_steps(os.path.join(logs, "checkpoints"))

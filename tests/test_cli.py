@@ -7,18 +7,21 @@ import sys
 
 import numpy as np
 
+import forkserver
 from conftest import REPO, SAMPLE_ROOT, write_pair
 import FCN
 
 
-def run(*args, cwd=None, timeout=300):
+def run(*args, cwd=None, timeout=300, forked=False):
+    """``python FCN.py args`` in a new interpreter, or (``forked``) in a child of the fork server, which has
+    TensorFlow imported already (``tests/forkserver.py``): for the tests about what FCN.py does, not how it starts."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", no_proxy="127.0.0.1,localhost")
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         env.pop(name, None)  # the local test server must be reached directly
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "FCN.py"), *args],
-        cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=env,
-    )
+    command = [sys.executable, os.path.join(REPO, "FCN.py"), *args]
+    if forked:
+        return forkserver.run(command, cwd or REPO, env, timeout=timeout)
+    return subprocess.run(command, cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_help_documents_every_flag():
@@ -58,7 +61,7 @@ def test_check_data_reports_each_problem_and_fails(tmp_path, rng):
     bad_jpeg, _ = write_pair(root, "validation", "ADE_val_00000003", image, label)
     with open(bad_jpeg, "wb") as f:
         f.write(b"\xff\xd8\xff\xe0 not really a jpeg")
-    result = run("--mode=check_data", "--data_dir", root)
+    result = run("--mode=check_data", "--data_dir", root, forked=True)
     assert result.returncode == FCN.EXIT_FAILED
     out = result.stdout
     assert "training: 2 pairs, 1 usable" in out and "validation: 3 pairs, 1 usable" in out
@@ -73,7 +76,7 @@ def test_check_data_reports_each_problem_and_fails(tmp_path, rng):
 
 def test_check_data_on_the_real_samples(tmp_path):
     # The fixture holds only the validation split: the missing training folders are reported.
-    result = run("--mode=check_data", "--data_dir", SAMPLE_ROOT, "--no_progress")
+    result = run("--mode=check_data", "--data_dir", SAMPLE_ROOT, "--no_progress", forked=True)
     assert result.returncode == FCN.EXIT_FAILED
     assert "validation: 3 pairs, 3 usable, 15 classes present" in result.stdout
     assert "missing folders: 2" in result.stdout
@@ -103,10 +106,10 @@ def test_download_flag_fetches_and_checks_the_dataset(tmp_path, rng):
     try:
         data_dir = tmp_path / "data"
         common = ["--mode=check_data", "--data_dir", str(data_dir), "--no_progress", "--set", f"data.download_url={server.url}"]
-        wrong = run(*common, "--download", "--set", "data.download_sha1=" + "0" * 40)
+        wrong = run(*common, "--download", "--set", "data.download_sha1=" + "0" * 40, forked=True)
         assert wrong.returncode == FCN.EXIT_FAILED and "Traceback" not in wrong.stderr
         assert "0" * 40 in wrong.stderr and not (data_dir / "ADEChallengeData2016").exists()
-        result = run(*common, "--download", "--set", f"data.download_sha1={sha1_of(payload)}")
+        result = run(*common, "--download", "--set", f"data.download_sha1={sha1_of(payload)}", forked=True)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "training: 2 pairs, 2 usable" in result.stdout and "no problems found" in result.stdout
     finally:
@@ -211,7 +214,7 @@ def test_ctrl_c_in_the_first_moments_never_prints_a_traceback(tmp_path):
 
 def test_check_data_creates_nothing(tmp_path):
     typo = tmp_path / "typo"
-    result = run("--mode=check_data", "--config", "configs/sample.yaml", "--data_dir", str(typo), "--no_progress")
+    result = run("--mode=check_data", "--config", "configs/sample.yaml", "--data_dir", str(typo), "--no_progress", forked=True)
     assert result.returncode == FCN.EXIT_FAILED, result.stdout + result.stderr
     assert "no ADE20K dataset found" in result.stderr and str(typo) in result.stderr
     assert "does not generate the sample data" in result.stderr and "Traceback" not in result.stderr

@@ -111,13 +111,22 @@ def serve(path):
     import FCN  # noqa: F401
     from fcn import check_data, checkpoints, crf, datasets, download, evaluate, export, predict, pretrained, train, visualize  # noqa: F401
 
+    parent = os.getppid()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(16)
+    listener.settimeout(2.0)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     while True:
-        connection, _ = listener.accept()
+        _reap_watchers()
+        try:
+            connection, _ = listener.accept()
+        except socket.timeout:
+            if os.getppid() != parent:  # the test process is gone (killed, not stopped): so is the server
+                return
+            continue
+        connection.settimeout(None)
         try:
             header, streams, _, _ = socket.recv_fds(connection, _HEADER.size, 3)
             if len(header) < _HEADER.size:
@@ -134,11 +143,14 @@ def serve(path):
         connection.close()
         for fd in streams:
             os.close(fd)
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0]:  # finished watchers
-                pass
-        except ChildProcessError:
+
+
+def _reap_watchers():
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
             pass
+    except ChildProcessError:
+        pass
 
 
 # ---------------------------------------------------------------------------

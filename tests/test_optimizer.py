@@ -82,3 +82,35 @@ def test_a_checkpoint_of_keras_adam_restores_into_fused_adam(tmp_path):
 def test_amsgrad_is_refused():
     with pytest.raises(ValueError, match="amsgrad"):
         FusedAdam(amsgrad=True)
+
+
+def test_under_loss_scaling_fused_adam_unscales_and_skips_as_keras_adam_does():
+    """float16 training wraps the optimizer in Keras' LossScaleOptimizer: the gradients it hands on are
+    unscaled, and a step with an infinite gradient is skipped (weights and slots untouched, scale halved)."""
+    scale = 2.0**10
+    fused_vars, keras_vars = variables(0), variables(0)
+    fused = keras.optimizers.LossScaleOptimizer(FusedAdam(learning_rate=1e-2), initial_scale=scale)
+    reference = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(learning_rate=1e-2), initial_scale=scale)
+    fused.build(fused_vars)
+    reference.build(keras_vars)
+
+    def applier(optimizer, vars_):
+        return tf.function(lambda grads: optimizer.apply_gradients(zip(grads, vars_)))
+
+    apply_fused, apply_keras = applier(fused, fused_vars), applier(reference, keras_vars)
+    steps = gradient_steps(0, steps=3)
+    overflow = [np.where(np.arange(g.size).reshape(g.shape) == 0, np.inf, g).astype(np.float32) for g in steps[1]]
+    for step in (steps[0], overflow, steps[2]):
+        current = float(fused.dynamic_scale.numpy())
+        assert current == float(reference.dynamic_scale.numpy())
+        scaled = [tf.constant(g * current) for g in step]  # what the gradient of a loss scaled by it would be
+        apply_fused(scaled)
+        apply_keras(scaled)
+    # Two applied steps (the overflow skipped), as plain Adam on the finite gradients.
+    expected, _, _ = numpy_adam([w.numpy() for w in variables(0)], [steps[0], steps[2]])
+    assert int(fused.inner_optimizer.iterations.numpy()) == 2
+    assert float(fused.dynamic_scale.numpy()) == scale / 2 == float(reference.dynamic_scale.numpy())
+    for i in range(len(SHAPES)):
+        np.testing.assert_allclose(fused_vars[i].numpy(), expected[i], rtol=0, atol=2e-6)
+        np.testing.assert_allclose(fused_vars[i].numpy(), keras_vars[i].numpy(), rtol=0, atol=1e-6)
+        assert np.isfinite(fused.inner_optimizer._velocities[i].numpy()).all()

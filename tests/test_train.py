@@ -411,9 +411,8 @@ def test_kill_9_during_saves_always_resumes_to_the_uninterrupted_weights(tmp_pat
 # Starting from another run, and learning.
 
 
-def test_init_from_starts_from_another_runs_weights(tmp_path, sample_root):
-    source = tmp_path / "source"
-    train_here(tiny_config(source, sample_root, ("train.max_steps", 2)), sample_root)
+def test_init_from_starts_from_another_runs_weights(tmp_path, sample_root, trained_with_checkpoints):
+    source = trained_with_checkpoints
     target = tmp_path / "target"
     result = train_here(tiny_config(target, sample_root, ("train.max_steps", 1), ("train.init_from", str(source)),
                                     ("train.learning_rate", 1e-30)), sample_root)

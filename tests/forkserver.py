@@ -14,7 +14,9 @@ Each request forks twice: the server forks a watcher, which forks the program
 and reports its pid and then its wait status over the request's connection. The
 server itself never waits on a program, so any number can run at once.
 
-Used by ``conftest.py`` (``fcn_process``); run as a script it is the server.
+The tests use ``Process`` (like ``subprocess.Popen``) and ``run`` (like
+``subprocess.run``); one server per test process starts on first use. Run as a
+script, this file is the server.
 """
 
 import atexit
@@ -84,9 +86,7 @@ def _run_program(request):
 
 def _serve_one(connection, request, streams):
     """In the watcher: starts the program, reports its pid, waits, reports its wait status; never returns."""
-    status = 1 << 8
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         pid = os.fork()
         if pid == 0:
             connection.close()
@@ -164,13 +164,16 @@ class Server:
         self._directory = tempfile.mkdtemp(prefix="fcn-forkserver-")
         self.path = os.path.join(self._directory, "socket")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        self._process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), self.path],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-        )
-        line = self._process.stdout.readline()
-        if line.strip() != b"ready":
-            raise RuntimeError(f"the fork server did not start (status {self._process.poll()})")
+        with tempfile.TemporaryFile() as errors:
+            self._process = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), self.path],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, env=env,
+            )
+            if self._process.stdout.readline().strip() != b"ready":
+                self._process.wait()
+                errors.seek(0)
+                raise RuntimeError(f"the fork server did not start (status {self._process.returncode}):\n"
+                                   + errors.read().decode(errors="replace")[-3000:])
         atexit.register(self.stop)
 
     def stop(self):

@@ -146,7 +146,8 @@ def test_cat_max_ratio_redraws_dominated_crops():
     rates = {}
     for ratio in (1.0, 0.75):
         config = data_config(base_size=(100, 100), ratio_range=(1.0, 1.0), crop_size=(40, 40), cat_max_ratio=ratio, flip_prob=0.0, photometric=False)
-        passed = [acceptable(data.augment(example, config, tf.constant([0, k], tf.int64))["label"].numpy()) for k in range(trials)]
+        augment = tf.function(lambda seed, config=config: data.augment(example, config, seed)["label"])  # as tf.data runs it
+        passed = [acceptable(augment(tf.constant([0, k], tf.int64)).numpy()) for k in range(trials)]
         rates[ratio] = np.mean(passed)
     # Off: one draw. On: the first of up to 11 draws that passes.
     for rate, expected in ((rates[1.0], p), (rates[0.75], 1 - (1 - p) ** 11)):

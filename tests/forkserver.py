@@ -221,7 +221,7 @@ class Process:
                             [stdin.fileno(), self._stdout.fileno(), self._stderr.fileno()])
         self._connection.sendall(body)
         self._buffer = b""
-        self.pid = int(self._read_line(None))
+        self.pid = int(self._read_line(120.0))  # the server forks at once; a hung one fails the test
 
     def _read_line(self, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -111,8 +111,8 @@ def run_fcn(*args, timeout=600, subprocess_=None):
     TensorFlow. A training run that changes what cannot be undone in a process
     (logical devices, op determinism, a cluster) runs in a child process, as
     does any call with ``subprocess_=True``: a child forked from a process that
-    has TensorFlow imported (``tests/forkserver.py``). The precision policy training sets
-    is reset after every test (``float32_policy``).
+    has TensorFlow imported (``tests/forkserver.py``). The precision policy
+    training sets is reset after every test (``float32_policy``).
     """
     import contextlib
     import io

@@ -61,7 +61,7 @@ def start(*args):
 
 def run(*args, timeout=600):
     """FCN.py run to its end in a child process; a ``subprocess.CompletedProcess``."""
-    return forkserver.run(fcn_command(*args), REPO, dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=timeout)
+    return run_fcn(*args, timeout=timeout, subprocess_=True)
 
 
 def read_events(directory):

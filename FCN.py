@@ -12,19 +12,39 @@ library function of the chosen mode. Everything else lives in ``fcn/``.
 try:  # a Ctrl-C in the first moments lands in these imports: a message, not a traceback
     import argparse
     import dataclasses
+    import importlib
     import os
     import signal
     import sys
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the console
     from fcn import config as config_lib  # (after the environment is set)
+    from fcn import errors
 except KeyboardInterrupt:
     import sys
 
     print("FCN.py: interrupted while starting", file=sys.stderr)
     sys.exit(130)  # EXIT_INTERRUPTED, defined below
 
-MODES = ("train", "visualize", "evaluate", "predict", "export", "check_data")
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """One ``--mode``: the module whose ``run(config, args) -> int`` does the work, and its help."""
+
+    module: str
+    help: str
+    pretrained: bool = False  # takes --pretrained (a released model instead of a run)
+
+
+# The modes, in the order --help lists them. Each module is imported only when its mode runs.
+MODES = {
+    "train": Mode("fcn.train", "train (resumes from LOGS_DIR)"),
+    "evaluate": Mode("fcn.evaluate", "score a split at full resolution (metrics.json, confusion matrix)", True),
+    "visualize": Mode("fcn.visualize", "a random validation batch in colour"),
+    "predict": Mode("fcn.predict", "segment --image files", True),
+    "export": Mode("fcn.export", "a SavedModel for serving"),
+    "check_data": Mode("fcn.check_data", "scan a dataset and report problems"),
+}
+
 
 # Dedicated flags and the config keys they set (FCN.tensorflow's flags keep their meaning).
 FLAG_KEYS = {
@@ -46,7 +66,6 @@ FLAG_KEYS = {
     "init_from": "train.init_from",
 }
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
@@ -83,11 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         choices=MODES,
         default="train",
-        help="train: train (resumes from LOGS_DIR); evaluate: score a split at full resolution (metrics.json, "
-        "confusion matrix); visualize: a random validation batch in colour; predict: segment --image files; "
-        "export: a SavedModel for serving; check_data: scan a dataset and report problems. Default: train. "
-        "evaluate, visualize, predict and export restore the latest checkpoint of LOGS_DIR (or --checkpoint) "
-        "into the model of the config: pass the run's --config.",
+        help="; ".join(f"{name}: {mode.help}" for name, mode in MODES.items())
+        + ". Default: train. evaluate, visualize, predict and export restore the latest checkpoint of LOGS_DIR "
+        "(or --checkpoint) into the model of the config: pass the run's --config.",
     )
     parser.add_argument("--config", metavar="FILE", help="YAML file with differences from the defaults, e.g. configs/sample.yaml")
     parser.add_argument(
@@ -152,13 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--strategy",
-        choices=("default", "mirrored", "multi_worker"),
+        choices=config_lib.STRATEGIES,
         help="default: one device; mirrored: all local GPUs (or --set train.devices=...); "
         "multi_worker: the cluster in TF_CONFIG (train.strategy)",
     )
     parser.add_argument(
         "--mixed_precision",
-        choices=("float32", "bfloat16", "float16"),
+        choices=config_lib.PRECISIONS,
         help="compute precision; variables, logits and the loss stay float32; float16 uses loss scaling (train.mixed_precision)",
     )
     add_switch(parser, "--jit_compile", "compile the training step with XLA (train.jit_compile)")
@@ -194,143 +211,30 @@ def resolve_config(args: argparse.Namespace) -> config_lib.Config:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    mode = MODES[args.mode]
     try:
         config = resolve_config(args)
-    except config_lib.ConfigError as error:
+        if args.pretrained and not mode.pretrained:
+            takes = " and ".join(f"--mode={name}" for name, m in MODES.items() if m.pretrained)
+            raise errors.UsageError(f"--pretrained is for {takes} (got --mode={args.mode})")
+        if args.pretrained and args.checkpoint:
+            raise errors.UsageError("--pretrained and --checkpoint both name the weights: pass one of them")
+    except errors.UsageError as error:
         print(f"FCN.py: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.mode == "predict" and not args.image:
-        print("FCN.py: --mode=predict needs --image PATH [PATH ...] (image files or folders)", file=sys.stderr)
-        return EXIT_USAGE
-    if args.pretrained and args.mode not in ("predict", "evaluate"):
-        print(f"FCN.py: --pretrained is for --mode=predict and --mode=evaluate (got --mode={args.mode})", file=sys.stderr)
-        return EXIT_USAGE
-    if args.pretrained and args.checkpoint:
-        print("FCN.py: --pretrained and --checkpoint both name the weights: pass one of them", file=sys.stderr)
-        return EXIT_USAGE
-    if args.pretrained and args.mode == "evaluate":  # the released model's classes decide, not data.num_classes
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_classes=0))
-
+        return error.exit_status
     try:  # importing TensorFlow takes seconds: a Ctrl-C is likely to land here
-        from fcn import data  # TensorFlow is imported only once there is work to do
-        from fcn import checkpoints, download, predict
+        module = importlib.import_module(mode.module)
     except KeyboardInterrupt:
         print("FCN.py: interrupted while starting", file=sys.stderr)
         return EXIT_INTERRUPTED
-
-    progress = not args.no_progress
     try:
-        if args.mode == "predict":
-            return run_predict(config, args, progress)
-        if args.mode == "export":
-            return run_export(config, args)
-        root = data.prepare_dataset(config.data, progress=progress, generate_sample=args.mode != "check_data")
-        if args.mode == "check_data":
-            return run_check_data(config, root, progress)
-        if args.mode == "evaluate":
-            return run_evaluate(config, root, args, progress)
-        if args.mode == "visualize":
-            return run_visualize(config, root, args)
-        return run_train(config, root, progress)
-    except data.ClassTableMismatchError as error:  # the config disagrees with the class table: a usage error
+        return module.run(config, args)
+    except errors.FcnError as error:
         print(f"FCN.py: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except (data.DataError, download.DownloadError, predict.InferenceError, checkpoints.CheckpointError) as error:
-        print(f"FCN.py: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return error.exit_status
     except KeyboardInterrupt:
         print("FCN.py: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-
-
-def run_check_data(config: config_lib.Config, root: str, progress: bool) -> int:
-    from fcn import check_data, data
-
-    reports = check_data.check_dataset(data.as_dataset(root, config.data), progress=progress)
-    print(check_data.format_report(root, reports))
-    return EXIT_FAILED if any(r.error_count for r in reports) else EXIT_OK
-
-
-def run_train(config: config_lib.Config, root: str, progress: bool) -> int:
-    from fcn import checkpoints, train, weights
-
-    if train.is_chief_task(config):  # the other workers of a cluster neither write nor report
-        path = config_lib.save_config(config, config.logs_dir)
-        print(f"dataset: {root}\nrun directory: {config.logs_dir} (config: {path})")
-        print(f"TensorBoard: tensorboard --logdir {config.logs_dir}")
-    try:
-        strategy = train.setup_process(config)
-        result = train.train(config, root, strategy, progress=progress)
-    except (train.TrainingError, weights.WeightsError, checkpoints.CheckpointError) as error:
-        print(f"FCN.py: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_FAILED if result.status == "non_finite" else EXIT_OK
-
-
-def run_evaluate(config: config_lib.Config, root: str, args: argparse.Namespace, progress: bool) -> int:
-    from fcn import evaluate, weights
-
-    if args.pretrained:
-        output = args.output or evaluate.pretrained_output_dir(config, args.pretrained)
-        try:
-            result = evaluate.evaluate_pretrained(config, root, args.pretrained, output, args.save_predictions, progress)
-        except weights.WeightsError as error:
-            print(f"FCN.py: {error}", file=sys.stderr)
-            return EXIT_FAILED
-        print(f"model: {result.checkpoint}\nsplit: {config.evaluate.split} ({root})\n")
-    else:
-        result = evaluate.evaluate(config, root, args.checkpoint, args.output, args.save_predictions, progress=progress)
-        print(f"checkpoint: {result.checkpoint}\nsplit: {config.evaluate.split} ({root})\n")
-        output = args.output or config.logs_dir
-    print(evaluate.summary(result))
-    print(f"\nwritten: {os.path.join(output, evaluate.METRICS_FILE)}, confusion_matrix.png, confusion_matrix.npy")
-    if args.save_predictions:
-        print(f"submission PNGs: {args.save_predictions}")
-    return EXIT_OK
-
-
-def run_visualize(config: config_lib.Config, root: str, args: argparse.Namespace) -> int:
-    from fcn import visualize
-
-    result = visualize.visualize(config, root, args.output, args.checkpoint)
-    for reason in result.skipped.values():
-        print(f"skipped {reason}", file=sys.stderr)
-    print(f"checkpoint: {result.checkpoint}")
-    for k, path in enumerate(result.shown):
-        print(f"{k}: {path}")
-    pictures = "inp,gt,pred_fcn,pred" if config.model.crf else "inp,gt,pred"
-    print(f"written: {result.output_dir}/{{{pictures}}}_k.png and {visualize.FIGURE_FILE}")
-    return EXIT_OK if result.shown else EXIT_FAILED
-
-
-def run_predict(config: config_lib.Config, args: argparse.Namespace, progress: bool) -> int:
-    from fcn import data, predict, pretrained, weights
-
-    if args.pretrained:
-        output = args.output or os.path.join(config.logs_dir, "predictions")
-        try:
-            result = pretrained.predict_images(args.pretrained, args.image, output, config.model.model_dir,
-                                               config.evaluate.max_pixels, progress=progress)
-        except weights.WeightsError as error:
-            print(f"FCN.py: {error}", file=sys.stderr)
-            return EXIT_FAILED
-        print(f"model: {result.checkpoint}")
-    else:
-        result = predict.predict_images(config, args.image, args.output, args.checkpoint, progress=progress)
-        print(f"checkpoint: {result.checkpoint}")
-    for path, label_png in result.written.items():
-        print(f"{data.display_path(path)} -> {data.display_path(label_png)} (+ _mask.png, _overlay.png)")
-    for reason in result.failed.values():
-        print(f"FCN.py: {reason}", file=sys.stderr)
-    return EXIT_FAILED if result.failed else EXIT_OK
-
-
-def run_export(config: config_lib.Config, args: argparse.Namespace) -> int:
-    from fcn import export
-
-    path, checkpoint = export.export(config, args.output, args.checkpoint)
-    print(f"checkpoint: {checkpoint}\nSavedModel: {path} (signatures {export.SIGNATURE}: uint8 images -> label values; {export.PROBABILITIES_SIGNATURE}: label values and class probabilities)")
-    return EXIT_OK
 
 
 def _exit_at_once(signum, frame):

@@ -59,12 +59,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the table readable
 
+import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
 import numpy as np  # noqa: E402
 import scipy.ndimage  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
-from fcn import crf, data, permutohedral  # noqa: E402
+from fcn import crf, datasets, permutohedral
+from fcn.datasets import decode
 
 tf.get_logger().setLevel("ERROR")  # retracing notices: every configuration is a new function on purpose
 
@@ -94,7 +95,7 @@ def noisy_unaries(label: np.ndarray, num_classes: int, rng) -> np.ndarray:
 def cases(quick: bool):
     """[(name, image uint8 (H, W, 3), unaries float32 (H, W, C))]."""
     rng = np.random.default_rng(0)
-    image, label = data.load_example(*data.list_split(SAMPLE_ROOT, "validation").pairs[0])
+    image, label = decode.load_example(*datasets.list_split(SAMPLE_ROOT, "validation").pairs[0])
     height, width = image.shape[:2]
     result = [(f"ADE_val_00000001.jpg {width}x{height}, C = 21", image, noisy_unaries(label, 21, rng))]
     if quick:
@@ -279,7 +280,7 @@ def training_child(kind: str, batch_size: int, repeats: int) -> None:
     shape = (batch_size, TRAIN_HEIGHT, TRAIN_WIDTH)
     images = tf.constant(rng.integers(0, 256, shape + (3,)), tf.uint8)
     if kind == "crf":
-        image, _ = data.load_example(*data.list_split(SAMPLE_ROOT, "validation").pairs[0])
+        image, _ = decode.load_example(*datasets.list_split(SAMPLE_ROOT, "validation").pairs[0])
         resized = tf.cast(tf.round(tf.image.resize(image, (TRAIN_HEIGHT, TRAIN_WIDTH))), tf.uint8)
         images = tf.stack([resized if i % 2 == 0 else resized[:, ::-1] for i in range(batch_size)])
         unaries = tf.constant(rng.normal(0.0, 2.0, shape + (TRAIN_CLASSES,)), tf.float32)

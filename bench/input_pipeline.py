@@ -31,12 +31,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the table readable
 
+import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
-from fcn import data  # noqa: E402
+from fcn import data, datasets
 from fcn.config import DataConfig  # noqa: E402
+from fcn.datasets import decode
 
 SAMPLE_ROOT = os.path.join(REPO, "tests", "fixtures", "ADEChallengeData2016")
 SAMPLE_SPLIT = "validation"
@@ -77,6 +78,7 @@ def training_step_images_per_second(crop: int, batch: int, steps: int, work_dir:
     """
     # bench/train.py imports this module for make_training_root and print_table: imported here, not at the top.
     import train as bench_train
+
     from fcn.config import load_config
 
     config = load_config(None, bench_train.base_overrides(work_dir))
@@ -135,7 +137,7 @@ def loop_batches(config: DataConfig, root: str, batch_size: int, seed: int, stag
       stage_seconds: accumulates seconds under ``read``, ``augment`` and
         ``stack``, to show where the serial loop spends its time.
     """
-    pairs = data.list_split(root, "training").pairs
+    pairs = datasets.list_split(root, "training").pairs
     images, labels = [], []
     epoch = 0
     while True:
@@ -143,7 +145,7 @@ def loop_batches(config: DataConfig, root: str, batch_size: int, seed: int, stag
         for position, index in enumerate(order):
             counter = epoch * len(pairs) + position
             start = time.perf_counter()
-            image, label = data.load_example(*pairs[index])
+            image, label = decode.load_example(*pairs[index])
             read_done = time.perf_counter()
             example_seed = tf.constant([seed, counter], tf.int64)
             example = data.augment({"image": image, "label": label}, config, example_seed)

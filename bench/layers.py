@@ -45,23 +45,23 @@ import argparse
 import dataclasses
 import os
 import statistics
-import time
 import sys
 import tempfile
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the table readable
 
+import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
-from fcn import model as model_lib  # noqa: E402
-from fcn import train  # noqa: E402
-from fcn.config import load_config  # noqa: E402
 from input_pipeline import make_training_root, print_table  # noqa: E402
 from model import conv_flops, conv_layer_shapes, measure_peak, print_peaks, time_runs  # noqa: E402
+
+from fcn import model as model_lib
+from fcn import train
+from fcn.config import load_config  # noqa: E402
 
 NUM_CLASSES = 150
 

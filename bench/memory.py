@@ -38,6 +38,9 @@ sys.path.insert(0, REPO)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from fcn import datasets
+from fcn.datasets import ade20k
+
 # Model -> (config file, its --set overrides). ``full_own_size`` runs the network at each image's own size
 # (``evaluate.test_size: none``, the usual Pascal VOC protocol, as in configs/voc.yaml).
 MODELS = {
@@ -79,12 +82,12 @@ def prepare_run(model: str, run_dir: str) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from fcn import checkpoints, datasets
+    from fcn import checkpoints
     from fcn import config as config_lib
     from fcn import model as model_lib
 
     config = config_lib.load_config(os.path.join(REPO, MODELS[model][0]), [("model.vgg_weights", "none"), ("logs_dir", run_dir)])
-    classes = datasets.ClassTable.ade20k(config.data.num_classes or 150)
+    classes = ade20k.class_table(config.data.num_classes or 150)
     datasets.record_run_classes(run_dir, classes)
     network = model_lib.build_from_config(config.model, classes.num_classes)
     checkpoint = tf.train.Checkpoint(model=network)

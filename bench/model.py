@@ -29,13 +29,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the table readable
 
+import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
-from fcn.model import build_fcn8s  # noqa: E402
 from input_pipeline import print_table  # noqa: E402
+
+from fcn.model import build_fcn8s  # noqa: E402
 
 NUM_CLASSES = 150
 SIZES = (256, 512)

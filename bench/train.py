@@ -45,14 +45,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the table readable
 
+import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
-from fcn import summaries  # noqa: E402
-from fcn.config import Config, load_config  # noqa: E402
-from fcn import train  # noqa: E402
 from input_pipeline import make_training_root, print_table  # noqa: E402
 from model import (  # noqa: E402
     CORES,
@@ -63,6 +59,9 @@ from model import (  # noqa: E402
     print_peaks,
     time_runs,
 )
+
+from fcn import summaries, train
+from fcn.config import Config, load_config  # noqa: E402
 
 # (crop size, batch size): the same pixels per step.
 SHAPES = ((256, 8), (512, 2))

@@ -7,7 +7,11 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fcn import ade20k, data, datasets
+from fcn import config as config_lib
+from fcn import datasets
+from fcn.datasets import ade20k, decode
+from fcn.datasets.classes import IGNORE_LABEL
+from fcn.datasets.files import SPLITS, decode_path, display_path
 
 
 @dataclasses.dataclass
@@ -66,7 +70,7 @@ class SplitReport:
 def _summarise(example, num_classes):
     labels = tf.reshape(tf.cast(example["label"], tf.int32), [-1])
     counts = tf.math.bincount(labels, minlength=256, maxlength=256)
-    return example["path"], example["error"], counts[:num_classes], counts[data.IGNORE_LABEL]
+    return example["path"], example["error"], counts[:num_classes], counts[IGNORE_LABEL]
 
 
 def check_split(root, split: str, num_classes: int = ade20k.NUM_CLASSES, progress: bool = True) -> SplitReport:
@@ -76,7 +80,7 @@ def check_split(root, split: str, num_classes: int = ade20k.NUM_CLASSES, progres
       root: a dataset root folder (ADE20K's classes, ``num_classes`` of them)
         or a ``datasets.Dataset`` (its own layout and class table).
     """
-    dataset = root if isinstance(root, datasets.Dataset) else datasets.open_dataset(datasets.DataConfig(num_classes=num_classes), root)
+    dataset = root if isinstance(root, datasets.Dataset) else datasets.open_dataset(config_lib.DataConfig(num_classes=num_classes), root)
     classes = dataset.classes
     num_classes = classes.num_classes
     report = SplitReport(split=split, label_pixels=np.zeros(num_classes, np.int64))
@@ -93,7 +97,7 @@ def check_split(root, split: str, num_classes: int = ade20k.NUM_CLASSES, progres
     paths = [os.fsencode(p) for pair in listing.pairs for p in pair]  # bytes: any file name, UTF-8 or not
     dataset = tf.data.Dataset.from_tensor_slices((paths[0::2], paths[1::2]))
     dataset = dataset.interleave(
-        lambda image, annotation: data.read_example_dataset(image, annotation, classes).map(
+        lambda image, annotation: decode.read_example_dataset(image, annotation, classes).map(
             lambda example: _summarise(example, num_classes)
         ),
         cycle_length=tf.data.AUTOTUNE,
@@ -102,8 +106,8 @@ def check_split(root, split: str, num_classes: int = ade20k.NUM_CLASSES, progres
     ).prefetch(tf.data.AUTOTUNE)
     bar = tqdm.tqdm(dataset.as_numpy_iterator(), total=report.pairs, desc=f"checking {split}", unit="image", disable=not progress)
     for path, error, counts, ignored in bar:
-        if error != data.ERROR_NONE:
-            report.problems.append((data.decode_path(path), int(error)))
+        if error != decode.ERROR_NONE:
+            report.problems.append((decode_path(path), int(error)))
         else:
             report.label_pixels += counts
             report.ignored_pixels += int(ignored)
@@ -112,7 +116,7 @@ def check_split(root, split: str, num_classes: int = ade20k.NUM_CLASSES, progres
 
 def check_dataset(root, num_classes: int = ade20k.NUM_CLASSES, progress: bool = True) -> list[SplitReport]:
     """Scans both splits of the dataset at ``root`` (a root folder or a ``datasets.Dataset``)."""
-    return [check_split(root, split, num_classes, progress) for split in data.SPLITS]
+    return [check_split(root, split, num_classes, progress) for split in SPLITS]
 
 
 def format_report(root: str, reports: list[SplitReport], limit: int = 20) -> str:
@@ -122,7 +126,7 @@ def format_report(root: str, reports: list[SplitReport], limit: int = 20) -> str
     def listing(title, paths):
         if paths:
             lines.append(f"  {title}: {len(paths)}")
-            lines.extend(f"    {data.display_path(p)}" for p in paths[:limit])
+            lines.extend(f"    {display_path(p)}" for p in paths[:limit])
             if len(paths) > limit:
                 lines.append(f"    ... and {len(paths) - limit} more")
 
@@ -138,17 +142,25 @@ def format_report(root: str, reports: list[SplitReport], limit: int = 20) -> str
             lines.append("  no image/annotation pairs")
         listing(
             "files that cannot be opened",
-            [f"{data.display_path(path)}: {reason}" for path, reason in report.unreadable],
+            [f"{display_path(path)}: {reason}" for path, reason in report.unreadable],
         )
         listing(
             "names used by more than one file (keep one: rename or remove the others)",
-            [" and ".join(data.display_path(p) for p in group) for group in report.same_stem],
+            [" and ".join(display_path(p) for p in group) for group in report.same_stem],
         )
         listing("split list entries with neither image nor annotation", list(report.entries_without_files))
         listing("images without annotation", list(report.images_without_annotation))
         listing("annotations without image", list(report.annotations_without_image))
-        for code, message in data.ERROR_MESSAGES.items():
+        for code, message in decode.ERROR_MESSAGES.items():
             listing(message, [path for path, error in report.problems if error == code])
     errors = sum(r.error_count for r in reports)
     lines.append(f"{errors} problem(s) found" if errors else "no problems found")
     return "\n".join(lines)
+
+
+def run(config, args) -> int:
+    """``--mode=check_data``: scans both splits of the dataset; exit status 1 when any file is unusable."""
+    dataset = datasets.prepare_dataset(config.data, progress=not args.no_progress, generate_sample=False)
+    reports = check_dataset(dataset, progress=not args.no_progress)
+    print(format_report(dataset.root, reports))
+    return 1 if any(r.error_count for r in reports) else 0

@@ -35,15 +35,14 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import tensorflow as tf
 
+from fcn.errors import CheckpointError
+
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
 PREFIX = "ckpt"
 STATE_FILE = "checkpoint"  # TensorFlow's index of a checkpoint folder
 _NAME = re.compile(rf"^{PREFIX}-(\d+)(?:\.index|\.data-\d{{5}}-of-\d{{5}}|_temp)$")
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used; the message names it and says why."""
 
 
 class NoCheckpointError(CheckpointError):

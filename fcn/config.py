@@ -18,19 +18,15 @@ import typing
 
 import yaml
 
-ADE20K_URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
-ADE20K_SHA1 = "219e1696abb36c8ba3a3afe7fb2f4b4606a897c7"
-ADE20K_ZIP_BYTES = 967_382_037  # only used for the progress bar when the server sends no size
-VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
-VOC_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"
-VOC_TAR_BYTES = 1_999_639_040  # only used for the progress bar when the server sends no size
-LAYOUTS = ("auto", "ade20k", "voc", "folder")
-VOC_TRAIN_LISTS = ("train", "trainval", "train_aug")
+from fcn import datasets
+from fcn.datasets import ade20k, voc
+from fcn.errors import ConfigError
+
+LAYOUTS = ("auto", *datasets.LAYOUTS)
+STRATEGIES = ("default", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "bfloat16", "float16")
 MAX_SEED = 2**32 - 1  # NumPy and Keras seeds are 32-bit unsigned integers
 
-
-class ConfigError(ValueError):
-    """A configuration file or override that cannot be used."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,14 +37,14 @@ class DataConfig:
       data_dir: the dataset's folder or a folder that contains it: an
         ADEChallengeData2016 folder, a VOC2012 folder (or VOCdevkit, or the
         folder holding it), or a folder dataset (``images/``, ``annotations/``,
-        ``classes.csv``); see ``fcn/datasets.py``.
-      layout: ``auto`` (detected from ``data_dir``), ``ade20k``, ``voc`` or
-        ``folder``.
+        ``classes.csv``); see ``fcn/datasets/``.
+      layout: ``auto`` (detected from ``data_dir``) or a name of
+        ``fcn.datasets.LAYOUTS``: ``ade20k``, ``voc``, ``folder``.
       voc_train_list: the VOC list of the training split, in
         ``ImageSets/Segmentation``: ``train``, ``trainval``, or ``train_aug``
         (the SBD-augmented 10,582 images, annotations in ``SegmentationClassAug/``).
       synthetic: generate the synthetic sample dataset into ``data_dir`` when
-        it holds none (the embedded default data, see ``fcn/sample_data.py``),
+        it holds none (the embedded default data, see ``fcn/datasets/sample.py``),
         in the layout of ``layout`` (ADE20K's for ``auto``).
       download: fetch and extract the official archive when ``data_dir``
         holds no dataset (ADE20K's zip, or VOC 2012's tar with ``layout: voc``).
@@ -79,10 +75,10 @@ class DataConfig:
     voc_train_list: str = "train"
     synthetic: bool = False
     download: bool = False
-    download_url: str = ADE20K_URL
-    download_sha1: str = ADE20K_SHA1
-    voc_download_url: str = VOC_URL
-    voc_download_md5: str = VOC_MD5
+    download_url: str = ade20k.URL
+    download_sha1: str = ade20k.SHA1
+    voc_download_url: str = voc.URL
+    voc_download_md5: str = voc.MD5
     num_classes: int = 150
     base_size: tuple[int, int] = (2048, 512)
     ratio_range: tuple[float, float] = (0.5, 2.0)
@@ -476,8 +472,8 @@ def check_values(config: Config) -> None:
         )
     if d.layout not in LAYOUTS:
         problems.append(f"data.layout must be one of {', '.join(LAYOUTS)}, got {d.layout!r}")
-    if d.voc_train_list not in VOC_TRAIN_LISTS:
-        problems.append(f"data.voc_train_list must be one of {', '.join(VOC_TRAIN_LISTS)}, got {d.voc_train_list!r}")
+    if d.voc_train_list not in voc.TRAIN_LISTS:
+        problems.append(f"data.voc_train_list must be one of {', '.join(voc.TRAIN_LISTS)}, got {d.voc_train_list!r}")
     if min(d.crop_size) < 1 or min(d.val_size) < 1 or min(d.base_size) < 1:
         problems.append("data.crop_size, data.val_size and data.base_size must be positive")
     if not 0 < d.ratio_range[0] <= d.ratio_range[1]:
@@ -515,10 +511,10 @@ def check_values(config: Config) -> None:
         problems.append(f"train.seed must be in 0..{MAX_SEED} (a 32-bit unsigned integer), got {t.seed}")
     if t.learning_rate <= 0:
         problems.append(f"train.learning_rate must be positive, got {t.learning_rate}")
-    if t.strategy not in ("default", "mirrored", "multi_worker"):
-        problems.append(f"train.strategy must be default, mirrored or multi_worker, got {t.strategy!r}")
-    if t.mixed_precision not in ("float32", "bfloat16", "float16"):
-        problems.append(f"train.mixed_precision must be float32, bfloat16 or float16, got {t.mixed_precision!r}")
+    if t.strategy not in STRATEGIES:
+        problems.append(f"train.strategy must be one of {', '.join(STRATEGIES)}, got {t.strategy!r}")
+    if t.mixed_precision not in PRECISIONS:
+        problems.append(f"train.mixed_precision must be one of {', '.join(PRECISIONS)}, got {t.mixed_precision!r}")
     if t.cpu_devices < 0:
         problems.append(f"train.cpu_devices must not be negative, got {t.cpu_devices}")
     if t.weight_decay < 0 or t.val_images < 0:

@@ -1,16 +1,15 @@
 """The input pipeline: streaming, augmenting and batching the examples of a dataset.
 
-Finding the files of a dataset (ADE20K, PASCAL VOC or a folder with its own
-``classes.csv``), reading one example and the class table belong to
-``fcn/datasets.py``; the names are re-exported here. ``root`` arguments take a
-dataset root folder (its layout detected) or a ``datasets.Dataset``.
+Finding the files of a dataset, reading one example and the class table belong
+to ``fcn/datasets/``. ``root`` arguments take a ``datasets.Dataset`` or a
+dataset root folder (its layout detected).
 
 Every element of the datasets made here is a dict:
 
     image  uint8  (B, H, W, 3)  RGB 0..255
     label  uint8  (B, H, W)     train ids 0..num_classes-1, 255 = ignored
     path   string (B,)          the image file
-    error  int32  (B,)          0, or one of the ``ERROR_*`` codes of fcn/datasets.py
+    error  int32  (B,)          0, or one of the ``ERROR_*`` codes of fcn/datasets/decode.py
 
 A file that cannot be used (corrupt image, unreadable annotation or one that
 is not an 8-bit greyscale or palette PNG, size mismatch, a value outside the
@@ -30,38 +29,10 @@ import numpy as np
 import tensorflow as tf
 
 from fcn.config import DataConfig
-from fcn.datasets import (  # noqa: F401  (the names the pipeline's users know it by)
-    ERROR_ANNOTATION_FORMAT,
-    ERROR_ANNOTATION_RGB,
-    ERROR_LABEL_OUT_OF_RANGE,
-    ERROR_MESSAGES,
-    ERROR_NONE,
-    ERROR_SIZE_MISMATCH,
-    ERROR_UNREADABLE_ANNOTATION,
-    ERROR_UNREADABLE_IMAGE,
-    IGNORE_LABEL,
-    IMAGE_EXTENSIONS,
-    SPLITS,
-    ClassTableMismatchError,
-    DataError,
-    Dataset,
-    DatasetNotFoundError,
-    FolderScan,
-    SplitListing,
-    as_dataset,
-    decode_image,
-    decode_path,
-    display_path,
-    find_dataset_root,
-    list_split,
-    load_example,
-    prepare_dataset,
-    read_example_dataset,
-    read_image_file,
-    scan_image_folder,
-    usable_pairs,
-    _path_tensor,
-)
+from fcn.datasets import as_dataset
+from fcn.datasets.classes import IGNORE_LABEL
+from fcn.datasets.decode import ERROR_MESSAGES, path_tensor, read_example_dataset
+from fcn.datasets.files import decode_path, display_path
 
 # ImageNet mean in RGB: padding with it is neutral once the model subtracts the mean.
 PAD_COLOUR = (123.68, 116.779, 103.939)
@@ -291,8 +262,8 @@ def training_dataset(
     dataset = as_dataset(root, config)
     pairs = dataset.usable_pairs(split)
     count = len(pairs)
-    image_paths = _path_tensor([p[0] for p in pairs])
-    annotation_paths = _path_tensor([p[1] for p in pairs])
+    image_paths = path_tensor([p[0] for p in pairs])
+    annotation_paths = path_tensor([p[1] for p in pairs])
 
     def epoch_examples(epoch):
         order = _epoch_permutation(count, seed, epoch)
@@ -335,7 +306,7 @@ def validation_dataset(
     classes, pairs = dataset.classes, dataset.usable_pairs(split)
     if num_images:
         pairs = pairs[:num_images]
-    dataset = tf.data.Dataset.from_tensor_slices((_path_tensor([p[0] for p in pairs]), _path_tensor([p[1] for p in pairs])))
+    dataset = tf.data.Dataset.from_tensor_slices((path_tensor([p[0] for p in pairs]), path_tensor([p[1] for p in pairs])))
     dataset = dataset.interleave(
         lambda image_path, annotation_path: read_example_dataset(image_path, annotation_path, classes).map(
             lambda example: fit_and_pad(example, config.val_size)

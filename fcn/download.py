@@ -1,8 +1,8 @@
 """Fetches an official dataset archive and unpacks it into place.
 
-Two archives: the ADE20K SceneParsing zip (``download_ade20k``, about 1 GB,
-SHA-1 checked) and the PASCAL VOC 2012 trainval tar (``download_voc``, about
-2 GB, MD5 checked). The transfer resumes after a cut connection (HTTP
+Each layout that can be downloaded describes its archive (``Archive``: the
+ADE20K SceneParsing zip, SHA-1 checked; the PASCAL VOC 2012 trainval tar, MD5
+checked) and calls ``fetch_archive``. The transfer resumes after a cut connection (HTTP
 ``Range``), and every step that could be interrupted is arranged so that a
 rerun of the same command picks up where the last one stopped:
 
@@ -23,13 +23,13 @@ file it accepts is renamed to its final name.
 Only the standard library talks to the network.
 """
 
+import dataclasses
 import glob
 import hashlib
 import http.client
 import logging
 import os
 import re
-import dataclasses
 import shutil
 import tarfile
 import tempfile
@@ -39,10 +39,7 @@ import zipfile
 
 import tqdm
 
-from fcn import config
-
-DATASET_DIR_NAME = "ADEChallengeData2016"
-REQUIRED_DIRS = ("images/training", "images/validation", "annotations/training", "annotations/validation")
+from fcn.errors import DownloadError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +55,8 @@ class Archive:
       what: the archive's name in messages.
       config_keys: the config keys of its URL and checksum, for messages.
       approximate_bytes: its size, for the progress bar when the server sends none.
+      present_dirs: folders under ``top_dir`` whose presence means the
+        dataset is already there (default ``required_dirs``).
     """
 
     file_name: str
@@ -68,17 +67,9 @@ class Archive:
     what: str
     config_keys: str
     approximate_bytes: int
+    present_dirs: tuple[str, ...] = ()
 
 
-ADE20K = Archive(DATASET_DIR_NAME + ".zip", DATASET_DIR_NAME, REQUIRED_DIRS, "", "sha1", "the official ADE20K zip",
-                 "data.download_url, data.download_sha1", config.ADE20K_ZIP_BYTES)  # fmt: skip
-VOC = Archive(
-    "VOCtrainval_11-May-2012.tar", "VOCdevkit",
-    ("VOC2012/JPEGImages", "VOC2012/SegmentationClass", "VOC2012/ImageSets/Segmentation"), "VOC2012", "md5",
-    "the official VOC 2012 trainval tar", "data.voc_download_url, data.voc_download_md5", config.VOC_TAR_BYTES,
-)  # fmt: skip
-
-_ZIP_NAME = DATASET_DIR_NAME + ".zip"
 _DOWNLOADS_DIR_NAME = ".downloads"
 _EXTRACT_PREFIX = ".extract-"
 _CHUNK_BYTES = 1 << 20
@@ -92,72 +83,37 @@ _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 _logger = logging.getLogger(__name__)
 
 
-class DownloadError(RuntimeError):
-    """The dataset could not be downloaded, verified or unpacked."""
-
 
 class _CannotResume(Exception):
     """The server cannot continue the partial file, which must start over."""
 
 
-def download_ade20k(
-    data_dir: str,
-    url: str = config.ADE20K_URL,
-    sha1: str = config.ADE20K_SHA1,
-    progress: bool = True,
-    keep_zip: bool = False,
-) -> str:
-    """Makes ``<data_dir>/ADEChallengeData2016`` from the official zip.
+def fetch_archive(archive: Archive, data_dir: str, url: str, digest: str, progress: bool = True, keep: bool = False) -> str:
+    """Makes the dataset folder of ``archive`` inside ``data_dir`` from the official archive.
 
-    Does nothing when the folder already holds ``images/`` and
-    ``annotations/``. Otherwise downloads (or resumes) the zip, checks its
-    SHA-1 and unpacks it atomically. Two processes must not run this on the
-    same ``data_dir`` at once: each removes the other's temporary folders.
+    Does nothing when the folder is already there. Otherwise downloads (or
+    resumes) the archive, checks its digest and unpacks it into a temporary
+    folder that is renamed into place only when complete, refusing members
+    that would leave it (absolute paths, ``..``, links, devices). Two
+    processes must not run this on the same ``data_dir`` at once: each removes
+    the other's temporary folders.
 
     Args:
-      data_dir: the folder that receives ``ADEChallengeData2016/``; created if
-        needed.
-      url: where the zip is fetched from (http, https or file).
-      sha1: the zip's expected SHA-1, hexadecimal.
+      archive: what to fetch and what it unpacks to.
+      data_dir: the folder that receives ``archive.top_dir``; created if needed.
+      url: where the archive is fetched from (http, https or file).
+      digest: its expected hexadecimal digest (``archive.hash_name``).
       progress: show progress bars for the transfer and the unpacking.
-      keep_zip: keep ``<data_dir>/.downloads/ADEChallengeData2016.zip`` after
-        a successful extraction instead of deleting it.
+      keep: keep ``<data_dir>/.downloads/<file>`` after a successful extraction.
 
     Returns:
-      The path of the ``ADEChallengeData2016`` folder.
+      The dataset root (``archive.dataset_dir`` under ``archive.top_dir``).
 
     Raises:
       DownloadError: on a network failure, an incomplete transfer (the
         partial file is kept for resuming), a checksum mismatch, an unsafe
-        member path in the zip or a zip without the expected folders.
+        member path or an archive without the expected folders.
     """
-    return _fetch(ADE20K, data_dir, url, sha1, progress, keep_zip)
-
-
-def download_voc(
-    data_dir: str,
-    url: str = config.VOC_URL,
-    md5: str = config.VOC_MD5,
-    progress: bool = True,
-    keep_tar: bool = False,
-) -> str:
-    """Makes ``<data_dir>/VOCdevkit/VOC2012`` from the official VOC 2012 trainval tar.
-
-    The same guarantees as ``download_ade20k``: resumed transfer, MD5 check,
-    extraction into a temporary folder renamed into place, and refusal of tar
-    members that would leave it (absolute paths, ``..``, symbolic and hard
-    links, devices).
-
-    Returns:
-      The path of the ``VOC2012`` folder.
-
-    Raises:
-      DownloadError: as ``download_ade20k``.
-    """
-    return _fetch(VOC, data_dir, url, md5, progress, keep_tar)
-
-
-def _fetch(archive: Archive, data_dir: str, url: str, digest: str, progress: bool, keep: bool) -> str:
     top_dir = os.path.join(data_dir, archive.top_dir)
     dataset_dir = os.path.join(top_dir, archive.dataset_dir) if archive.dataset_dir else top_dir
     if _is_dataset(top_dir, archive):
@@ -179,13 +135,11 @@ def _fetch(archive: Archive, data_dir: str, url: str, digest: str, progress: boo
     return dataset_dir
 
 
-def _is_dataset(dataset_dir: str, archive: Archive = ADE20K) -> bool:
-    if archive is ADE20K:
-        return all(os.path.isdir(os.path.join(dataset_dir, name)) for name in ("images", "annotations"))
-    return all(os.path.isdir(os.path.join(dataset_dir, name)) for name in archive.required_dirs)
+def _is_dataset(dataset_dir: str, archive: Archive) -> bool:
+    return all(os.path.isdir(os.path.join(dataset_dir, name)) for name in archive.present_dirs or archive.required_dirs)
 
 
-def _make_room_for(dataset_dir: str, archive: Archive = ADE20K) -> None:
+def _make_room_for(dataset_dir: str, archive: Archive) -> None:
     """Checks that the finished folder can be moved to ``dataset_dir``.
 
     Fails before a long download rather than after it when something
@@ -196,7 +150,7 @@ def _make_room_for(dataset_dir: str, archive: Archive = ADE20K) -> None:
     if os.path.isdir(dataset_dir) and not os.path.islink(dataset_dir) and not os.listdir(dataset_dir):
         os.rmdir(dataset_dir)
         return
-    holds = "both images/ and annotations/" if archive is ADE20K else ", ".join(archive.required_dirs)
+    holds = ", ".join(f"{name}/" for name in archive.present_dirs or archive.required_dirs)
     raise DownloadError(
         f"{dataset_dir} exists but does not hold {holds}. "
         "It is not from this downloader, which never leaves a partial folder: "
@@ -211,7 +165,7 @@ def _remove_stale_extractions(data_dir: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _manual_hint(url: str, data_dir: str, archive: Archive = ADE20K) -> str:
+def _manual_hint(url: str, data_dir: str, archive: Archive) -> str:
     unpack = "unzip" if archive.file_name.endswith(".zip") else "untar"
     return (
         "Rerun the same command to resume, or download "
@@ -219,7 +173,7 @@ def _manual_hint(url: str, data_dir: str, archive: Archive = ADE20K) -> str:
     )
 
 
-def _verified_zip(url: str, digest: str, downloads_dir: str, data_dir: str, progress: bool, archive: Archive = ADE20K) -> str:
+def _verified_zip(url: str, digest: str, downloads_dir: str, data_dir: str, progress: bool, archive: Archive) -> str:
     """Returns the path of an archive whose checksum is ``digest``, downloading it if needed."""
     expected = digest.strip().lower()
     hash_label = archive.hash_name.upper().replace("SHA1", "SHA-1")
@@ -250,22 +204,6 @@ def _verified_zip(url: str, digest: str, downloads_dir: str, data_dir: str, prog
 def file_digest(path: str, hash_name: str) -> str:
     """The ``hash_name`` (sha1, md5) digest of a file as lowercase hexadecimal, read in chunks."""
     digest = hashlib.new(hash_name)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_sha1(path: str) -> str:
-    """The SHA-1 of a file as lowercase hexadecimal, read in chunks.
-
-    Args:
-      path: the file to hash.
-
-    Returns:
-      The hexadecimal digest.
-    """
-    digest = hashlib.sha1()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
             digest.update(chunk)
@@ -389,7 +327,7 @@ def _transfer(url: str, part_path: str, offset: int, progress: bool, label: str,
         )
 
 
-def _check_member_names(archive, zip_path: str, spec: Archive = ADE20K) -> None:
+def _check_member_names(archive, zip_path: str, spec: Archive) -> None:
     """Rejects members that would land outside the extraction folder (zip-slip),
     and a name that is both a file and a folder (``a/b`` and ``a/b/c``), which
     cannot be extracted."""
@@ -430,7 +368,7 @@ def _check_tar_members(members: list[tarfile.TarInfo], tar_path: str, spec: Arch
     _check_names([m.name + ("/" if m.isdir() else "") for m in members], tar_path, spec)
 
 
-def _extract(zip_path: str, data_dir: str, progress: bool, spec: Archive = ADE20K) -> None:
+def _extract(zip_path: str, data_dir: str, progress: bool, spec: Archive) -> None:
     """Unpacks the archive so that ``<data_dir>/<top_dir>`` appears whole or not at all."""
     dataset_dir = os.path.join(data_dir, spec.top_dir)
     staging_dir = tempfile.mkdtemp(prefix=_EXTRACT_PREFIX, dir=data_dir)

@@ -47,9 +47,12 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fcn import data, datasets, metrics, weights
+from fcn import data, datasets, errors, metrics, weights
 from fcn import predict as predict_lib
 from fcn.config import Config
+from fcn.datasets import decode
+from fcn.datasets.classes import ClassTable
+from fcn.datasets.files import decode_path, display_path
 
 FIGURE_CLASSES = 30  # the confusion-matrix figure shows the most frequent classes only
 METRICS_FILE = "metrics.json"
@@ -80,7 +83,7 @@ class EvaluationResult:
     fcn_scores: dict | None = None
     fcn_matrix: np.ndarray | None = None
     too_large: dict = dataclasses.field(default_factory=dict)
-    classes: datasets.ClassTable | None = None
+    classes: ClassTable | None = None
     protocol: dict | None = None
 
 
@@ -91,11 +94,11 @@ def native_resolution_dataset(root, split: str, num_classes, pairs=None) -> tf.d
     uint8, ``label`` (1, H, W) train ids, ``path``, ``error``. ``num_classes``:
     the class table (an int: ADE20K's first classes).
     """
-    pairs = data.usable_pairs(root, split) if pairs is None else pairs
+    pairs = datasets.usable_pairs(root, split) if pairs is None else pairs
     dataset = tf.data.Dataset.from_tensor_slices(([p[0] for p in pairs], [p[1] for p in pairs]))
     dataset = dataset.interleave(
-        lambda image_path, annotation_path: data.read_example_dataset(
-            image_path, annotation_path, datasets.as_class_table(num_classes)
+        lambda image_path, annotation_path: decode.read_example_dataset(
+            image_path, annotation_path, decode.as_class_table(num_classes)
         ),
         cycle_length=2,
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -116,15 +119,15 @@ def evaluate_split(
         scores both (``fcn_scores``).
       root: the dataset root.
       split: ``training`` or ``validation``.
-      num_classes: the run's ``datasets.ClassTable`` (an int C: ADE20K's first C classes).
+      num_classes: the run's ``ClassTable`` (an int C: ADE20K's first C classes).
       save_predictions: a folder for submission PNGs (the table's label values), or "".
       progress: show a progress bar.
       max_pixels: images with more pixels are left out (``too_large``) before
         they are decoded; None = no limit.
     """
-    classes = datasets.as_class_table(num_classes)
+    classes = decode.as_class_table(num_classes)
     num_classes = classes.num_classes
-    pairs = data.usable_pairs(root, split)
+    pairs = datasets.usable_pairs(root, split)
     too_large = {}
     if max_pixels is not None:
         for image_path, _ in pairs:
@@ -152,7 +155,7 @@ def evaluate_split(
         confusion.update(example["label"], predictions)
         images += 1
         if save_predictions:
-            stem = os.path.splitext(os.path.basename(data.decode_path(example["path"][0])))[0]
+            stem = os.path.splitext(os.path.basename(decode_path(example["path"][0])))[0]
             predict_lib.write_label_png(os.path.join(save_predictions, stem + ".png"), predictions[0].numpy(), classes)
     matrix = confusion.matrix
     names = list(classes.names)
@@ -218,7 +221,7 @@ def evaluate_pretrained(
       progress: progress bars (download, evaluation).
 
     Raises:
-      datasets.ClassTableMismatchError: the dataset's classes are not the model's.
+      errors.ClassTableMismatchError: the dataset's classes are not the model's.
       weights.WeightsError: no such model, a failed download, a misfit file.
     """
     from fcn import pretrained
@@ -227,8 +230,8 @@ def evaluate_pretrained(
     classes = pretrained.class_table(entry)
     dataset = datasets.as_dataset(root, dataclasses.replace(config.data, num_classes=0))
     if not dataset.classes.same_classes(classes):
-        raise datasets.ClassTableMismatchError(
-            f"--pretrained {source} predicts {classes.describe()}, but {data.display_path(dataset.root)} has "
+        raise errors.ClassTableMismatchError(
+            f"--pretrained {source} predicts {classes.describe()}, but {display_path(dataset.root)} has "
             f"{dataset.classes.describe()}: point --data_dir at a {entry.dataset} dataset (e.g. --config configs/voc.yaml)"
         )
     path, entry = pretrained.resolve(source, config.model.model_dir, progress)
@@ -272,7 +275,7 @@ def metrics_json(result: EvaluationResult, config: Config) -> dict:
         "split": config.evaluate.split,
         "images": result.images,
         "skipped": {
-            **{path: data.ERROR_MESSAGES[error] for path, error in result.skipped.skipped.items()},
+            **{path: decode.ERROR_MESSAGES[error] for path, error in result.skipped.skipped.items()},
             **{path: message.split(": ", 1)[1] for path, message in result.too_large.items()},
         },
         "checkpoint": result.checkpoint,
@@ -387,3 +390,24 @@ def summary(result: EvaluationResult) -> str:
     if result.too_large:
         text += f"\n{len(result.too_large)} image(s) too large, left out:\n  " + "\n  ".join(result.too_large.values())
     return text
+
+
+def run(config: Config, args) -> int:
+    """``--mode=evaluate``: scores a split of the dataset with a run's checkpoint or a released model."""
+    progress = not args.no_progress
+    if args.pretrained:  # the released model's classes decide, not data.num_classes
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_classes=0))
+    dataset = datasets.prepare_dataset(config.data, progress=progress)
+    if args.pretrained:
+        output = args.output or pretrained_output_dir(config, args.pretrained)
+        result = evaluate_pretrained(config, dataset, args.pretrained, output, args.save_predictions, progress)
+        print(f"model: {result.checkpoint}\nsplit: {config.evaluate.split} ({dataset.root})\n")
+    else:
+        output = args.output or config.logs_dir
+        result = evaluate(config, dataset, args.checkpoint, args.output, args.save_predictions, progress=progress)
+        print(f"checkpoint: {result.checkpoint}\nsplit: {config.evaluate.split} ({dataset.root})\n")
+    print(summary(result))
+    print(f"\nwritten: {os.path.join(output, METRICS_FILE)}, confusion_matrix.png, confusion_matrix.npy")
+    if args.save_predictions:
+        print(f"submission PNGs: {args.save_predictions}")
+    return 0

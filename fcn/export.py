@@ -184,3 +184,11 @@ def export(config: Config, output_dir: str = "", checkpoint: str = "") -> tuple[
     _check_base(os.path.realpath(base))  # before the work
     predictor, prefix = predict_lib.predictor_from_config(config, checkpoint)
     return export_predictor(predictor, base, config.evaluate.max_pixels), prefix
+
+
+def run(config: Config, args) -> int:
+    """``--mode=export``: a SavedModel of the run's predictor."""
+    path, checkpoint = export(config, args.output, args.checkpoint)
+    print(f"checkpoint: {checkpoint}\nSavedModel: {path} (signatures {SIGNATURE}: uint8 images -> label values; "
+          f"{PROBABILITIES_SIGNATURE}: label values and class probabilities)")  # fmt: skip
+    return 0

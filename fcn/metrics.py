@@ -45,7 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fcn import ade20k
+from fcn.datasets.classes import IGNORE_LABEL
 
 ABSENT_CONVENTIONS = ("ignore", "zero")
 
@@ -61,7 +61,7 @@ def _widen(values: tf.Tensor) -> tf.Tensor:
     return tf.cast(values, tf.int32)
 
 
-def confusion_matrix(labels, predictions, num_classes: int, ignore_label: int = ade20k.IGNORE_LABEL) -> tf.Tensor:
+def confusion_matrix(labels, predictions, num_classes: int, ignore_label: int = IGNORE_LABEL) -> tf.Tensor:
     """Counts (ground truth, prediction) pairs; works eagerly, in tf.function and in tf.data.
 
     Labels equal to ``ignore_label`` or outside 0..num_classes-1 are left out,
@@ -113,7 +113,7 @@ class ConfusionMatrix:
     outputs yourself.
     """
 
-    def __init__(self, num_classes: int, ignore_label: int = ade20k.IGNORE_LABEL):
+    def __init__(self, num_classes: int, ignore_label: int = IGNORE_LABEL):
         self.num_classes = num_classes
         self.ignore_label = ignore_label
         self._matrix = np.zeros((num_classes, num_classes), np.int64)
@@ -165,7 +165,7 @@ class StreamingConfusionMatrix(keras.metrics.Metric):
       dtype: dtype of ``result()``.
     """
 
-    def __init__(self, num_classes: int, ignore_label: int = ade20k.IGNORE_LABEL, name: str = "mean_iou", dtype=None):
+    def __init__(self, num_classes: int, ignore_label: int = IGNORE_LABEL, name: str = "mean_iou", dtype=None):
         super().__init__(name=name, dtype=dtype)
         self.num_classes = num_classes
         self.ignore_label = ignore_label

@@ -13,7 +13,7 @@ The one owner of inference, shared by evaluate, visualize and export:
   logits resized back and the labels taken at the image's own size; compiled
   once for all sizes (``make_predictor`` builds it from a config);
 - ``write_label_png`` writes the submission format of the run's class table
-  (``datasets.ClassTable``): a PNG of the image's size holding annotation
+  (``ClassTable``): a PNG of the image's size holding annotation
   values, 8-bit greyscale 1..150 for ADE20K (train id + 1; 0 "other" is never
   predicted), a palette PNG in the VOC colour map with values 0..20 for VOC.
 
@@ -23,6 +23,7 @@ image a coloured mask, an overlay on the image and the raw label PNG.
 
 import dataclasses
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -30,16 +31,17 @@ import tensorflow as tf
 import tqdm
 from PIL import Image
 
-from fcn import ade20k, checkpoints, data, datasets
+from fcn import checkpoints, datasets, errors
 from fcn import model as model_lib
 from fcn.config import Config
+from fcn.datasets import ade20k, decode
+from fcn.datasets.classes import IGNORE_LABEL, ClassTable
+from fcn.datasets.files import IMAGE_EXTENSIONS, display_path, scan_image_folder
+from fcn.errors import InferenceError
 
 OVERLAY_ALPHA = 0.5  # weight of the mask colour in the overlay
 OVERLAY_ROWS = 512  # rows blended at a time
 
-
-class InferenceError(RuntimeError):
-    """A checkpoint or input that cannot be used for inference; the message says why and what to do."""
 
 
 # ---------------------------------------------------------------------------
@@ -137,12 +139,12 @@ class Predictor:
       test_size: (long edge, short edge) the views are fitted into, or None
         for the image's own size.
       band_values: floats of one band of the full-resolution score map.
-      classes: the run's ``datasets.ClassTable``: names, colours and the label
+      classes: the run's ``ClassTable``: names, colours and the label
         values of train ids (default ADE20K's for the model's number of outputs).
     """
 
     def __init__(self, model, scales=(1.0,), flip: bool = False, test_size=None, band_values: int = BAND_VALUES,
-                 classes: datasets.ClassTable | None = None):
+                 classes: ClassTable | None = None):
         self.model = model
         self._classes = classes
         self.scales = tuple(float(s) for s in scales)
@@ -160,10 +162,10 @@ class Predictor:
         self.labels = tf.function(self._labels, input_signature=[spec])
 
     @property
-    def classes(self) -> datasets.ClassTable:
+    def classes(self) -> ClassTable:
         """The class table given, or ADE20K's for the model's number of outputs."""
         if self._classes is None:
-            self._classes = datasets.ClassTable.ade20k(tf.nest.flatten(self.model.output_shape)[-1])
+            self._classes = ade20k.class_table(tf.nest.flatten(self.model.output_shape)[-1])
         return self._classes
 
     @property
@@ -315,8 +317,8 @@ def read_image(path: str) -> np.ndarray:
       InferenceError: the file is missing or is not an image it can read.
     """
     try:
-        return data.read_image_file(path)
-    except data.DataError as error:
+        return decode.read_image_file(path)
+    except errors.DataError as error:
         raise InferenceError(str(error)) from None
 
 
@@ -342,7 +344,7 @@ def too_large(path: str, max_pixels: int, size=None) -> str:
     if height * width <= max_pixels:
         return ""
     return (
-        f"{data.display_path(path)}: {width}x{height} = {height * width:,} pixels, more than evaluate.max_pixels = "
+        f"{display_path(path)}: {width}x{height} = {height * width:,} pixels, more than evaluate.max_pixels = "
         f"{max_pixels:,}: skipped (raise it with --set evaluate.max_pixels=N if the memory allows, see README)"
     )
 
@@ -361,22 +363,22 @@ def list_images(paths) -> tuple[list[str], dict[str, str]]:
     files, unopenable = [], {}
     for path in paths:
         if os.path.isdir(path):
-            scan = data.scan_image_folder(path)
+            scan = scan_image_folder(path)
             for entry, reason in scan.unreadable:
-                unopenable[entry] = f"{data.display_path(entry)}: {reason}"
+                unopenable[entry] = f"{display_path(entry)}: {reason}"
             if not scan.files and not scan.unreadable:
-                raise InferenceError(f"{data.display_path(path)}: no images ({', '.join(data.IMAGE_EXTENSIONS)}) in this folder")
+                raise InferenceError(f"{display_path(path)}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
             files.extend(scan.files)
         elif os.path.isfile(path):
             files.append(path)
         else:
-            raise InferenceError(f"--image {data.display_path(path)}: no such file or folder")
+            raise InferenceError(f"--image {display_path(path)}: no such file or folder")
     stems = {}
     for path in files:
         stem = _stem(path)
         if stem in stems:
             raise InferenceError(
-                f"{data.display_path(stems[stem])} and {data.display_path(path)} have the same name {stem!r}: "
+                f"{display_path(stems[stem])} and {display_path(path)} have the same name {stem!r}: "
                 "their outputs would overwrite each other"
             )
         stems[stem] = path
@@ -387,7 +389,7 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def write_label_png(path: str, train_ids, classes: datasets.ClassTable | None = None) -> None:
+def write_label_png(path: str, train_ids, classes: ClassTable | None = None) -> None:
     """Writes the submission format: the annotation values of the class table (``ClassTable.write_label_png``).
 
     ADE20K's (the default): 8-bit greyscale, values 1..150 (train id + 1);
@@ -398,14 +400,14 @@ def write_label_png(path: str, train_ids, classes: datasets.ClassTable | None = 
       train_ids: integer array (H, W) of train ids 0..C-1.
       classes: the run's class table.
     """
-    (classes or datasets.ClassTable.ade20k()).write_label_png(path, train_ids)
+    (classes or ade20k.class_table()).write_label_png(path, train_ids)
 
 
 def write_rgb_png(path: str, rgb) -> None:
     Image.fromarray(np.asarray(rgb, np.uint8), mode="RGB").save(path)
 
 
-def overlay(image, train_ids, alpha: float = OVERLAY_ALPHA, classes: datasets.ClassTable | None = None) -> np.ndarray:
+def overlay(image, train_ids, alpha: float = OVERLAY_ALPHA, classes: ClassTable | None = None) -> np.ndarray:
     """The image blended with its label map in the class table's colours (default ADE20K's).
 
     Args:
@@ -416,13 +418,13 @@ def overlay(image, train_ids, alpha: float = OVERLAY_ALPHA, classes: datasets.Cl
       uint8 (H, W, 3).
     """
     image, train_ids = np.asarray(image), np.asarray(train_ids)
-    colours = classes or datasets.ClassTable.ade20k()
+    colours = classes or ade20k.class_table()
     result = np.empty(image.shape, np.uint8)
     for start in range(0, image.shape[0], OVERLAY_ROWS):  # float copies of a band of rows, not of a large image
         rows = slice(start, start + OVERLAY_ROWS)
         band = image[rows].astype(np.float32)
         blended = (1 - alpha) * band + alpha * colours.colourise(train_ids[rows]).astype(np.float32)
-        keep = (train_ids[rows] == ade20k.IGNORE_LABEL)[..., None]
+        keep = (train_ids[rows] == IGNORE_LABEL)[..., None]
         result[rows] = np.round(np.where(keep, band, blended))
     return result
 
@@ -460,12 +462,12 @@ def check_outputs(files: list[str], output_dir: str) -> set[str]:
         for target in _outputs_of(path, output_dir):
             if os.path.realpath(target) in inputs:
                 raise InferenceError(
-                    f"--output {data.display_path(output_dir)} would write over the input image {data.display_path(target)}: "
+                    f"--output {display_path(output_dir)} would write over the input image {display_path(target)}: "
                     "choose another --output folder (nothing was written)"
                 )
             if os.path.lexists(target) and os.path.basename(target) not in ours:
                 raise InferenceError(
-                    f"{data.display_path(target)} exists and was not written by --mode=predict: choose another --output "
+                    f"{display_path(target)} exists and was not written by --mode=predict: choose another --output "
                     "folder, or move the file away (nothing was written)"
                 )
     return ours
@@ -563,3 +565,25 @@ def write_predictions(files, output_dir: str, written_before: set[str], labels_o
         write_rgb_png(base + "_mask.png", classes.colourise(train_ids))
         write_rgb_png(base + "_overlay.png", overlay(image, train_ids, classes=classes))
         result.written[path] = base + ".png"
+
+
+def run(config: Config, args) -> int:
+    """``--mode=predict``: label PNGs, masks and overlays of ``--image`` files; exit status 1 when one failed."""
+    if not args.image:
+        raise errors.UsageError("--mode=predict needs --image PATH [PATH ...] (image files or folders)")
+    progress = not args.no_progress
+    if args.pretrained:
+        from fcn import pretrained  # the released model's module imports this one
+
+        output = args.output or os.path.join(config.logs_dir, "predictions")
+        result = pretrained.predict_images(args.pretrained, args.image, output, config.model.model_dir,
+                                           config.evaluate.max_pixels, progress=progress)  # fmt: skip
+        print(f"model: {result.checkpoint}")
+    else:
+        result = predict_images(config, args.image, args.output, args.checkpoint, progress=progress)
+        print(f"checkpoint: {result.checkpoint}")
+    for path, label_png in result.written.items():
+        print(f"{display_path(path)} -> {display_path(label_png)} (+ _mask.png, _overlay.png)")
+    for reason in result.failed.values():
+        print(f"FCN.py: {reason}", file=sys.stderr)
+    return 1 if result.failed else 0

@@ -16,9 +16,11 @@ import os
 
 import numpy as np
 
-from fcn import datasets, weights
 from fcn import model as model_lib
 from fcn import predict as predict_lib
+from fcn import weights
+from fcn.datasets import voc
+from fcn.datasets.classes import ClassTable
 
 
 def entry_of(source: str) -> weights.Pretrained:
@@ -47,10 +49,10 @@ def resolve(source: str, model_dir: str = "", progress: bool = True) -> tuple[st
     return source, entry
 
 
-def class_table(entry: weights.Pretrained) -> datasets.ClassTable:
+def class_table(entry: weights.Pretrained) -> ClassTable:
     """The classes a released model predicts."""
     if entry.dataset == "voc2012":
-        return datasets.ClassTable.voc()
+        return voc.class_table()
     raise weights.WeightsError(f"released model of an unknown label set {entry.dataset!r}")
 
 

@@ -17,7 +17,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from fcn import datasets
+from fcn.datasets import ade20k
+from fcn.datasets.classes import ClassTable
 
 
 def writers(logs_dir: str) -> dict[str, tf.summary.SummaryWriter]:
@@ -25,9 +26,9 @@ def writers(logs_dir: str) -> dict[str, tf.summary.SummaryWriter]:
     return {name: tf.summary.create_file_writer(os.path.join(logs_dir, name)) for name in ("train", "validation")}
 
 
-def colorize(labels: tf.Tensor, classes: datasets.ClassTable | None = None) -> tf.Tensor:
+def colorize(labels: tf.Tensor, classes: ClassTable | None = None) -> tf.Tensor:
     """Train ids (B, H, W) -> uint8 RGB (B, H, W, 3) in the class table's colours (default ADE20K's); ignored (255) is black."""
-    classes = classes or datasets.ClassTable.ade20k()
+    classes = classes or ade20k.class_table()
     lookup = tf.concat([tf.constant(classes.palette()), tf.zeros([256 - classes.num_classes, 3], tf.uint8)], axis=0)
     return tf.gather(lookup, tf.cast(labels, tf.int32))
 
@@ -75,7 +76,7 @@ def write_images(writer, step: int, images, labels, predictions, max_outputs: in
       images: (B, H, W, 3) uint8 RGB.
       labels: (B, H, W) train ids, 255 ignored.
       predictions: (B, H, W) train ids.
-      classes: the run's ``datasets.ClassTable`` (default ADE20K's).
+      classes: the run's ``ClassTable`` (default ADE20K's).
     """
     with writer.as_default(step=step):
         tf.summary.image("input", images, max_outputs=max_outputs)

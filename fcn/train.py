@@ -45,14 +45,13 @@ import tqdm
 
 from fcn import checkpoints, data, datasets, metrics, summaries, weights
 from fcn import model as model_lib
-from fcn.config import Config
+from fcn.config import Config, save_config
+from fcn.datasets.classes import IGNORE_LABEL
+from fcn.errors import TrainingError
 from fcn.optimizer import FusedAdam
 
 # Layers whose outputs are ReLU activations, for --debug histograms.
 
-
-class TrainingError(RuntimeError):
-    """Training cannot start or go on; the message says why and what to do."""
 
 
 class NonFiniteLoss(ArithmeticError):
@@ -317,7 +316,7 @@ def masked_cross_entropy_sum(labels, logits):
       (sum of the per-pixel losses, number of labelled pixels), float32 scalars.
     """
     labels = tf.cast(labels, tf.int32)
-    labelled = labels != data.IGNORE_LABEL
+    labelled = labels != IGNORE_LABEL
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(labelled, labels, 0), logits=logits)
     return tf.reduce_sum(tf.where(labelled, losses, 0.0)), tf.reduce_sum(tf.cast(labelled, tf.float32))
 
@@ -615,7 +614,7 @@ def train(config: Config, root: str, strategy: tf.distribute.Strategy | None = N
     """
     strategy = strategy or tf.distribute.get_strategy()
     # The dataset's class table decides the model's outputs; the run directory keeps it (classes.csv).
-    dataset = data.as_dataset(root, config.data)
+    dataset = datasets.as_dataset(root, config.data)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_classes=dataset.classes.num_classes))
     if is_chief(strategy):
         datasets.record_run_classes(config.logs_dir, dataset.classes)
@@ -760,3 +759,16 @@ def _stopped_message(what: str, last_checkpoint: str) -> str:
         f"The last good checkpoint is {last_checkpoint or '(none)'}; try a lower --learning_rate "
         "(a rerun resumes from that checkpoint)."
     )
+
+
+def run(config: Config, args) -> int:
+    """``--mode=train``: trains (or resumes) the run of ``config``; exit status 1 when it stopped on a NaN loss."""
+    progress = not args.no_progress
+    dataset = datasets.prepare_dataset(config.data, progress=progress)
+    if is_chief_task(config):  # the other workers of a cluster neither write nor report
+        path = save_config(config, config.logs_dir)
+        print(f"dataset: {dataset.root}\nrun directory: {config.logs_dir} (config: {path})")
+        print(f"TensorBoard: tensorboard --logdir {config.logs_dir}")
+    strategy = setup_process(config)
+    result = train(config, dataset, strategy, progress=progress)
+    return 1 if result.status == "non_finite" else 0

@@ -14,12 +14,15 @@ the same seed shows the same images.
 
 import dataclasses
 import os
+import sys
 
 import numpy as np
 
-from fcn import data, datasets
+from fcn import datasets, errors
 from fcn import predict as predict_lib
 from fcn.config import Config
+from fcn.datasets import ade20k, decode
+from fcn.datasets.classes import IGNORE_LABEL
 
 FIGURE_FILE = "visualize.png"
 
@@ -29,7 +32,7 @@ def legend_classes(*label_maps) -> list[int]:
     present = set()
     for label_map in label_maps:
         present.update(int(i) for i in np.unique(np.asarray(label_map)))
-    return sorted(i for i in present if 0 <= i < datasets.IGNORE_LABEL)
+    return sorted(i for i in present if 0 <= i < IGNORE_LABEL)
 
 
 def comparison_figure(images, labels, predictions, names=None, titles=None, fcn_predictions=None, classes=None):
@@ -43,7 +46,7 @@ def comparison_figure(images, labels, predictions, names=None, titles=None, fcn_
       titles: an optional title per row (e.g. the file name).
       fcn_predictions: the FCN's own predictions when ``predictions`` are
         CRF-refined: shown in a column "FCN" before "FCN + CRF".
-      classes: the run's ``datasets.ClassTable``: colours and names (default ADE20K's).
+      classes: the run's ``ClassTable``: colours and names (default ADE20K's).
 
     Returns:
       a matplotlib Figure (no pyplot state, so it works headless and in notebooks).
@@ -51,7 +54,7 @@ def comparison_figure(images, labels, predictions, names=None, titles=None, fcn_
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    classes = classes or datasets.ClassTable.ade20k()
+    classes = classes or ade20k.class_table()
     names = list(names or classes.names)
     columns = [predictions] if fcn_predictions is None else [fcn_predictions, predictions]
     headings = ("image", "ground truth") + (("prediction",) if fcn_predictions is None else ("FCN", "FCN + CRF"))
@@ -107,7 +110,7 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
 
     Raises:
       predict.InferenceError: no usable checkpoint.
-      data.DataError: the split holds no pairs.
+      errors.DataError: the split holds no pairs.
     """
     predictor, prefix = predict_lib.predictor_from_config(config, checkpoint, with_fcn=True)
     classes = predictor.classes
@@ -126,8 +129,8 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
             skipped[image_path] = refused
             continue
         try:
-            image, label = data.load_example(image_path, annotation_path, dataset.classes)
-        except data.DataError as error:
+            image, label = decode.load_example(image_path, annotation_path, dataset.classes)
+        except errors.DataError as error:
             skipped[image_path] = str(error)
             continue
         prediction = predictor.labels(image[None])  # (1, H, W), or [FCN alone, FCN + CRF]
@@ -152,3 +155,17 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
         )
         figure.savefig(os.path.join(output_dir, FIGURE_FILE), dpi=100)
     return VisualizeResult(shown, output_dir, skipped, prefix)
+
+
+def run(config: Config, args) -> int:
+    """``--mode=visualize``: pictures of a random validation batch; exit status 1 when none could be shown."""
+    dataset = datasets.prepare_dataset(config.data, progress=not args.no_progress)
+    result = visualize(config, dataset, args.output, args.checkpoint)
+    for reason in result.skipped.values():
+        print(f"skipped {reason}", file=sys.stderr)
+    print(f"checkpoint: {result.checkpoint}")
+    for k, path in enumerate(result.shown):
+        print(f"{k}: {path}")
+    pictures = "inp,gt,pred_fcn,pred" if config.model.crf else "inp,gt,pred"
+    print(f"written: {result.output_dir}/{{{pictures}}}_k.png and {FIGURE_FILE}")
+    return 0 if result.shown else 1

@@ -23,7 +23,9 @@ import h5py
 import keras
 import numpy as np
 
+from fcn import errors
 from fcn import model as model_lib
+from fcn.errors import WeightsError
 
 # Keras' published ImageNet weights (the files keras.applications.VGG16 / VGG19 fetch), under
 # KERAS_WEIGHTS_ORIGIN + backbone + "/".
@@ -46,9 +48,6 @@ MATCONVNET_URLS = {
 # The ImageNet classifier of a VGG file (Keras' name, MatConvNet's name): FCN-8s replaces it with its score layers.
 _CLASSIFIER_LAYERS = ("predictions", "fc8")
 
-
-class WeightsError(ValueError):
-    """Pretrained weights that cannot be used; the message names the file and layer."""
 
 
 def fetch_keras_weights(which: str, model_dir: str | None = None, origin: str | None = None, backbone: str = "vgg16") -> str:
@@ -635,5 +634,5 @@ def fetch_pretrained(name: str, model_dir: str | None = None, progress: bool = T
     manual = f"Rerun to resume, or download {entry.filename} yourself and pass its path to --pretrained."
     try:
         return download.download_file(entry.url, path, check, progress, hint=manual)
-    except download.DownloadError as error:
+    except errors.DownloadError as error:
         raise WeightsError(f"could not fetch the {name} model from {entry.url} into {path}: {error}") from None

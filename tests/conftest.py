@@ -4,11 +4,10 @@ import os
 import subprocess
 import sys
 
+import forkserver
 import numpy as np
 import pytest
 from PIL import Image
-
-import forkserver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)

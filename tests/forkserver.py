@@ -108,8 +108,8 @@ def serve(path):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import tensorflow  # noqa: F401  (the point: imported once, here)
+
     import FCN  # noqa: F401
-    from fcn import check_data, checkpoints, crf, datasets, download, evaluate, export, predict, pretrained, train, visualize  # noqa: F401
 
     parent = os.getppid()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

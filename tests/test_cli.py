@@ -5,10 +5,10 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
-
 import forkserver
+import numpy as np
 from conftest import REPO, SAMPLE_ROOT, write_pair
+
 import FCN
 
 

@@ -5,10 +5,11 @@ import os
 
 import pytest
 import yaml
-
 from conftest import REPO
-from fcn import config as config_lib
+
 import FCN
+from fcn import config as config_lib
+from fcn import errors
 
 
 def write(tmp_path, text, name="config.yaml"):
@@ -39,11 +40,11 @@ def test_shipped_configs_load():
 
 def test_unknown_key_in_file_names_file_key_and_valid_keys(tmp_path):
     path = write(tmp_path, "train:\n  batch_sise: 4\n")
-    with pytest.raises(config_lib.ConfigError) as raised:
+    with pytest.raises(errors.ConfigError) as raised:
         config_lib.load_config(path)
     message = str(raised.value)
     assert path in message and "train.batch_sise" in message and "train.batch_size" in message
-    with pytest.raises(config_lib.ConfigError, match="unknown key 'optimiser'"):
+    with pytest.raises(errors.ConfigError, match="unknown key 'optimiser'"):
         config_lib.load_config(write(tmp_path, "optimiser: sgd\n"))
 
 
@@ -60,17 +61,17 @@ def test_unknown_key_in_file_names_file_key_and_valid_keys(tmp_path):
     ],
 )
 def test_wrong_types_fail_naming_the_key(tmp_path, text, key):
-    with pytest.raises(config_lib.ConfigError) as raised:
+    with pytest.raises(errors.ConfigError) as raised:
         config_lib.load_config(write(tmp_path, text))
     assert key in str(raised.value)
 
 
 def test_value_ranges_are_checked():
-    with pytest.raises(config_lib.ConfigError, match="train.batch_size"):
+    with pytest.raises(errors.ConfigError, match="train.batch_size"):
         config_lib.load_config(None, [("train.batch_size", "0")])
-    with pytest.raises(config_lib.ConfigError, match="data.ratio_range"):
+    with pytest.raises(errors.ConfigError, match="data.ratio_range"):
         config_lib.load_config(None, [("data.ratio_range", "2,1")])
-    with pytest.raises(config_lib.ConfigError, match="num_classes"):
+    with pytest.raises(errors.ConfigError, match="num_classes"):
         config_lib.load_config(None, [("data.num_classes", "255")])
 
 
@@ -106,9 +107,9 @@ def test_override_precedence(tmp_path):
 
 
 def test_bad_override_syntax_and_key():
-    with pytest.raises(config_lib.ConfigError, match="KEY=VALUE"):
+    with pytest.raises(errors.ConfigError, match="KEY=VALUE"):
         config_lib.parse_override("train.batch_size")
-    with pytest.raises(config_lib.ConfigError, match="Did you mean train.batch_size"):
+    with pytest.raises(errors.ConfigError, match="Did you mean train.batch_size"):
         config_lib.load_config(None, [("train.bath_size", "3")])
 
 
@@ -127,18 +128,18 @@ def test_saved_config_round_trips(tmp_path):
 )
 def test_non_finite_floats_are_rejected(key, value):
     # NaN passes every range check written as a comparison (nan <= 0 is false).
-    with pytest.raises(config_lib.ConfigError, match=rf"{key} must be a finite number"):
+    with pytest.raises(errors.ConfigError, match=rf"{key} must be a finite number"):
         config_lib.load_config(None, [(key, value)])
 
 
 def test_non_finite_float_in_a_file_is_rejected(tmp_path):
-    with pytest.raises(config_lib.ConfigError, match="evaluate.scales must be a finite number"):
+    with pytest.raises(errors.ConfigError, match="evaluate.scales must be a finite number"):
         config_lib.load_config(write(tmp_path, "evaluate:\n  scales: [1.0, .nan]\n"))
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**32)])
 def test_seed_outside_32_bits_is_rejected(seed):
-    with pytest.raises(config_lib.ConfigError, match=r"train.seed must be in 0\.\.4294967295"):
+    with pytest.raises(errors.ConfigError, match=r"train.seed must be in 0\.\.4294967295"):
         config_lib.load_config(None, [("train.seed", seed)])
     assert config_lib.load_config(None, [("train.seed", str(2**32 - 1))]).train.seed == 2**32 - 1
 
@@ -146,26 +147,26 @@ def test_seed_outside_32_bits_is_rejected(seed):
 def test_folders_that_cannot_be_folders_are_rejected(tmp_path):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("keep")
-    with pytest.raises(config_lib.ConfigError, match="logs_dir must name a folder, got an empty value"):
+    with pytest.raises(errors.ConfigError, match="logs_dir must name a folder, got an empty value"):
         config_lib.load_config(None, [("logs_dir", "")])
-    with pytest.raises(config_lib.ConfigError, match=rf"logs_dir {a_file} is a file, not a folder"):
+    with pytest.raises(errors.ConfigError, match=rf"logs_dir {a_file} is a file, not a folder"):
         config_lib.load_config(None, [("logs_dir", str(a_file))])
-    with pytest.raises(config_lib.ConfigError, match=rf"data.data_dir {a_file}/data lies under {a_file}, which is a file"):
+    with pytest.raises(errors.ConfigError, match=rf"data.data_dir {a_file}/data lies under {a_file}, which is a file"):
         config_lib.load_config(None, [("data.data_dir", str(a_file / "data"))])
     assert a_file.read_text() == "keep"
     assert config_lib.load_config(None, [("logs_dir", str(tmp_path / "new" / "run"))]).logs_dir.endswith("run")
 
 
 def test_unreadable_config_files_are_config_errors(tmp_path):
-    with pytest.raises(config_lib.ConfigError, match=rf"--config {tmp_path} is a folder"):
+    with pytest.raises(errors.ConfigError, match=rf"--config {tmp_path} is a folder"):
         config_lib.load_config(str(tmp_path))
     latin1 = tmp_path / "latin1.yaml"
     latin1.write_bytes("logs_dir: logs/caf\xe9\n".encode("latin-1"))
-    with pytest.raises(config_lib.ConfigError, match=r"latin1.yaml is not UTF-8 text.*save it as UTF-8"):
+    with pytest.raises(errors.ConfigError, match=r"latin1.yaml is not UTF-8 text.*save it as UTF-8"):
         config_lib.load_config(str(latin1))
 
 
 def test_deterministic_xla_is_refused_before_any_work():
     # TensorFlow refuses XLA's max-pooling gradient under op determinism, at the first training step.
-    with pytest.raises(config_lib.ConfigError, match="train.deterministic cannot be combined with train.jit_compile"):
+    with pytest.raises(errors.ConfigError, match="train.deterministic cannot be combined with train.jit_compile"):
         config_lib.load_config(None, [("train.deterministic", True), ("train.jit_compile", True)])

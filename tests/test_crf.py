@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import scipy.ndimage
 import tensorflow as tf
-
 from conftest import SAMPLE_ROOT
-from fcn import crf, data, permutohedral
+
+from fcn import crf, datasets, permutohedral
+from fcn.datasets import decode
+from fcn.datasets.classes import IGNORE_LABEL
 
 CROP = 24
 # (top, left) of the crops taken from each sample: a textured and a flatter region.
@@ -53,7 +55,7 @@ REFINE_MIN_MEAN_MIOU_GAIN = 0.09
 @pytest.fixture(scope="module")
 def samples():
     """The three real ADE20K validation pairs: [(uint8 (H, W, 3), uint8 (H, W))]."""
-    return [data.load_example(*pair) for pair in data.list_split(SAMPLE_ROOT, "validation").pairs]
+    return [decode.load_example(*pair) for pair in datasets.list_split(SAMPLE_ROOT, "validation").pairs]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,7 @@ def brute_force_spatial(values, theta_gamma):
 
 def accuracy_and_miou(prediction, label, num_classes):
     """Pixel accuracy and mean IoU over the classes present in label; 255 ignored."""
-    valid = label != data.IGNORE_LABEL
+    valid = label != IGNORE_LABEL
     confusion = np.bincount(
         label[valid].astype(np.int64) * num_classes + prediction[valid], minlength=num_classes**2
     ).reshape(num_classes, num_classes)
@@ -384,10 +386,10 @@ def test_refinement_improves_noisy_blurred_unaries(samples):
         image, label = image[::2, ::2], label[::2, ::2]
         classes, compact = np.unique(label, return_inverse=True)
         compact = compact.reshape(label.shape)
-        num_classes = int(np.sum(classes != data.IGNORE_LABEL))
-        compact[label == data.IGNORE_LABEL] = data.IGNORE_LABEL
+        num_classes = int(np.sum(classes != IGNORE_LABEL))
+        compact[label == IGNORE_LABEL] = IGNORE_LABEL
         one_hot = np.full(label.shape + (num_classes,), 1.0 / num_classes, np.float32)
-        labelled = label != data.IGNORE_LABEL
+        labelled = label != IGNORE_LABEL
         one_hot[labelled] = np.eye(num_classes, dtype=np.float32)[compact[labelled]]
         blurred = scipy.ndimage.gaussian_filter(one_hot, (4.0, 4.0, 0.0))
         unaries = 8.0 * blurred + rng.normal(0.0, 2.0, one_hot.shape)

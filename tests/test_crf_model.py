@@ -7,14 +7,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
-
 from conftest import SAMPLE_ROOT, bilinear_resize, run_fcn
+from PIL import Image
 from test_evaluate import official_scores
 from test_protocol import fit_factor
-from fcn import ade20k, checkpoints, crf, data, metrics, predict, sample_data, summaries
+
+from fcn import checkpoints, crf, datasets, errors, metrics, predict, summaries
 from fcn import config as config_lib
 from fcn import model as model_lib
+from fcn.datasets import ade20k, decode
 
 TINY = ["--config", "configs/sample.yaml", "--no_progress", "--crop_size", "32", "--batch_size", "2",
         "--set", "model.fc_channels=16", "--set", "train.val_images=2", "--set", "data.val_size=48"]
@@ -30,8 +31,8 @@ def randomise_scores(model, seed=0):
 @pytest.fixture(scope="module")
 def image():
     """A 45x61 crop of a real ADE20K image, uint8 (1, H, W, 3)."""
-    pair = data.list_split(SAMPLE_ROOT, "validation").pairs[0]
-    return data.load_example(*pair)[0][100:145, 200:261][None]
+    pair = datasets.list_split(SAMPLE_ROOT, "validation").pairs[0]
+    return decode.load_example(*pair)[0][100:145, 200:261][None]
 
 
 def test_crf_stage_refines_the_fcn_logits_with_the_input_image(image):
@@ -67,11 +68,11 @@ def test_model_with_crf_saves_and_reloads(tmp_path, image):
 
 
 def test_config_rejects_crf_combinations_that_cannot_work():
-    with pytest.raises(config_lib.ConfigError, match="jit_compile cannot compile the CRF"):
+    with pytest.raises(errors.ConfigError, match="jit_compile cannot compile the CRF"):
         config_lib.load_config(None, [("model.crf", "true"), ("train.jit_compile", "true")])
-    with pytest.raises(config_lib.ConfigError, match="compare_fcn .* needs model.crf"):
+    with pytest.raises(errors.ConfigError, match="compare_fcn .* needs model.crf"):
         config_lib.load_config(None, [("evaluate.compare_fcn", "true")])
-    with pytest.raises(config_lib.ConfigError, match="crf_theta"):
+    with pytest.raises(errors.ConfigError, match="crf_theta"):
         config_lib.load_config(None, [("model.crf_theta_beta", "0")])
 
 
@@ -114,7 +115,7 @@ def restored_layers(run_dir):
 def crf_runs(tmp_path_factory):
     """(dataset root, FCN run, FCN + CRF run fine-tuned from it), trained through the CLI."""
     root = str(tmp_path_factory.mktemp("sample") / "ADEChallengeData2016")
-    sample_data.generate_sample_dataset(root, num_train=8, num_val=4, progress=False)
+    datasets.generate_sample_dataset(root, num_train=8, num_val=4, progress=False)
     base = tmp_path_factory.mktemp("runs")
     fcn_run, crf_run = str(base / "fcn"), str(base / "crf")
     result = run_fcn(*TINY, "--data_dir", root, "--logs_dir", fcn_run, "--max_steps", "2", "--learning_rate", "1e-3")
@@ -188,8 +189,8 @@ def test_inference_modes_use_fcn_and_crf(crf_runs, tmp_path):
     written = json.load(open(os.path.join(out, "metrics.json")))
     fcn_matrix = metrics.ConfusionMatrix(150)
     crf_matrix = metrics.ConfusionMatrix(150)
-    for image_path, annotation_path in data.list_split(root, "validation").pairs:
-        image, label = data.load_example(image_path, annotation_path)
+    for image_path, annotation_path in datasets.list_split(root, "validation").pairs:
+        image, label = decode.load_example(image_path, annotation_path)
         fcn_labels, crf_labels = both.labels(image[None])
         fcn_matrix.update(label[None], fcn_labels)
         crf_matrix.update(label[None], crf_labels)
@@ -210,7 +211,7 @@ def test_inference_modes_use_fcn_and_crf(crf_runs, tmp_path):
     tf.train.Checkpoint(model=fresh).restore(tf.train.latest_checkpoint(os.path.join(crf_run, "checkpoints"))).expect_partial()
     eager = model_lib.with_fcn_output(fresh)
     truths, fcn_eager, crf_eager = [], [], []
-    for image_path, annotation_path in data.list_split(root, "validation").pairs:
+    for image_path, annotation_path in datasets.list_split(root, "validation").pairs:
         image = np.asarray(Image.open(image_path).convert("RGB"))
         truths.append(np.asarray(Image.open(annotation_path)))
         height, width = image.shape[:2]
@@ -232,5 +233,5 @@ def test_inference_modes_use_fcn_and_crf(crf_runs, tmp_path):
     assert sorted(os.listdir(out)) == ["gt_0.png", "inp_0.png", "pred_0.png", "pred_fcn_0.png", "visualize.png"]
     image = np.asarray(Image.open(os.path.join(out, "inp_0.png")))
     fcn_labels, crf_labels = (labels[0].numpy() for labels in both.labels(image[None]))
-    np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(out, "pred_fcn_0.png"))), ade20k.colorize(fcn_labels))
-    np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(out, "pred_0.png"))), ade20k.colorize(crf_labels))
+    np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(out, "pred_fcn_0.png"))), ade20k.class_table().colourise(fcn_labels))
+    np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(out, "pred_0.png"))), ade20k.class_table().colourise(crf_labels))

@@ -16,14 +16,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SAMPLE_ROOT, clear_argmax
 from PIL import Image
 
-from conftest import SAMPLE_ROOT, clear_argmax
 from fcn import crf as crf_lib
-from fcn import datasets
+from fcn import datasets, permutohedral, weights
 from fcn import model as model_lib
-from fcn import permutohedral
-from fcn import weights
+from fcn.datasets import voc
+from fcn.datasets.classes import voc_colormap
 
 NUM_CLASSES = 21
 FC = 32  # fc6/fc7 width of the test file: the released 4096 makes fc6 alone a 411 MB matrix
@@ -368,9 +368,9 @@ def test_demo_command_fetches_the_released_file_and_writes_voc_labels(tmp_path, 
     import dataclasses
     import threading
 
-    import FCN
-    from fcn import datasets
     from test_model import _FileServer
+
+    import FCN
 
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
@@ -405,9 +405,9 @@ def test_demo_command_fetches_the_released_file_and_writes_voc_labels(tmp_path, 
     np.testing.assert_array_equal(np.asarray(written), expected)
     assert len(np.unique(expected)) > 1  # the random weights separate several classes: a real comparison
     palette = np.asarray(written.getpalette()[: 3 * NUM_CLASSES]).reshape(-1, 3)
-    np.testing.assert_array_equal(palette, datasets.voc_colormap()[:NUM_CLASSES])
+    np.testing.assert_array_equal(palette, voc_colormap()[:NUM_CLASSES])
     mask = np.asarray(Image.open(out / f"{stem}_mask.png").convert("RGB"))
-    np.testing.assert_array_equal(mask, datasets.voc_colormap()[expected])
+    np.testing.assert_array_equal(mask, voc_colormap()[expected])
     # A name that is neither released nor a file: a message and status 1.
     assert FCN.main(["--mode=predict", "--pretrained", "nope", "--image", IMAGE, "--output", str(out), "--no_progress"]) == FCN.EXIT_FAILED
     assert "neither a released model (crfasrnn_voc) nor an existing file" in capsys.readouterr().err
@@ -479,9 +479,8 @@ def test_a_release_file_failing_the_structure_check_never_gets_its_final_name(tm
 
 
 def voc_sample(folder, num_val=2):
-    from fcn import sample_data
 
-    return sample_data.generate_sample_dataset(
+    return datasets.generate_sample_dataset(
         os.path.join(folder, "VOCdevkit", "VOC2012"), num_train=1, num_val=num_val, min_size=48, max_size=96,
         progress=False, layout="voc",
     )  # fmt: skip
@@ -544,7 +543,7 @@ def test_evaluate_pretrained_gives_the_scores_of_the_reference_labels(released_f
     assert len(np.unique(np.nonzero(expected)[1])) > 2 and 0 < accuracy < 1  # several classes predicted, some right
     assert reported["checkpoint"] == path and reported["images"] == len(stems) == 2
     assert reported["test_size"] == [500, 500] and reported["crf"] and reported["crf_iterations"] == 10
-    assert list(reported["per_class_iou"]) == list(datasets.VOC_CLASSES)
+    assert list(reported["per_class_iou"]) == list(voc.CLASS_NAMES)
 
 
 def test_evaluate_pretrained_refuses_a_dataset_of_other_classes(tmp_path, capsys):
@@ -601,9 +600,8 @@ def assert_weights(model, expected):
 
 
 def test_init_from_the_release_file_starts_fcn8s_and_crf_from_its_weights(released_file, tmp_path):
-    from test_train import tiny_config, train_here
 
-    from fcn import predict, train
+    from fcn import train
 
     _, path = released_file
     expected = expected_fcn8s_weights(path)

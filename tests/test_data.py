@@ -6,11 +6,13 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SAMPLE_ROOT, write_pair
 from PIL import Image
 
-from conftest import SAMPLE_ROOT, write_pair
 from fcn import config as config_lib
-from fcn import data
+from fcn import data, datasets, errors
+from fcn.datasets import decode
+from fcn.datasets.files import scan_image_folder
 
 # Per-label pixel counts of the three real samples, from the SceneParsing sample data's README.
 SAMPLE_COUNTS = {
@@ -29,11 +31,11 @@ def data_config(**changes) -> config_lib.DataConfig:
 
 
 def test_real_samples_load_with_exact_label_counts():
-    pairs = data.list_split(SAMPLE_ROOT, "validation").pairs
+    pairs = datasets.list_split(SAMPLE_ROOT, "validation").pairs
     assert [os.path.basename(p[0]) for p in pairs] == [f"ADE_val_0000000{i}.jpg" for i in (1, 2, 3)]
     for image_path, annotation_path in pairs:
         stem = os.path.splitext(os.path.basename(image_path))[0]
-        image, label = data.load_example(image_path, annotation_path)
+        image, label = decode.load_example(image_path, annotation_path)
         assert image.dtype == np.uint8 and image.shape == SAMPLE_SIZES[stem] + (3,)
         assert label.dtype == np.uint8 and label.shape == SAMPLE_SIZES[stem]
         # 0 -> 255 (ignored), k -> k - 1.
@@ -199,7 +201,7 @@ def test_image_modes_become_rgb(tmp_path, rng, mode):
     image, label = colour_coded_scene(rng, 40, 56)
     image_format = "PNG" if mode == "RGBA" else "JPEG"
     image_path, annotation_path = write_pair(str(tmp_path), "validation", "ADE_val_00000001", image, label, image_format, mode)
-    loaded, loaded_label = data.load_example(image_path, annotation_path)
+    loaded, loaded_label = decode.load_example(image_path, annotation_path)
     assert loaded.shape == (40, 56, 3)
     reference = np.asarray(Image.open(image_path).convert("RGB"), np.int16)
     assert np.abs(loaded.astype(np.int16) - reference).max() <= 3
@@ -218,40 +220,40 @@ def make_bad_dataset(root, rng):
         expected[stem] = error
         return paths
 
-    pair("ADE_train_00000001", data.ERROR_NONE)
-    pair("ADE_train_00000002", data.ERROR_NONE, label=np.full_like(label, 150))  # 150 is the last valid class
-    _, annotation = pair("ADE_train_00000003", data.ERROR_ANNOTATION_FORMAT, label=None)
+    pair("ADE_train_00000001", decode.ERROR_NONE)
+    pair("ADE_train_00000002", decode.ERROR_NONE, label=np.full_like(label, 150))  # 150 is the last valid class
+    _, annotation = pair("ADE_train_00000003", decode.ERROR_ANNOTATION_FORMAT, label=None)
     Image.fromarray(CLASS_COLOURS[label]).save(annotation)  # an RGB annotation
-    pair("ADE_train_00000004", data.ERROR_LABEL_OUT_OF_RANGE, label=np.where(label == 3, 151, label))
-    pair("ADE_train_00000005", data.ERROR_SIZE_MISMATCH, label=label[:40])
-    image_path, _ = pair("ADE_train_00000006", data.ERROR_UNREADABLE_IMAGE)
+    pair("ADE_train_00000004", decode.ERROR_LABEL_OUT_OF_RANGE, label=np.where(label == 3, 151, label))
+    pair("ADE_train_00000005", decode.ERROR_SIZE_MISMATCH, label=label[:40])
+    image_path, _ = pair("ADE_train_00000006", decode.ERROR_UNREADABLE_IMAGE)
     with open(image_path, "r+b") as f:  # a corrupt JPEG: its entropy-coded data cut short
         f.truncate(os.path.getsize(image_path) // 3)
-    _, annotation = pair("ADE_train_00000007", data.ERROR_UNREADABLE_ANNOTATION)
+    _, annotation = pair("ADE_train_00000007", decode.ERROR_UNREADABLE_ANNOTATION)
     with open(annotation, "r+b") as f:  # a truncated PNG
         f.truncate(os.path.getsize(annotation) - 30)
-    image_path, _ = pair("ADE_train_00000008", data.ERROR_UNREADABLE_IMAGE)
+    image_path, _ = pair("ADE_train_00000008", decode.ERROR_UNREADABLE_IMAGE)
     with open(image_path, "wb") as f:
         f.write(b"this is not an image")
-    _, annotation = pair("ADE_train_00000009", data.ERROR_ANNOTATION_FORMAT, label=None)
+    _, annotation = pair("ADE_train_00000009", decode.ERROR_ANNOTATION_FORMAT, label=None)
     Image.fromarray(label).convert("P").save(annotation)  # palette PNG: values would become colours
     return expected
 
 
 def test_bad_files_raise_errors_naming_the_file(tmp_path, rng):
     expected = make_bad_dataset(str(tmp_path), rng)
-    pairs = data.list_split(str(tmp_path), "training").pairs
+    pairs = datasets.list_split(str(tmp_path), "training").pairs
     assert len(pairs) == len(expected)
     for image_path, annotation_path in pairs:
         stem = os.path.splitext(os.path.basename(image_path))[0]
-        if expected[stem] == data.ERROR_NONE:
-            data.load_example(image_path, annotation_path)
+        if expected[stem] == decode.ERROR_NONE:
+            decode.load_example(image_path, annotation_path)
             continue
-        with pytest.raises(data.DataError) as raised:
-            data.load_example(image_path, annotation_path)
+        with pytest.raises(errors.DataError) as raised:
+            decode.load_example(image_path, annotation_path)
         message = str(raised.value)
-        assert data.ERROR_MESSAGES[expected[stem]] in message
-        culprit = image_path if expected[stem] == data.ERROR_UNREADABLE_IMAGE else annotation_path
+        assert decode.ERROR_MESSAGES[expected[stem]] in message
+        culprit = image_path if expected[stem] == decode.ERROR_UNREADABLE_IMAGE else annotation_path
         assert culprit in message
 
 
@@ -275,7 +277,7 @@ def test_bad_files_are_skipped_and_reported_by_the_training_stream(tmp_path, rng
     assert report.examples == 27
     bad = {stem for stem, error in expected.items() if error}
     assert {os.path.splitext(os.path.basename(p))[0] for p in report.skipped} == bad
-    assert all(data.ERROR_MESSAGES[expected[os.path.splitext(os.path.basename(p))[0]]] in report.summary() for p in report.skipped)
+    assert all(decode.ERROR_MESSAGES[expected[os.path.splitext(os.path.basename(p))[0]]] in report.summary() for p in report.skipped)
 
 
 def test_training_stream_resumes_exactly(tmp_path, rng):
@@ -311,7 +313,7 @@ def test_validation_batches_fit_and_pad_the_samples():
     # ADE_val_00000001 is 683x512: fitted to 160 wide it is round(512 * 160 / 683) = 120 rows high.
     label = first[0]["label"][0]
     assert (label[:120] != 255).mean() > 0.95 and (label[120:] == 255).all()
-    _, full_label = data.load_example(*data.list_split(SAMPLE_ROOT, "validation").pairs[0])
+    _, full_label = decode.load_example(*datasets.list_split(SAMPLE_ROOT, "validation").pairs[0])
     # Nearest-neighbour resizing keeps class proportions (wall, train id 0: 2.8 % of the labelled pixels).
     share = lambda l, c: (l == c).sum() / (l != 255).sum()
     for class_id in (0, 1, 2, 9):
@@ -325,13 +327,13 @@ def test_listing_reports_unpaired_files(tmp_path, rng):
     write_pair(str(tmp_path), "training", "ADE_train_00000001", image, label)
     write_pair(str(tmp_path), "training", "ADE_train_00000002", image, None)
     write_pair(str(tmp_path), "training", "ADE_train_00000003", None, label)
-    listing = data.list_split(str(tmp_path), "training")
+    listing = datasets.list_split(str(tmp_path), "training")
     assert [os.path.basename(p[0]) for p in listing.pairs] == ["ADE_train_00000001.jpg"]
     assert [os.path.basename(p) for p in listing.images_without_annotation] == ["ADE_train_00000002.jpg"]
     assert [os.path.basename(p) for p in listing.annotations_without_image] == ["ADE_train_00000003.png"]
-    assert data.find_dataset_root(str(tmp_path)) == str(tmp_path)
-    assert data.find_dataset_root(os.path.dirname(SAMPLE_ROOT)) == SAMPLE_ROOT
-    assert data.find_dataset_root(str(tmp_path / "nothing")) is None
+    assert datasets.find_dataset_root(str(tmp_path)) == str(tmp_path)
+    assert datasets.find_dataset_root(os.path.dirname(SAMPLE_ROOT)) == SAMPLE_ROOT
+    assert datasets.find_dataset_root(str(tmp_path / "nothing")) is None
 
 
 def small_pair(tmp_path, rng, split, stem, image_format="JPEG"):
@@ -344,14 +346,14 @@ def test_symlink_loop_is_a_listed_problem_not_an_oserror(tmp_path, rng):
     loop = tmp_path / "images" / "training" / "L.jpg"
     os.symlink("L.jpg", loop)  # ln -s L.jpg L.jpg
     os.symlink("gone.png", tmp_path / "annotations" / "training" / "D.png")
-    listing = data.list_split(str(tmp_path), "training")
+    listing = datasets.list_split(str(tmp_path), "training")
     assert [os.path.basename(p[0]) for p in listing.pairs] == ["ADE_train_00000001.jpg"]
     reasons = dict(listing.unreadable)
     assert "Too many levels of symbolic links" in reasons[str(loop)]
     assert "symbolic link to nothing" in reasons[str(tmp_path / "annotations" / "training" / "D.png")]
-    with pytest.raises(data.DataError, match=r"2 file\(s\) cannot be used(.|\n)*L.jpg: cannot be opened"):
-        data.usable_pairs(str(tmp_path), "training")
-    scan = data.scan_image_folder(str(tmp_path / "images" / "training"))
+    with pytest.raises(errors.DataError, match=r"2 file\(s\) cannot be used(.|\n)*L.jpg: cannot be opened"):
+        datasets.usable_pairs(str(tmp_path), "training")
+    scan = scan_image_folder(str(tmp_path / "images" / "training"))
     assert [os.path.basename(p) for p in scan.files] == ["ADE_train_00000001.jpg"]
     assert [p for p, _ in scan.unreadable] == [str(loop)]
 
@@ -360,11 +362,11 @@ def test_same_stem_as_jpg_and_png_is_never_picked_silently(tmp_path, rng):
     small_pair(tmp_path, rng, "training", "ADE_train_00000001")
     jpg, _ = small_pair(tmp_path, rng, "training", "ADE_train_00000002")
     png, _ = small_pair(tmp_path, rng, "training", "ADE_train_00000002", image_format="PNG")
-    listing = data.list_split(str(tmp_path), "training")
+    listing = datasets.list_split(str(tmp_path), "training")
     assert [os.path.basename(p[0]) for p in listing.pairs] == ["ADE_train_00000001.jpg"]
     assert listing.same_stem == ((jpg, png),) and not listing.annotations_without_image
-    with pytest.raises(data.DataError, match=rf"{jpg} and {png}: the same name with different extensions"):
-        data.usable_pairs(str(tmp_path), "training")
+    with pytest.raises(errors.DataError, match=rf"{jpg} and {png}: the same name with different extensions"):
+        datasets.usable_pairs(str(tmp_path), "training")
 
 
 def test_non_utf8_file_names_are_read_and_reported(tmp_path, rng):
@@ -372,9 +374,9 @@ def test_non_utf8_file_names_are_read_and_reported(tmp_path, rng):
     good_image, _ = small_pair(tmp_path, rng, "validation", stem)
     bad_image, bad_annotation = write_pair(str(tmp_path), "training", stem, colour_coded_scene(rng, 24, 32)[0], np.full((5, 5), 1, np.uint8))
     small_pair(tmp_path, rng, "training", "ADE_train_00000001")
-    image, label = data.load_example(*data.list_split(str(tmp_path), "validation").pairs[0])
+    image, label = decode.load_example(*datasets.list_split(str(tmp_path), "validation").pairs[0])
     assert image.shape == (24, 32, 3) and (label != 255).all()
-    assert data.read_image_file(good_image).shape == (24, 32, 3)
+    assert decode.read_image_file(good_image).shape == (24, 32, 3)
     batches = list(data.validation_dataset(data_config(val_size=(32, 32)), str(tmp_path), batch_size=2).as_numpy_iterator())
     assert batches[0]["path"].tolist() == [os.fsencode(good_image)] and batches[0]["error"].tolist() == [0]
     report = data.SkipReport()
@@ -384,18 +386,18 @@ def test_non_utf8_file_names_are_read_and_reported(tmp_path, rng):
     assert report.new_messages() == [
         f"skipped {tmp_path}/images/training/B17_\\xff\\xfe.jpg: annotation size differs from the image size (its pixels are ignored)"
     ]
-    with pytest.raises(data.DataError, match=r"B17_\\xff\\xfe.png \(image .*B17_\\xff\\xfe.jpg\): annotation size differs"):
-        data.load_example(bad_image, bad_annotation)
+    with pytest.raises(errors.DataError, match=r"B17_\\xff\\xfe.png \(image .*B17_\\xff\\xfe.jpg\): annotation size differs"):
+        decode.load_example(bad_image, bad_annotation)
 
 
 def test_read_image_file_names_the_file_it_cannot_read(tmp_path):
     readme = os.path.join(os.path.dirname(SAMPLE_ROOT), "..", "..", "README.md")
-    with pytest.raises(data.DataError, match=r"README.md: not an image it can read: Unknown image file format") as raised:
-        data.read_image_file(readme)
+    with pytest.raises(errors.DataError, match=r"README.md: not an image it can read: Unknown image file format") as raised:
+        decode.read_image_file(readme)
     assert "{{" not in str(raised.value) and "Op:" not in str(raised.value)
-    with pytest.raises(data.DataError, match=r"missing.jpg: cannot be read \(No such file or directory\)"):
-        data.read_image_file(str(tmp_path / "missing.jpg"))
-    image = data.read_image_file(os.path.join(SAMPLE_ROOT, "images", "validation", "ADE_val_00000003.jpg"))
+    with pytest.raises(errors.DataError, match=r"missing.jpg: cannot be read \(No such file or directory\)"):
+        decode.read_image_file(str(tmp_path / "missing.jpg"))
+    image = decode.read_image_file(os.path.join(SAMPLE_ROOT, "images", "validation", "ADE_val_00000003.jpg"))
     assert image.shape == (300, 400, 3) and image.dtype == np.uint8
 
 
@@ -407,14 +409,14 @@ def test_skip_report_reports_each_file_once_for_both_splits():
         }
 
     report = data.SkipReport()
-    assert report.record(batch("training", ("a", 0), ("b", data.ERROR_UNREADABLE_IMAGE))) == 1
+    assert report.record(batch("training", ("a", 0), ("b", decode.ERROR_UNREADABLE_IMAGE))) == 1
     assert report.new_messages() == [
         "skipped /d/images/training/b.jpg: image cannot be decoded (corrupt or truncated file) (its pixels are ignored)"
     ]
     for _ in range(15):  # the same bad file in every later batch is not reported again
-        assert report.record(batch("training", ("b", data.ERROR_UNREADABLE_IMAGE), ("c", 0))) == 1
+        assert report.record(batch("training", ("b", decode.ERROR_UNREADABLE_IMAGE), ("c", 0))) == 1
         assert report.new_messages() == []
-    report.record(batch("validation", ("v", data.ERROR_SIZE_MISMATCH)))
+    report.record(batch("validation", ("v", decode.ERROR_SIZE_MISMATCH)))
     assert report.new_messages() == [
         "skipped /d/images/validation/v.jpg: annotation size differs from the image size (its pixels are ignored)"
     ]
@@ -426,7 +428,7 @@ def test_sample_config_uses_an_existing_dataset_as_it_is():
     # configs/sample.yaml with --data_dir pointing at real data: the data is used, nothing is generated.
     fixtures = os.path.dirname(SAMPLE_ROOT)
     before = sorted(os.listdir(SAMPLE_ROOT))
-    assert data.prepare_dataset(data_config(data_dir=fixtures, synthetic=True), progress=False) == SAMPLE_ROOT
+    assert datasets.prepare_dataset(data_config(data_dir=fixtures, synthetic=True), progress=False) == SAMPLE_ROOT
     assert sorted(os.listdir(SAMPLE_ROOT)) == before
 
 
@@ -434,10 +436,10 @@ def test_sample_data_is_not_generated_over_other_files_or_when_only_checking(tmp
     other = tmp_path / "mine" / "ADEChallengeData2016"
     other.mkdir(parents=True)
     (other / "notes.txt").write_text("keep")
-    with pytest.raises(data.DataError, match=r"holds other files(.|\n)*nothing in this one was changed(.|\n)*--data_dir"):
-        data.prepare_dataset(data_config(data_dir=str(tmp_path / "mine"), synthetic=True), progress=False)
+    with pytest.raises(errors.DataError, match=r"holds other files(.|\n)*nothing in this one was changed(.|\n)*--data_dir"):
+        datasets.prepare_dataset(data_config(data_dir=str(tmp_path / "mine"), synthetic=True), progress=False)
     assert os.listdir(other) == ["notes.txt"]
     typo = tmp_path / "typo"
-    with pytest.raises(data.DatasetNotFoundError, match="does not generate the sample data"):
-        data.prepare_dataset(data_config(data_dir=str(typo), synthetic=True), progress=False, generate_sample=False)
+    with pytest.raises(errors.DatasetNotFoundError, match="does not generate the sample data"):
+        datasets.prepare_dataset(data_config(data_dir=str(typo), synthetic=True), progress=False, generate_sample=False)
     assert not typo.exists()

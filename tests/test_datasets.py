@@ -5,10 +5,15 @@ import os
 
 import numpy as np
 import pytest
+from conftest import SAMPLE_ROOT, write_pair
 from PIL import Image
 
-from conftest import SAMPLE_ROOT, write_pair
-from fcn import check_data, config as config_lib, data, datasets, sample_data
+from fcn import check_data, data, datasets, errors
+from fcn import config as config_lib
+from fcn.datasets import ade20k, decode, voc
+from fcn.datasets import folder as folder_layout
+from fcn.datasets.classes import ClassTable, read_label_png, voc_colormap
+from fcn.datasets.files import SPLITS
 
 # Colours of the PASCAL VOC devkit's colour map, as published (VOClabelcolormap.m, the devkit documentation).
 VOC_DEVKIT_COLOURS = {
@@ -25,7 +30,7 @@ def data_config(**changes) -> config_lib.DataConfig:
 def write_palette_png(path, values, palette=None):
     """An 8-bit palette PNG whose pixel indices are ``values`` (the palette: VOC's map, or the one given)."""
     picture = Image.frombytes("P", (values.shape[1], values.shape[0]), np.ascontiguousarray(values, np.uint8).tobytes())
-    picture.putpalette(list(np.asarray(palette if palette is not None else datasets.voc_colormap(), np.uint8).reshape(-1)))
+    picture.putpalette(list(np.asarray(palette if palette is not None else voc_colormap(), np.uint8).reshape(-1)))
     picture.save(path, bits=8)
 
 
@@ -61,7 +66,7 @@ THREE_CLASSES = "id,name,r,g,b,ignore\n0,unlabelled,0,0,0,1\n7,sky,70,130,180,0\
 
 
 def test_voc_colormap_is_the_devkits():
-    colours = datasets.voc_colormap()
+    colours = voc_colormap()
     assert colours.shape == (256, 3) and colours.dtype == np.uint8
     for index, colour in VOC_DEVKIT_COLOURS.items():
         assert tuple(colours[index]) == colour
@@ -69,39 +74,39 @@ def test_voc_colormap_is_the_devkits():
 
 
 def test_voc_table():
-    table = datasets.ClassTable.voc()
+    table = voc.class_table()
     assert table.num_classes == 21 and table.names[0] == "background" and table.names[15] == "person"
     assert table.names[-1] == "tvmonitor" and table.ids == tuple(range(21)) and table.ignore_values == (255,)
-    np.testing.assert_array_equal(table.palette(), datasets.voc_colormap()[:21])
+    np.testing.assert_array_equal(table.palette(), voc_colormap()[:21])
 
 
 def test_ade20k_table_keeps_the_framework_mapping():
-    table = datasets.ClassTable.ade20k()
+    table = ade20k.class_table()
     values = np.arange(256).reshape(16, 16)
     lookup = table.value_lookup()
     assert lookup[0] == 255 and lookup[255] == 255 and (lookup[151:255] == -1).all()
     np.testing.assert_array_equal(lookup[1:151], np.arange(150))
     np.testing.assert_array_equal(table.to_values(np.arange(150)), np.arange(1, 151))
     assert not table.palette_png
-    with pytest.raises(datasets.DataError, match=r"\[151, 152"):
+    with pytest.raises(errors.DataError, match=r"\[151, 152"):
         table.to_train_ids(values)
 
 
 def test_classes_csv_ids_in_any_order_and_declared_ignored_values(tmp_path):
     path = tmp_path / "classes.csv"
     path.write_text(THREE_CLASSES)
-    table = datasets.ClassTable.read_csv(str(path))
+    table = ClassTable.read_csv(str(path))
     assert table.names == ("sky", "thing", "ground") and table.ids == (7, 200, 42)
     assert table.colours == ((70, 130, 180), (220, 20, 60), (152, 251, 152))
     assert set(table.ignore_values) == {0, 255}
     values = np.array([[7, 200, 42, 0, 255]], np.uint8)
     np.testing.assert_array_equal(table.to_train_ids(values), [[0, 1, 2, 255, 255]])
     np.testing.assert_array_equal(table.to_values([[0, 1, 2]]), [[7, 200, 42]])
-    with pytest.raises(datasets.DataError, match=r"\[8\]"):
+    with pytest.raises(errors.DataError, match=r"\[8\]"):
         table.to_train_ids(np.array([[7, 8]]))
     # A run's copy reads back as the same table.
     table.write_csv(str(tmp_path / "copy.csv"))
-    again = datasets.ClassTable.read_csv(str(tmp_path / "copy.csv"))
+    again = ClassTable.read_csv(str(tmp_path / "copy.csv"))
     assert (again.names, again.ids, again.colours, set(again.ignore_values), again.palette_png) == (
         table.names, table.ids, table.colours, set(table.ignore_values), table.palette_png
     )  # fmt: skip
@@ -122,21 +127,21 @@ def test_classes_csv_ids_in_any_order_and_declared_ignored_values(tmp_path):
 def test_bad_classes_csv_is_named(tmp_path, text, message):
     path = tmp_path / "classes.csv"
     path.write_text(text)
-    with pytest.raises(datasets.DataError, match=message) as raised:
-        datasets.ClassTable.read_csv(str(path))
+    with pytest.raises(errors.DataError, match=message) as raised:
+        ClassTable.read_csv(str(path))
     assert "classes.csv" in str(raised.value)
 
 
 def test_label_png_holds_the_annotation_values(tmp_path):
     train_ids = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
-    folder = datasets.ClassTable(("sky", "thing", "ground"), (7, 200, 42), ((1, 2, 3), (4, 5, 6), (7, 8, 9)))
+    folder = ClassTable(("sky", "thing", "ground"), (7, 200, 42), ((1, 2, 3), (4, 5, 6), (7, 8, 9)))
     folder.write_label_png(str(tmp_path / "f.png"), train_ids)
     with Image.open(tmp_path / "f.png") as picture:
         assert picture.mode == "P"
         np.testing.assert_array_equal(np.asarray(picture), [[7, 200, 42], [42, 200, 7]])
         palette = np.asarray(picture.getpalette(), np.uint8).reshape(-1, 3)
         assert tuple(palette[200]) == (4, 5, 6) and tuple(palette[42]) == (7, 8, 9)
-    ade = datasets.ClassTable.ade20k()
+    ade = ade20k.class_table()
     ade.write_label_png(str(tmp_path / "a.png"), train_ids)
     with Image.open(tmp_path / "a.png") as picture:
         assert picture.mode == "L"
@@ -157,13 +162,13 @@ def test_voc_palette_png_gives_the_indices_exactly(tmp_path, rng):
     write_palette_png(os.path.join(root, "SegmentationClass", "a.png"), values, palette)
     write_palette_png(os.path.join(root, "SegmentationClass", "b.png"), values)
     dataset = datasets.find_dataset(data_config(data_dir=str(tmp_path)))
-    assert isinstance(dataset.layout, datasets.VocLayout) and dataset.root == root
+    assert isinstance(dataset.layout, voc.VocLayout) and dataset.root == root
     (image_path, annotation_path), = dataset.usable_pairs("training")
-    _, label = datasets.load_example(image_path, annotation_path, dataset.classes)
+    _, label = decode.load_example(image_path, annotation_path, dataset.classes)
     np.testing.assert_array_equal(label, values)  # VOC's values are its train ids; 255 stays ignored
     # The tf.data reader gives the same.
-    example = next(iter(datasets.read_example_dataset(
-        datasets._path_tensor(image_path), datasets._path_tensor(annotation_path), dataset.classes)))  # fmt: skip
+    example = next(iter(decode.read_example_dataset(
+        decode.path_tensor(image_path), decode.path_tensor(annotation_path), dataset.classes)))  # fmt: skip
     assert int(example["error"]) == 0
     np.testing.assert_array_equal(example["label"].numpy(), values)
     # TensorFlow's own PNG decoder would have given colours: the reader must not use it on palettes.
@@ -176,16 +181,16 @@ def test_voc_palette_png_gives_the_indices_exactly(tmp_path, rng):
 def test_rgb_voc_annotation_is_a_named_fault(tmp_path, rng):
     values = rng.integers(0, 21, (40, 56)).astype(np.uint8)
     root = make_voc(str(tmp_path), {"train": {"a": values}, "val": {"b": values}}, rng)
-    coloured = datasets.voc_colormap()[values]
+    coloured = voc_colormap()[values]
     Image.fromarray(coloured).save(os.path.join(root, "SegmentationClass", "a.png"))  # colours, not indices
     dataset = datasets.find_dataset(data_config(data_dir=root))
     (image_path, annotation_path), = dataset.usable_pairs("training")
-    with pytest.raises(datasets.DataError) as raised:
-        datasets.load_example(image_path, annotation_path, dataset.classes)
-    assert datasets.ERROR_MESSAGES[datasets.ERROR_ANNOTATION_RGB] in str(raised.value)
+    with pytest.raises(errors.DataError) as raised:
+        decode.load_example(image_path, annotation_path, dataset.classes)
+    assert decode.ERROR_MESSAGES[decode.ERROR_ANNOTATION_RGB] in str(raised.value)
     assert annotation_path in str(raised.value)
     batch = next(iter(data.validation_dataset(data_config(data_dir=root, val_size=(48, 64)), root, 2, split="training")))
-    assert batch["error"].numpy().tolist() == [datasets.ERROR_ANNOTATION_RGB]
+    assert batch["error"].numpy().tolist() == [decode.ERROR_ANNOTATION_RGB]
     assert (batch["label"].numpy() == 255).all()
 
 
@@ -211,7 +216,7 @@ def test_voc_list_entries_without_files_are_problems(tmp_path, rng):
     problems = "\n".join(listing.problems())
     assert "no_annotation.jpg: listed in the split, but its annotation is missing" in problems
     assert "train.txt: ghost: listed in the split, but neither" in problems
-    with pytest.raises(datasets.DataError, match="3 file|2 file"):
+    with pytest.raises(errors.DataError, match="3 file|2 file"):
         dataset.usable_pairs("training")
     assert "v.png: listed in the split, but its image is missing" in "\n".join(dataset.list_split("validation").problems())
 
@@ -231,7 +236,7 @@ def test_voc_train_aug_reads_the_augmented_annotations(tmp_path, rng):
     pairs = augmented.usable_pairs("training")
     assert [os.path.relpath(a, root) for _, a in pairs] == ["SegmentationClassAug/a.png", "SegmentationClassAug/sbd.png"]
     for pair in pairs:
-        assert (datasets.load_example(*pair, augmented.classes)[1] == 9).all()
+        assert (decode.load_example(*pair, augmented.classes)[1] == 9).all()
     assert augmented.usable_pairs("validation") == plain.usable_pairs("validation")  # val.txt, SegmentationClass
 
 
@@ -243,37 +248,37 @@ def test_folder_values_map_through_its_table_and_unlisted_values_are_faults(tmp_
     good = rng.choice(np.array([0, 7, 42, 200, 255], np.uint8), (30, 40))
     root = make_folder(str(tmp_path), THREE_CLASSES, {("training", "a"): good, ("validation", "b"): good, ("validation", "c"): np.where(good == 42, 43, good).astype(np.uint8)}, rng)  # fmt: skip
     dataset = datasets.find_dataset(data_config(data_dir=root, num_classes=0))
-    assert isinstance(dataset.layout, datasets.FolderLayout) and dataset.classes.ids == (7, 200, 42)
-    _, label = datasets.load_example(*dataset.usable_pairs("training")[0], dataset.classes)
+    assert isinstance(dataset.layout, folder_layout.FolderLayout) and dataset.classes.ids == (7, 200, 42)
+    _, label = decode.load_example(*dataset.usable_pairs("training")[0], dataset.classes)
     expected = np.select([good == 7, good == 200, good == 42], [0, 1, 2], 255)
     np.testing.assert_array_equal(label, expected)
-    with pytest.raises(datasets.DataError, match="outside the class table"):
-        datasets.load_example(*dataset.usable_pairs("validation")[1], dataset.classes)
+    with pytest.raises(errors.DataError, match="outside the class table"):
+        decode.load_example(*dataset.usable_pairs("validation")[1], dataset.classes)
     # Palette annotations are read as their indices in a folder dataset too.
     write_palette_png(dataset.usable_pairs("training")[0][1], good)
-    np.testing.assert_array_equal(datasets.load_example(*dataset.usable_pairs("training")[0], dataset.classes)[1], expected)
+    np.testing.assert_array_equal(decode.load_example(*dataset.usable_pairs("training")[0], dataset.classes)[1], expected)
 
 
 def test_num_classes_must_follow_the_table(tmp_path, rng):
     root = make_folder(str(tmp_path), THREE_CLASSES, {("training", "a"): np.full((8, 8), 7, np.uint8)}, rng)
     for num_classes in (0, 3):
         assert datasets.find_dataset(data_config(data_dir=root, num_classes=num_classes)).classes.num_classes == 3
-    with pytest.raises(datasets.ClassTableMismatchError, match=r"data.num_classes is 150.*has 3 classes.*num_classes=3"):
+    with pytest.raises(errors.ClassTableMismatchError, match=r"data.num_classes is 150.*has 3 classes.*num_classes=3"):
         datasets.find_dataset(data_config(data_dir=root, num_classes=150))
 
 
 def test_layout_can_be_forced(tmp_path, rng):
     root = make_folder(str(tmp_path), THREE_CLASSES, {("training", "a"): np.full((8, 8), 7, np.uint8)}, rng)
-    assert isinstance(datasets.find_dataset(data_config(data_dir=root, layout="ade20k")).layout, datasets.Ade20kLayout)
+    assert isinstance(datasets.find_dataset(data_config(data_dir=root, layout="ade20k")).layout, ade20k.Ade20kLayout)
     assert datasets.find_dataset(data_config(data_dir=root, layout="voc")) is None
-    with pytest.raises(datasets.DatasetNotFoundError, match="no voc-layout dataset found"):
+    with pytest.raises(errors.DatasetNotFoundError, match="no voc-layout dataset found"):
         datasets.prepare_dataset(data_config(data_dir=root, layout="voc"))
 
 
 def test_ade20k_samples_are_read_as_before():
     dataset = datasets.find_dataset(data_config(data_dir=SAMPLE_ROOT))
-    assert isinstance(dataset.layout, datasets.Ade20kLayout) and dataset.classes.names[2] == "sky"
-    assert dataset.usable_pairs("validation") == data.list_split(SAMPLE_ROOT, "validation").pairs
+    assert isinstance(dataset.layout, ade20k.Ade20kLayout) and dataset.classes.names[2] == "sky"
+    assert dataset.usable_pairs("validation") == datasets.list_split(SAMPLE_ROOT, "validation").pairs
 
 
 # ---------------------------------------------------------------------------
@@ -283,7 +288,7 @@ def test_ade20k_samples_are_read_as_before():
 @pytest.mark.parametrize("layout", ["voc", "folder"])
 def test_sample_data_in_other_layouts(tmp_path, layout):
     config = data_config(data_dir=str(tmp_path / "d"), layout=layout, synthetic=True, num_classes=0)
-    root = sample_data.generate_sample_dataset(
+    root = datasets.generate_sample_dataset(
         datasets.LAYOUTS[layout].sample_root(config.data_dir), num_train=4, num_val=2, progress=False, layout=layout
     )
     assert datasets.prepare_dataset(config) == root
@@ -292,7 +297,7 @@ def test_sample_data_in_other_layouts(tmp_path, layout):
     reports = check_data.check_dataset(dataset, progress=False)
     assert [r.pairs for r in reports] == [4, 2] and not any(r.error_count for r in reports)
     values = set()
-    for split in datasets.SPLITS:
+    for split in SPLITS:
         for _, annotation in dataset.usable_pairs(split):
             with Image.open(annotation) as picture:
                 assert picture.mode == ("P" if layout == "voc" else "L")
@@ -302,7 +307,7 @@ def test_sample_data_in_other_layouts(tmp_path, layout):
         assert dataset.classes.num_classes == 21
     else:
         assert values <= {0, 7, 42, 200} and {7, 42, 200} <= values
-        assert dataset.classes.ids == tuple(sample_data.FOLDER_CLASSES)
+        assert dataset.classes.ids == tuple(folder_layout.SAMPLE_CLASSES)
 
 
 # ---------------------------------------------------------------------------
@@ -316,7 +321,7 @@ def test_check_data_names_every_planted_fault_on_voc(tmp_path, rng):
                   "small": values[:30], "no_annotation": None},
         "val": {"v": values},
     }, rng)  # fmt: skip
-    Image.fromarray(datasets.voc_colormap()[values]).save(os.path.join(root, "SegmentationClass", "rgb.png"))
+    Image.fromarray(voc_colormap()[values]).save(os.path.join(root, "SegmentationClass", "rgb.png"))
     write_palette_png(os.path.join(root, "SegmentationClass", "small.png"), values[:30])
     with open(os.path.join(root, "ImageSets", "Segmentation", "train.txt"), "a") as f:
         f.write("ghost\n")
@@ -330,14 +335,14 @@ def test_check_data_names_every_planted_fault_on_voc(tmp_path, rng):
     text = check_data.format_report(root, reports)
     problems = {os.path.basename(p): code for r in reports for p, code in r.problems}
     assert problems == {
-        "rgb.jpg": datasets.ERROR_ANNOTATION_RGB,
-        "out_of_table.jpg": datasets.ERROR_LABEL_OUT_OF_RANGE,
-        "small.jpg": datasets.ERROR_SIZE_MISMATCH,
-        "corrupt.jpg": datasets.ERROR_UNREADABLE_IMAGE,
+        "rgb.jpg": decode.ERROR_ANNOTATION_RGB,
+        "out_of_table.jpg": decode.ERROR_LABEL_OUT_OF_RANGE,
+        "small.jpg": decode.ERROR_SIZE_MISMATCH,
+        "corrupt.jpg": decode.ERROR_UNREADABLE_IMAGE,
     }
     assert [os.path.basename(p) for p in reports[0].images_without_annotation] == ["no_annotation.jpg"]
     assert reports[0].entries_without_files == (os.path.join(root, "ImageSets", "Segmentation", "train.txt") + ": ghost",)
-    for message in (datasets.ERROR_MESSAGES[code] for code in problems.values()):
+    for message in (decode.ERROR_MESSAGES[code] for code in problems.values()):
         assert message in text
     assert "split list entries with neither image nor annotation: 1" in text and "ghost" in text
     assert f"{sum(r.error_count for r in reports)} problem(s) found" in text and sum(r.error_count for r in reports) == 6
@@ -357,10 +362,10 @@ def test_check_data_names_every_planted_fault_on_a_folder_dataset(tmp_path, rng)
     reports = check_data.check_dataset(dataset, progress=False)
     problems = {os.path.basename(p): code for r in reports for p, code in r.problems}
     assert problems == {
-        "unlisted.jpg": datasets.ERROR_LABEL_OUT_OF_RANGE,
-        "rgb.jpg": datasets.ERROR_ANNOTATION_RGB,
-        "small.jpg": datasets.ERROR_SIZE_MISMATCH,
-        "v.jpg": datasets.ERROR_ANNOTATION_FORMAT,
+        "unlisted.jpg": decode.ERROR_LABEL_OUT_OF_RANGE,
+        "rgb.jpg": decode.ERROR_ANNOTATION_RGB,
+        "small.jpg": decode.ERROR_SIZE_MISMATCH,
+        "v.jpg": decode.ERROR_ANNOTATION_FORMAT,
     }
     assert [os.path.basename(p) for p in reports[0].annotations_without_image] == ["orphan.png"]
     assert reports[0].label_pixels.sum() == (good != 0).sum()  # the good pair: ignored 0 not counted
@@ -372,7 +377,7 @@ def test_check_data_on_ade20k_still_refuses_palette_annotations(tmp_path, rng):
     _, annotation = write_pair(str(tmp_path), "training", "ADE_train_1", rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), label)
     write_palette_png(annotation, label)
     reports = check_data.check_dataset(str(tmp_path), progress=False)
-    assert reports[0].problems == [(os.path.join(str(tmp_path), "images", "training", "ADE_train_1.jpg"), datasets.ERROR_ANNOTATION_FORMAT)]
+    assert reports[0].problems == [(os.path.join(str(tmp_path), "images", "training", "ADE_train_1.jpg"), decode.ERROR_ANNOTATION_FORMAT)]
 
 
 # ---------------------------------------------------------------------------
@@ -388,7 +393,7 @@ def _train_tiny_run(tmp_path_factory, layout):
 
     base = tmp_path_factory.mktemp(layout)
     data_dir = str(base / "data")
-    root = sample_data.generate_sample_dataset(
+    root = datasets.generate_sample_dataset(
         datasets.LAYOUTS[layout].sample_root(data_dir), num_train=4, num_val=3, min_size=40, max_size=56, progress=False,
         layout=layout,
     )  # fmt: skip
@@ -440,7 +445,7 @@ def _check_outputs(config, root, checkpoint, tmp_path, inference_config=None):
     dataset = datasets.find_dataset(config.data)
     classes = dataset.classes
     # Training recorded the table; its TensorBoard images are in the table's colours.
-    recorded = datasets.ClassTable.read_csv(os.path.join(config.logs_dir, "classes.csv"))
+    recorded = ClassTable.read_csv(os.path.join(config.logs_dir, "classes.csv"))
     assert recorded.names == classes.names and recorded.ids == classes.ids and recorded.colours == classes.colours
     np.testing.assert_array_equal(summaries.colorize(tf.constant([[0, 1, 255]]), classes).numpy()[0], [*classes.palette()[:2], (0, 0, 0)])
 
@@ -453,7 +458,7 @@ def _check_outputs(config, root, checkpoint, tmp_path, inference_config=None):
     predictor, _ = predict.predictor_from_config(config, checkpoint)
     values_seen = set()
     for image_path, annotation_path in dataset.usable_pairs("validation"):
-        image, _ = datasets.load_example(image_path, annotation_path, classes)
+        image, _ = decode.load_example(image_path, annotation_path, classes)
         expected = classes.to_values(predictor.labels(image[None])[0].numpy())
         stem = os.path.splitext(os.path.basename(image_path))[0]
         with Image.open(os.path.join(submission, stem + ".png")) as picture:
@@ -467,7 +472,7 @@ def _check_outputs(config, root, checkpoint, tmp_path, inference_config=None):
     shown = visualize.visualize(config, root, str(tmp_path / "vis"), checkpoint)
     pairs = dict(dataset.usable_pairs("validation"))
     for k, image_path in enumerate(shown.shown):
-        _, label = datasets.load_example(image_path, pairs[image_path], classes)
+        _, label = decode.load_example(image_path, pairs[image_path], classes)
         with Image.open(tmp_path / "vis" / f"gt_{k}.png") as picture:
             np.testing.assert_array_equal(np.asarray(picture), classes.colourise(label))
         assert _colours_of(tmp_path / "vis" / f"pred_{k}.png") <= {tuple(int(v) for v in c) for c in classes.palette()}
@@ -475,9 +480,9 @@ def _check_outputs(config, root, checkpoint, tmp_path, inference_config=None):
     # predict: the label PNG holds the table's values, the mask its colours.
     image_path = dataset.usable_pairs("validation")[0][0]
     written = predict.predict_images(inference_config, [image_path], str(tmp_path / "pred"), checkpoint, progress=False)
-    image = datasets.read_image_file(image_path)
+    image = decode.read_image_file(image_path)
     train_ids = predictor.labels(image[None])[0].numpy()
-    np.testing.assert_array_equal(datasets.read_label_png(written.written[image_path]), classes.to_values(train_ids))
+    np.testing.assert_array_equal(read_label_png(written.written[image_path]), classes.to_values(train_ids))
     with Image.open(written.written[image_path]) as picture:
         assert picture.mode == ("P" if classes.palette_png else "L")
         if classes.palette_png:  # the class colours at their values (for VOC, the VOC colour map)
@@ -495,7 +500,7 @@ def _check_outputs(config, root, checkpoint, tmp_path, inference_config=None):
     np.testing.assert_array_equal(labels, classes.to_values(train_ids))
     np.testing.assert_array_equal(outputs["labels"].numpy()[0], labels)
     assert open(os.path.join(export_dir, "classes.txt")).read().splitlines() == list(classes.names)
-    assert datasets.ClassTable.read_csv(os.path.join(export_dir, "classes.csv")).ids == classes.ids
+    assert ClassTable.read_csv(os.path.join(export_dir, "classes.csv")).ids == classes.ids
     return image
 
 
@@ -506,7 +511,7 @@ def test_a_voc_run_speaks_voc_everywhere_and_needs_no_dataset_for_predict_and_ex
     elsewhere = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=str(tmp_path / "nothing")))
     assert datasets.find_dataset(elsewhere.data) is None
     _check_outputs(config, root, checkpoint, tmp_path, inference_config=elsewhere)
-    np.testing.assert_array_equal(datasets.ClassTable.voc().png_palette(), datasets.voc_colormap())
+    np.testing.assert_array_equal(voc.class_table().png_palette(), voc_colormap())
 
 
 @pytest.mark.slow
@@ -519,13 +524,13 @@ def test_a_folder_run_with_ids_other_than_0_to_2_speaks_its_table_everywhere(fol
 def test_voc_config_agrees_with_the_voc_table(tmp_path):
     config = config_lib.load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "voc.yaml"))
     assert (config.data.layout, config.data.num_classes) == ("voc", 21)
-    root = sample_data.generate_sample_dataset(
+    root = datasets.generate_sample_dataset(
         str(tmp_path / "VOC2012"), num_train=1, num_val=1, min_size=500, max_size=500, progress=False, layout="voc"
     )
     dataset = datasets.find_dataset(dataclasses.replace(config.data, data_dir=str(tmp_path)))
-    assert dataset.root == root and dataset.classes.names == datasets.VOC_CLASSES
+    assert dataset.root == root and dataset.classes.names == voc.CLASS_NAMES
     # A whole VOC image with a 500-pixel side goes through the training transform at its own size, padded to 512.
-    image, label = datasets.load_example(*dataset.usable_pairs("training")[0], dataset.classes)
+    image, label = decode.load_example(*dataset.usable_pairs("training")[0], dataset.classes)
     import tensorflow as tf
 
     example = data.augment({"image": tf.constant(image), "label": tf.constant(label)}, config.data, tf.constant([1, 2], tf.int64))
@@ -537,7 +542,7 @@ def test_voc_config_agrees_with_the_voc_table(tmp_path):
 def test_confusion_figure_shows_the_class_colours():
     from fcn import evaluate
 
-    table = datasets.ClassTable(("sky", "thing", "ground"), (7, 200, 42), ((70, 130, 180), (220, 20, 60), (152, 251, 152)))
+    table = ClassTable(("sky", "thing", "ground"), (7, 200, 42), ((70, 130, 180), (220, 20, 60), (152, 251, 152)))
     matrix = np.array([[5, 1, 0], [0, 0, 0], [2, 0, 9]])
     figure = evaluate.confusion_figure(matrix, list(table.names), colours=table.palette())
     swatches = {}
@@ -555,7 +560,7 @@ def test_confusion_figure_shows_the_class_colours():
 def test_cli_refuses_a_num_classes_that_disagrees_with_the_voc_table(tmp_path):
     from conftest import run_fcn
 
-    sample_data.generate_sample_dataset(str(tmp_path / "VOCdevkit" / "VOC2012"), num_train=1, num_val=1, progress=False, layout="voc")
+    datasets.generate_sample_dataset(str(tmp_path / "VOCdevkit" / "VOC2012"), num_train=1, num_val=1, progress=False, layout="voc")
     result = run_fcn("--mode=check_data", "--data_dir", str(tmp_path), "--no_progress")
     assert result.returncode == 2, result.stderr
     assert "data.num_classes is 150, but the class table (PASCAL VOC 2012) has 21 classes" in result.stderr
@@ -571,6 +576,6 @@ def test_cli_check_data_names_a_value_outside_a_folder_table(tmp_path, rng):
                                                ("validation", "c"): good}, rng)  # fmt: skip
     result = run_fcn("--mode=check_data", "--data_dir", str(tmp_path), "--set", "data.num_classes=0", "--no_progress")
     assert result.returncode == 1, result.stderr
-    assert f"{datasets.ERROR_MESSAGES[datasets.ERROR_LABEL_OUT_OF_RANGE]}: 1" in result.stdout
+    assert f"{decode.ERROR_MESSAGES[decode.ERROR_LABEL_OUT_OF_RANGE]}: 1" in result.stdout
     assert os.path.join(str(tmp_path), "images", "training", "b.jpg") in result.stdout
     assert "training: 2 pairs, 1 usable, 3 classes present" in result.stdout and "1 problem(s) found" in result.stdout

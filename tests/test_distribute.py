@@ -5,15 +5,14 @@ import os
 import socket
 import sys
 
+import forkserver
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import forkserver
 from conftest import REPO, run_fcn
-from fcn import sample_data
-from fcn import train
 from test_train import LOSS, TINY, model_weights, read_events, run, tiny_config
+
+from fcn import datasets, train
 
 # Dropout off: replicas draw their own masks, so only a dropout-free model can match one device exactly.
 COMMON = [*TINY, "--set", "model.dropout=0", "--set", "train.val_every=100000", "--set", "train.summary_every=1"]
@@ -22,7 +21,7 @@ COMMON = [*TINY, "--set", "model.dropout=0", "--set", "train.val_every=100000", 
 @pytest.fixture(scope="module")
 def sample_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("sample") / "ADEChallengeData2016")
-    sample_data.generate_sample_dataset(root, num_train=16, num_val=4, progress=False)
+    datasets.generate_sample_dataset(root, num_train=16, num_val=4, progress=False)
     return root
 
 

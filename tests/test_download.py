@@ -12,7 +12,8 @@ import zipfile
 
 import pytest
 
-from fcn import download
+from fcn import download, errors
+from fcn.datasets import ade20k, voc
 
 # A few tiny files in the official layout; the bytes are arbitrary because
 # these tests check transport and unpacking, not decoding.
@@ -182,7 +183,7 @@ def test_download_extracts_exact_files_and_second_call_is_offline(tmp_path, serv
     server = serve(payload)
     data_dir = tmp_path / "data"
 
-    path = download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+    path = ade20k.fetch(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
 
     assert path == os.path.join(str(data_dir), "ADEChallengeData2016")
     assert read_tree(path) == dataset_files_relative(DATASET_FILES)
@@ -190,7 +191,7 @@ def test_download_extracts_exact_files_and_second_call_is_offline(tmp_path, serv
     assert not os.path.exists(verified_zip_path(data_dir))  # keep_zip=False deletes it
     assert server.ranges == [None]
 
-    assert download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False) == path
+    assert ade20k.fetch(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False) == path
     assert len(server.ranges) == 1, "the second call must not touch the network"
 
 
@@ -198,7 +199,7 @@ def test_keep_zip_keeps_the_verified_zip(tmp_path, serve, payload):
     server = serve(payload)
     data_dir = tmp_path / "data"
 
-    download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False, keep_zip=True)
+    ade20k.fetch(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False, keep_zip=True)
 
     with open(verified_zip_path(data_dir), "rb") as f:
         assert f.read() == payload
@@ -209,8 +210,8 @@ def test_checksum_mismatch_deletes_the_file(tmp_path, serve, payload):
     data_dir = tmp_path / "data"
     wrong_sha1 = "0123456789abcdef0123456789abcdef01234567"
 
-    with pytest.raises(download.DownloadError) as raised:
-        download.download_ade20k(str(data_dir), url=server.url, sha1=wrong_sha1, progress=False)
+    with pytest.raises(errors.DownloadError) as raised:
+        ade20k.fetch(str(data_dir), url=server.url, sha1=wrong_sha1, progress=False)
 
     message = str(raised.value)
     assert wrong_sha1 in message
@@ -227,8 +228,8 @@ def test_interrupted_transfer_keeps_part_and_resumes_with_range(tmp_path, serve,
     data_dir = tmp_path / "data"
     half = len(payload) // 2
 
-    with pytest.raises(download.DownloadError) as raised:
-        download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+    with pytest.raises(errors.DownloadError) as raised:
+        ade20k.fetch(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
 
     message = str(raised.value)
     assert f"{half:,}" in message and "rerun" in message
@@ -238,7 +239,7 @@ def test_interrupted_transfer_keeps_part_and_resumes_with_range(tmp_path, serve,
         assert f.read() == payload[:half]
 
     server.mode = "normal"
-    path = download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+    path = ade20k.fetch(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
 
     assert server.ranges[-1] == f"bytes={half}-"
     assert server.statuses[-1] == 206
@@ -255,7 +256,7 @@ def test_server_ignoring_range_starts_over(tmp_path, serve, payload):
     with open(part_path(data_dir), "wb") as f:
         f.write(junk)
 
-    path = download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+    path = ade20k.fetch(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
 
     assert server.ranges == [f"bytes={len(junk)}-"]
     assert server.statuses == [200]
@@ -271,7 +272,7 @@ def test_complete_part_file_is_verified_after_416(tmp_path, serve, payload):
     with open(part_path(data_dir), "wb") as f:
         f.write(payload)
 
-    path = download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+    path = ade20k.fetch(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
 
     assert server.statuses == [416]
     assert read_tree(path) == dataset_files_relative(DATASET_FILES)
@@ -284,7 +285,7 @@ def test_corrupt_verified_zip_is_rehashed_and_downloaded_again(tmp_path, serve, 
     with open(verified_zip_path(data_dir), "wb") as f:
         f.write(payload[:-10])
 
-    path = download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+    path = ade20k.fetch(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
 
     assert server.ranges == [None]
     assert read_tree(path) == dataset_files_relative(DATASET_FILES)
@@ -298,8 +299,8 @@ def test_zip_slip_member_is_rejected(tmp_path, serve, evil_name):
     server = serve(payload)
     data_dir = tmp_path / "root" / "data"
 
-    with pytest.raises(download.DownloadError, match="unsafe member"):
-        download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+    with pytest.raises(errors.DownloadError, match="unsafe member"):
+        ade20k.fetch(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
 
     assert list(tmp_path.rglob("evil.txt")) == []
     assert os.listdir(tmp_path) == ["root"]
@@ -314,8 +315,8 @@ def test_zip_without_annotations_validation_is_rejected(tmp_path, serve):
     server = serve(payload)
     data_dir = tmp_path / "data"
 
-    with pytest.raises(download.DownloadError, match="ADEChallengeData2016/annotations/validation"):
-        download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+    with pytest.raises(errors.DownloadError, match="ADEChallengeData2016/annotations/validation"):
+        ade20k.fetch(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
 
     assert not (data_dir / "ADEChallengeData2016").exists()
     assert leftovers(data_dir) == []
@@ -335,7 +336,7 @@ def test_interrupted_extraction_leaves_no_dataset_and_rerun_cleans_up(tmp_path, 
 
     monkeypatch.setattr(zipfile.ZipFile, "extract", extract_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+        ade20k.fetch(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
     monkeypatch.undo()
 
     assert len(calls) == 5
@@ -346,7 +347,7 @@ def test_interrupted_extraction_leaves_no_dataset_and_rerun_cleans_up(tmp_path, 
     stale.mkdir(parents=True)
     (stale / "ADE_train_00000001.jpg").write_bytes(b"half written")
 
-    path = download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+    path = ade20k.fetch(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
 
     assert read_tree(path) == dataset_files_relative(DATASET_FILES)
     assert leftovers(data_dir) == []
@@ -358,8 +359,8 @@ def test_unfinished_folder_in_the_way_is_reported_before_downloading(tmp_path, s
     data_dir = tmp_path / "data"
     (data_dir / "ADEChallengeData2016" / "images").mkdir(parents=True)
 
-    with pytest.raises(download.DownloadError, match="move it away or delete it"):
-        download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+    with pytest.raises(errors.DownloadError, match="move it away or delete it"):
+        ade20k.fetch(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
 
     assert server.ranges == []
 
@@ -368,8 +369,8 @@ def test_http_error_names_the_url(tmp_path, serve, payload):
     server = serve(payload)
     server.mode = "not_found"
 
-    with pytest.raises(download.DownloadError) as raised:
-        download.download_ade20k(str(tmp_path), url=server.url, sha1=sha1_of(payload), progress=False)
+    with pytest.raises(errors.DownloadError) as raised:
+        ade20k.fetch(str(tmp_path), url=server.url, sha1=sha1_of(payload), progress=False)
 
     assert server.url in str(raised.value) and "404" in str(raised.value)
 
@@ -380,8 +381,8 @@ def test_refused_connection_is_wrapped(tmp_path):
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/ADEChallengeData2016.zip"  # nothing listens there now
 
-    with pytest.raises(download.DownloadError) as raised:
-        download.download_ade20k(str(tmp_path), url=url, sha1="0" * 40, progress=False)
+    with pytest.raises(errors.DownloadError) as raised:
+        ade20k.fetch(str(tmp_path), url=url, sha1="0" * 40, progress=False)
 
     message = str(raised.value)
     assert url in message and "Rerun" in message and "unzip it into" in message
@@ -395,8 +396,8 @@ def test_member_that_is_both_file_and_folder_is_a_download_error(tmp_path, serve
     server = serve(payload)
     data_dir = tmp_path / "data"
 
-    with pytest.raises(download.DownloadError, match="'ADEChallengeData2016/images/training' both as a file and as a folder"):
-        download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+    with pytest.raises(errors.DownloadError, match="'ADEChallengeData2016/images/training' both as a file and as a folder"):
+        ade20k.fetch(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
 
     assert not (data_dir / "ADEChallengeData2016").exists()
     assert leftovers(data_dir) == []
@@ -410,8 +411,8 @@ def test_failed_write_while_extracting_is_a_download_error(tmp_path, serve, payl
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(download.zipfile.ZipFile, "extract", disk_full)
-    with pytest.raises(download.DownloadError, match="extracting .*ADEChallengeData2016.zip failed: .*No space left on device"):
-        download.download_ade20k(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
+    with pytest.raises(errors.DownloadError, match="extracting .*ADEChallengeData2016.zip failed: .*No space left on device"):
+        ade20k.fetch(str(data_dir), url=server.url, sha1=sha1_of(payload), progress=False)
     assert not (data_dir / "ADEChallengeData2016").exists()
     assert leftovers(data_dir) == []
 
@@ -456,11 +457,11 @@ def test_voc_download_extracts_the_tar_and_checks_its_md5(tmp_path, serve):
     payload = make_tar(VOC_FILES)
     server = serve(payload)
     data_dir = tmp_path / "data"
-    path = download.download_voc(str(data_dir), url=server.url, md5=md5_of(payload), progress=False)
+    path = voc.fetch(str(data_dir), url=server.url, md5=md5_of(payload), progress=False)
     assert path == os.path.join(str(data_dir), "VOCdevkit", "VOC2012")
     assert read_tree(os.path.join(str(data_dir), "VOCdevkit")) == {k[len("VOCdevkit/"):]: v for k, v in VOC_FILES.items()}
     assert leftovers(data_dir) == [] and not os.path.exists(os.path.join(str(data_dir), ".downloads"))
-    assert download.download_voc(str(data_dir), url=server.url, md5=md5_of(payload), progress=False) == path
+    assert voc.fetch(str(data_dir), url=server.url, md5=md5_of(payload), progress=False) == path
     assert len(server.ranges) == 1, "the second call must not touch the network"
 
 
@@ -468,8 +469,8 @@ def test_voc_md5_mismatch_deletes_the_file(tmp_path, serve):
     payload = make_tar(VOC_FILES)
     server = serve(payload)
     wrong = "0" * 32
-    with pytest.raises(download.DownloadError) as raised:
-        download.download_voc(str(tmp_path), url=server.url, md5=wrong, progress=False)
+    with pytest.raises(errors.DownloadError) as raised:
+        voc.fetch(str(tmp_path), url=server.url, md5=wrong, progress=False)
     message = str(raised.value)
     assert f"expected MD5 {wrong}" in message and md5_of(payload) in message and "data.voc_download_md5" in message
     assert not os.path.exists(os.path.join(str(tmp_path), ".downloads", "VOCtrainval_11-May-2012.tar.part"))
@@ -480,14 +481,14 @@ def test_voc_interrupted_transfer_resumes_with_range(tmp_path, serve):
     payload = make_tar(VOC_FILES)
     server = serve(payload)
     server.mode = "cut"
-    with pytest.raises(download.DownloadError, match="rerun"):
-        download.download_voc(str(tmp_path), url=server.url, md5=md5_of(payload), progress=False)
+    with pytest.raises(errors.DownloadError, match="rerun"):
+        voc.fetch(str(tmp_path), url=server.url, md5=md5_of(payload), progress=False)
     part = os.path.join(str(tmp_path), ".downloads", "VOCtrainval_11-May-2012.tar.part")
     with open(part, "rb") as f:
         assert f.read() == payload[: len(payload) // 2]
     assert not (tmp_path / "VOCdevkit").exists()
     server.mode = "normal"
-    path = download.download_voc(str(tmp_path), url=server.url, md5=md5_of(payload), progress=False)
+    path = voc.fetch(str(tmp_path), url=server.url, md5=md5_of(payload), progress=False)
     assert server.ranges[-1] == f"bytes={len(payload) // 2}-" and server.statuses[-1] == 206
     assert os.path.isfile(os.path.join(path, "JPEGImages", "2007_000032.jpg"))
 
@@ -534,8 +535,8 @@ def test_voc_tar_members_leaving_the_folder_are_refused(tmp_path, serve, member,
         payload = buffer.getvalue()
     server = serve(payload)
     data_dir = tmp_path / "data"
-    with pytest.raises(download.DownloadError, match=message) as raised:
-        download.download_voc(str(data_dir), url=server.url, md5=md5_of(payload), progress=False)
+    with pytest.raises(errors.DownloadError, match=message) as raised:
+        voc.fetch(str(data_dir), url=server.url, md5=md5_of(payload), progress=False)
     assert "not the official VOC 2012 trainval tar" in str(raised.value)
     assert not outside.exists() and not (data_dir / "VOCdevkit").exists()
     assert [name for name in leftovers(data_dir) if name.startswith(".extract")] == []
@@ -545,8 +546,8 @@ def test_voc_tar_without_segmentation_is_rejected(tmp_path, serve):
     files = {k: v for k, v in VOC_FILES.items() if "SegmentationClass" not in k}
     payload = make_tar(files)
     server = serve(payload)
-    with pytest.raises(download.DownloadError, match="VOCdevkit/VOC2012/SegmentationClass"):
-        download.download_voc(str(tmp_path), url=server.url, md5=md5_of(payload), progress=False)
+    with pytest.raises(errors.DownloadError, match="VOCdevkit/VOC2012/SegmentationClass"):
+        voc.fetch(str(tmp_path), url=server.url, md5=md5_of(payload), progress=False)
     assert not (tmp_path / "VOCdevkit").exists()
 
 
@@ -578,7 +579,7 @@ def test_download_file_resumes_a_cut_transfer_and_renames_only_after_the_check(t
     partial = tmp_path / ("model.h5" + download.PARTIAL_SUFFIX)
     checked = []
     server.mode = "cut"
-    with pytest.raises(download.DownloadError, match=r"stopped after 15,000 of 30,000 bytes"):
+    with pytest.raises(errors.DownloadError, match=r"stopped after 15,000 of 30,000 bytes"):
         download.download_file(server.url, str(target), checked.append, progress=False)
     assert not target.exists() and partial.read_bytes() == payload[:15_000] and checked == []
     server.mode = "normal"

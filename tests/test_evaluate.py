@@ -8,10 +8,12 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SAMPLE_ROOT, clear_argmax, multi_scale_probabilities, run_fcn, save_run, write_pair
 from PIL import Image
 
-from conftest import SAMPLE_ROOT, clear_argmax, multi_scale_probabilities, run_fcn, save_run, write_pair
-from fcn import ade20k, config as config_lib, evaluate
+from fcn import config as config_lib
+from fcn import evaluate
+from fcn.datasets import ade20k
 
 SIZES = ((37, 53), (64, 48), (20, 90))  # (H, W): no two alike, none a multiple of 32
 

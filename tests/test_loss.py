@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import REPO
+
 from fcn import config as config_lib
 from fcn import train
 

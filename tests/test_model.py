@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import scipy.io
 import tensorflow as tf
-
 from conftest import SAMPLE_ROOT
-from fcn import checkpoints
-from fcn import data
+
+from fcn import checkpoints, datasets, weights
 from fcn import model as model_lib
-from fcn import weights
+from fcn.datasets import decode
 
 # FCN-8s for 150 classes: VGG16 convs 14,714,688 + fc6 102,764,544 + fc7 16,781,312
 # + score_fr 614,550 + score_pool4 76,950 + score_pool3 38,550 + upscore2 and upscore_pool4
@@ -45,7 +44,7 @@ def keras_vgg16():
 
 @pytest.fixture(scope="module")
 def sample_crop():
-    image, _ = data.load_example(*data.list_split(SAMPLE_ROOT, "validation").pairs[0])
+    image, _ = decode.load_example(*datasets.list_split(SAMPLE_ROOT, "validation").pairs[0])
     return image[100:324, 200:424]  # (224, 224, 3) uint8, a real ADE20K image
 
 

@@ -1,9 +1,9 @@
 """FusedAdam (fcn/optimizer.py) against Keras' own Adam."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from fcn.optimizer import FusedAdam
 

@@ -18,9 +18,9 @@ import tempfile
 
 import numpy as np
 import pytest
-
 from conftest import REPO, write_pair
-from fcn import datasets, sample_data
+
+from fcn import datasets
 from fcn.config import DataConfig
 
 PR_CAPBSET_DROP = 24
@@ -33,15 +33,17 @@ import json, sys
 sys.path.insert(0, {repo!r})
 import FCN
 from fcn import data, predict
+from fcn.datasets import voc
+from fcn import errors
 
 root, folder, denied_image, voc_root = sys.argv[1:5]
 status = FCN.main(["--mode=check_data", "--data_dir", root, "--no_progress"])
 try:
-    data.usable_pairs(root, "training")
+    datasets.usable_pairs(root, "training")
     listing = ""
-except data.DataError as error:
+except errors.DataError as error:
     listing = str(error)
-voc = data.list_split(voc_root, "training", data.DataConfig(layout="voc", num_classes=0))
+voc = datasets.list_split(voc_root, "training", data.DataConfig(layout="voc", num_classes=0))
 files, unopenable = predict.list_images([folder])
 try:
     predict.read_image(denied_image)
@@ -120,7 +122,7 @@ def test_unreadable_files_are_named_with_the_fix_not_called_corrupt(home):
     os.makedirs(folder)
     for name in ("a.jpg", "b.jpg"):
         shutil.copy(os.path.join(root, "images", "training", "ADE_train_00000001.jpg"), os.path.join(folder, name))
-    voc_root = sample_data.generate_sample_dataset(os.path.join(home, "voc"), num_train=3, num_val=1, progress=False,
+    voc_root = datasets.generate_sample_dataset(os.path.join(home, "voc"), num_train=3, num_val=1, progress=False,
                                                    layout="voc")
     voc_listing = datasets.list_split(voc_root, "training", DataConfig(layout="voc", num_classes=0))
     assert len(voc_listing.pairs) == 3

@@ -6,11 +6,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import clear_argmax, multi_scale_probabilities, run_fcn, save_run
 from PIL import Image
 
-from conftest import clear_argmax, multi_scale_probabilities, run_fcn, save_run
-from fcn import ade20k, export, predict
 from fcn import config as config_lib
+from fcn import export, predict
+from fcn.datasets import ade20k
 
 # Multi-scale and flip inference as a user sets it: --set evaluate.scales=0.5,1.5 --set evaluate.flip=true,
 # at each image's own size (the protocol at the training scale: tests/test_protocol.py).

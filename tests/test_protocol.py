@@ -10,10 +10,11 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import SAMPLE_ROOT, bilinear_resize, clear_argmax, multi_scale_probabilities, save_run
+
 from fcn import config as config_lib
-from fcn import data, predict
+from fcn import datasets, errors, predict
+from fcn.datasets import decode
 
 # The sample config's training scale: data.base_size [160, 96].
 TEST_SIZE = (160, 96)
@@ -55,7 +56,7 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fixture_image():
-    return data.read_image_file(FIXTURE)[None]  # (1, 300, 400, 3)
+    return decode.read_image_file(FIXTURE)[None]  # (1, 300, 400, 3)
 
 
 def test_single_view_is_resize_to_the_test_size_run_resize_back_softmax(tiny_model, fixture_image):
@@ -122,7 +123,7 @@ def test_the_config_default_follows_data_base_size():
         assert config.evaluate.resolved_test_size(config.data.base_size) is None
     for bad, message in (("big", "evaluate.test_size must be a pair"), ("-5,3", "two positive sizes"),
                          ("1,2,3", "evaluate.test_size must be a pair")):
-        with pytest.raises(config_lib.ConfigError, match=message):
+        with pytest.raises(errors.ConfigError, match=message):
             config_lib.load_config(None, [("evaluate.test_size", bad)])
 
 
@@ -156,7 +157,7 @@ def test_evaluate_predict_and_the_savedmodel_give_the_same_labels(tmp_path):
     from_evaluate = np.asarray(Image.open(tmp_path / "sub" / "ADE_val_00000003.png"))
     from_predict = np.asarray(Image.open(tmp_path / "pred" / "ADE_val_00000003.png"))
     serving = tf.saved_model.load(version).signatures["serving_default"]
-    from_export = serving(images=tf.constant(data.read_image_file(images[3])[None]))["labels"].numpy()[0]
+    from_export = serving(images=tf.constant(decode.read_image_file(images[3])[None]))["labels"].numpy()[0]
     assert from_evaluate.shape == (300, 400) and len(np.unique(from_evaluate)) > 3
     np.testing.assert_array_equal(from_predict, from_evaluate)
     np.testing.assert_array_equal(from_export, from_evaluate)
@@ -164,7 +165,7 @@ def test_evaluate_predict_and_the_savedmodel_give_the_same_labels(tmp_path):
         written = __import__("json").load(f)
     assert written["test_size"] == [160, 96] and message in written["skipped"][images[1]]
     with pytest.raises(tf.errors.InvalidArgumentError, match="more than evaluate.max_pixels = 200,000|more than evaluate.max_pixels = 200000"):
-        serving(images=tf.constant(data.read_image_file(images[1])[None]))
+        serving(images=tf.constant(decode.read_image_file(images[1])[None]))
 
 
 # ---------------------------------------------------------------------------
@@ -206,9 +207,9 @@ def test_a_model_trained_at_one_scale_scores_higher_on_half_size_images_with_the
     colour as much as in texture, an 80-step model scores within 0.01 at half
     size with and without the protocol: the stripes make the scale the cue.)
     """
+    from conftest import write_pair
     from PIL import Image
 
-    from conftest import write_pair
     from fcn import metrics, train
 
     root = tmp_path / "ADEChallengeData2016"
@@ -229,8 +230,8 @@ def test_a_model_trained_at_one_scale_scores_higher_on_half_size_images_with_the
     def scores(test_size, factor):
         predictor = predict.Predictor(model, test_size=test_size)
         matrix = metrics.ConfusionMatrix(150)
-        for image_path, annotation_path in data.list_split(str(root), "validation").pairs:
-            image, label = data.load_example(image_path, annotation_path)
+        for image_path, annotation_path in datasets.list_split(str(root), "validation").pairs:
+            image, label = decode.load_example(image_path, annotation_path)
             side = round(STRIPES * factor)
             image = np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR))
             label = np.asarray(Image.fromarray(label.astype(np.uint8)).resize((side, side), Image.NEAREST))

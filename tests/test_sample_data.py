@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcn import ade20k
-from fcn import sample_data
+from fcn import datasets, errors
+from fcn.datasets import ade20k, sample
 
 _FOLDERS = ("images/training", "images/validation", "annotations/training", "annotations/validation")
 
@@ -17,7 +17,7 @@ _FOLDERS = ("images/training", "images/validation", "annotations/training", "ann
 def default_root(tmp_path_factory):
     """The default dataset (64 + 16 images, seed 0), generated once for the module."""
     root = str(tmp_path_factory.mktemp("default") / "ADEChallengeData2016")
-    return sample_data.generate_sample_dataset(root, progress=False)
+    return datasets.generate_sample_dataset(root, progress=False)
 
 
 def _pairs(root, split):
@@ -44,16 +44,16 @@ def _digests(root):
 
 
 def test_sample_classes_are_real_ade20k_classes():
-    assert 8 <= len(sample_data.SAMPLE_CLASSES) <= 12
-    for label, name in sample_data.SAMPLE_CLASSES.items():
+    assert 8 <= len(sample.SAMPLE_CLASSES) <= 12
+    for label, name in sample.SAMPLE_CLASSES.items():
         assert 1 <= label <= ade20k.NUM_CLASSES
         assert ade20k.class_names()[label - 1] == name  # train id = label value - 1
 
 
 def test_layout(tmp_path):
     root = str(tmp_path / "ADEChallengeData2016")
-    assert sample_data.generate_sample_dataset(root, num_train=5, num_val=3, progress=False) == root
-    assert sample_data.is_complete(root)
+    assert datasets.generate_sample_dataset(root, num_train=5, num_val=3, progress=False) == root
+    assert datasets.is_sample_complete(root)
 
     assert sorted(os.listdir(root)) == ["SAMPLE_DATA.txt", "annotations", "images"]
     expected = {
@@ -65,7 +65,7 @@ def test_layout(tmp_path):
     for folder, names in expected.items():
         assert sorted(os.listdir(os.path.join(root, folder))) == names
 
-    allowed = {0} | set(sample_data.SAMPLE_CLASSES)
+    allowed = {0} | set(sample.SAMPLE_CLASSES)
     sizes = set()
     unlabelled = total = 0
     for split in ("training", "validation"):
@@ -89,9 +89,9 @@ def test_layout(tmp_path):
 
 def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path):
     kwargs = dict(num_train=4, num_val=2, min_size=48, max_size=80, progress=False)
-    first = _digests(sample_data.generate_sample_dataset(str(tmp_path / "a" / "ADE"), seed=3, **kwargs))
-    second = _digests(sample_data.generate_sample_dataset(str(tmp_path / "b" / "ADE"), seed=3, **kwargs))
-    other = _digests(sample_data.generate_sample_dataset(str(tmp_path / "c" / "ADE"), seed=4, **kwargs))
+    first = _digests(datasets.generate_sample_dataset(str(tmp_path / "a" / "ADE"), seed=3, **kwargs))
+    second = _digests(datasets.generate_sample_dataset(str(tmp_path / "b" / "ADE"), seed=3, **kwargs))
+    other = _digests(datasets.generate_sample_dataset(str(tmp_path / "c" / "ADE"), seed=4, **kwargs))
     assert len(first) == 4 * 2 + 2 * 2 + 1
     assert first == second
     assert first.keys() == other.keys()
@@ -126,7 +126,7 @@ def test_colour_alone_is_informative_but_not_sufficient(default_root):
     but catch a dataset that became pure colour lookup (accuracy near 1) or
     lost its colour signal (accuracy near the majority baseline).
     """
-    class_ids = np.array(sorted(sample_data.SAMPLE_CLASSES))
+    class_ids = np.array(sorted(sample.SAMPLE_CLASSES))
     train = _pairs(default_root, "training")
     colours = np.concatenate([image.reshape(-1, 3) for image, _ in train]).astype(np.float64)  # (N, 3)
     labels = np.concatenate([labels.ravel() for _, labels in train])  # (N,)
@@ -150,8 +150,8 @@ def test_existing_incomplete_root_is_refused(tmp_path):
     root.mkdir()
     (root / "my_notes.txt").write_text("keep me")
     # Never advise deleting: the folder may hold the user's own data.
-    with pytest.raises(sample_data.FolderInUseError, match="ADEChallengeData2016 exists and holds other files.*nothing in this one was changed") as raised:
-        sample_data.generate_sample_dataset(str(root), num_train=1, num_val=1, progress=False)
+    with pytest.raises(errors.FolderInUseError, match="ADEChallengeData2016 exists and holds other files.*nothing in this one was changed") as raised:
+        datasets.generate_sample_dataset(str(root), num_train=1, num_val=1, progress=False)
     assert "elete" not in str(raised.value)
     assert os.listdir(root) == ["my_notes.txt"]
 
@@ -159,20 +159,20 @@ def test_existing_incomplete_root_is_refused(tmp_path):
 def test_empty_root_folder_is_filled(tmp_path):
     root = tmp_path / "ADEChallengeData2016"
     root.mkdir()
-    sample_data.generate_sample_dataset(str(root), num_train=1, num_val=1, progress=False)
-    assert sample_data.is_complete(str(root))
+    datasets.generate_sample_dataset(str(root), num_train=1, num_val=1, progress=False)
+    assert datasets.is_sample_complete(str(root))
 
 
 def test_complete_root_is_kept_without_work(tmp_path, monkeypatch):
     root = str(tmp_path / "ADEChallengeData2016")
-    sample_data.generate_sample_dataset(root, num_train=2, num_val=1, progress=False)
+    datasets.generate_sample_dataset(root, num_train=2, num_val=1, progress=False)
     before = _digests(root)
 
     def fail(*args, **kwargs):
         raise AssertionError("drew a scene for a complete dataset")
 
-    monkeypatch.setattr(sample_data, "_draw_scene", fail)
-    assert sample_data.generate_sample_dataset(root, num_train=2, num_val=1, progress=False) == root
+    monkeypatch.setattr(sample, "_draw_scene", fail)
+    assert datasets.generate_sample_dataset(root, num_train=2, num_val=1, progress=False) == root
     assert _digests(root) == before
 
 
@@ -180,21 +180,21 @@ def test_failure_before_marker_leaves_no_root(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(sample_data, "_write_marker", fail)
+    monkeypatch.setattr(sample, "_write_marker", fail)
     root = tmp_path / "ADEChallengeData2016"
     with pytest.raises(RuntimeError, match="disk full"):
-        sample_data.generate_sample_dataset(str(root), num_train=2, num_val=1, progress=False)
+        datasets.generate_sample_dataset(str(root), num_train=2, num_val=1, progress=False)
     assert not root.exists()
     assert os.listdir(tmp_path) == []  # the temporary sibling is removed too
-    assert not sample_data.is_complete(str(root))
+    assert not datasets.is_sample_complete(str(root))
 
 
 def test_folder_without_marker_is_incomplete(tmp_path):
     for folder in _FOLDERS:
         (tmp_path / folder).mkdir(parents=True)
-    assert not sample_data.is_complete(str(tmp_path))
+    assert not datasets.is_sample_complete(str(tmp_path))
     (tmp_path / "SAMPLE_DATA.txt").write_text("x")
-    assert sample_data.is_complete(str(tmp_path))
+    assert datasets.is_sample_complete(str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -202,25 +202,25 @@ def test_folder_without_marker_is_incomplete(tmp_path):
 )
 def test_bad_arguments_are_rejected(tmp_path, kwargs):
     with pytest.raises(ValueError, match=r"image counts must be >= 0|need 32 <= min_size <= max_size"):
-        sample_data.generate_sample_dataset(str(tmp_path / "ADE"), progress=False, **kwargs)
+        datasets.generate_sample_dataset(str(tmp_path / "ADE"), progress=False, **kwargs)
     assert not (tmp_path / "ADE").exists()
 
 
 def test_sample_data_of_one_layout_is_never_taken_for_another(tmp_path):
     root = str(tmp_path / "data")
-    sample_data.generate_sample_dataset(root, num_train=1, num_val=1, progress=False, layout="folder")
-    assert sample_data.is_complete(root, "folder") and not sample_data.is_complete(root, "ade20k")
+    datasets.generate_sample_dataset(root, num_train=1, num_val=1, progress=False, layout="folder")
+    assert datasets.is_sample_complete(root, "folder") and not datasets.is_sample_complete(root, "ade20k")
     with open(os.path.join(root, "classes.csv")) as f:
         assert f.readline().strip() == "id,name,r,g,b,ignore"
     before = _digests(root)
-    with pytest.raises(sample_data.FolderInUseError):
-        sample_data.generate_sample_dataset(root, num_train=1, num_val=1, progress=False)  # ADE20K over the folder layout
+    with pytest.raises(errors.FolderInUseError):
+        datasets.generate_sample_dataset(root, num_train=1, num_val=1, progress=False)  # ADE20K over the folder layout
     assert _digests(root) == before
 
 
 def test_voc_layout_writes_palette_pngs_of_the_same_scenes(tmp_path):
-    ade = sample_data.generate_sample_dataset(str(tmp_path / "ade"), num_train=2, num_val=1, progress=False)
-    voc = sample_data.generate_sample_dataset(str(tmp_path / "VOC2012"), num_train=2, num_val=1, progress=False, layout="voc")
+    ade = datasets.generate_sample_dataset(str(tmp_path / "ade"), num_train=2, num_val=1, progress=False)
+    voc = datasets.generate_sample_dataset(str(tmp_path / "VOC2012"), num_train=2, num_val=1, progress=False, layout="voc")
     with open(os.path.join(voc, "ImageSets", "Segmentation", "train.txt")) as f:
         names = f.read().split()
     assert names == ["ADE_train_00000001", "ADE_train_00000002"]

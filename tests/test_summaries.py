@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fcn import ade20k, summaries
+from fcn import summaries
+from fcn.datasets import ade20k
 
 
 def read_tensors(directory):

@@ -6,13 +6,13 @@ import signal
 import sys
 import time
 
+import forkserver
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import forkserver
 from conftest import REPO, run_fcn
-from fcn import checkpoints, sample_data, summaries, train
+
+from fcn import checkpoints, datasets, summaries, train
 from fcn import config as config_lib
 
 # A small model and tiny crops keep each step well under a second on 2 CPU cores.
@@ -33,7 +33,7 @@ LOSS, PIXEL_ACCURACY, MEAN_IOU = (summaries.scalar_tag(n) for n in ("loss", "pix
 @pytest.fixture(scope="module")
 def sample_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("sample") / "ADEChallengeData2016")
-    sample_data.generate_sample_dataset(root, num_train=24, num_val=8, progress=False)
+    datasets.generate_sample_dataset(root, num_train=24, num_val=8, progress=False)
     return root
 
 

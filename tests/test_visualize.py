@@ -7,14 +7,16 @@ import nbformat
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO, SAMPLE_ROOT, clear_argmax, multi_scale_probabilities, run_fcn, save_run, write_pair
 from nbclient import NotebookClient
 from PIL import Image
-
-from conftest import REPO, SAMPLE_ROOT, clear_argmax, multi_scale_probabilities, run_fcn, save_run, write_pair
-from fcn import ade20k, data, evaluate, metrics, sample_data, visualize
-from fcn import config as config_lib
-from fcn import model as model_lib
 from test_protocol import protocol_logits
+
+from fcn import config as config_lib
+from fcn import data, datasets, evaluate, metrics, visualize
+from fcn import model as model_lib
+from fcn.datasets import ade20k, decode
+from fcn.datasets.classes import IGNORE_LABEL
 
 SAMPLE_TEST_SIZE = (160, 96)  # configs/sample.yaml: evaluate.test_size, its data.base_size
 
@@ -27,7 +29,7 @@ TINY = ["--config", "configs/sample.yaml", "--no_progress", "--crop_size", "32",
 def trained_run(tmp_path_factory):
     """(dataset root, run directory) after a 1-step sample training through the CLI."""
     root = str(tmp_path_factory.mktemp("sample") / "ADEChallengeData2016")
-    sample_data.generate_sample_dataset(root, num_train=8, num_val=6, progress=False)
+    datasets.generate_sample_dataset(root, num_train=8, num_val=6, progress=False)
     logs = str(tmp_path_factory.mktemp("run"))
     result = run_fcn(*TINY, "--data_dir", root, "--logs_dir", logs, "--max_steps", "1")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -48,7 +50,7 @@ def restored_model(run_dir):
 def train_ids(ade20k_labels):
     """ADE20K label values (0 = other, 1..150) -> train ids (255 ignored, 0..149)."""
     values = np.asarray(ade20k_labels, np.int64)
-    return np.where(values == 0, ade20k.IGNORE_LABEL, values - 1)
+    return np.where(values == 0, IGNORE_LABEL, values - 1)
 
 
 def test_visualize_writes_coloured_images_of_a_seeded_batch(trained_run):
@@ -61,19 +63,19 @@ def test_visualize_writes_coloured_images_of_a_seeded_batch(trained_run):
         [f"{kind}_{k}.png" for kind in ("inp", "gt", "pred") for k in (0, 1)] + ["visualize.png"]
     )
     shown = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line[:3] in ("0: ", "1: ")]
-    pairs = dict(data.list_split(root, "validation").pairs)
+    pairs = dict(datasets.list_split(root, "validation").pairs)
     model = restored_model(logs)
     assert len(shown) == 2 and all(path in pairs for path in shown)
     for k, image_path in enumerate(shown):
-        image, label = data.load_example(image_path, pairs[image_path])
+        image, label = decode.load_example(image_path, pairs[image_path])
         np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(output, f"inp_{k}.png"))), image)
         ground_truth = np.asarray(Image.open(os.path.join(output, f"gt_{k}.png")))
-        np.testing.assert_array_equal(ground_truth, ade20k.colorize(label))  # label 0 ("other") black
+        np.testing.assert_array_equal(ground_truth, ade20k.class_table().colourise(label))  # label 0 ("other") black
         prediction = np.asarray(Image.open(os.path.join(output, f"pred_{k}.png")))
         # After one training step the class probabilities are all near 1/150: compare on the logits.
         # The sample config's protocol: the image fitted into evaluate.test_size [160, 96], logits resized back.
         expected, clear = clear_argmax(protocol_logits(model, image[None], SAMPLE_TEST_SIZE)[0], margin=2e-5, min_clear=0.5)
-        np.testing.assert_array_equal(prediction[clear], ade20k.colorize(expected)[clear])
+        np.testing.assert_array_equal(prediction[clear], ade20k.class_table().colourise(expected)[clear])
         assert np.mean(expected != label) > 0.5  # a prediction unlike the ground truth
     figure = Image.open(os.path.join(output, "visualize.png"))
     assert figure.size[0] >= 800
@@ -107,10 +109,10 @@ def test_pictures_are_the_ground_truth_and_the_multi_scale_prediction(tmp_path):
         image, label = pairs[image_path]
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / f"inp_{k}.png")), image)
         ground_truth = np.asarray(Image.open(tmp_path / "out" / f"gt_{k}.png"))
-        np.testing.assert_array_equal(ground_truth, ade20k.colorize(train_ids(label)))
+        np.testing.assert_array_equal(ground_truth, ade20k.class_table().colourise(train_ids(label)))
         expected, clear = clear_argmax(multi_scale_probabilities(model, image[None], (0.5, 1.5), flip=True)[0])
         prediction = np.asarray(Image.open(tmp_path / "out" / f"pred_{k}.png"))
-        np.testing.assert_array_equal(prediction[clear], ade20k.colorize(expected)[clear])
+        np.testing.assert_array_equal(prediction[clear], ade20k.class_table().colourise(expected)[clear])
 
 
 def execute_notebook(run_dir, monkeypatch) -> tuple[str, int]:
@@ -138,9 +140,9 @@ def printed_accuracies(text) -> dict:
 def expected_accuracies(root, predict_fn) -> dict:
     """Pixel accuracy over the labelled pixels of the split's first three images, keyed as printed."""
     expected = {}
-    for image_path, annotation_path in data.list_split(root, "validation").pairs[:3]:
-        image, label = data.load_example(image_path, annotation_path)
-        labelled = label != ade20k.IGNORE_LABEL
+    for image_path, annotation_path in datasets.list_split(root, "validation").pairs[:3]:
+        image, label = decode.load_example(image_path, annotation_path)
+        labelled = label != IGNORE_LABEL
         accuracy = np.mean(predict_fn(image)[labelled] == label[labelled])
         expected[(os.path.basename(image_path), f"{image.shape[1]}x{image.shape[0]}")] = accuracy
     return expected

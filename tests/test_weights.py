@@ -9,13 +9,13 @@ import keras
 import numpy as np
 import pytest
 import scipy.io
-
 from conftest import REPO, SAMPLE_ROOT
-from fcn import config as config_lib
-from fcn import data
-from fcn import model as model_lib
-from fcn import weights
 from test_model import _FileServer
+
+from fcn import config as config_lib
+from fcn import datasets, errors, weights
+from fcn import model as model_lib
+from fcn.datasets import decode
 
 FC = 16  # fc1 / fc2 width of the test files: the real 4096 would make fc1 a 411 MB matrix
 
@@ -26,7 +26,7 @@ def relative_error(a, b):
 
 @pytest.fixture(scope="module")
 def sample_crop():
-    image, _ = data.load_example(*data.list_split(SAMPLE_ROOT, "validation").pairs[0])
+    image, _ = decode.load_example(*datasets.list_split(SAMPLE_ROOT, "validation").pairs[0])
     return image[100:324, 200:424]  # (224, 224, 3) uint8, a real ADE20K image
 
 
@@ -248,17 +248,16 @@ def test_backbone_config_key():
     config = config_lib.load_config(None, [("model.backbone", "vgg19"), ("model.fc_channels", 8)])
     assert model_lib.backbone_of(model_lib.build_from_config(config.model, 3)) == "vgg19"
     assert config_lib.load_config(None, []).model.backbone == "vgg16"
-    with pytest.raises(config_lib.ConfigError, match="model.backbone must be vgg16 or vgg19, got 'vgg18'"):
+    with pytest.raises(errors.ConfigError, match="model.backbone must be vgg16 or vgg19, got 'vgg18'"):
         config_lib.load_config(None, [("model.backbone", "vgg18")])
 
 
 def test_cli_refuses_a_file_of_another_backbone_with_a_message(tmp_path, vgg19_files, capsys):
     """FCN.tensorflow's imagenet-vgg-verydeep-19.mat given to a VGG16 run: one message, exit status 1, nothing written."""
     import FCN
-    from fcn import sample_data
 
     root = str(tmp_path / "ADEChallengeData2016")
-    sample_data.generate_sample_dataset(root, num_train=2, num_val=2, progress=False)
+    datasets.generate_sample_dataset(root, num_train=2, num_val=2, progress=False)
     logs = tmp_path / "logs"
     status = FCN.main(["--mode=train", "--config", os.path.join(REPO, "configs", "sample.yaml"), "--data_dir", root, "--logs_dir", str(logs),
                        "--no_progress", "--crop_size", "32", "--set", f"model.fc_channels={FC}", "--vgg_weights", vgg19_files["mat"]])

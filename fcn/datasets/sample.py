@@ -1,37 +1,19 @@
-"""A small synthetic scene-parsing dataset in the ADEChallengeData2016, VOC 2012 or folder layout.
+"""The synthetic sample dataset: scenes drawn from a seed, written in any layout.
 
 This is the project's embedded default data: it lets the whole pipeline (data
-loading, training, evaluation) run on a laptop CPU in minutes, without the
-1 GB download. The files look exactly like the real dataset::
+loading, training, evaluation) run on a laptop CPU in minutes, without a
+download. Each image is an outdoor scene (sky, a band of buildings or trees,
+road or grass, cars and people) or an indoor one (ceiling, walls, floor,
+doors, beds, people) drawn with random geometry. Every class has its own base
+colour and texture, so a network can learn them, but colours of related
+classes are close (wall/ceiling, floor/door, tree/grass, road/building) and
+brightness varies per image, so a per-pixel colour lookup is not enough.
 
-    root/images/training/ADE_train_00000001.jpg        RGB JPEG
-    root/annotations/training/ADE_train_00000001.png   8-bit grey PNG, values 0..150
-    root/images/validation/ADE_val_00000001.jpg
-    root/annotations/validation/ADE_val_00000001.png
-
-Each image is an outdoor scene (sky, a band of buildings or trees, road or
-grass, cars and people) or an indoor one (ceiling, walls, floor, doors, beds,
-people) drawn with random geometry. Every class has its own base colour and
-texture, so a network can learn them, but colours of related classes are
-close (wall/ceiling, floor/door, tree/grass, road/building) and brightness
-varies per image, so a per-pixel colour lookup is not enough. Label values
-are the real ADE20K ids (see ``fcn/ade20k.py``); 0 ("other") marks a few
-small unlabelled objects, as in the real annotations.
-
-The same scenes can be written in the two other layouts of
-``fcn/datasets.py`` (``layout=``), their labels mapped to that layout's
-classes:
-
-- ``voc``: ``VOC2012/JPEGImages/*.jpg``, ``SegmentationClass/*.png`` (palette
-  PNGs in the VOC colour map: person 15, car 7, bed as sofa 18, everything
-  else background 0, unlabelled objects 255) and
-  ``ImageSets/Segmentation/{train,val}.txt``;
-- ``folder``: ``images/``, ``annotations/`` (8-bit greyscale) and a
-  ``classes.csv`` of three classes whose ids are not 0..2 (``FOLDER_CLASSES``),
-  with 0 declared ignored (unlabelled objects).
-
-Everything is a pure function of the arguments of ``generate_sample_dataset``:
-the same arguments give byte-identical files.
+Scenes are drawn with ADE20K's label values (``SAMPLE_CLASSES``); 0
+("other") marks a few small unlabelled objects, as in the real annotations.
+Each layout's ``SampleWriter`` (in its own file) writes them in its folders
+and maps the values to its classes. Everything is a pure function of the
+arguments of ``generate``: the same arguments give byte-identical files.
 """
 
 import dataclasses
@@ -42,6 +24,8 @@ import shutil
 import numpy as np
 import tqdm
 from PIL import Image
+
+from fcn.errors import FolderInUseError
 
 # ADE20K label value (1..150) -> official short name, for the classes drawn.
 SAMPLE_CLASSES = {
@@ -62,16 +46,7 @@ SAMPLE_CLASSES = {
 MARKER_FILENAME = "SAMPLE_DATA.txt"
 # Bump when the drawing changes, so that old and new folders can be told apart.
 GENERATOR_VERSION = 1
-
 _SPLITS = (("training", "ADE_train"), ("validation", "ADE_val"))
-
-# VOC value of each ADE20K value drawn (0 "other" -> 255, VOC's void); unlisted ones are background (0).
-VOC_VALUES = {0: 255, 8: 18, 13: 15, 21: 7}
-# The folder layout's classes: annotation id -> (name, colour), and ADE20K value -> id; 0 is declared ignored.
-FOLDER_CLASSES = {7: ("sky", (70, 130, 180)), 42: ("ground", (152, 251, 152)), 200: ("thing", (220, 20, 60))}
-_FOLDER_VALUES = {3: 7, 4: 42, 7: 42, 10: 42, 8: 200, 13: 200, 21: 200}
-_FOLDER_OTHERS = 200  # walls, buildings, trees, ceilings, doors: "thing" too
-_VOC_SPLITS = {"training": "train", "validation": "val"}
 _JPEG_QUALITY = 90
 _UNLABELLED = 0
 
@@ -116,18 +91,13 @@ _LOOKS = {
     15: _Look((132, 92, 62), "stripes", period=5, angle=0, amplitude=14, noise=3),  # door: wood grain
     21: _Look((168, 44, 46), "gradient", amplitude=-40, noise=2, colour_jitter=30),  # car: glossy
 }
-
-
-class FolderInUseError(ValueError):
-    """The folder meant for the sample data already holds other files."""
-
-
-def is_complete(root: str, layout: str = "ade20k") -> bool:
+def is_complete(root: str, layout: str, writer: type["SampleWriter"]) -> bool:
     """Whether ``root`` holds a finished sample dataset.
 
     Args:
       root: the dataset folder (ADEChallengeData2016, VOC2012, a folder dataset).
-      layout: the layout it should hold.
+      layout: the name of the layout it should hold.
+      writer: that layout's ``SampleWriter`` (its folders are checked).
 
     Returns:
       True when the marker file written as the last generation step names
@@ -139,10 +109,10 @@ def is_complete(root: str, layout: str = "ade20k") -> bool:
         written = re.search(r"^layout: (\w+)$", f.read(), re.M)
     if (written.group(1) if written else "ade20k") != layout:  # the marker of another layout's sample data
         return False
-    return all(os.path.isdir(os.path.join(root, folder)) for folder in _WRITERS[layout].folders)
+    return all(os.path.isdir(os.path.join(root, folder)) for folder in writer.folders)
 
 
-def generate_sample_dataset(
+def generate(
     root: str,
     num_train: int = 64,
     num_val: int = 16,
@@ -151,6 +121,7 @@ def generate_sample_dataset(
     max_size: int = 160,
     progress: bool = True,
     layout: str = "ade20k",
+    writer: type["SampleWriter"] | None = None,
 ) -> str:
     """Writes the synthetic dataset into ``root`` unless it is already there.
 
@@ -169,8 +140,9 @@ def generate_sample_dataset(
       max_size: largest image width and height in pixels; width and height are
         drawn independently.
       progress: show a progress bar.
-      layout: ``ade20k``, ``voc`` (``root`` is the VOC2012 folder) or
-        ``folder`` (see the module docstring); the scenes are the same.
+      layout: the layout's name, recorded in the marker file.
+      writer: the layout's ``SampleWriter`` class (default: ADE20K's folders);
+        the scenes are the same in every layout.
 
     Returns:
       ``root`` as an absolute path.
@@ -182,12 +154,11 @@ def generate_sample_dataset(
     """
     if num_train < 0 or num_val < 0:
         raise ValueError(f"image counts must be >= 0, got num_train={num_train}, num_val={num_val}")
-    if layout not in _WRITERS:
-        raise ValueError(f"layout must be one of {', '.join(_WRITERS)}, got {layout!r}")
+    writer = writer or SampleWriter
     if not 32 <= min_size <= max_size:
         raise ValueError(f"need 32 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}")
     root = os.path.abspath(root)
-    if is_complete(root, layout):
+    if is_complete(root, layout, writer):
         return root
     if os.path.exists(root) and not _is_empty_dir(root):
         raise FolderInUseError(
@@ -204,7 +175,7 @@ def generate_sample_dataset(
         shutil.rmtree(tmp_root)
     try:
         counts = {"training": num_train, "validation": num_val}
-        writer = _WRITERS[layout](tmp_root)
+        files = writer(tmp_root)
         with tqdm.tqdm(total=num_train + num_val, desc="sample data", unit="image", disable=not progress) as bar:
             for split_index, (split, prefix) in enumerate(_SPLITS):
                 for index in range(1, counts[split] + 1):
@@ -212,9 +183,9 @@ def generate_sample_dataset(
                     # the number of other images does.
                     rng = np.random.default_rng([seed, split_index, index])
                     image, labels = _draw_scene(rng, min_size, max_size)
-                    writer.write(split, f"{prefix}_{index:08d}", image, labels)
+                    files.write(split, f"{prefix}_{index:08d}", image, labels)
                     bar.update(1)
-        writer.finish()
+        files.finish()
         _write_marker(tmp_root, num_train, num_val, seed, min_size, max_size, layout)
         if os.path.isdir(root):
             os.rmdir(root)  # empty (checked above); os.replace cannot replace it portably
@@ -223,10 +194,12 @@ def generate_sample_dataset(
         shutil.rmtree(tmp_root, ignore_errors=True)
         raise
     return root
+class SampleWriter:
+    """Writes the scenes' files as ``images/SPLIT/*.jpg`` and ``annotations/SPLIT/*.png`` (ADE20K's values).
 
-
-class _Ade20kWriter:
-    """Writes the scenes' files in the ADE20K layout; the other layouts' writers change what differs."""
+    A layout's writer changes what differs: its folders, file names and the
+    mapping of the drawn ADE20K values to its own (``mapped``).
+    """
 
     folders = tuple(os.path.join(kind, split) for kind in ("images", "annotations") for split, _ in _SPLITS)
 
@@ -250,70 +223,21 @@ class _Ade20kWriter:
         pass
 
 
-class _VocWriter(_Ade20kWriter):
-    """VOC2012: JPEGImages/, palette PNGs in SegmentationClass/, the split lists."""
-
-    folders = ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation"))
-
-    def __init__(self, root: str):
-        super().__init__(root)
-        self.lists = {split: [] for split, _ in _SPLITS}
-
-    def image_path(self, split, name):
-        return os.path.join(self.root, "JPEGImages", name + ".jpg")
-
-    def write_annotation(self, split, name, labels):
-        values = _mapped(labels, VOC_VALUES, 0)
-        picture = Image.frombytes("P", (values.shape[1], values.shape[0]), values.tobytes())
-        picture.putpalette(_voc_palette())
-        picture.save(os.path.join(self.root, "SegmentationClass", name + ".png"), bits=8)
-        self.lists[split].append(name)
-
-    def finish(self):
-        for split, names in self.lists.items():
-            path = os.path.join(self.root, "ImageSets", "Segmentation", _VOC_SPLITS[split] + ".txt")
-            with open(path, "w", encoding="utf-8", newline="\n") as f:
-                f.writelines(name + "\n" for name in names)
-
-
-class _FolderWriter(_Ade20kWriter):
-    """A folder dataset: ADE20K's folders, greyscale annotations of FOLDER_CLASSES' ids, classes.csv."""
-
-    def write_annotation(self, split, name, labels):
-        super().write_annotation(split, name, _mapped(labels, {0: 0, **_FOLDER_VALUES}, _FOLDER_OTHERS))
-
-    def finish(self):
-        with open(os.path.join(self.root, "classes.csv"), "w", encoding="utf-8", newline="\n") as f:
-            f.write("id,name,r,g,b,ignore\n0,unlabelled,0,0,0,1\n")
-            f.writelines(f"{value},{name},{r},{g},{b},0\n" for value, (name, (r, g, b)) in FOLDER_CLASSES.items())
-
-
-_WRITERS = {"ade20k": _Ade20kWriter, "voc": _VocWriter, "folder": _FolderWriter}
-
-
-def _mapped(labels: np.ndarray, values: dict, default: int) -> np.ndarray:
+def mapped(labels: np.ndarray, values: dict, default: int) -> np.ndarray:
+    """``labels`` with each key of ``values`` replaced by its value, every other value by ``default``."""
     lookup = np.full(256, default, np.uint8)
     for source, target in values.items():
         lookup[source] = target
     return lookup[labels]
-
-
-def _voc_palette() -> list[int]:
-    """The VOC colour map as PIL's flat palette."""
-    from fcn import datasets  # TensorFlow: only for the VOC layout
-
-    return datasets.voc_colormap().reshape(-1).tolist()
-
-
 def _is_empty_dir(path: str) -> bool:
     return os.path.isdir(path) and not os.listdir(path)
 
 
-def _write_marker(folder: str, num_train: int, num_val: int, seed: int, min_size: int, max_size: int, layout: str = "ade20k") -> None:
+def _write_marker(folder: str, num_train: int, num_val: int, seed: int, min_size: int, max_size: int, layout: str) -> None:
     """Writes the marker that makes ``folder`` count as complete; the last step."""
     classes = ", ".join(f"{label} {name}" for label, name in SAMPLE_CLASSES.items())
     text = (
-        f"Synthetic {'ADE20K' if layout == 'ade20k' else layout}-layout sample data written by fcn/sample_data.py.\n"
+        f"Synthetic {'ADE20K' if layout == 'ade20k' else layout}-layout sample data written by fcn/datasets/sample.py.\n"
         "Not real ADE20K images. Delete this folder to regenerate it.\n"
         f"generator_version: {GENERATOR_VERSION}\n"
         + (f"layout: {layout}\n" if layout != "ade20k" else "")

@@ -56,7 +56,7 @@ FLAG_KEYS = {
     "debug": "train.debug",
     "max_steps": "train.max_steps",
     "crop_size": "data.crop_size",
-    "vgg_weights": "model.vgg_weights",
+    "pretrained_weights": "model.pretrained_weights",
     "download": "data.download",
     "seed": "train.seed",
     "strategy": "train.strategy",
@@ -66,6 +66,7 @@ FLAG_KEYS = {
     "init_from": "train.init_from",
 }
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # FcnError.exit_status is one of the last two
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
@@ -128,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_steps", type=int, help="total training steps of the run (train.max_steps)")
     parser.add_argument("--crop_size", metavar="H[,W]", help="training crop, e.g. 512 or 384,512 (data.crop_size)")
     parser.add_argument(
+        "--pretrained_weights",
         "--vgg_weights",
         metavar="none|imagenet|imagenet_notop|PATH",
-        help="initial VGG weights of model.backbone: none, imagenet, imagenet_notop, or a Keras .h5 / MatConvNet .mat file (model.vgg_weights)",
+        help="initial VGG weights of model.backbone: none, imagenet, imagenet_notop, or a Keras .h5 / MatConvNet .mat file (model.pretrained_weights; --vgg_weights is the same flag)",
     )
     add_switch(
         parser,

@@ -18,14 +18,16 @@ import typing
 
 import yaml
 
-from fcn import datasets
+from fcn import backbones, datasets
 from fcn.datasets import ade20k, voc
 from fcn.errors import ConfigError
 
 LAYOUTS = ("auto", *datasets.LAYOUTS)
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "bfloat16", "float16")
-MAX_SEED = 2**32 - 1  # NumPy and Keras seeds are 32-bit unsigned integers
+MAX_SEED = 2**32 - 1
+# Keys of earlier versions that still work (in files and --set), and the keys they now are.
+KEY_ALIASES = {"model.vgg_weights": "model.pretrained_weights"}  # NumPy and Keras seeds are 32-bit unsigned integers
 
 
 
@@ -94,12 +96,14 @@ class ModelConfig:
     """The network.
 
     Attributes:
-      backbone: ``vgg16`` or ``vgg19`` (FCN.tensorflow's trunk: 16
-        convolutions, fc6/fc7 from its fc1/fc2).
-      vgg_weights: ``none``, ``imagenet``, ``imagenet_notop`` (Keras' ImageNet
-        weights of the backbone) or a path to a Keras ``.h5`` or a MatConvNet
-        ``imagenet-vgg-verydeep-16.mat`` / ``-19.mat`` of the backbone; a file
-        whose layers do not all fit the model is refused.
+      backbone: a name of ``fcn.backbones.BACKBONES``: ``vgg16`` or
+        ``vgg19`` (FCN.tensorflow's trunk: 16 convolutions, fc6/fc7 from its
+        fc1/fc2).
+      pretrained_weights: ``none``, ``imagenet``, ``imagenet_notop`` (Keras'
+        ImageNet weights of the backbone) or a path to a Keras ``.h5`` or a
+        MatConvNet ``imagenet-vgg-verydeep-16.mat`` / ``-19.mat`` of the
+        backbone; a file whose layers do not all fit the model is refused.
+        ``model.vgg_weights`` (and ``--vgg_weights``) is the same key.
       model_dir: where downloaded pretrained weights are cached (the meaning
         of FCN.tensorflow's ``--model_dir``).
       fc_channels: width of fc6 and fc7 (4096 in VGG16; smaller values make a
@@ -118,7 +122,7 @@ class ModelConfig:
     """
 
     backbone: str = "vgg16"
-    vgg_weights: str = "imagenet"
+    pretrained_weights: str = "imagenet"
     model_dir: str = "data/models"
     fc_channels: int = 4096
     dropout: float = 0.5
@@ -128,6 +132,11 @@ class ModelConfig:
     crf_theta_alpha: float = 160.0
     crf_theta_beta: float = 3.0
     crf_theta_gamma: float = 3.0
+
+    @property
+    def vgg_weights(self) -> str:
+        """The earlier name of ``pretrained_weights``."""
+        return self.pretrained_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,6 +387,20 @@ def _build(cls, values: dict, prefix: str, source: str):
     return cls(**kwargs)
 
 
+def _unalias(values: dict, source: str, prefix: str = "") -> dict:
+    """``values`` (nested) with the keys of ``KEY_ALIASES`` renamed; both spellings at once is an error."""
+    if not isinstance(values, dict):
+        return values
+    out = {}
+    for key, value in values.items():
+        dotted = KEY_ALIASES.get(prefix + str(key), prefix + str(key))
+        name = dotted.rsplit(".", 1)[-1]
+        if name in out:
+            raise ConfigError(f"{source}: {dotted} is given twice (once as {prefix + str(key)}); keep one")
+        out[name] = _unalias(value, source, dotted + ".")
+    return out
+
+
 def _merge(base: dict, update: dict) -> dict:
     merged = dict(base)
     for key, value in update.items():
@@ -442,10 +465,11 @@ def load_config(path: str | None = None, overrides: typing.Sequence[tuple[str, t
     source = "defaults"
     if path:
         source = path
-        values = _read_yaml(path)
+        values = _unalias(_read_yaml(path), source)
         config = _build(Config, values, "", source)  # report file errors against the file
     keys = set(valid_keys())
     for key, value in overrides:
+        key = KEY_ALIASES.get(key, key)
         if key not in keys:
             by_name = {k.split(".")[-1]: k for k in keys}
             close = difflib.get_close_matches(key.split(".")[-1], sorted(by_name), n=1, cutoff=0.75)
@@ -482,8 +506,8 @@ def check_values(config: Config) -> None:
         problems.append(f"data.cat_max_ratio must be in (0, 1], got {d.cat_max_ratio}")
     if not 0 <= d.flip_prob <= 1:
         problems.append(f"data.flip_prob must be in [0, 1], got {d.flip_prob}")
-    if m.backbone not in ("vgg16", "vgg19"):
-        problems.append(f"model.backbone must be vgg16 or vgg19, got {m.backbone!r}")
+    if m.backbone not in backbones.BACKBONES:
+        problems.append(f"model.backbone must be one of {', '.join(backbones.BACKBONES)}, got {m.backbone!r}")
     if not 0 <= m.dropout < 1:
         problems.append(f"model.dropout must be in [0, 1), got {m.dropout}")
     if m.fc_channels < 1:

@@ -47,8 +47,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fcn import data, datasets, errors, metrics, weights
-from fcn import predict as predict_lib
+from fcn import crfasrnn_keras, data, datasets, errors, inference, metrics
 from fcn.config import Config
 from fcn.datasets import decode
 from fcn.datasets.classes import ClassTable
@@ -131,7 +130,7 @@ def evaluate_split(
     too_large = {}
     if max_pixels is not None:
         for image_path, _ in pairs:
-            refused = predict_lib.too_large(image_path, max_pixels)
+            refused = inference.too_large(image_path, max_pixels)
             if refused:
                 too_large[image_path] = refused
         pairs = tuple(pair for pair in pairs if pair[0] not in too_large)
@@ -156,7 +155,7 @@ def evaluate_split(
         images += 1
         if save_predictions:
             stem = os.path.splitext(os.path.basename(decode_path(example["path"][0])))[0]
-            predict_lib.write_label_png(os.path.join(save_predictions, stem + ".png"), predictions[0].numpy(), classes)
+            inference.write_label_png(os.path.join(save_predictions, stem + ".png"), predictions[0].numpy(), classes)
     matrix = confusion.matrix
     names = list(classes.names)
     return EvaluationResult(
@@ -179,15 +178,15 @@ def evaluate(
     Args:
       config: the run's config.
       root: the dataset root.
-      checkpoint: see ``predict.restore_model`` (default: the run's latest).
+      checkpoint: see ``inference.restore_model`` (default: the run's latest).
       output_dir: where the reports go (default ``config.logs_dir``).
       save_predictions: a folder for submission PNGs, or "".
       progress: show a progress bar.
 
     Raises:
-      predict.InferenceError: no usable checkpoint.
+      inference.InferenceError: no usable checkpoint.
     """
-    predictor, prefix = predict_lib.predictor_from_config(config, checkpoint, with_fcn=config.evaluate.compare_fcn)
+    predictor, prefix = inference.predictor_from_config(config, checkpoint, with_fcn=config.evaluate.compare_fcn)
     dataset = datasets.dataset_for_run(root, config.data, predictor.classes)
     result = evaluate_split(
         predictor.labels, dataset, config.evaluate.split, predictor.classes, save_predictions, progress,
@@ -201,7 +200,7 @@ def evaluate(
 def evaluate_pretrained(
     config: Config, root, source: str, output_dir: str = "", save_predictions: str = "", progress: bool = True
 ) -> EvaluationResult:
-    """``--mode=evaluate --pretrained NAME|FILE``: a released model (``fcn/pretrained.py``) scored on ``config.evaluate.split``.
+    """``--mode=evaluate --pretrained NAME|FILE``: a released model (``fcn/crfasrnn_keras.py``) scored on ``config.evaluate.split``.
 
     Each image goes through the model's own protocol (crfasrnn_keras's:
     fitted into 500 x 500 and padded, the labels cropped and resized back to
@@ -214,7 +213,7 @@ def evaluate_pretrained(
       config: the config (``data`` finds the dataset; ``model.model_dir`` is
         the download cache; ``evaluate.split``, ``evaluate.max_pixels``).
       root: the dataset root (or a Dataset).
-      source: a ``weights.PRETRAINED`` name or the path of such a file.
+      source: a ``crfasrnn_keras.PRETRAINED`` name or the path of such a file.
       output_dir: where the reports go (default
         ``<logs_dir>/pretrained_<name or file stem>``, never a run's own reports).
       save_predictions: a folder for submission PNGs, or "".
@@ -222,20 +221,18 @@ def evaluate_pretrained(
 
     Raises:
       errors.ClassTableMismatchError: the dataset's classes are not the model's.
-      weights.WeightsError: no such model, a failed download, a misfit file.
+      errors.WeightsError: no such model, a failed download, a misfit file.
     """
-    from fcn import pretrained
-
-    entry = pretrained.entry_of(source)
-    classes = pretrained.class_table(entry)
+    entry = crfasrnn_keras.entry_of(source)
+    classes = crfasrnn_keras.class_table(entry)
     dataset = datasets.as_dataset(root, dataclasses.replace(config.data, num_classes=0))
     if not dataset.classes.same_classes(classes):
         raise errors.ClassTableMismatchError(
             f"--pretrained {source} predicts {classes.describe()}, but {display_path(dataset.root)} has "
             f"{dataset.classes.describe()}: point --data_dir at a {entry.dataset} dataset (e.g. --config configs/voc.yaml)"
         )
-    path, entry = pretrained.resolve(source, config.model.model_dir, progress)
-    labels_of = pretrained.labeller(path, entry)
+    path, entry = crfasrnn_keras.resolve(source, config.model.model_dir, progress)
+    labels_of = crfasrnn_keras.labeller(path, entry)
 
     def labels_fn(images):  # (1, H, W, 3) uint8 -> (1, H, W) train ids
         return tf.convert_to_tensor(labels_of(np.asarray(images)[0])[None])
@@ -244,14 +241,14 @@ def evaluate_pretrained(
         labels_fn, dataset, config.evaluate.split, classes, save_predictions, progress, config.evaluate.max_pixels
     )
     result.checkpoint = path
-    result.protocol = pretrained.protocol(entry)
+    result.protocol = crfasrnn_keras.protocol(entry)
     write_reports(result, output_dir or pretrained_output_dir(config, source), config)
     return result
 
 
 def pretrained_output_dir(config: Config, source: str) -> str:
     """The default folder of ``evaluate_pretrained``'s reports."""
-    name = source if source in weights.PRETRAINED else os.path.splitext(os.path.basename(source))[0]
+    name = source if source in crfasrnn_keras.PRETRAINED else os.path.splitext(os.path.basename(source))[0]
     return os.path.join(config.logs_dir, f"pretrained_{name}")
 
 

@@ -54,7 +54,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from fcn import predict as predict_lib
+from fcn import inference
 from fcn.config import Config
 
 SIGNATURE = "serving_default"
@@ -77,18 +77,18 @@ def _check_base(base: str) -> None:
         folder holding other files or folders (named).
     """
     if os.path.exists(base) and not os.path.isdir(base):
-        raise predict_lib.InferenceError(f"{base} exists and is not a folder: give a new folder or a folder of earlier exports")
+        raise inference.InferenceError(f"{base} exists and is not a folder: give a new folder or a folder of earlier exports")
     if not os.path.isdir(base):
         return
     if tf.saved_model.contains_saved_model(base):
-        raise predict_lib.InferenceError(
+        raise inference.InferenceError(
             f"{base} is a SavedModel without a version folder (an older export): TensorFlow Serving reads BASE/1, BASE/2, ... "
             f"Move its files into {os.path.join(base, '1')}, or give another --output (nothing was written)"
         )
     ours = lambda entry: entry.startswith(PARTIAL_PREFIX) and os.path.isfile(os.path.join(base, entry, PARTIAL_MARKER))
     others = sorted(e for e in os.listdir(base) if not (e.isdigit() and os.path.isdir(os.path.join(base, e))) and not ours(e))
     if others:
-        raise predict_lib.InferenceError(
+        raise inference.InferenceError(
             f"{base} holds files that are not export versions ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}): "
             "give a new or empty folder, or a folder of earlier exports (nothing was written)"
         )
@@ -118,7 +118,7 @@ def checked_images(images, max_pixels: int):
     return tf.ensure_shape(images, [None, None, None, 3])
 
 
-def export_predictor(predictor: predict_lib.Predictor, base: str, max_pixels: int) -> str:
+def export_predictor(predictor: inference.Predictor, base: str, max_pixels: int) -> str:
     """Writes ``predictor`` as the next version of ``base`` (see the module docstring).
 
     Returns:
@@ -172,17 +172,17 @@ def export(config: Config, output_dir: str = "", checkpoint: str = "") -> tuple[
     Args:
       config: the run's config.
       output_dir: ``BASE`` (default ``LOGS_DIR/export``).
-      checkpoint: see ``predict.restore_model``.
+      checkpoint: see ``inference.restore_model``.
 
     Returns:
       (the version folder written, the checkpoint prefix exported).
 
     Raises:
-      predict.InferenceError: no usable checkpoint, or a ``BASE`` that holds other files.
+      inference.InferenceError: no usable checkpoint, or a ``BASE`` that holds other files.
     """
     base = output_dir or os.path.join(config.logs_dir, "export")
     _check_base(os.path.realpath(base))  # before the work
-    predictor, prefix = predict_lib.predictor_from_config(config, checkpoint)
+    predictor, prefix = inference.predictor_from_config(config, checkpoint)
     return export_predictor(predictor, base, config.evaluate.max_pixels), prefix
 
 

@@ -24,39 +24,17 @@ The model takes RGB images in 0..255 (uint8 or float) and applies the
 convention its VGG16 weights expect (RGB -> BGR, ImageNet mean subtracted).
 It returns float32 logits (B, H, W, num_classes); softmax is left to the loss.
 
-``build_crfasrnn_reference`` builds the other geometry, that of crfasrnn_keras's
-released FCN-8s + CRF-RNN (100-pixel zero padding, 'valid' fc6, learned
-transposed convolutions and fixed crops, no skip scaling), so that its weight
-file reproduces its outputs; ``crfasrnn_keras_inputs`` prepares images the way
-that project does.
+The geometry of crfasrnn_keras's released model is in ``fcn/crfasrnn_keras.py``.
 """
 
 import keras
 import numpy as np
 from keras import ops
 
+from fcn import backbones
 from fcn import crf as crf_lib
 
-VGG_MEAN_BGR = (103.939, 116.779, 123.68)
-# (block, convolutions, filters) of each backbone.
-VGG_BLOCKS = {
-    "vgg16": ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512)),
-    "vgg19": ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512)),
-}
-BACKBONES = tuple(VGG_BLOCKS)
-VGG16_BLOCKS = VGG_BLOCKS["vgg16"]
-
-
-def conv_layer_names(backbone: str = "vgg16") -> tuple[str, ...]:
-    """The convolution layers of a backbone's trunk, in order (Keras' names: block1_conv1, ...)."""
-    return tuple(f"block{b}_conv{i}" for b, n, _ in VGG_BLOCKS[backbone] for i in range(1, n + 1))
-
-
-VGG16_CONV_LAYERS = conv_layer_names("vgg16")
-VGG19_CONV_LAYERS = conv_layer_names("vgg19")
-VGG16_FC_CHANNELS = 4096
-VGG_FC_CHANNELS = VGG16_FC_CHANNELS  # fc1 / fc2 of both backbones
-STRIDE = 32  # the total downsampling of VGG16's five poolings
+STRIDE = backbones.STRIDE
 
 
 # ---------------------------------------------------------------------------
@@ -65,11 +43,18 @@ STRIDE = 32  # the total downsampling of VGG16's five poolings
 
 @keras.saving.register_keras_serializable(package="fcn")
 class VggPreprocess(keras.layers.Layer):
-    """RGB in 0..255 -> BGR minus the ImageNet mean, the input convention of the VGG16 weights."""
+    """RGB in 0..255 -> BGR minus a mean (the ImageNet mean), the input convention of the VGG weights."""
+
+    def __init__(self, mean_bgr=backbones.VGG_MEAN_BGR, **kwargs):
+        super().__init__(**kwargs)
+        self.mean_bgr = tuple(float(m) for m in mean_bgr)
 
     def call(self, images):
         images = ops.cast(images, self.compute_dtype)  # (B, H, W, 3)
-        return ops.flip(images, axis=-1) - ops.convert_to_tensor(VGG_MEAN_BGR, self.compute_dtype)
+        return ops.flip(images, axis=-1) - ops.convert_to_tensor(self.mean_bgr, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "mean_bgr": list(self.mean_bgr)}
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -296,13 +281,13 @@ class BilinearUpsampling(keras.initializers.Initializer):
 
 def build_fcn8s(
     num_classes: int = 150,
-    fc_channels: int = VGG16_FC_CHANNELS,
+    fc_channels: int = backbones.VGG_FC_CHANNELS,
     dropout: float = 0.5,
     name: str = "fcn8s",
     crf: dict | None = None,
     backbone: str = "vgg16",
 ) -> keras.Model:
-    """Builds FCN-8s on VGG16 or VGG19, with freshly initialised weights (see ``fcn.weights`` for pretrained ones).
+    """Builds FCN-8s on a backbone of ``BACKBONES``, with fresh weights (see ``fcn.weights`` for pretrained ones).
 
     Args:
       num_classes: output channels (150 for ADE20K).
@@ -313,29 +298,24 @@ def build_fcn8s(
         CRF-RNN stage; it refines the logits with the input image itself (RGB
         0..255 at the logits' size). The FCN's own logits stay available as
         the output of the layer named ``logits`` (see ``with_fcn_output``).
-      backbone: ``vgg16`` or ``vgg19`` (three more convolutions, block3_conv4,
-        block4_conv4 and block5_conv4). Layer names are Keras' VGG names for
-        both, and a VGG16 model has the layers (and layer order) it always had,
-        so existing checkpoints restore.
+      backbone: a name of ``backbones.BACKBONES``: ``vgg16`` or ``vgg19``
+        (three more convolutions, block3_conv4, block4_conv4 and
+        block5_conv4). Layer names are Keras' VGG names for both, and a VGG16
+        model has the layers (and layer order) it always had, so existing
+        checkpoints restore.
 
     Returns:
       A Keras model: images (B, H, W, 3) RGB 0..255 -> float32 logits
       (B, H, W, num_classes).
     """
+    if backbone not in backbones.BACKBONES:
+        raise ValueError(f"backbone must be one of {', '.join(backbones.BACKBONES)}, got {backbone!r}")
+    trunk = backbones.BACKBONES[backbone]
     images = keras.Input((None, None, 3), name="image")
-    x = VggPreprocess(name="preprocess")(images)
+    x = VggPreprocess(trunk.mean_bgr, name="preprocess")(images)
     x = PadToMultiple(STRIDE, name="pad")(x)
-    if backbone not in VGG_BLOCKS:
-        raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
-    pools = {}
-    for block, convolutions, filters in VGG_BLOCKS[backbone]:
-        for i in range(1, convolutions + 1):
-            x = keras.layers.Conv2D(
-                filters, 3, padding="same", activation="relu", kernel_initializer="he_normal", name=f"block{block}_conv{i}"
-            )(x)
-        x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
-        pools[block] = x
-    x = PatchConv2D(fc_channels, 7, activation="relu", kernel_initializer="he_normal", name="fc6")(x)
+    taps = trunk.build(x)  # pool3 (1/8), pool4 (1/16), top (1/32)
+    x = PatchConv2D(fc_channels, 7, activation="relu", kernel_initializer="he_normal", name="fc6")(taps["top"])
     x = keras.layers.Dropout(dropout, name="drop6")(x)
     # fc7 is a 1x1 convolution: as a PatchConv2D it is one matrix product (same weights, same checkpoints).
     x = PatchConv2D(fc_channels, 1, activation="relu", kernel_initializer="he_normal", name="fc7")(x)
@@ -356,10 +336,10 @@ def build_fcn8s(
         )
 
     upscore2 = upsample(2, "upscore2")(score("score_fr")(x))  # (B, H/16, W/16, C)
-    score_pool4 = score("score_pool4")(Scale(0.01, name="scale_pool4")(pools[4]))
+    score_pool4 = score("score_pool4")(Scale(0.01, name="scale_pool4")(taps["pool4"]))
     fuse_pool4 = keras.layers.Add(name="fuse_pool4")([upscore2, score_pool4])
     upscore_pool4 = upsample(2, "upscore_pool4")(fuse_pool4)  # (B, H/8, W/8, C)
-    score_pool3 = score("score_pool3")(Scale(0.0001, name="scale_pool3")(pools[3]))
+    score_pool3 = score("score_pool3")(Scale(0.0001, name="scale_pool3")(taps["pool3"]))
     fuse_pool3 = keras.layers.Add(name="fuse_pool3")([upscore_pool4, score_pool3])
     upscore8 = BilinearUpsample(8, name="upscore8")(fuse_pool3)  # (B, H', W', C), H' = H padded
     logits = CropToReference(name="crop")([upscore8, images])
@@ -392,9 +372,10 @@ def build_from_config(model_config, num_classes: int, crf_iterations: int | None
 
 
 def backbone_of(model: keras.Model) -> str:
-    """``vgg19`` for a model built with VGG19's trunk, else ``vgg16``."""
+    """The backbone a model was built on: the entry of ``BACKBONES`` with the most layers, all in the model."""
     names = {layer.name for layer in model.layers}
-    return "vgg19" if set(VGG19_CONV_LAYERS) <= names else "vgg16"
+    fits = [entry for entry in backbones.BACKBONES.values() if set(entry.layers) <= names]
+    return max(fits, key=lambda entry: len(entry.layers)).name if fits else ""
 
 
 # The weights of a ``CrfRnn`` layer, by their names in a checkpoint.
@@ -410,126 +391,3 @@ def with_fcn_output(model: keras.Model) -> keras.Model:
     if not has_crf(model):
         raise ValueError(f"model {model.name} has no CRF stage")
     return keras.Model(model.input, [model.get_layer("logits").output, model.output], name=model.name + "_with_fcn")
-
-
-# ---------------------------------------------------------------------------
-# crfasrnn_keras's geometry (its released FCN-8s + CRF-RNN for Pascal VOC).
-
-# The image size that project feeds: the longer side resized to 500, padded to 500 x 500.
-CRFASRNN_SIZE = 500
-# Its convolutions, with the names of the Caffe model it was converted from.
-CRFASRNN_CONV_LAYERS = tuple(f"conv{b}_{i}" for b, n, _ in VGG16_BLOCKS for i in range(1, n + 1))
-
-
-def build_crfasrnn_reference(
-    num_classes: int = 21,
-    fc_channels: int = VGG16_FC_CHANNELS,
-    dropout: float = 0.5,
-    crf: dict | None = None,
-    name: str = "crfasrnn",
-) -> keras.Model:
-    """FCN-8s (+ CRF-RNN) in the geometry of crfasrnn_keras's released model, with its layer names.
-
-    The reference FCN-8s as that project builds it (``src/crfrnn_model.py``):
-    the preprocessed image zero-padded by 100 pixels, ``conv1_1`` and
-    ``pool1`` 'valid', the other convolutions and poolings 'same', ``fc6`` a
-    7x7 'valid' convolution, learned transposed convolutions (``score2`` 4x4/2
-    with a bias, ``score4`` 4x4/2 and ``upsample`` 16x16/8 without), the skip
-    scores ``score-pool4`` and ``score-pool3`` on the unscaled pools, cropped
-    at offsets 5 and 9 to the upsampled maps, and the final scores cropped at
-    offset 31 to the input's size. At 500 x 500 these are exactly that
-    project's fixed ``Cropping2D`` layers ((5, 5), (9, 9), ((31, 37), (31, 37))).
-    Its CRF-RNN stage reads the *preprocessed* image (BGR minus the mean, the
-    padding 0), as the released model does; colour differences are those of
-    the RGB image.
-
-    Args:
-      num_classes: 21 for the released Pascal VOC model.
-      fc_channels: width of fc6 and fc7 (4096 in the released file).
-      dropout: rate after fc6 and fc7 (training only).
-      crf: None for the FCN alone, or the keyword arguments of
-        ``crf.CrfRnn`` (the released model: ``theta_alpha=160, theta_beta=3,
-        theta_gamma=3, num_iterations=10``); the layer is named ``crfrnn``.
-      name: the model's name.
-
-    Returns:
-      A Keras model: images (B, H, W, 3) RGB 0..255 -> float32 logits
-      (B, H, W, num_classes), refined by the CRF stage if any; the FCN's own
-      logits are the output of the layer ``logits``. The released model is
-      meant for 500 x 500 inputs (``crfasrnn_keras_inputs``).
-    """
-    images = keras.Input((None, None, 3), name="image")
-    preprocessed = VggPreprocess(name="preprocess")(images)
-    x = keras.layers.ZeroPadding2D(100, name="pad100")(preprocessed)
-    pools = {}
-    for block, convolutions, filters in VGG16_BLOCKS:
-        for i in range(1, convolutions + 1):
-            padding = "valid" if (block, i) == (1, 1) else "same"
-            x = keras.layers.Conv2D(filters, 3, padding=padding, activation="relu", name=f"conv{block}_{i}")(x)
-        x = keras.layers.MaxPooling2D(2, strides=2, padding="valid" if block == 1 else "same", name=f"pool{block}")(x)
-        pools[block] = x
-    x = keras.layers.Conv2D(fc_channels, 7, activation="relu", name="fc6")(x)
-    x = keras.layers.Dropout(dropout, name="drop6")(x)
-    x = keras.layers.Conv2D(fc_channels, 1, activation="relu", name="fc7")(x)
-    x = keras.layers.Dropout(dropout, name="drop7")(x)
-
-    def score(layer_name):
-        return keras.layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name=layer_name)
-
-    def upsample(size, stride, use_bias, layer_name):
-        return keras.layers.Conv2DTranspose(
-            num_classes, size, strides=stride, use_bias=use_bias, kernel_initializer=BilinearUpsampling(), name=layer_name
-        )
-
-    score2 = upsample(4, 2, True, "score2")(score("score-fr")(x))
-    score_pool4 = CropToReference(5, name="score-pool4c")([score("score-pool4")(pools[4]), score2])
-    score4 = upsample(4, 2, False, "score4")(keras.layers.Add(name="fuse-pool4")([score2, score_pool4]))
-    score_pool3 = CropToReference(9, name="score-pool3c")([score("score-pool3")(pools[3]), score4])
-    upscore = upsample(16, 8, False, "upsample")(keras.layers.Add(name="fuse-pool3")([score4, score_pool3]))
-    logits = CropToReference(31, name="upscore")([upscore, images])
-    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
-    if crf is not None:
-        logits = crf_lib.CrfRnn(name="crfrnn", **crf)([logits, preprocessed])
-    return keras.Model(images, logits, name=name)
-
-
-def crfasrnn_keras_inputs(image) -> tuple[np.ndarray, tuple[int, int]]:
-    """One image as crfasrnn_keras feeds its model (its ``util.get_preprocessed_image``), in RGB.
-
-    The image is resized with PIL's bilinear filter so that it fits 500 x 500
-    (scale ``min(500 / W, 500 / H)``, sizes truncated to integers, smaller
-    images enlarged), then padded at the bottom and right up to 500 x 500
-    with the ImageNet mean colour, which the model's preprocessing turns into
-    the zeros that project pads with.
-
-    Args:
-      image: uint8 (H, W, 3) RGB.
-
-    Returns:
-      (float32 (500, 500, 3) RGB, (h, w) the resized image's size inside it).
-    """
-    from PIL import Image
-
-    image = np.asarray(image)
-    height, width = image.shape[:2]
-    ratio = min(CRFASRNN_SIZE / width, CRFASRNN_SIZE / height)
-    size = (int(width * ratio), int(height * ratio))
-    resized = np.asarray(Image.fromarray(image[:, :, :3]).resize(size, resample=Image.BILINEAR), np.float32)
-    padded = np.empty((CRFASRNN_SIZE, CRFASRNN_SIZE, 3), np.float32)
-    padded[...] = np.asarray(VGG_MEAN_BGR[::-1], np.float32)
-    padded[: size[1], : size[0]] = resized
-    return padded, (size[1], size[0])
-
-
-def crfasrnn_keras_labels(scores, valid_size: tuple[int, int], original_size: tuple[int, int]) -> np.ndarray:
-    """Labels of one image from the model's (500, 500, C) output, as crfasrnn_keras makes them.
-
-    The argmax over classes, cropped to the resized image (``valid_size``, the
-    second value of ``crfasrnn_keras_inputs``) and resized back to the
-    original (H, W) by nearest neighbour (PIL resizes its palette image so).
-    """
-    from PIL import Image
-
-    labels = np.asarray(scores).argmax(-1).astype(np.uint8)[: valid_size[0], : valid_size[1]]
-    height, width = original_size
-    return np.asarray(Image.fromarray(labels).resize((width, height), resample=Image.NEAREST))

@@ -1,352 +1,23 @@
-"""Running a trained FCN-8s: restoring weights, whole-image inference, label PNGs, ``--mode=predict``.
+"""``python FCN.py --mode=predict --image PATH...``: label PNGs, masks and overlays of image files.
 
-The one owner of inference, shared by evaluate, visualize and export:
-
-- ``restore_model`` rebuilds the run's FCN-8s from its config and restores a
-  checkpoint (the newest intact one of ``logs_dir/checkpoints`` unless told
-  otherwise; ``fcn/checkpoints.py`` finds and checks it);
-- ``Predictor`` runs it on uint8 images of any size (batch dimension first)
-  with the test protocol: each image fitted into the test size (the training
-  scale ``data.base_size`` by default, or left at its own size with
-  ``evaluate.test_size: none``), optionally averaging the softmax
-  probabilities of several scales and of the horizontally flipped image, the
-  logits resized back and the labels taken at the image's own size; compiled
-  once for all sizes (``make_predictor`` builds it from a config);
-- ``write_label_png`` writes the submission format of the run's class table
-  (``ClassTable``): a PNG of the image's size holding annotation
-  values, 8-bit greyscale 1..150 for ADE20K (train id + 1; 0 "other" is never
-  predicted), a palette PNG in the VOC colour map with values 0..20 for VOC.
-
-``predict_images`` is ``python FCN.py --mode=predict --image PATH...``: for each
-image a coloured mask, an overlay on the image and the raw label PNG.
+For each image ``STEM``: the raw label PNG (the submission format of the run's
+class table), a coloured mask and an overlay on the image, written with the
+one predictor every inference mode uses (``fcn/inference.py``), or with a
+released model (``--pretrained``, ``fcn/crfasrnn_keras.py``). Nothing is
+written over an input image or a file predict did not write.
 """
 
 import dataclasses
 import os
 import sys
-import warnings
 
-import numpy as np
-import tensorflow as tf
 import tqdm
-from PIL import Image
 
-from fcn import checkpoints, datasets, errors
-from fcn import model as model_lib
+from fcn import crfasrnn_keras, errors
 from fcn.config import Config
-from fcn.datasets import ade20k, decode
-from fcn.datasets.classes import IGNORE_LABEL, ClassTable
 from fcn.datasets.files import IMAGE_EXTENSIONS, display_path, scan_image_folder
 from fcn.errors import InferenceError
-
-OVERLAY_ALPHA = 0.5  # weight of the mask colour in the overlay
-OVERLAY_ROWS = 512  # rows blended at a time
-
-
-
-# ---------------------------------------------------------------------------
-# Restoring a trained model.
-
-
-def restore_model(config: Config, checkpoint: str = ""):
-    """Builds the run's FCN-8s (with its CRF stage if ``model.crf``) and restores its trained weights.
-
-    Args:
-      config: the run's config (``data.num_classes`` and ``model.fc_channels``
-        must be those of the checkpoint: pass the run's ``config.yaml``).
-      checkpoint: a run directory, a checkpoint folder (``LOGS_DIR/checkpoints``,
-        ``LOGS_DIR/best``) or a checkpoint prefix; empty = the run's newest
-        intact checkpoint (a damaged newer one is reported and passed over).
-
-    Returns:
-      (keras model, the checkpoint prefix restored).
-
-    Raises:
-      InferenceError: no checkpoint, none intact, or one of another model configuration.
-    """
-    path = checkpoint or config.logs_dir
-    classes = datasets.run_classes(config.logs_dir, config.data)  # the run's classes decide the model's outputs
-    # Every weight comes from the checkpoint; the CRF stage runs its test-time iterations.
-    model = model_lib.build_from_config(config.model, classes.num_classes, crf_iterations=config.model.crf_test_iterations)
-    try:
-        prefix = checkpoints.restore_model_weights(model, path)
-    except checkpoints.NoCheckpointError:
-        if checkpoint:
-            raise InferenceError(
-                f"--checkpoint {checkpoint}: no checkpoint there (give a run directory, a checkpoint folder "
-                "such as LOGS_DIR/best, or a checkpoint prefix)"
-            ) from None
-        raise InferenceError(
-            f"no checkpoint in {os.path.join(config.logs_dir, checkpoints.CHECKPOINTS_DIR)}: train first "
-            "(--mode=train with the same --config / --logs_dir) or pass --checkpoint"
-        ) from None
-    except checkpoints.MismatchError as error:
-        raise InferenceError(
-            f"{error}. This config's model has num_classes={classes.num_classes}, "
-            f"backbone={config.model.backbone}, fc_channels={config.model.fc_channels}, crf={config.model.crf}: pass the run's own config "
-            "(--config LOGS_DIR/config.yaml)"
-        ) from None
-    except checkpoints.CheckpointError as error:
-        raise InferenceError(str(error)) from None
-    if not config.model.crf and checkpoints.holds_layer_weights(prefix, model_lib.CRF_WEIGHTS):
-        # The FCN part restored on its own: running it would silently drop the trained CRF stage.
-        raise InferenceError(
-            f"{prefix} holds a model with the CRF stage: pass --crf, or the run's own config (--config LOGS_DIR/config.yaml)"
-        )
-    return model, prefix
-
-
-# ---------------------------------------------------------------------------
-# Inference.
-
-
-# Values (pixels x classes x batch) of one band of the full-resolution score map: labels are taken band by
-# band, so a large image never holds its whole (H, W, C) float map (64 MB of float32 per band).
-BAND_VALUES = 1 << 24
-
-
-class Predictor:
-    """Inference at the scale the model was trained at, scored at the image's own size.
-
-    Both methods take uint8 RGB images (B, H, W, 3) of any size and are compiled
-    once for all sizes; the network is one compiled function shared by all the
-    views and both methods.
-
-    The protocol (mmsegmentation's ADE20K test pipeline): with ``test_size``
-    (long edge, short edge), every view of the image is resized bilinearly to
-    fit ``test_size x scale`` keeping its aspect ratio, i.e. by
-    ``factor = min(long / max(H, W), short / min(H, W)) x scale`` to
-    ``round(H x factor) x round(W x factor)``; without it (``None``), by
-    ``scale`` alone (the image's own size at scale 1). The model runs on each
-    view (and on its mirror image with ``flip``), its logits are mirrored back
-    and resized bilinearly to (H, W), and the softmax probabilities of the
-    views are averaged (mmsegmentation's ``aug_test``). Labels are the argmax
-    at (H, W); with a single view, the argmax of the resized logits.
-
-    Labels are computed in horizontal bands of ``band_values`` floats, so the
-    full-resolution (B, H, W, C) map of a large image is never held; only
-    ``probabilities`` returns it whole.
-
-    A model with several outputs (``model.with_fcn_output``: the FCN's logits
-    and the CRF-refined ones) gives a list of results, one per output, from
-    one run of the network per view.
-
-    Args:
-      model: an FCN-8s (images -> float32 logits (B, h, w, C)), or a model
-        returning a list of such logits.
-      scales: image scales of the views, relative to the test size.
-      flip: add the horizontally flipped view of every scale.
-      test_size: (long edge, short edge) the views are fitted into, or None
-        for the image's own size.
-      band_values: floats of one band of the full-resolution score map.
-      classes: the run's ``ClassTable``: names, colours and the label
-        values of train ids (default ADE20K's for the model's number of outputs).
-    """
-
-    def __init__(self, model, scales=(1.0,), flip: bool = False, test_size=None, band_values: int = BAND_VALUES,
-                 classes: ClassTable | None = None):
-        self.model = model
-        self._classes = classes
-        self.scales = tuple(float(s) for s in scales)
-        self.flip = bool(flip)
-        self.test_size = None if test_size is None else tuple(int(s) for s in test_size)
-        self.band_values = int(band_values)
-        spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
-        # The network as one function of any image size, called by every view: traced once, not once
-        # per view and method (a trace of FCN-8s takes seconds, as long as running several views).
-        self._forward = tf.function(
-            lambda images: self.model(images, training=False),
-            input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
-        )
-        self.probabilities = tf.function(self._probabilities, input_signature=[spec])
-        self.labels = tf.function(self._labels, input_signature=[spec])
-
-    @property
-    def classes(self) -> ClassTable:
-        """The class table given, or ADE20K's for the model's number of outputs."""
-        if self._classes is None:
-            self._classes = ade20k.class_table(tf.nest.flatten(self.model.output_shape)[-1])
-        return self._classes
-
-    @property
-    def single_view(self) -> bool:
-        return self.scales == (1.0,) and not self.flip
-
-    def _views(self) -> list[tuple[float, bool]]:
-        """(scale, flipped) of every view."""
-        return [(scale, flipped) for scale in self.scales for flipped in ((False, True) if self.flip else (False,))]
-
-    def view_size(self, size, scale: float):
-        """The network input size (h, w) of the view at ``scale`` of an image of ``size`` (H, W): int32 (2,)."""
-        size = tf.cast(size, tf.float64)
-        factor = tf.constant(scale, tf.float64)
-        if self.test_size is not None:
-            long_edge, short_edge = self.test_size
-            fit = tf.minimum(long_edge / tf.reduce_max(size), short_edge / tf.reduce_min(size))
-            factor = fit * scale
-        return tf.maximum(tf.cast(tf.round(size * factor), tf.int32), 1)
-
-    def _network_logits(self, images, scale, flipped):
-        """The model's logits of one view at the network's resolution: uint8 (B, H, W, 3) -> (B, h, w, C)."""
-        if self.test_size is None and scale == 1.0:
-            inputs = tf.cast(images, tf.float32)
-        else:  # bilinear from the uint8 image: no float copy of a large image
-            inputs = tf.image.resize(images, self.view_size(tf.shape(images)[1:3], scale), method="bilinear")
-        if flipped:
-            inputs = tf.reverse(inputs, [2])
-        logits = self._forward(inputs)
-        return tf.nest.map_structure(lambda t: tf.reverse(t, [2]) if flipped else t, logits)
-
-    def _all_views(self, images):
-        """(the nesting of the model's outputs, per view the flat list of its outputs at the network's resolution)."""
-        outputs = [self._network_logits(images, scale, flipped) for scale, flipped in self._views()]
-        return outputs[0], [tf.nest.flatten(view) for view in outputs]
-
-    def _band(self, views, output: int, start, stop, size, softmax: bool):
-        """Rows ``start:stop`` of output ``output`` at full resolution: (B, stop - start, width, C).
-
-        Each view's logits are resized bilinearly (half-pixel centres, as
-        ``tf.image.resize``) to the image's size, only for these rows; with
-        several views (or ``softmax``) their softmax probabilities are averaged.
-        """
-        total = None
-        for view in views:
-            logits = view[output]  # (B, h, w, C)
-            band = _resize_rows(logits, start, stop, size)  # (B, rows, W, C)
-            if softmax or len(views) > 1:
-                band = tf.nn.softmax(band)
-            total = band if total is None else total + band
-        return total / len(views) if len(views) > 1 else total
-
-    def _probabilities(self, images):
-        """uint8 (B, H, W, 3) -> float32 class probabilities (B, H, W, C), averaged over the views."""
-        structure, views = self._all_views(images)
-        size = tf.shape(images)[1:3]
-        if self.test_size is None and self.single_view:
-            return tf.nest.map_structure(tf.nn.softmax, structure)
-        bands = [self._band(views, k, 0, size[0], size, softmax=True) for k in range(len(views[0]))]
-        return tf.nest.pack_sequence_as(structure, bands)
-
-    def _labels(self, images):
-        """uint8 (B, H, W, 3) -> int32 train ids (B, H, W), taken band by band at full resolution."""
-        structure, views = self._all_views(images)
-        if self.test_size is None and self.single_view:  # the model's own output is at (H, W) already
-            return tf.nest.map_structure(lambda t: tf.argmax(t, axis=-1, output_type=tf.int32), structure)
-        shape = tf.shape(images)
-        batch, height, width = shape[0], shape[1], shape[2]
-        classes = tf.shape(views[0][0])[-1]
-        band_rows = tf.maximum(self.band_values // tf.maximum(batch * width * classes, 1), 1)
-        bands = (height + band_rows - 1) // band_rows
-        outputs = len(views[0])
-
-        def body(index, arrays):
-            start = index * band_rows
-            stop = tf.minimum(start + band_rows, height)
-            new = []
-            for k, array in enumerate(arrays):
-                band = self._band(views, k, start, stop, shape[1:3], softmax=False)
-                band = tf.argmax(band, axis=-1, output_type=tf.int32)  # (B, rows, W)
-                new.append(array.write(index, tf.transpose(band, [1, 0, 2])))  # (rows, B, W): concat joins rows
-            return index + 1, new
-
-        arrays = [tf.TensorArray(tf.int32, size=bands, infer_shape=False) for _ in range(outputs)]
-        _, arrays = tf.while_loop(lambda index, _: index < bands, body, (0, arrays))
-        labels = [tf.transpose(array.concat(), [1, 0, 2]) for array in arrays]
-        return tf.nest.pack_sequence_as(structure, labels)
-
-
-def _resize_rows(values, start, stop, size):
-    """Rows ``start:stop`` of ``values`` (B, h, w, C) resized bilinearly to ``size`` (H, W): (B, stop - start, W, C).
-
-    Half-pixel centres without antialiasing, as ``tf.image.resize(method="bilinear")``:
-    output pixel i samples the input at (i + 0.5) x h / H - 0.5, clamped to the border
-    (equal to it up to float rounding); a band of rows is that band of the whole resize.
-    """
-    in_size = tf.cast(tf.shape(values)[1:3], tf.float32)
-    scale = tf.cast(size, tf.float32) / in_size
-    translation = tf.stack([-tf.cast(start, tf.float32), 0.0])
-    return tf.raw_ops.ScaleAndTranslate(
-        images=values, size=tf.stack([stop - start, size[1]]), scale=scale, translation=translation,
-        kernel_type="triangle", antialias=False,
-    )
-
-
-def make_predictor(model, config: Config) -> Predictor:
-    """A ``Predictor`` of ``model`` with the config's test protocol: ``evaluate.test_size``, ``scales``, ``flip``.
-
-    The one place where evaluate, visualize, predict, export and the notebook
-    get their protocol, so that they cannot disagree.
-    """
-    e = config.evaluate
-    classes = datasets.run_classes(config.logs_dir, config.data)
-    return Predictor(model, e.scales, e.flip, e.resolved_test_size(config.data.base_size), classes=classes)
-
-
-def predictor_from_config(config: Config, checkpoint: str = "", with_fcn: bool = False) -> tuple[Predictor, str]:
-    """Restores the run's model into a ``Predictor`` with the config's protocol (``make_predictor``).
-
-    Args:
-      config, checkpoint: see ``restore_model``.
-      with_fcn: for a model with the CRF stage, predict [FCN alone, FCN + CRF]
-        (``model.with_fcn_output``); ignored without it.
-
-    Returns:
-      (predictor, the checkpoint prefix restored).
-    """
-    model, prefix = restore_model(config, checkpoint)
-    if with_fcn and model_lib.has_crf(model):
-        model = model_lib.with_fcn_output(model)
-    return make_predictor(model, config), prefix
-
-
-# ---------------------------------------------------------------------------
-# Files.
-
-
-def class_names(num_classes: int) -> list[str]:
-    """ADE20K's short class names by train id, or the ids as strings for another number of classes."""
-    if num_classes == ade20k.NUM_CLASSES:
-        return list(ade20k.class_names())
-    return [str(i) for i in range(num_classes)]
-
-
-def read_image(path: str) -> np.ndarray:
-    """Reads an image file as the input pipeline does: uint8 RGB (H, W, 3).
-
-    Raises:
-      InferenceError: the file is missing or is not an image it can read.
-    """
-    try:
-        return decode.read_image_file(path)
-    except errors.DataError as error:
-        raise InferenceError(str(error)) from None
-
-
-def too_large(path: str, max_pixels: int, size=None) -> str:
-    """Why an image is refused for its size, or "" when it has at most ``max_pixels`` pixels.
-
-    The size is read from the file's header, before decoding (or given as
-    ``size`` (H, W)), so a huge image costs no memory; a file whose header
-    cannot be read is left to the decoder to report.
-    """
-    if size is None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(path) as picture:
-                    width, height = picture.size
-        except Image.DecompressionBombError:
-            width, height = Image.MAX_IMAGE_PIXELS, 2  # PIL refuses above twice its limit: the count is at least that
-        except Exception:  # not an image PIL reads: the decoder names the problem
-            return ""
-    else:
-        height, width = size
-    if height * width <= max_pixels:
-        return ""
-    return (
-        f"{display_path(path)}: {width}x{height} = {height * width:,} pixels, more than evaluate.max_pixels = "
-        f"{max_pixels:,}: skipped (raise it with --set evaluate.max_pixels=N if the memory allows, see README)"
-    )
+from fcn.inference import overlay, predictor_from_config, read_image, too_large, write_label_png, write_rgb_png
 
 
 def list_images(paths) -> tuple[list[str], dict[str, str]]:
@@ -387,46 +58,6 @@ def list_images(paths) -> tuple[list[str], dict[str, str]]:
 
 def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
-
-
-def write_label_png(path: str, train_ids, classes: ClassTable | None = None) -> None:
-    """Writes the submission format: the annotation values of the class table (``ClassTable.write_label_png``).
-
-    ADE20K's (the default): 8-bit greyscale, values 1..150 (train id + 1);
-    VOC's: a palette PNG in the VOC colour map, values 0..20.
-
-    Args:
-      path: the PNG to write.
-      train_ids: integer array (H, W) of train ids 0..C-1.
-      classes: the run's class table.
-    """
-    (classes or ade20k.class_table()).write_label_png(path, train_ids)
-
-
-def write_rgb_png(path: str, rgb) -> None:
-    Image.fromarray(np.asarray(rgb, np.uint8), mode="RGB").save(path)
-
-
-def overlay(image, train_ids, alpha: float = OVERLAY_ALPHA, classes: ClassTable | None = None) -> np.ndarray:
-    """The image blended with its label map in the class table's colours (default ADE20K's).
-
-    Args:
-      image: uint8 (H, W, 3).
-      train_ids: integer (H, W); 255 (ignored) pixels are left as they are.
-
-    Returns:
-      uint8 (H, W, 3).
-    """
-    image, train_ids = np.asarray(image), np.asarray(train_ids)
-    colours = classes or ade20k.class_table()
-    result = np.empty(image.shape, np.uint8)
-    for start in range(0, image.shape[0], OVERLAY_ROWS):  # float copies of a band of rows, not of a large image
-        rows = slice(start, start + OVERLAY_ROWS)
-        band = image[rows].astype(np.float32)
-        blended = (1 - alpha) * band + alpha * colours.colourise(train_ids[rows]).astype(np.float32)
-        keep = (train_ids[rows] == IGNORE_LABEL)[..., None]
-        result[rows] = np.round(np.where(keep, band, blended))
-    return result
 
 
 # ---------------------------------------------------------------------------
@@ -534,6 +165,23 @@ def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str 
     return result
 
 
+def predict_pretrained(source: str, paths, output_dir: str, model_dir: str = "", max_pixels: int = 40_000_000,
+                       progress: bool = True) -> PredictResult:
+    """``--mode=predict --pretrained SOURCE``: ``predict_images`` with a released model (``fcn/crfasrnn_keras.py``).
+
+    Raises:
+      WeightsError: no such model, a failed download, or a file whose structure does not fit.
+      InferenceError: a bad path, colliding names, or outputs that would write over other files.
+    """
+    files, unopenable = list_images(paths)
+    written_before = check_outputs(files, output_dir)
+    path, entry = crfasrnn_keras.resolve(source, model_dir, progress)
+    classes = crfasrnn_keras.class_table(entry)
+    result = PredictResult({}, dict(unopenable), path)
+    write_predictions(files, output_dir, written_before, crfasrnn_keras.labeller(path, entry), classes, max_pixels, result, progress)
+    return result
+
+
 def write_predictions(files, output_dir: str, written_before: set[str], labels_of, classes, max_pixels: int, result: PredictResult,
                       progress: bool = True) -> None:
     """The loop of ``predict_images`` for any model: ``labels_of(uint8 (H, W, 3)) -> train ids (H, W)``.
@@ -573,11 +221,9 @@ def run(config: Config, args) -> int:
         raise errors.UsageError("--mode=predict needs --image PATH [PATH ...] (image files or folders)")
     progress = not args.no_progress
     if args.pretrained:
-        from fcn import pretrained  # the released model's module imports this one
-
         output = args.output or os.path.join(config.logs_dir, "predictions")
-        result = pretrained.predict_images(args.pretrained, args.image, output, config.model.model_dir,
-                                           config.evaluate.max_pixels, progress=progress)  # fmt: skip
+        result = predict_pretrained(args.pretrained, args.image, output, config.model.model_dir,
+                                    config.evaluate.max_pixels, progress=progress)  # fmt: skip
         print(f"model: {result.checkpoint}")
     else:
         result = predict_images(config, args.image, args.output, args.checkpoint, progress=progress)
@@ -587,3 +233,4 @@ def run(config: Config, args) -> int:
     for reason in result.failed.values():
         print(f"FCN.py: {reason}", file=sys.stderr)
     return 1 if result.failed else 0
+

@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fcn import checkpoints, data, datasets, metrics, summaries, weights
+from fcn import backbones, checkpoints, crfasrnn_keras, data, datasets, metrics, summaries, weights
 from fcn import model as model_lib
 from fcn.config import Config, save_config
 from fcn.datasets.classes import IGNORE_LABEL
@@ -265,7 +265,7 @@ def initialise(state: TrainState, config: Config, strategy: tf.distribute.Strate
         _initialise_from(state.model, train.init_from, report)
     else:
         with strategy.scope():
-            weights.load_vgg_weights(state.model, config.model.vgg_weights, config.model.model_dir)
+            weights.load_vgg_weights(state.model, config.model.pretrained_weights, config.model.model_dir)
     return ""
 
 
@@ -275,11 +275,11 @@ def _initialise_from(model: keras.Model, source: str, report) -> None:
     Every FCN layer must find its weights there. The CRF stage takes its
     weights too when ``source`` has them, and otherwise keeps its initial
     values: an FCN run starts an FCN + CRF run. A Keras ``.h5`` file is
-    crfasrnn_keras's released model (``weights.load_crfasrnn_keras_into_fcn8s``).
+    crfasrnn_keras's released model (``crfasrnn_keras.load_crfasrnn_keras_into_fcn8s``).
     """
-    if weights.is_crfasrnn_keras_file(source):
+    if crfasrnn_keras.is_crfasrnn_keras_file(source):
         try:
-            notes = weights.load_crfasrnn_keras_into_fcn8s(model, source)
+            notes = crfasrnn_keras.load_crfasrnn_keras_into_fcn8s(model, source)
         except weights.WeightsError as error:
             raise TrainingError(f"--init_from {source}: {error}") from None
         report(f"initialised from {source} (crfasrnn_keras's FCN-8s + CRF-RNN)")
@@ -359,7 +359,7 @@ def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.S
     checked = variables + [v for v in optimizer.variables if tf.as_dtype(v.dtype).is_floating]
     probe = None
     if train.debug:
-        relu_layers = model_lib.conv_layer_names(model_lib.backbone_of(model)) + ("fc6", "fc7")
+        relu_layers = backbones.BACKBONES[config.model.backbone].layers + ("fc6", "fc7")
         probe = keras.Model(model.input, [model.output, {name: model.get_layer(name).output for name in relu_layers}])
 
     def update(gradients):

@@ -18,8 +18,7 @@ import sys
 
 import numpy as np
 
-from fcn import datasets, errors
-from fcn import predict as predict_lib
+from fcn import datasets, errors, inference
 from fcn.config import Config
 from fcn.datasets import ade20k, decode
 from fcn.datasets.classes import IGNORE_LABEL
@@ -106,13 +105,13 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
         ``train.seed``, the model shape and ``logs_dir``).
       root: the dataset root.
       output_dir: where to write (default ``LOGS_DIR/visualize``).
-      checkpoint: see ``predict.restore_model``.
+      checkpoint: see ``inference.restore_model``.
 
     Raises:
-      predict.InferenceError: no usable checkpoint.
+      inference.InferenceError: no usable checkpoint.
       errors.DataError: the split holds no pairs.
     """
-    predictor, prefix = predict_lib.predictor_from_config(config, checkpoint, with_fcn=True)
+    predictor, prefix = inference.predictor_from_config(config, checkpoint, with_fcn=True)
     classes = predictor.classes
     dataset = datasets.dataset_for_run(root, config.data, classes)
     pairs = dataset.usable_pairs(config.evaluate.split)
@@ -124,7 +123,7 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
         if len(shown) == config.evaluate.visualize_images:
             break
         image_path, annotation_path = pairs[index]
-        refused = predict_lib.too_large(image_path, config.evaluate.max_pixels)
+        refused = inference.too_large(image_path, config.evaluate.max_pixels)
         if refused:
             skipped[image_path] = refused
             continue
@@ -137,13 +136,13 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
         k = len(shown)
         if isinstance(prediction, (list, tuple)):
             fcn_prediction, prediction = (p[0].numpy() for p in prediction)
-            predict_lib.write_rgb_png(os.path.join(output_dir, f"pred_fcn_{k}.png"), classes.colourise(fcn_prediction))
+            inference.write_rgb_png(os.path.join(output_dir, f"pred_fcn_{k}.png"), classes.colourise(fcn_prediction))
             fcn_predictions.append(fcn_prediction)
         else:
             prediction = prediction[0].numpy()  # (H, W)
-        predict_lib.write_rgb_png(os.path.join(output_dir, f"inp_{k}.png"), image)
-        predict_lib.write_rgb_png(os.path.join(output_dir, f"gt_{k}.png"), classes.colourise(label))
-        predict_lib.write_rgb_png(os.path.join(output_dir, f"pred_{k}.png"), classes.colourise(prediction))
+        inference.write_rgb_png(os.path.join(output_dir, f"inp_{k}.png"), image)
+        inference.write_rgb_png(os.path.join(output_dir, f"gt_{k}.png"), classes.colourise(label))
+        inference.write_rgb_png(os.path.join(output_dir, f"pred_{k}.png"), classes.colourise(prediction))
         images.append(image)
         labels.append(label)
         predictions.append(prediction)

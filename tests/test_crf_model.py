@@ -12,7 +12,7 @@ from PIL import Image
 from test_evaluate import official_scores
 from test_protocol import fit_factor
 
-from fcn import checkpoints, crf, datasets, errors, metrics, predict, summaries
+from fcn import checkpoints, crf, datasets, errors, inference, metrics, summaries
 from fcn import config as config_lib
 from fcn import model as model_lib
 from fcn.datasets import ade20k, decode
@@ -107,7 +107,7 @@ def read_scalars(directory):
 
 def restored_layers(run_dir):
     """layer name -> its weights, restored from the run's latest checkpoint into the run's model."""
-    model, _ = predict.restore_model(config_lib.load_config(os.path.join(run_dir, "config.yaml")))
+    model, _ = inference.restore_model(config_lib.load_config(os.path.join(run_dir, "config.yaml")))
     return {layer.name: [w.numpy() for w in layer.weights] for layer in model.layers if layer.weights}
 
 
@@ -167,17 +167,17 @@ def test_crf_is_trained_end_to_end_and_resumes(crf_runs):
 def test_inference_modes_use_fcn_and_crf(crf_runs, tmp_path):
     root, fcn_run, crf_run = crf_runs
     config = config_lib.load_config(os.path.join(crf_run, "config.yaml"))
-    model, _ = predict.restore_model(config)
+    model, _ = inference.restore_model(config)
     assert model.get_layer("crf").num_iterations == 3  # model.crf_test_iterations
     # Without the CRF stage the FCN layers alone would restore: refused, not silently dropped.
     without_crf = config_lib.load_config(os.path.join(crf_run, "config.yaml"), [("model.crf", "false")])
-    with pytest.raises(predict.InferenceError, match="holds a model with the CRF stage: pass --crf"):
-        predict.restore_model(without_crf)
+    with pytest.raises(inference.InferenceError, match="holds a model with the CRF stage: pass --crf"):
+        inference.restore_model(without_crf)
     fcn_run_config = config_lib.load_config(os.path.join(fcn_run, "config.yaml"))
     assert not checkpoints.holds_layer_weights(checkpoints.candidates(fcn_run_config.logs_dir).prefixes[0], model_lib.CRF_WEIGHTS)
-    with pytest.raises(predict.InferenceError, match="crf=True"):
-        predict.restore_model(config, checkpoint=fcn_run)  # and a CRF model needs the CRF weights
-    both = predict.make_predictor(model_lib.with_fcn_output(model), config)  # the run's protocol: fit into [160, 96]
+    with pytest.raises(inference.InferenceError, match="crf=True"):
+        inference.restore_model(config, checkpoint=fcn_run)  # and a CRF model needs the CRF weights
+    both = inference.make_predictor(model_lib.with_fcn_output(model), config)  # the run's protocol: fit into [160, 96]
     assert both.test_size == (160, 96)
 
     # evaluate with compare_fcn: both sets of numbers, each from its own labels.

@@ -20,7 +20,7 @@ from conftest import SAMPLE_ROOT, clear_argmax
 from PIL import Image
 
 from fcn import crf as crf_lib
-from fcn import datasets, permutohedral, weights
+from fcn import crfasrnn_keras, datasets, errors, inference, permutohedral
 from fcn import model as model_lib
 from fcn.datasets import voc
 from fcn.datasets.classes import voc_colormap
@@ -215,11 +215,11 @@ def test_loaded_file_gives_the_reference_probabilities_and_labels(released_forma
     kernel weight matrix, changes probabilities by 0.8-1.0 and 22-40 % of the labels.
     """
     path, reference_unaries, reference_refined, (batch, img_h, img_w, size) = released_format
-    net = weights.load_crfasrnn_keras(path, num_classes=21)
+    net = crfasrnn_keras.load_crfasrnn_keras(path, num_classes=21)
     crf = net.get_layer("crfrnn")
     assert (crf.theta_alpha, crf.theta_beta, crf.theta_gamma, crf.num_iterations) == (160.0, 3.0, 3.0, 10)
     image = np.asarray(Image.open(IMAGE).convert("RGB"))
-    inputs, valid = model_lib.crfasrnn_keras_inputs(image)
+    inputs, valid = crfasrnn_keras.crfasrnn_keras_inputs(image)
     assert valid == (img_h, img_w) and (img_h, img_w) != (500, 500)  # the padding is exercised
     # The model's own preprocessing of our RGB input is util.py's array, bit for bit.
     np.testing.assert_array_equal(model_lib.VggPreprocess()(inputs[None]).numpy(), batch)
@@ -235,7 +235,7 @@ def test_loaded_file_gives_the_reference_probabilities_and_labels(released_forma
     assert np.array_equal(probabilities.argmax(-1)[clear], labels[clear])
     assert len(np.unique(labels)) > 3 and (probabilities.argmax(-1) != softmax(unaries).argmax(-1)).mean() > 0.01
     # The label image as util.get_label_image makes it: argmax, crop, nearest-neighbour resize to the original size.
-    label_image = model_lib.crfasrnn_keras_labels(refined[0], valid, image.shape[:2])
+    label_image = crfasrnn_keras.crfasrnn_keras_labels(refined[0], valid, image.shape[:2])
     expected = Image.fromarray(reference_probabilities[0].argmax(-1).astype("uint8")[:img_h, :img_w], "P").resize(size)
     assert label_image.shape == image.shape[:2]
     agree = (label_image == np.asarray(expected)).mean()
@@ -243,7 +243,7 @@ def test_loaded_file_gives_the_reference_probabilities_and_labels(released_forma
 
 
 def tiny_layers(num_classes=5, fc=8):
-    return {name: [np.full(shape, 0.01, np.float32) for shape in shapes] for name, shapes in weights.crfasrnn_keras_layout(num_classes, fc).items()}
+    return {name: [np.full(shape, 0.01, np.float32) for shape in shapes] for name, shapes in crfasrnn_keras.crfasrnn_keras_layout(num_classes, fc).items()}
 
 
 def write_layers(path, layers, names=None, wrap=False):
@@ -266,26 +266,26 @@ def test_structure_is_checked_and_every_misfit_named(tmp_path):
     layers = tiny_layers()
     layers["crfrnn"] = [np.full((5, 5), v, np.float32) for v in (1.0, 2.0, 3.0)]
     write_layers(good, layers, wrap=True)  # Keras 2's model.save layout
-    net = weights.load_crfasrnn_keras(good)
+    net = crfasrnn_keras.load_crfasrnn_keras(good)
     assert net.output.shape[-1] == 5 and net.get_layer("fc6").filters == 8
     crf = net.get_layer("crfrnn")
     assert [float(np.asarray(w)[0, 0]) for w in (crf.spatial_kernel_weights, crf.bilateral_kernel_weights, crf.compatibility)] == [1, 2, 3]
     # By name, not by position.
     swapped = str(tmp_path / "swapped.h5")
     write_layers(swapped, layers, names={"crfrnn": ["compatibility_matrix", "spatial_ker_weights", "bilateral_ker_weights"]})
-    crf = weights.load_crfasrnn_keras(swapped).get_layer("crfrnn")
+    crf = crfasrnn_keras.load_crfasrnn_keras(swapped).get_layer("crfrnn")
     assert [float(np.asarray(w)[0, 0]) for w in (crf.spatial_kernel_weights, crf.bilateral_kernel_weights, crf.compatibility)] == [2, 3, 1]
 
-    with pytest.raises(weights.WeightsError, match=r"fc width 8\); nothing was loaded:\n  layer score-fr has weights of shapes"):
-        weights.load_crfasrnn_keras(good, num_classes=21)  # not the 21 classes asked for
+    with pytest.raises(errors.WeightsError, match=r"fc width 8\); nothing was loaded:\n  layer score-fr has weights of shapes"):
+        crfasrnn_keras.load_crfasrnn_keras(good, num_classes=21)  # not the 21 classes asked for
     broken = dict(layers)
     del broken["crfrnn"]
     broken["score-pool5"] = broken["score-pool4"]
     broken["score-pool3"] = [np.zeros((1, 1, 512, 5), np.float32), np.zeros(5, np.float32)]
     path = str(tmp_path / "broken.h5")
     write_layers(path, broken)
-    with pytest.raises(weights.WeightsError) as raised:
-        weights.load_crfasrnn_keras(path)
+    with pytest.raises(errors.WeightsError) as raised:
+        crfasrnn_keras.load_crfasrnn_keras(path)
     message = str(raised.value)
     assert message.startswith(path + " is not a crfasrnn_keras FCN-8s + CRF-RNN model file (5 classes, fc width 8)")
     assert [line.strip() for line in message.splitlines()[1:]] == [
@@ -295,22 +295,22 @@ def test_structure_is_checked_and_every_misfit_named(tmp_path):
     ]
     misnamed = str(tmp_path / "misnamed.h5")
     write_layers(misnamed, layers, names={"crfrnn": ["a", "b", "c"]})
-    with pytest.raises(weights.WeightsError, match=r"layer crfrnn holds weights \['crfrnn/a:0', 'crfrnn/b:0', 'crfrnn/c:0'\]"):
-        weights.load_crfasrnn_keras(misnamed)
+    with pytest.raises(errors.WeightsError, match=r"layer crfrnn holds weights \['crfrnn/a:0', 'crfrnn/b:0', 'crfrnn/c:0'\]"):
+        crfasrnn_keras.load_crfasrnn_keras(misnamed)
     non_finite = dict(layers)
     non_finite["fc7"] = [np.full((1, 1, 8, 8), np.nan, np.float32), np.zeros(8, np.float32)]
     write_layers(str(tmp_path / "nan.h5"), non_finite)
-    with pytest.raises(weights.WeightsError, match="layers fc7 hold NaN"):
-        weights.load_crfasrnn_keras(str(tmp_path / "nan.h5"))
+    with pytest.raises(errors.WeightsError, match="layers fc7 hold NaN"):
+        crfasrnn_keras.load_crfasrnn_keras(str(tmp_path / "nan.h5"))
     (tmp_path / "junk.h5").write_bytes(b"<html>not found</html>")
-    with pytest.raises(weights.WeightsError, match="junk.h5: cannot be read as an HDF5"):
-        weights.load_crfasrnn_keras(str(tmp_path / "junk.h5"))
-    with pytest.raises(weights.WeightsError, match="releases/download/v1.0/crfrnn_keras_model.h5"):
-        weights.load_crfasrnn_keras(str(tmp_path / "absent.h5"))
+    with pytest.raises(errors.WeightsError, match="junk.h5: cannot be read as an HDF5"):
+        crfasrnn_keras.load_crfasrnn_keras(str(tmp_path / "junk.h5"))
+    with pytest.raises(errors.WeightsError, match="releases/download/v1.0/crfrnn_keras_model.h5"):
+        crfasrnn_keras.load_crfasrnn_keras(str(tmp_path / "absent.h5"))
 
 
 def test_reference_geometry_keeps_the_input_size_and_round_trips(tmp_path):
-    net = model_lib.build_crfasrnn_reference(4, fc_channels=8, crf=dict(num_iterations=1))
+    net = crfasrnn_keras.build_crfasrnn_reference(4, fc_channels=8, crf=dict(num_iterations=1))
     for height, width in ((1, 1), (37, 91), (64, 33)):  # the reference's crops stay inside for any size
         assert tuple(net(np.zeros((1, height, width, 3), np.uint8)).shape) == (1, height, width, 4)
     rng = np.random.default_rng(0)
@@ -324,7 +324,7 @@ def test_reference_geometry_keeps_the_input_size_and_round_trips(tmp_path):
 
 
 def test_pretrained_description():
-    entry = weights.PRETRAINED["crfasrnn_voc"]
+    entry = crfasrnn_keras.PRETRAINED["crfasrnn_voc"]
     assert entry.url == "https://github.com/sadeepj/crfasrnn_keras/releases/download/v1.0/crfrnn_keras_model.h5"
     assert (entry.filename, entry.num_classes, entry.input_size, entry.crf_iterations) == ("crfrnn_keras_model.h5", 21, (500, 500), 10)
 
@@ -345,16 +345,16 @@ def test_fetch_pretrained_downloads_once_and_leaves_nothing_on_failure(tmp_path,
     cache = tmp_path / "cache"
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}/v1.0/"
-        entry = weights.PRETRAINED["crfasrnn_voc"]
-        monkeypatch.setitem(weights.PRETRAINED, "crfasrnn_voc", dataclasses.replace(entry, url=base + "missing.h5"))
-        with pytest.raises(weights.WeightsError, match="could not fetch the crfasrnn_voc model"):
-            weights.fetch_pretrained("crfasrnn_voc", str(cache), progress=False)
+        entry = crfasrnn_keras.PRETRAINED["crfasrnn_voc"]
+        monkeypatch.setitem(crfasrnn_keras.PRETRAINED, "crfasrnn_voc", dataclasses.replace(entry, url=base + "missing.h5"))
+        with pytest.raises(errors.WeightsError, match="could not fetch the crfasrnn_voc model"):
+            crfasrnn_keras.fetch_pretrained("crfasrnn_voc", str(cache), progress=False)
         assert not (cache / "crfrnn_keras_model.h5").exists()
-        monkeypatch.setitem(weights.PRETRAINED, "crfasrnn_voc", dataclasses.replace(entry, url=base + "crfrnn_keras_model.h5"))
-        path = weights.fetch_pretrained("crfasrnn_voc", str(cache), progress=False)
-        assert path == str(cache / "crfrnn_keras_model.h5") and weights.fetch_pretrained("crfasrnn_voc", str(cache), progress=False) == path
+        monkeypatch.setitem(crfasrnn_keras.PRETRAINED, "crfasrnn_voc", dataclasses.replace(entry, url=base + "crfrnn_keras_model.h5"))
+        path = crfasrnn_keras.fetch_pretrained("crfasrnn_voc", str(cache), progress=False)
+        assert path == str(cache / "crfrnn_keras_model.h5") and crfasrnn_keras.fetch_pretrained("crfasrnn_voc", str(cache), progress=False) == path
         assert server.paths == ["/v1.0/missing.h5", "/v1.0/crfrnn_keras_model.h5"]  # the second call used the cache
-        assert weights.load_crfasrnn_keras(path).output.shape[-1] == 21
+        assert crfasrnn_keras.load_crfasrnn_keras(path).output.shape[-1] == 21
     finally:
         server.shutdown()
         server.server_close()
@@ -383,9 +383,9 @@ def test_demo_command_fetches_the_released_file_and_writes_voc_labels(tmp_path, 
     server.paths = []
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     try:
-        entry = weights.PRETRAINED["crfasrnn_voc"]
+        entry = crfasrnn_keras.PRETRAINED["crfasrnn_voc"]
         url = f"http://127.0.0.1:{server.server_address[1]}/v1.0/crfrnn_keras_model.h5"
-        monkeypatch.setitem(weights.PRETRAINED, "crfasrnn_voc", dataclasses.replace(entry, url=url))
+        monkeypatch.setitem(crfasrnn_keras.PRETRAINED, "crfasrnn_voc", dataclasses.replace(entry, url=url))
         out, cache = tmp_path / "out", tmp_path / "cache"
         status = FCN.main(["--mode=predict", "--pretrained", "crfasrnn_voc", "--image", IMAGE, "--output", str(out),
                            "--model_dir", str(cache), "--no_progress"])
@@ -396,9 +396,9 @@ def test_demo_command_fetches_the_released_file_and_writes_voc_labels(tmp_path, 
     assert server.paths == ["/v1.0/crfrnn_keras_model.h5"] and (cache / "crfrnn_keras_model.h5").is_file()
     # The model's labels, computed here from the same file, as crfasrnn_keras's demo makes them.
     image = np.asarray(Image.open(IMAGE).convert("RGB"))
-    net = weights.load_crfasrnn_keras(str(served), num_classes=NUM_CLASSES)
-    inputs, valid = model_lib.crfasrnn_keras_inputs(image)
-    expected = model_lib.crfasrnn_keras_labels(np.asarray(net(inputs[None], training=False))[0], valid, image.shape[:2])
+    net = crfasrnn_keras.load_crfasrnn_keras(str(served), num_classes=NUM_CLASSES)
+    inputs, valid = crfasrnn_keras.crfasrnn_keras_inputs(image)
+    expected = crfasrnn_keras.crfasrnn_keras_labels(np.asarray(net(inputs[None], training=False))[0], valid, image.shape[:2])
     stem = os.path.splitext(os.path.basename(IMAGE))[0]
     written = Image.open(out / f"{stem}.png")
     assert written.mode == "P" and written.size == (image.shape[1], image.shape[0])
@@ -429,7 +429,7 @@ def _serve(payload, monkeypatch):
     server = ZipServer(payload)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/v1.0/crfrnn_keras_model.h5"
-    monkeypatch.setitem(weights.PRETRAINED, "crfasrnn_voc", dataclasses.replace(weights.PRETRAINED["crfasrnn_voc"], url=url))
+    monkeypatch.setitem(crfasrnn_keras.PRETRAINED, "crfasrnn_voc", dataclasses.replace(crfasrnn_keras.PRETRAINED["crfasrnn_voc"], url=url))
     return server
 
 
@@ -442,17 +442,17 @@ def test_release_file_download_resumes_after_a_cut_and_ends_with_the_exact_bytes
     final, partial = cache / "crfrnn_keras_model.h5", cache / "crfrnn_keras_model.h5.partial"
     try:
         server.mode = "cut"  # the full length announced, half the body sent, the connection closed
-        with pytest.raises(weights.WeightsError, match="could not fetch the crfasrnn_voc model .* stopped after"):
-            weights.fetch_pretrained("crfasrnn_voc", str(cache), progress=False)
+        with pytest.raises(errors.WeightsError, match="could not fetch the crfasrnn_voc model .* stopped after"):
+            crfasrnn_keras.fetch_pretrained("crfasrnn_voc", str(cache), progress=False)
         assert not final.exists() and partial.read_bytes() == payload[: len(payload) // 2]
         server.mode = "normal"
-        path = weights.fetch_pretrained("crfasrnn_voc", str(cache), progress=False)
+        path = crfasrnn_keras.fetch_pretrained("crfasrnn_voc", str(cache), progress=False)
     finally:
         server.shutdown()
         server.server_close()
     assert server.ranges == [None, f"bytes={len(payload) // 2}-"] and server.statuses == [200, 206]
     assert path == str(final) and final.read_bytes() == payload and not partial.exists()
-    assert weights.load_crfasrnn_keras(path).output.shape[-1] == 21
+    assert crfasrnn_keras.load_crfasrnn_keras(path).output.shape[-1] == 21
 
 
 @pytest.mark.parametrize("what", ["html", "misfit"])
@@ -465,8 +465,8 @@ def test_a_release_file_failing_the_structure_check_never_gets_its_final_name(tm
     server = _serve(payload, monkeypatch)
     cache = tmp_path / "cache"
     try:
-        with pytest.raises(weights.WeightsError, match="is not the released crfasrnn_voc model, so it was deleted") as raised:
-            weights.fetch_pretrained("crfasrnn_voc", str(cache), progress=False)
+        with pytest.raises(errors.WeightsError, match="is not the released crfasrnn_voc model, so it was deleted") as raised:
+            crfasrnn_keras.fetch_pretrained("crfasrnn_voc", str(cache), progress=False)
     finally:
         server.shutdown()
         server.server_close()
@@ -626,7 +626,6 @@ def test_training_with_init_from_the_release_file_starts_from_its_weights(releas
     """One step at a learning rate of 1e-30 from the file: the run's weights are the file's."""
     from test_train import tiny_config, train_here
 
-    from fcn import predict
 
     _, path = released_file
     expected = expected_fcn8s_weights(path)
@@ -636,7 +635,7 @@ def test_training_with_init_from_the_release_file_starts_from_its_weights(releas
                          ("train.learning_rate", 1e-30), ("data.val_size", "32"), ("train.val_images", 1))  # fmt: skip
     result = train_here(config, root)
     assert result.step == 1
-    trained, _ = predict.restore_model(config)
+    trained, _ = inference.restore_model(config)
     assert_weights(trained, expected)
 
 
@@ -648,7 +647,7 @@ def test_init_from_refuses_a_file_that_does_not_fit_naming_the_layers(tmp_path):
     layers["upsample"] = [np.asarray(model_lib.BilinearUpsampling()((16, 16, 5, 5)))]
     write_layers(path, layers)
     net = model_lib.build_fcn8s(5, fc_channels=8)  # fits; bilinear upsample carries over; no CRF stage
-    notes = weights.load_crfasrnn_keras_into_fcn8s(net, path)
+    notes = crfasrnn_keras.load_crfasrnn_keras_into_fcn8s(net, path)
     assert not any(n.startswith("upsample") for n in notes) and "crfrnn: not used (model.crf is off)" in notes
     np.testing.assert_array_equal(net.get_layer("fc7").get_weights()[0], layers["fc7"][0])
 

@@ -428,7 +428,7 @@ def test_sample_config_uses_an_existing_dataset_as_it_is():
     # configs/sample.yaml with --data_dir pointing at real data: the data is used, nothing is generated.
     fixtures = os.path.dirname(SAMPLE_ROOT)
     before = sorted(os.listdir(SAMPLE_ROOT))
-    assert datasets.prepare_dataset(data_config(data_dir=fixtures, synthetic=True), progress=False) == SAMPLE_ROOT
+    assert datasets.prepare_dataset(data_config(data_dir=fixtures, synthetic=True), progress=False).root == SAMPLE_ROOT
     assert sorted(os.listdir(SAMPLE_ROOT)) == before
 
 

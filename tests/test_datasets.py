@@ -8,7 +8,7 @@ import pytest
 from conftest import SAMPLE_ROOT, write_pair
 from PIL import Image
 
-from fcn import check_data, data, datasets, errors
+from fcn import check_data, data, datasets, errors, inference
 from fcn import config as config_lib
 from fcn.datasets import ade20k, decode, voc
 from fcn.datasets import folder as folder_layout
@@ -291,7 +291,7 @@ def test_sample_data_in_other_layouts(tmp_path, layout):
     root = datasets.generate_sample_dataset(
         datasets.LAYOUTS[layout].sample_root(config.data_dir), num_train=4, num_val=2, progress=False, layout=layout
     )
-    assert datasets.prepare_dataset(config) == root
+    assert datasets.prepare_dataset(config).root == root
     dataset = datasets.find_dataset(dataclasses.replace(config, layout="auto"))  # detected as what it is
     assert dataset.layout.name == layout
     reports = check_data.check_dataset(dataset, progress=False)
@@ -389,7 +389,7 @@ def _train_tiny_run(tmp_path_factory, layout):
     scores (a 2-step model predicts one class everywhere; random score_fr weights make every class appear)."""
     import tensorflow as tf
 
-    from fcn import predict, train
+    from fcn import train
 
     base = tmp_path_factory.mktemp(layout)
     data_dir = str(base / "data")
@@ -406,7 +406,7 @@ def _train_tiny_run(tmp_path_factory, layout):
     )  # fmt: skip
     result = train.train(config, root, train.setup_process(config), progress=False)
     assert result.step == 2
-    model, _ = predict.restore_model(config)
+    model, _ = inference.restore_model(config)
     score = model.get_layer("score_fr")
     score.kernel.assign(np.random.default_rng(3).normal(0, 1, score.kernel.shape).astype(np.float32))
     checkpoint = str(base / "random")
@@ -455,7 +455,7 @@ def _check_outputs(config, root, checkpoint, tmp_path, inference_config=None):
     with open(tmp_path / "eval" / "metrics.json") as f:
         metrics = json.load(f)
     assert list(metrics["per_class_iou"]) == list(classes.names)
-    predictor, _ = predict.predictor_from_config(config, checkpoint)
+    predictor, _ = inference.predictor_from_config(config, checkpoint)
     values_seen = set()
     for image_path, annotation_path in dataset.usable_pairs("validation"):
         image, _ = decode.load_example(image_path, annotation_path, classes)

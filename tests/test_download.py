@@ -563,7 +563,7 @@ def test_voc_layout_downloads_the_voc_tar(tmp_path, serve):
         config_lib.DataConfig(), data_dir=str(tmp_path), layout="voc", download=True, num_classes=0,
         voc_download_url=server.url, voc_download_md5=md5_of(payload),
     )  # fmt: skip
-    root = datasets.prepare_dataset(config, progress=False)
+    root = datasets.prepare_dataset(config, progress=False).root
     assert root == os.path.join(str(tmp_path), "VOCdevkit", "VOC2012")
     assert datasets.find_dataset(dataclasses.replace(config, layout="auto")).layout.name == "voc"
 

@@ -46,9 +46,9 @@ except errors.DataError as error:
 voc = datasets.list_split(voc_root, "training", data.DataConfig(layout="voc", num_classes=0))
 files, unopenable = predict.list_images([folder])
 try:
-    predict.read_image(denied_image)
+    inference.read_image(denied_image)
     named = ""
-except predict.InferenceError as error:
+except inference.InferenceError as error:
     named = str(error)
 print(json.dumps(dict(status=status, listing=listing, files=files, unopenable=unopenable, named=named,
                       voc_pairs=len(voc.pairs), voc_problems=voc.problems())))

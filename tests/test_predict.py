@@ -10,7 +10,7 @@ from conftest import clear_argmax, multi_scale_probabilities, run_fcn, save_run
 from PIL import Image
 
 from fcn import config as config_lib
-from fcn import export, predict
+from fcn import export, inference, predict
 from fcn.datasets import ade20k
 
 # Multi-scale and flip inference as a user sets it: --set evaluate.scales=0.5,1.5 --set evaluate.flip=true,
@@ -31,7 +31,7 @@ def tiny_run(tmp_path_factory):
 def test_single_view_is_the_models_softmax_at_the_images_size(tiny_run):
     _, _, model = tiny_run
     images = np.random.default_rng(0).integers(0, 256, (2, 37, 53, 3)).astype(np.uint8)
-    predictor = predict.Predictor(model)
+    predictor = inference.Predictor(model)
     logits = model(images).numpy()
     probabilities = predictor.probabilities(images).numpy()
     assert probabilities.shape == (2, 37, 53, 150)
@@ -43,7 +43,7 @@ def test_single_view_is_the_models_softmax_at_the_images_size(tiny_run):
 def test_multi_scale_and_flip_views_are_averaged_at_the_images_size(tiny_run):
     _, _, model = tiny_run
     image = np.random.default_rng(1).integers(0, 256, (1, 46, 70, 3)).astype(np.uint8)
-    predictor = predict.Predictor(model, scales=(0.5, 1.0, 1.75), flip=True)
+    predictor = inference.Predictor(model, scales=(0.5, 1.0, 1.75), flip=True)
     expected = multi_scale_probabilities(model, image, (0.5, 1.0, 1.75), flip=True)  # (1, 46, 70, 150)
 
     probabilities = predictor.probabilities(image).numpy()
@@ -69,7 +69,7 @@ def test_the_network_is_traced_once_for_all_views_and_both_methods():
             return self.model(images, training=training)
 
     model = CountingModel()
-    predictor = predict.Predictor(model, scales=(0.5, 1.0, 1.5), flip=True)  # 6 views
+    predictor = inference.Predictor(model, scales=(0.5, 1.0, 1.5), flip=True)  # 6 views
     images = np.random.default_rng(6).integers(0, 256, (1, 20, 28, 3)).astype(np.uint8)
 
     probabilities = predictor.probabilities(images).numpy()
@@ -217,14 +217,14 @@ def test_predict_never_writes_over_an_input_or_a_file_it_did_not_write(tmp_path,
     (folder / "photo_mask.png").write_bytes(b"the user's own mask")
     before = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
     # --output the input's own folder: photo.png would become its label map.
-    with pytest.raises(predict.InferenceError, match=r"would write over the input image .*photo.png"):
+    with pytest.raises(inference.InferenceError, match=r"would write over the input image .*photo.png"):
         predict.predict_images(config, [str(folder / "photo.png")], str(folder), progress=False)
     assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before
     # A folder with a file of the user's where an output would go.
     output = tmp_path / "out"
     output.mkdir()
     (output / "photo_overlay.png").write_bytes(b"mine")
-    with pytest.raises(predict.InferenceError, match=r"photo_overlay.png exists and was not written by --mode=predict"):
+    with pytest.raises(inference.InferenceError, match=r"photo_overlay.png exists and was not written by --mode=predict"):
         predict.predict_images(config, [str(folder / "photo.png")], str(output), progress=False)
     assert (output / "photo_overlay.png").read_bytes() == b"mine" and sorted(os.listdir(output)) == ["photo_overlay.png"]
     # Its own earlier outputs are written over: a rerun works.
@@ -239,7 +239,7 @@ def test_export_writes_versions_and_never_deletes_what_it_did_not_write(tmp_path
     # The versioning does not depend on the network: a one-layer model keeps each SavedModel written quick.
     inputs = keras.Input((None, None, 3))
     model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
-    predictor = predict.Predictor(model)
+    predictor = inference.Predictor(model)
 
     def export_to(base):
         return export.export_predictor(predictor, str(base), 10_000)
@@ -257,14 +257,14 @@ def test_export_writes_versions_and_never_deletes_what_it_did_not_write(tmp_path
     assert export_to(str(base)) == str(base / "8")
     # A file of the user's inside BASE, or an unversioned SavedModel as BASE: refused, nothing deleted or added.
     (base / "notes.txt").write_text("my notes")
-    with pytest.raises(predict.InferenceError, match=r"holds files that are not export versions \(notes.txt\)"):
+    with pytest.raises(inference.InferenceError, match=r"holds files that are not export versions \(notes.txt\)"):
         export_to(str(base))
     assert sorted(os.listdir(base)) == ["1", "7", "8", "notes.txt"] and (base / "notes.txt").read_text() == "my notes"
     os.rename(base / "1", tmp_path / "old")
-    with pytest.raises(predict.InferenceError, match=r"is a SavedModel without a version folder .* Move its files into"):
+    with pytest.raises(inference.InferenceError, match=r"is a SavedModel without a version folder .* Move its files into"):
         export_to(str(tmp_path / "old"))
     assert "1" not in os.listdir(tmp_path / "old")
-    with pytest.raises(predict.InferenceError, match=r"exists and is not a folder"):
+    with pytest.raises(inference.InferenceError, match=r"exists and is not a folder"):
         export_to(str(base / "notes.txt"))
     # A symbolic link as --output: versions go into the folder it points to, the link stays.
     real = tmp_path / "storage" / "model"
@@ -309,7 +309,7 @@ def test_a_jpeg_above_the_default_max_pixels_is_refused_from_its_header_and_the_
     image = np.random.default_rng(5).integers(0, 256, (20, 30, 3)).astype(np.uint8)
     Image.fromarray(image).save(folder / "small.png")  # after big.jpg in the folder's order
     decoded = []
-    read_image = predict.read_image
+    read_image = inference.read_image
     monkeypatch.setattr(predict, "read_image", lambda path: decoded.append(os.path.basename(path)) or read_image(path))
     result = predict.predict_images(config, [str(folder)], str(tmp_path / "out"), progress=False)
     assert decoded == ["small.png"]  # the large file was refused before any decoding

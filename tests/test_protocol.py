@@ -13,7 +13,7 @@ import tensorflow as tf
 from conftest import SAMPLE_ROOT, bilinear_resize, clear_argmax, multi_scale_probabilities, save_run
 
 from fcn import config as config_lib
-from fcn import datasets, errors, predict
+from fcn import datasets, errors, inference, predict
 from fcn.datasets import decode
 
 # The sample config's training scale: data.base_size [160, 96].
@@ -61,7 +61,7 @@ def fixture_image():
 
 def test_single_view_is_resize_to_the_test_size_run_resize_back_softmax(tiny_model, fixture_image):
     assert fit_factor(300, 400, TEST_SIZE) == 96 / 300  # the short edge binds: the network sees 96 x 128
-    predictor = predict.Predictor(tiny_model, test_size=TEST_SIZE)
+    predictor = inference.Predictor(tiny_model, test_size=TEST_SIZE)
 
     probabilities = predictor.probabilities(fixture_image).numpy()
     labels = predictor.labels(fixture_image).numpy()
@@ -72,7 +72,7 @@ def test_single_view_is_resize_to_the_test_size_run_resize_back_softmax(tiny_mod
     best, clear = clear_argmax(expected, margin=4e-4, min_clear=0.5)
     np.testing.assert_array_equal(labels[clear], best[clear])
     # One resize code for both methods; the labels came in 2 bands of rows (BAND_VALUES), the probabilities whole.
-    assert 300 * 400 * 150 > predict.BAND_VALUES
+    assert 300 * 400 * 150 > inference.BAND_VALUES
     np.testing.assert_array_equal(labels, probabilities.argmax(-1))
     # The protocol does change the answer: the model at the image's own size disagrees on most pixels.
     own_size = tiny_model(fixture_image).numpy().argmax(-1)
@@ -81,7 +81,7 @@ def test_single_view_is_resize_to_the_test_size_run_resize_back_softmax(tiny_mod
 
 def test_scales_and_flip_are_relative_to_the_test_size(tiny_model, fixture_image):
     scales = (0.75, 1.25)
-    predictor = predict.Predictor(tiny_model, scales=scales, flip=True, test_size=TEST_SIZE)
+    predictor = inference.Predictor(tiny_model, scales=scales, flip=True, test_size=TEST_SIZE)
 
     probabilities = predictor.probabilities(fixture_image).numpy()
     labels = predictor.labels(fixture_image).numpy()
@@ -98,7 +98,7 @@ def test_scales_and_flip_are_relative_to_the_test_size(tiny_model, fixture_image
 def test_own_size_keeps_whole_image_inference(tiny_model):
     images = np.random.default_rng(0).integers(0, 256, (1, 37, 53, 3)).astype(np.uint8)
     config = config_lib.load_config(None, [("evaluate.test_size", "none"), ("model.fc_channels", 16)])
-    predictor = predict.make_predictor(tiny_model, config)
+    predictor = inference.make_predictor(tiny_model, config)
     assert predictor.test_size is None
     np.testing.assert_array_equal(predictor.labels(images).numpy(), tiny_model(images).numpy().argmax(-1))
 
@@ -106,8 +106,8 @@ def test_own_size_keeps_whole_image_inference(tiny_model):
 def test_labels_band_by_band_are_the_whole_maps_argmax(tiny_model, fixture_image):
     """A band of 3 rows (100 bands of the 300-row image) gives the labels of one band of the whole image."""
     classes = 150
-    whole = predict.Predictor(tiny_model, scales=(0.5, 1.0), test_size=TEST_SIZE, band_values=10**9)
-    banded = predict.Predictor(tiny_model, scales=(0.5, 1.0), test_size=TEST_SIZE, band_values=3 * 400 * classes)
+    whole = inference.Predictor(tiny_model, scales=(0.5, 1.0), test_size=TEST_SIZE, band_values=10**9)
+    banded = inference.Predictor(tiny_model, scales=(0.5, 1.0), test_size=TEST_SIZE, band_values=3 * 400 * classes)
     np.testing.assert_array_equal(banded.labels(fixture_image).numpy(), whole.probabilities(fixture_image).numpy().argmax(-1))
 
 
@@ -225,10 +225,10 @@ def test_a_model_trained_at_one_scale_scores_higher_on_half_size_images_with_the
     ])
     assert config.evaluate.resolved_test_size(config.data.base_size) == (96, 96)  # the protocol's default: the training scale
     train.train(config, str(root), train.setup_process(config), progress=False)
-    model, _ = predict.restore_model(config)
+    model, _ = inference.restore_model(config)
 
     def scores(test_size, factor):
-        predictor = predict.Predictor(model, test_size=test_size)
+        predictor = inference.Predictor(model, test_size=test_size)
         matrix = metrics.ConfusionMatrix(150)
         for image_path, annotation_path in datasets.list_split(str(root), "validation").pairs:
             image, label = decode.load_example(image_path, annotation_path)

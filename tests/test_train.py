@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, run_fcn
 
-from fcn import checkpoints, datasets, summaries, train
+from fcn import checkpoints, datasets, inference, summaries, train
 from fcn import config as config_lib
 
 # A small model and tiny crops keep each step well under a second on 2 CPU cores.
@@ -244,14 +244,13 @@ def resume_to(logs, sample_root, steps, capsys):
 
 
 def test_truncated_newest_checkpoint_is_named_and_the_older_one_used(run_with_checkpoints, sample_root, capsys):
-    from fcn import predict
 
     logs, config = run_with_checkpoints
     path = data_file(logs, 3)
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
     # Inference falls back too, and says so.
-    model, prefix = predict.restore_model(config)
+    model, prefix = inference.restore_model(config)
     assert prefix.endswith("ckpt-2")
     assert "ckpt-3 is damaged" in capsys.readouterr().err
     result, output = resume_to(logs, sample_root, 4, capsys)

@@ -25,6 +25,7 @@ from fcn.errors import ConfigError
 LAYOUTS = ("auto", *datasets.LAYOUTS)
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "bfloat16", "float16")
+EVALUATE_MODES = ("whole", "slide")
 MAX_SEED = 2**32 - 1
 # Keys of earlier versions that still work (in files and --set), and the keys they now are.
 KEY_ALIASES = {"model.vgg_weights": "model.pretrained_weights"}  # NumPy and Keras seeds are 32-bit unsigned integers
@@ -219,6 +220,12 @@ class EvaluateConfig:
       visualize_images: images of the random batch that visualize shows.
       compare_fcn: with ``model.crf``, evaluate also scores the FCN's own
         logits (before the CRF) in the same pass and reports both.
+      mode: ``whole`` (the network sees each view whole) or ``slide``
+        (overlapping ``window`` crops every ``stride`` pixels, their
+        probabilities averaged: how Cityscapes is usually scored, and the
+        network's memory bounded by the window).
+      window: (height, width) of the sliding windows.
+      stride: (rows, columns) between the sliding windows.
     """
 
     split: str = "validation"
@@ -228,6 +235,9 @@ class EvaluateConfig:
     max_pixels: int = 100_000_000  # bench/memory.py: 3.2 GiB peak for the full model at 100 M pixels
     visualize_images: int = 4
     compare_fcn: bool = False
+    mode: str = "whole"
+    window: tuple[int, int] = (512, 512)
+    stride: tuple[int, int] = (341, 341)
 
     def resolved_test_size(self, base_size: tuple[int, int]) -> tuple[int, int] | None:
         """(long edge, short edge) the network input is fitted into, or None for each image's own size."""
@@ -560,6 +570,10 @@ def check_values(config: Config) -> None:
         problems.append(f"evaluate.max_pixels must be at least 1, got {e.max_pixels}")
     if min(e.scales) <= 0:
         problems.append(f"evaluate.scales must all be positive, got {list(e.scales)}")
+    if e.mode not in EVALUATE_MODES:
+        problems.append(f"evaluate.mode must be one of {', '.join(EVALUATE_MODES)}, got {e.mode!r}")
+    if min(e.window) < 1 or min(e.stride) < 1:
+        problems.append(f"evaluate.window and evaluate.stride must be positive, got {list(e.window)} and {list(e.stride)}")
     if e.visualize_images < 1:
         problems.append(f"evaluate.visualize_images must be at least 1, got {e.visualize_images}")
     problems += _folder_problems(config)

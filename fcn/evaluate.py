@@ -286,6 +286,8 @@ def _protocol_json(config: Config) -> dict:
         "test_size": _test_size_json(config),
         "scales": list(config.evaluate.scales),
         "flip": config.evaluate.flip,
+        "mode": config.evaluate.mode,
+        **({"window": list(config.evaluate.window), "stride": list(config.evaluate.stride)} if config.evaluate.mode == "slide" else {}),
         "crf": config.model.crf,
         "crf_iterations": config.model.crf_test_iterations if config.model.crf else 0,
     }

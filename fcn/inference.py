@@ -121,9 +121,17 @@ class Predictor:
     full-resolution (B, H, W, C) map of a large image is never held; only
     ``probabilities`` returns it whole.
 
+    With ``slide`` (``evaluate.mode: slide``, how Cityscapes is usually
+    scored), the network runs on overlapping windows of each view instead of
+    the whole view: windows of ``window`` (height, width) every ``stride``
+    pixels, the last one of a row or column flush with the border
+    (mmsegmentation's ``slide_inference``); the windows' softmax probabilities
+    are averaged where they overlap, and their logarithm stands for the view's
+    logits (same softmax, same argmax).
+
     A model with several outputs (``model.with_fcn_output``: the FCN's logits
     and the CRF-refined ones) gives a list of results, one per output, from
-    one run of the network per view.
+    one run of the network per view (or window).
 
     Args:
       model: an FCN-8s (images -> float32 logits (B, h, w, C)), or a model
@@ -135,11 +143,14 @@ class Predictor:
       band_values: floats of one band of the full-resolution score map.
       classes: the run's ``ClassTable``: names, colours and the label
         values of train ids (default ADE20K's for the model's number of outputs).
+      slide: None (the whole view at once), or ((window height, width),
+        (stride rows, columns)).
     """
 
     def __init__(self, model, scales=(1.0,), flip: bool = False, test_size=None, band_values: int = BAND_VALUES,
-                 classes: ClassTable | None = None):
+                 classes: ClassTable | None = None, slide=None):
         self.model = model
+        self.slide = None if slide is None else (tuple(int(v) for v in slide[0]), tuple(int(v) for v in slide[1]))
         self._classes = classes
         self.scales = tuple(float(s) for s in scales)
         self.flip = bool(flip)
@@ -188,8 +199,31 @@ class Predictor:
             inputs = tf.image.resize(images, self.view_size(tf.shape(images)[1:3], scale), method="bilinear")
         if flipped:
             inputs = tf.reverse(inputs, [2])
-        logits = self._forward(inputs)
+        logits = self._forward(inputs) if self.slide is None else self._slide_logits(inputs)
         return tf.nest.map_structure(lambda t: tf.reverse(t, [2]) if flipped else t, logits)
+
+    def _slide_logits(self, inputs):
+        """The view's log class probabilities from overlapping windows: float32 (B, H, W, 3) -> (B, H, W, C)."""
+        (window_h, window_w), (stride_h, stride_w) = self.slide
+        shape = tf.shape(inputs)
+        height, width = shape[1], shape[2]
+        crop_h, crop_w = tf.minimum(window_h, height), tf.minimum(window_w, width)
+        rows = (tf.maximum(height - crop_h, 0) + stride_h - 1) // stride_h + 1
+        columns = (tf.maximum(width - crop_w, 0) + stride_w - 1) // stride_w + 1
+        structure = self.model.output
+        sums = [tf.zeros([shape[0], height, width, int(t.shape[-1])]) for t in tf.nest.flatten(structure)]
+
+        def body(k, sums, count):
+            y_end = tf.minimum((k // columns) * stride_h + crop_h, height)
+            x_end = tf.minimum((k % columns) * stride_w + crop_w, width)
+            y, x = tf.maximum(y_end - crop_h, 0), tf.maximum(x_end - crop_w, 0)
+            logits = tf.nest.flatten(self._forward(inputs[:, y:y_end, x:x_end]))  # (B, crop_h, crop_w, C) each
+            pad = [[y, height - y_end], [x, width - x_end]]
+            sums = [total + tf.pad(tf.nn.softmax(t), [[0, 0], *pad, [0, 0]]) for total, t in zip(sums, logits)]
+            return k + 1, sums, count + tf.pad(tf.ones([y_end - y, x_end - x]), pad)
+
+        _, sums, count = tf.while_loop(lambda k, *_: k < rows * columns, body, (0, sums, tf.zeros([height, width])))
+        return tf.nest.pack_sequence_as(structure, [tf.math.log(total / count[None, :, :, None]) for total in sums])
 
     def _all_views(self, images):
         """(the nesting of the model's outputs, per view the flat list of its outputs at the network's resolution)."""
@@ -266,14 +300,15 @@ def _resize_rows(values, start, stop, size):
 
 
 def make_predictor(model, config: Config) -> Predictor:
-    """A ``Predictor`` of ``model`` with the config's test protocol: ``evaluate.test_size``, ``scales``, ``flip``.
+    """A ``Predictor`` of ``model`` with the config's test protocol: ``evaluate.test_size``, ``scales``, ``flip``, ``mode``.
 
     The one place where evaluate, visualize, predict, export and the notebook
     get their protocol, so that they cannot disagree.
     """
     e = config.evaluate
     classes = datasets.run_classes(config.logs_dir, config.data)
-    return Predictor(model, e.scales, e.flip, e.resolved_test_size(config.data.base_size), classes=classes)
+    slide = (e.window, e.stride) if e.mode == "slide" else None
+    return Predictor(model, e.scales, e.flip, e.resolved_test_size(config.data.base_size), classes=classes, slide=slide)
 
 
 def predictor_from_config(config: Config, checkpoint: str = "", with_fcn: bool = False) -> tuple[Predictor, str]:

@@ -1,0 +1,154 @@
+"""Several devices and workers: the tf.distribute strategy of ``train.strategy`` and the multi-worker plumbing.
+
+``default`` is one device; ``mirrored`` all local GPUs (or the devices of
+``train.devices``, or logical CPU devices); ``multi_worker`` the cluster of the
+``TF_CONFIG`` environment variable, with TensorFlow's coordination service
+set up here so that a lost worker is noticed within ``HEARTBEAT_TIMEOUT_MS``,
+and the workers of a finished run leaving together (``finish_together``).
+The training step and loop are the same code under every strategy
+(``fcn/train.py``).
+"""
+
+import json
+import os
+import socket
+import time
+
+import tensorflow as tf
+
+from fcn.config import Config
+from fcn.errors import TrainingError
+
+# A worker is declared dead by the coordination service after this long without a heartbeat
+# (TensorFlow's default: 10 s). Longer than a loaded machine takes to end a finished worker's process
+# and then the chief's (see ``finish_together``); the price: a silent worker is noticed 50 s later.
+HEARTBEAT_TIMEOUT_MS = 60_000
+
+
+def configure_coordination_service(heartbeat_timeout_ms: int) -> None:
+    """Sets up TensorFlow's coordination service as ``MultiWorkerMirroredStrategy`` would, with another heartbeat timeout.
+
+    The strategy configures the service itself only when nothing has; it
+    offers no setting for the timeout, so this does it first, with the same
+    values the strategy uses (the ``chief`` and ``worker`` jobs of
+    ``TF_CONFIG``, led by the chief, or worker 0 without one). This is the one
+    place that uses TensorFlow's internal API (``context.configure_coordination_service``,
+    ``coordination_config_pb2``); it must run before the strategy is created.
+    """
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    cluster = resolver.cluster_spec()
+    jobs = [job for job in ("chief", "worker") if job in cluster.jobs]
+    if not jobs or resolver.task_type not in jobs or context.context().coordination_service is not None:
+        return
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=f"/job:{jobs[0]}/replica:0/task:0",
+        heartbeat_timeout_in_ms=heartbeat_timeout_ms,
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster.num_tasks(job)) for job in jobs],
+    )
+
+
+def make_strategy(config: Config) -> tf.distribute.Strategy:
+    """The tf.distribute strategy that ``train.strategy`` names."""
+    train = config.train
+    if train.strategy == "mirrored":
+        devices = [d.strip() for d in train.devices.split(",") if d.strip()]
+        if not devices and train.cpu_devices and not tf.config.list_physical_devices("GPU"):
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices or None)
+    if train.strategy == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise TrainingError("--strategy multi_worker reads the cluster from the TF_CONFIG environment variable, which is not set")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief_task(config: Config) -> bool:
+    """Whether this process will be the chief, from the config and ``TF_CONFIG`` alone (no TensorFlow set-up).
+
+    For messages printed before the strategy exists: with ``multi_worker`` the
+    chief is the task of type ``chief``, or worker 0 when the cluster has none.
+    """
+    if config.train.strategy != "multi_worker":
+        return True
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    except ValueError:
+        return True  # make_strategy reports the problem
+    task = tf_config.get("task", {})
+    if "chief" in tf_config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the one worker that writes summaries, checkpoints and reports."""
+    return bool(strategy.extended.should_checkpoint and strategy.extended.should_save_summary)
+
+
+# How long the chief of a finished multi-worker run waits for the other workers' processes to end.
+WORKERS_LEAVE_TIMEOUT = 300.0
+
+
+def finish_together(strategy: tf.distribute.Strategy, timeout: float = WORKERS_LEAVE_TIMEOUT, report=print) -> None:
+    """The workers of a finished multi-worker run leave together, the chief last.
+
+    ``MultiWorkerMirroredStrategy`` runs TensorFlow's coordination service in
+    the chief's process, and every worker's agent sends it a heartbeat every
+    5 s until its process ends (TensorFlow 2.21 does not shut an agent down
+    when Python exits). A worker that outlives the chief finds the service
+    gone (``StartAbort UNAVAILABLE: Failed to send RPC to coordination
+    service``); a chief that outlives a worker by the heartbeat timeout
+    reports it unhealthy (``stopped sending heartbeats``; ``setup_process``
+    sets the timeout to ``HEARTBEAT_TIMEOUT_MS``, TensorFlow's 10 s being
+    shorter than the end of a process on a loaded machine). So every worker first waits for all the
+    others to finish (one all-reduce), the other workers then return, and the
+    chief returns once each of their servers' addresses (the cluster spec of
+    ``TF_CONFIG``) refuses connections, i.e. their processes have ended; after
+    ``timeout`` seconds it returns anyway.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    resolver = strategy.cluster_resolver
+    own = (resolver.task_type, resolver.task_id)
+    cluster = resolver.cluster_spec()
+    addresses = [
+        cluster.task_address(job, index)
+        for job in cluster.jobs if job in ("chief", "worker")
+        for index in cluster.task_indices(job) if (job, index) != own
+    ]  # fmt: skip
+    if not addresses:  # a cluster of one
+        return
+    _all_reduce_barrier(strategy)
+    if not is_chief(strategy):
+        return
+    deadline = time.monotonic() + timeout
+    for address in addresses:
+        while _accepts_connections(address):
+            if time.monotonic() > deadline:
+                report(f"worker {address} still running {timeout:.0f} s after the run finished; the chief leaves now")
+                return
+            time.sleep(0.2)
+
+
+def _all_reduce_barrier(strategy: tf.distribute.Strategy) -> None:
+    """Returns on every worker once all have called it (a sum over the replicas, compiled: no eager-collective warning)."""
+
+    @tf.function
+    def count():
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+    count()
+
+
+def _accepts_connections(address: str) -> bool:
+    """Whether a server listens at ``HOST:PORT``."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+            return True
+    except OSError:
+        return False

@@ -23,7 +23,7 @@ the layout options.
 import dataclasses
 import os
 
-from fcn.datasets import ade20k, folder, sample, voc
+from fcn.datasets import ade20k, cityscapes, folder, sample, voc
 from fcn.datasets.classes import CLASSES_FILE, ClassTable
 from fcn.datasets.files import SplitListing, display_path
 from fcn.datasets.layout import Dataset, Layout
@@ -34,6 +34,7 @@ LAYOUTS = {
     "folder": folder.FolderLayout(),
     "ade20k": ade20k.Ade20kLayout(),
     "voc": voc.VocLayout(),
+    "cityscapes": cityscapes.CityscapesLayout(),
 }
 DEFAULT_LAYOUT = "ade20k"  # what data.layout auto generates or downloads: the default recipe's
 

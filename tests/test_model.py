@@ -13,7 +13,7 @@ import scipy.io
 import tensorflow as tf
 from conftest import SAMPLE_ROOT
 
-from fcn import checkpoints, datasets, weights
+from fcn import backbones, checkpoints, datasets, weights
 from fcn import model as model_lib
 from fcn.datasets import decode
 
@@ -25,7 +25,7 @@ FCN8S_TRAINABLE_PARAMETERS = 135_710_594
 FCN8S_FROZEN_PARAMETERS = 0
 
 
-def pretrained(source, fc_channels=model_lib.VGG16_FC_CHANNELS, model_dir=None):
+def pretrained(source, fc_channels=backbones.VGG_FC_CHANNELS, model_dir=None):
     """A 150-class FCN-8s built, then given the VGG16 weights of ``source``."""
     fcn = model_lib.build_fcn8s(150, fc_channels=fc_channels)
     weights.load_vgg_weights(fcn, source, model_dir)
@@ -164,8 +164,8 @@ def test_bad_weight_files_name_file_and_layer(tmp_path, keras_vgg16):
     # Wrong shapes: another network's weights under the VGG16 names.
     wrong = str(tmp_path / "wrong.h5")
     with h5py.File(wrong, "w") as f:
-        f.attrs["layer_names"] = np.array([n.encode() for n in model_lib.VGG16_CONV_LAYERS])
-        for name in model_lib.VGG16_CONV_LAYERS:
+        f.attrs["layer_names"] = np.array([n.encode() for n in backbones.BACKBONES["vgg16"].layers])
+        for name in backbones.BACKBONES["vgg16"].layers:
             group = f.create_group(name)
             group.attrs["weight_names"] = np.array([b"k", b"b"])
             group.create_dataset("k", data=np.zeros((3, 3, 3, 3), np.float32))
@@ -216,7 +216,7 @@ def test_imagenet_weights_are_fetched_verified_and_cached(tmp_path, monkeypatch,
     source = tmp_path / "served.h5"
     write_legacy_h5(str(source), keras_vgg16, include_top=False)
     body = source.read_bytes()
-    filename = weights.KERAS_WEIGHTS["vgg16"]["imagenet_notop"][0]
+    filename = backbones.BACKBONES["vgg16"].keras_weights["imagenet_notop"][0]
     server = _FileServer({filename: body})
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     try:
@@ -225,7 +225,7 @@ def test_imagenet_weights_are_fetched_verified_and_cached(tmp_path, monkeypatch,
         with pytest.raises(weights.WeightsError, match="could not fetch imagenet_notop"):
             pretrained("imagenet_notop", model_dir=str(tmp_path / "cache"), fc_channels=64)
         assert not (tmp_path / "cache" / filename).exists()
-        monkeypatch.setitem(weights.KERAS_WEIGHTS["vgg16"], "imagenet_notop", (filename, hashlib.md5(body).hexdigest()))
+        monkeypatch.setitem(backbones.BACKBONES["vgg16"].keras_weights, "imagenet_notop", (filename, hashlib.md5(body).hexdigest()))
         fcn = pretrained("imagenet_notop", model_dir=str(tmp_path / "cache"), fc_channels=64)
         assert (tmp_path / "cache" / filename).read_bytes() == body
         assert relative_error(fcn_activations(fcn, sample_crop)[0], keras_reference[0]) < 1e-5

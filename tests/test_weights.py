@@ -12,8 +12,8 @@ import scipy.io
 from conftest import REPO, SAMPLE_ROOT
 from test_model import _FileServer
 
+from fcn import backbones, datasets, errors, weights
 from fcn import config as config_lib
-from fcn import datasets, errors, weights
 from fcn import model as model_lib
 from fcn.datasets import decode
 
@@ -206,9 +206,9 @@ def test_fc_width_mismatch_names_fc_channels(vgg19_files):
 def test_vgg19_imagenet_weights_are_fetched_from_keras_vgg19_folder(tmp_path, monkeypatch, vgg19_files, vgg19_reference, sample_crop):
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    filename, published_md5 = weights.KERAS_WEIGHTS["vgg19"]["imagenet_notop"]
+    filename, published_md5 = backbones.BACKBONES["vgg19"].keras_weights["imagenet_notop"]
     assert (filename, published_md5) == ("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5", "253f8cb515780f3b799900260a226db6")
-    assert weights.KERAS_WEIGHTS["vgg19"]["imagenet"] == ("vgg19_weights_tf_dim_ordering_tf_kernels.h5", "cbe5617147190e668d6c5d5026f83318")
+    assert backbones.BACKBONES["vgg19"].keras_weights["imagenet"] == ("vgg19_weights_tf_dim_ordering_tf_kernels.h5", "cbe5617147190e668d6c5d5026f83318")
     with open(vgg19_files["notop_h5"], "rb") as f:
         body = f.read()
     server = _FileServer({filename: body})
@@ -220,7 +220,7 @@ def test_vgg19_imagenet_weights_are_fetched_from_keras_vgg19_folder(tmp_path, mo
         with pytest.raises(weights.WeightsError, match="could not fetch imagenet_notop VGG19 weights"):
             weights.load_vgg_weights(vgg19_fcn(), "imagenet_notop", str(cache))  # the published MD5 is not this file's
         assert not (cache / filename).exists()
-        monkeypatch.setitem(weights.KERAS_WEIGHTS["vgg19"], "imagenet_notop", (filename, hashlib.md5(body).hexdigest()))
+        monkeypatch.setitem(backbones.BACKBONES["vgg19"].keras_weights, "imagenet_notop", (filename, hashlib.md5(body).hexdigest()))
         fcn = vgg19_fcn()
         weights.load_vgg_weights(fcn, "imagenet_notop", str(cache))
         weights.load_vgg_weights(vgg19_fcn(), "imagenet_notop", str(cache))
@@ -241,14 +241,14 @@ def test_vgg19_model_size_and_vgg16_layers_unchanged():
     assert [n for n in names19 if n not in names16] == ["block3_conv4", "block4_conv4", "block5_conv4"]
     assert model_lib.backbone_of(vgg16) == "vgg16" and model_lib.backbone_of(vgg19) == "vgg19"
     # A VGG16 model keeps the layer order existing checkpoints were written with.
-    assert [layer.name for layer in vgg16.layers if layer.weights][:14] == [*model_lib.VGG16_CONV_LAYERS, "fc6"]
+    assert [layer.name for layer in vgg16.layers if layer.weights][:14] == [*backbones.BACKBONES["vgg16"].layers, "fc6"]
 
 
 def test_backbone_config_key():
     config = config_lib.load_config(None, [("model.backbone", "vgg19"), ("model.fc_channels", 8)])
     assert model_lib.backbone_of(model_lib.build_from_config(config.model, 3)) == "vgg19"
     assert config_lib.load_config(None, []).model.backbone == "vgg16"
-    with pytest.raises(errors.ConfigError, match="model.backbone must be vgg16 or vgg19, got 'vgg18'"):
+    with pytest.raises(errors.ConfigError, match="model.backbone must be one of vgg16, vgg19, got 'vgg18'"):
         config_lib.load_config(None, [("model.backbone", "vgg18")])
 
 

@@ -41,7 +41,6 @@ both projects as well.
 
 import math
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -108,9 +107,8 @@ class ConfusionMatrix:
     """Accumulates a confusion matrix in numpy (int64) over many eager updates.
 
     Keras-independent: call ``update`` on each image or batch of an evaluation
-    loop, then ``scores(accumulator.matrix)``. For accumulation inside a
-    ``tf.function`` use ``StreamingConfusionMatrix`` or sum ``confusion_matrix``
-    outputs yourself.
+    loop, then ``scores(accumulator.matrix)``. Inside a ``tf.function``, sum
+    ``confusion_matrix`` outputs (int64: exact far beyond float32's 2**24).
     """
 
     def __init__(self, num_classes: int, ignore_label: int = IGNORE_LABEL):
@@ -128,102 +126,10 @@ class ConfusionMatrix:
         self._matrix += matrix
         return matrix
 
-    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
-        """Adds another accumulator's counts (e.g. from another worker); returns self."""
-        if other.num_classes != self.num_classes:
-            raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
-        self._matrix += other._matrix
-        return self
-
-    def reset(self) -> None:
-        self._matrix[...] = 0
-
     @property
     def matrix(self) -> np.ndarray:
         """A copy of the counts so far: int64 (C, C), rows = ground truth."""
         return self._matrix.copy()
-
-
-@keras.saving.register_keras_serializable(package="fcn")
-class StreamingConfusionMatrix(keras.metrics.Metric):
-    """Keras metric that accumulates the split's confusion matrix; ``result()`` is mean IoU.
-
-    Mean IoU follows ``keras.metrics.MeanIoU`` and mmsegmentation: classes absent
-    from both ground truth and predictions are left out (0 before any update).
-    ``scores(metric.matrix)`` gives every other number.
-
-    The matrix is an int64 variable. A float32 accumulator would stop being
-    exact once a cell passes 2**24 = 16.8M pixels (adding 1 no longer changes
-    it), while the 2000 ADE20K validation images hold 4.9 * 10**8 pixels and
-    "wall" alone (~16 % of pixels) about 7.7 * 10**7 of them; a single
-    20-megapixel batch already passes 2**24.
-
-    Args:
-      num_classes: C.
-      ignore_label: label value that is never counted.
-      name: metric name.
-      dtype: dtype of ``result()``.
-    """
-
-    def __init__(self, num_classes: int, ignore_label: int = IGNORE_LABEL, name: str = "mean_iou", dtype=None):
-        super().__init__(name=name, dtype=dtype)
-        self.num_classes = num_classes
-        self.ignore_label = ignore_label
-        self._direction = "up"
-        self.confusion = self.add_variable(
-            shape=(num_classes, num_classes),
-            initializer="zeros",
-            dtype="int64",
-            aggregation="sum",
-            name="confusion_matrix",
-        )
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        """Adds a batch.
-
-        Args:
-          y_true: integer labels (B, H, W) or (B, H, W, 1).
-          y_pred: float logits or probabilities (B, H, W, C), reduced by argmax,
-            or integer class ids (B, H, W).
-          sample_weight: optional; counts must stay integers, so it acts as a
-            mask: pixels with weight 0 are left out, all others count once.
-            Scalar, (B,), (B, H, W) or (B, H, W, 1).
-        """
-        y_pred = tf.convert_to_tensor(y_pred)
-        if y_pred.dtype.is_floating:
-            y_pred = tf.argmax(y_pred, axis=-1)  # (B, H, W)
-        y_true = _widen(tf.convert_to_tensor(y_true))
-        if y_true.shape.rank == y_pred.shape.rank + 1 and y_true.shape[-1] == 1:
-            y_true = tf.squeeze(y_true, -1)  # (B, H, W)
-        if sample_weight is not None:
-            keep = tf.not_equal(tf.convert_to_tensor(sample_weight), 0)
-            if keep.shape.rank == y_true.shape.rank + 1 and keep.shape[-1] == 1:
-                keep = tf.squeeze(keep, -1)  # (B, H, W)
-            while keep.shape.rank < y_true.shape.rank and keep.shape.rank > 0:
-                keep = keep[..., None]
-            # -1 is never a class, so the pixel is left out.
-            y_true = tf.where(keep, y_true, tf.constant(-1, y_true.dtype))
-        self.confusion.assign_add(confusion_matrix(y_true, y_pred, self.num_classes, self.ignore_label))
-
-    def result(self):
-        counts = tf.cast(tf.convert_to_tensor(self.confusion), tf.float64)  # float64 is exact below 2**53
-        intersection = tf.linalg.diag_part(counts)  # (C,)
-        union = tf.reduce_sum(counts, 0) + tf.reduce_sum(counts, 1) - intersection  # (C,)
-        present = tf.cast(union > 0, tf.float64)
-        iou = tf.math.divide_no_nan(intersection, union)  # (C,) 0 where absent
-        mean_iou = tf.math.divide_no_nan(tf.reduce_sum(iou), tf.reduce_sum(present))
-        return tf.cast(mean_iou, self.dtype)
-
-    def reset_state(self):
-        self.confusion.assign(tf.zeros((self.num_classes, self.num_classes), tf.int64))
-
-    @property
-    def matrix(self) -> np.ndarray:
-        """The counts so far (eager only): int64 (C, C), rows = ground truth."""
-        return tf.convert_to_tensor(self.confusion).numpy()
-
-    def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes, "ignore_label": self.ignore_label}
 
 
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

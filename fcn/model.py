@@ -135,9 +135,9 @@ def _patch_product(patches, kernel):
     The gradient of a plain product would take the patches' gradient as
     ``dy @ kernel^T``; on a CPU that product of a few rows (one per fc6 or
     fc7 position) by the transposed 25088 x 4096 or 4096 x 4096 kernel runs
-    at half the speed of the same product written ``(kernel @ dy^T)^T``
-    (``bench/layers.py``, 2-core AVX2 EPYC). The same multiply-adds: only the
-    rounding order may differ.
+    slower on CPUs than the same product written ``(kernel @ dy^T)^T``
+    (``python bench/layers.py`` measures both). The same multiply-adds: only
+    the rounding order may differ.
     """
     rows = ops.reshape(patches, (-1, ops.shape(kernel)[0]))  # (B*H*W, P)
     outputs = ops.reshape(ops.matmul(rows, kernel), (*ops.shape(patches)[:-1], ops.shape(kernel)[1]))

@@ -294,8 +294,8 @@ def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.S
         optimizer.apply_gradients(zip(gradients, variables))
         # A step whose update overflows leaves NaN or Inf in the weights or in Adam's slots: caught at once,
         # not at the next checkpoint. One sum per variable: NaN and Inf survive a sum (Inf - Inf is NaN), so
-        # a finite total means every value is finite. For the full model's 407M weights and slots that is
-        # 4x cheaper than an is_finite pass over every value (0.12 s against 0.53 s on a 2-core AVX2 EPYC).
+        # a finite total means every value is finite, and a sum reads each value once, where an is_finite
+        # pass also writes a boolean per value.
         # Only a total beyond float32's range (weights of about 1e30) would be flagged without cause.
         total = tf.add_n([tf.reduce_sum(v) for v in checked])
         return 1.0 - tf.cast(tf.math.is_finite(total), tf.float32)

@@ -2,7 +2,6 @@
 
 import math
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -132,18 +131,15 @@ def test_random_maps_match_reference(rng, label_classes, prediction_classes):
         assert zero["mean_iou"] < result["mean_iou"] - 1e-3
 
 
-def test_accumulator_merge_and_reset(rng):
+def test_accumulator_sums_updates(rng):
     label_maps, prediction_maps = random_maps(rng, [(9, 11), (20, 7), (16, 16)], 7, 7)
-    first, second = metrics.ConfusionMatrix(7), metrics.ConfusionMatrix(7)
-    first.update(label_maps[0], prediction_maps[0])
+    accumulator = metrics.ConfusionMatrix(7)
+    own = accumulator.update(label_maps[0], prediction_maps[0])
+    np.testing.assert_array_equal(own, reference_matrix(label_maps[:1], prediction_maps[:1], 7))
     for labels, predictions in zip(label_maps[1:], prediction_maps[1:]):
-        second.update(tf.constant(labels), tf.constant(predictions))  # tensors work too
-    first.merge(second)
-    np.testing.assert_array_equal(first.matrix, reference_matrix(label_maps, prediction_maps, 7))
-    with pytest.raises(ValueError, match="cannot merge 6 classes into 7"):
-        first.merge(metrics.ConfusionMatrix(6))
-    first.reset()
-    assert first.matrix.sum() == 0 and first.matrix.dtype == np.int64
+        accumulator.update(tf.constant(labels), tf.constant(predictions))  # tensors work too
+    np.testing.assert_array_equal(accumulator.matrix, reference_matrix(label_maps, prediction_maps, 7))
+    assert accumulator.matrix.dtype == np.int64
 
 
 # -- 3. split totals, not per-image averages ----------------------------------------------------
@@ -192,10 +188,6 @@ def test_absent_and_prediction_only_classes():
     assert zero["mean_iou"] == pytest.approx(1.5 / 4, abs=1e-15)  # official: absent counts 0, mean over 4
     assert zero["score"] == pytest.approx((3 / 4 + 1.5 / 4) / 2, abs=1e-15)
 
-    streaming = metrics.StreamingConfusionMatrix(4)
-    streaming.update_state(labels, predictions)
-    assert float(streaming.result()) == pytest.approx(0.5, abs=1e-7)
-
     with pytest.raises(ValueError, match="absent must be one of .*got 'nan'"):
         metrics.scores(matrix, absent="nan")
     with pytest.raises(ValueError, match=r"need 4 distinct class names, got 3 \(3 distinct\)"):
@@ -209,7 +201,7 @@ def test_empty_matrix_gives_nan_without_warnings():
     assert metrics.scores(np.zeros((3, 3)), absent="zero")["mean_iou"] == 0.0
 
 
-# -- 5. TensorFlow: tf.function, batches, the streaming metric, exact large counts --------------
+# -- 5. TensorFlow: tf.function, batches, exact large counts --------------
 
 
 def test_confusion_matrix_in_tf_function_and_tf_data(rng):
@@ -228,69 +220,15 @@ def test_confusion_matrix_in_tf_function_and_tf_data(rng):
     np.testing.assert_array_equal(summed.numpy(), expected)
 
 
-def test_streaming_metric_equals_one_big_matrix(rng):
-    label_maps, prediction_maps = random_maps(rng, [(8, 6)] * 6, 7, 7)
-    labels = np.stack(label_maps)  # (6, 8, 6)
-    predictions = np.stack(prediction_maps)
-    # Logits whose argmax is the prediction.
-    logits = np.eye(7, dtype=np.float32)[predictions] + rng.normal(0, 0.1, predictions.shape + (7,)).astype(np.float32)
-
-    metric = metrics.StreamingConfusionMatrix(7)
-
-    @tf.function
-    def update(y_true, y_pred):
-        metric.update_state(y_true, y_pred)
-
-    for start in range(0, 6, 2):
-        batch = slice(start, start + 2)
-        update(tf.constant(labels[batch, ..., None]), tf.constant(logits[batch]))  # (2, 8, 6, 1), (2, 8, 6, 7)
-    expected = reference_matrix(label_maps, prediction_maps, 7)
-    np.testing.assert_array_equal(metric.matrix, expected)
-    assert metric.matrix.dtype == np.int64
-    assert float(metric.result()) == pytest.approx(metrics.scores(expected)["mean_iou"], abs=1e-6)
-
-    keras_mean_iou = keras.metrics.MeanIoU(7, ignore_class=IGNORE)
-    keras_mean_iou.update_state(labels, predictions)
-    assert float(metric.result()) == pytest.approx(float(keras_mean_iou.result()), abs=1e-6)
-
-    # Integer predictions and a 0/1 sample weight acting as a mask.
-    masked = metrics.StreamingConfusionMatrix(7)
-    weights = np.zeros(6, np.float32)
-    weights[:3] = 1.0  # (B,): only the first three images count
-    masked.update_state(labels, predictions, sample_weight=weights)
-    np.testing.assert_array_equal(masked.matrix, reference_matrix(label_maps[:3], prediction_maps[:3], 7))
-
-    # Per-pixel weights (B, H, W, 1): a zero weight acts like the ignore label.
-    pixel_weights = (rng.random(labels.shape + (1,)) < 0.7).astype(np.float32)
-    masked_labels = np.where(pixel_weights[..., 0] > 0, labels, IGNORE)
-    masked = metrics.StreamingConfusionMatrix(7)
-    masked.update_state(labels[..., None], logits, sample_weight=pixel_weights)
-    np.testing.assert_array_equal(masked.matrix, reference_matrix(masked_labels, predictions, 7))
-
-    metric.reset_state()
-    assert metric.matrix.sum() == 0
-    assert float(metric.result()) == 0.0
-
-
-def test_streaming_metric_config_round_trip():
-    metric = metrics.StreamingConfusionMatrix(5, ignore_label=7, name="val_mean_iou")
-    config = metric.get_config()
-    assert config["num_classes"] == 5 and config["ignore_label"] == 7
-    clone = metrics.StreamingConfusionMatrix.from_config(config)
-    assert clone.name == "val_mean_iou" and clone.num_classes == 5 and clone.ignore_label == 7
-    revived = keras.metrics.deserialize(keras.metrics.serialize(metric))
-    assert isinstance(revived, metrics.StreamingConfusionMatrix) and revived.ignore_label == 7
-
-
 def test_counts_stay_exact_beyond_float32_precision():
     labels = np.zeros((5000, 4000), np.uint8)  # 2 * 10**7 pixels
     labels[0, :3] = 1
     predictions = tf.zeros(labels.shape, tf.int32)
-    metric = metrics.StreamingConfusionMatrix(2)
-    metric.update_state(labels, predictions)
-    metric.update_state(labels, predictions)
+    accumulator = metrics.ConfusionMatrix(2)
+    accumulator.update(labels, predictions)
+    accumulator.update(labels, predictions)
     exact = 2 * (5000 * 4000 - 3)  # 39,999,994 is not a float32 number
-    assert metric.matrix[0, 0] == exact and metric.matrix[1, 0] == 6
+    assert accumulator.matrix[0, 0] == exact and accumulator.matrix[1, 0] == 6
     # So a float32 accumulator would have failed this test.
     assert int(np.float32(exact // 2) + np.float32(exact // 2)) != exact
 

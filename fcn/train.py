@@ -5,12 +5,11 @@ model; every piece can be built twice in one process):
 
 - ``setup_process(config)``: the process-wide settings (logical CPU devices,
   seeds, op determinism, the Keras precision policy) and the tf.distribute
-  strategy. Called once by the entry point, never by the trainer.
-- ``create_train_state(config, strategy)``: the model, Adam and the counters
-  (step, examples consumed, best validation mIoU), as one checkpointable state.
-- ``initialise(state, config, run_dir)``: resume from the run's newest intact
-  checkpoint, or take another run's weights (``--init_from``), or load the
-  pretrained VGG16 weights.
+  strategy (``fcn/distribute.py``). Called once by the entry point, never by
+  the trainer.
+- ``create_train_state`` and ``initialise`` (``fcn/train_state.py``): the
+  model, Adam and the counters, resumed, taken from another run or started
+  from pretrained weights.
 - ``make_train_step(state, config, strategy)``: the compiled step: softmax
   cross-entropy from logits averaged over the labelled pixels of the global
   batch (label 255 ignored), optional L2 weight decay, Adam. It always returns
@@ -41,15 +40,12 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fcn import backbones, checkpoints, crfasrnn_keras, data, datasets, distribute, metrics, summaries, weights
+from fcn import backbones, checkpoints, data, datasets, distribute, metrics, summaries
 from fcn import model as model_lib
 from fcn.config import Config, save_config
 from fcn.datasets.classes import IGNORE_LABEL
 from fcn.errors import TrainingError
-from fcn.optimizer import FusedAdam
-
-# Layers whose outputs are ReLU activations, for --debug histograms.
-
+from fcn.train_state import TrainState, create_train_state, initialise
 
 
 class NonFiniteLoss(ArithmeticError):
@@ -99,134 +95,6 @@ def setup_process(config: Config) -> tf.distribute.Strategy:
     if train.strategy == "multi_worker" and "TF_CONFIG" in os.environ:
         distribute.configure_coordination_service(distribute.HEARTBEAT_TIMEOUT_MS)
     return distribute.make_strategy(config)
-
-
-# ---------------------------------------------------------------------------
-# The state.
-
-
-@dataclasses.dataclass
-class TrainState:
-    """Everything a checkpoint holds, and the checkpoint objects that write it.
-
-    Attributes:
-      model: FCN-8s (with its CRF stage if ``model.crf``).
-      optimizer: Adam (wrapped for loss scaling under float16).
-      step, examples_seen, best_mean_iou: host-side counters.
-      checkpoint: model, optimizer, counters and dropout's random state.
-      best_checkpoint: the model and step, for ``LOGS_DIR/best``.
-    """
-
-    model: keras.Model
-    optimizer: keras.optimizers.Optimizer
-    step: tf.Variable
-    examples_seen: tf.Variable
-    best_mean_iou: tf.Variable
-    checkpoint: tf.train.Checkpoint
-    best_checkpoint: tf.train.Checkpoint
-
-    def variables(self) -> list:
-        """Every variable ``checkpoint`` writes."""
-        seeds = [layer.seed_generator.state for layer in _dropout_layers(self.model)]
-        counters = [self.step, self.examples_seen, self.best_mean_iou]
-        return list(self.model.weights) + list(self.optimizer.variables) + seeds + counters
-
-
-def _dropout_layers(model):
-    # A layer with rate 0 has no random state.
-    return [layer for layer in model.layers if getattr(layer, "seed_generator", None) is not None]
-
-
-def create_train_state(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
-    """Builds the model (fresh weights), Adam with its slots, and the counters."""
-    with strategy.scope():
-        model = model_lib.build_from_config(config.model, config.data.num_classes)
-        optimizer = FusedAdam(learning_rate=config.train.learning_rate)
-        if config.train.mixed_precision == "float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(model.trainable_variables)  # slots must exist before a restore
-    # Plain variables, read and written by the loop, not by replicas.
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    examples_seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="examples_seen")
-    best_mean_iou = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_mean_iou")
-    checkpoint = tf.train.Checkpoint(
-        model=model,
-        optimizer=optimizer,
-        step=step,
-        examples_seen=examples_seen,
-        best_mean_iou=best_mean_iou,
-        # Dropout's random state: without it a resumed run would draw other masks.
-        dropout_seeds=[layer.seed_generator.state for layer in _dropout_layers(model)],
-    )
-    best_checkpoint = tf.train.Checkpoint(model=model, step=step)
-    return TrainState(model, optimizer, step, examples_seen, best_mean_iou, checkpoint, best_checkpoint)
-
-
-def initialise(state: TrainState, config: Config, strategy: tf.distribute.Strategy, report=print) -> str:
-    """Resumes the run, or starts it from ``--init_from`` or the pretrained VGG16 weights.
-
-    Returns:
-      The checkpoint resumed from, or "" for a new run.
-
-    Raises:
-      TrainingError: the run directory holds checkpoints none of which is
-        intact, or a run of another model configuration; ``--init_from`` does
-        not fit.
-      weights.WeightsError: unusable pretrained weights.
-    """
-    train = config.train
-    checkpoint_dir = os.path.join(config.logs_dir, checkpoints.CHECKPOINTS_DIR)
-    if checkpoints.has_checkpoint_files(checkpoint_dir):
-        try:
-            prefix = checkpoints.restore(state.checkpoint, checkpoint_dir, state.variables(), report=report)
-        except checkpoints.MismatchError as error:
-            raise TrainingError(
-                f"{error}. The run directory {config.logs_dir} holds a run of another model "
-                "configuration; use a new --logs_dir, or the config.yaml written there"
-            ) from None
-        except checkpoints.CheckpointError as error:
-            raise TrainingError(f"cannot resume: {error}") from None
-        # The checkpoint holds the learning rate it was saved with; the config (and --learning_rate) decides.
-        state.optimizer.learning_rate = train.learning_rate
-        return prefix
-    if train.init_from:
-        _initialise_from(state.model, train.init_from, report)
-    else:
-        with strategy.scope():
-            weights.load_vgg_weights(state.model, config.model.pretrained_weights, config.model.model_dir)
-    return ""
-
-
-def _initialise_from(model: keras.Model, source: str, report) -> None:
-    """Takes the model weights of another run (not its optimizer or step).
-
-    Every FCN layer must find its weights there. The CRF stage takes its
-    weights too when ``source`` has them, and otherwise keeps its initial
-    values: an FCN run starts an FCN + CRF run. A Keras ``.h5`` file is
-    crfasrnn_keras's released model (``crfasrnn_keras.load_crfasrnn_keras_into_fcn8s``).
-    """
-    if crfasrnn_keras.is_crfasrnn_keras_file(source):
-        try:
-            notes = crfasrnn_keras.load_crfasrnn_keras_into_fcn8s(model, source)
-        except weights.WeightsError as error:
-            raise TrainingError(f"--init_from {source}: {error}") from None
-        report(f"initialised from {source} (crfasrnn_keras's FCN-8s + CRF-RNN)")
-        for note in notes:
-            report(f"  {note}")
-        return
-    has_crf = model_lib.has_crf(model)
-    fcn_view = keras.Model(model.input, model.get_layer("logits").output) if has_crf else model
-    try:
-        prefix = checkpoints.restore_model_weights(fcn_view, source, report=report)
-    except checkpoints.MismatchError as error:
-        raise TrainingError(
-            f"--init_from {source}: its weights do not fit this model (data.num_classes, model.fc_channels must "
-            f"be those of its run): {error}"
-        ) from None
-    except checkpoints.CheckpointError as error:
-        raise TrainingError(f"--init_from {source}: {error}") from None
-    if has_crf and checkpoints.holds_layer_weights(prefix, model_lib.CRF_WEIGHTS):
-        checkpoints.restore_model_weights(model, prefix, report=report)
 
 
 # ---------------------------------------------------------------------------

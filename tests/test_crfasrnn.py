@@ -20,7 +20,7 @@ from conftest import SAMPLE_ROOT, clear_argmax
 from PIL import Image
 
 from fcn import crf as crf_lib
-from fcn import crfasrnn_keras, datasets, errors, inference, permutohedral
+from fcn import crfasrnn_keras, datasets, errors, inference, permutohedral, train_state
 from fcn import model as model_lib
 from fcn.datasets import voc
 from fcn.datasets.classes import voc_colormap
@@ -601,14 +601,13 @@ def assert_weights(model, expected):
 
 def test_init_from_the_release_file_starts_fcn8s_and_crf_from_its_weights(released_file, tmp_path):
 
-    from fcn import train
 
     _, path = released_file
     expected = expected_fcn8s_weights(path)
     assert not np.allclose(expected["crf"][2], expected["crf"][2].T)  # a transposed matrix would show
     net = model_lib.build_fcn8s(NUM_CLASSES, fc_channels=FC, crf=dict(num_iterations=1))
     notes = []
-    train._initialise_from(net, path, notes.append)
+    train_state._initialise_from(net, path, notes.append)
     assert_weights(net, expected)
     assert notes[0] == f"initialised from {path} (crfasrnn_keras's FCN-8s + CRF-RNN)"
     assert any(n.strip().startswith("upsample: not used") for n in notes)  # the random file's upsample is not bilinear
@@ -661,10 +660,10 @@ def test_init_from_refuses_a_file_that_does_not_fit_naming_the_layers(tmp_path):
     ):  # fmt: skip
         before = [w.copy() for w in model.get_weights()]
         with pytest.raises(train.TrainingError, match=re.escape(f"--init_from {path}: {path} does not fit this FCN-8s; nothing was loaded")) as raised:
-            train._initialise_from(model, path, print)
+            train_state._initialise_from(model, path, print)
         for line in lines:
             assert line in str(raised.value)
         assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # nothing copied
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(train.TrainingError, match="junk.h5: cannot be read as an HDF5"):
-        train._initialise_from(model_lib.build_fcn8s(5, fc_channels=8), str(tmp_path / "junk.h5"), print)
+        train_state._initialise_from(model_lib.build_fcn8s(5, fc_channels=8), str(tmp_path / "junk.h5"), print)

@@ -12,7 +12,7 @@ import tensorflow as tf
 from conftest import REPO, run_fcn
 from test_train import LOSS, TINY, model_weights, read_events, run, tiny_config
 
-from fcn import datasets, train
+from fcn import datasets, train, train_state
 
 # Dropout off: replicas draw their own masks, so only a dropout-free model can match one device exactly.
 COMMON = [*TINY, "--set", "model.dropout=0", "--set", "train.val_every=100000", "--set", "train.summary_every=1"]
@@ -131,7 +131,7 @@ def losses_of(logs_dir):
 def test_bfloat16_takes_effect_in_the_trainer_and_tracks_float32(tmp_path, sample_root, one_device):
     config = tiny_config(tmp_path / "bf16", sample_root, *COMMON_OVERRIDES, ("train.mixed_precision", "bfloat16"))
     strategy = train.setup_process(config)
-    state = train.create_train_state(config, strategy)
+    state = train_state.create_train_state(config, strategy)
     # The trainer's own model computes in bfloat16, keeps float32 variables and returns float32 logits.
     assert state.model.get_layer("block1_conv1").compute_dtype == "bfloat16"
     assert state.model.get_layer("fc6").compute_dtype == "bfloat16"

@@ -7,7 +7,7 @@ import tensorflow as tf
 from conftest import REPO
 
 from fcn import config as config_lib
-from fcn import train
+from fcn import train, train_state
 
 
 def numpy_loss(labels, logits):
@@ -77,7 +77,7 @@ def tiny_state(*overrides):
     )
     strategy = tf.distribute.get_strategy()
     keras.utils.set_random_seed(3)
-    state = train.create_train_state(config, strategy)
+    state = train_state.create_train_state(config, strategy)
     # Random score layers, so that the logits depend on every layer and the loss is not flat.
     for layer in state.model.layers:
         if layer.name.startswith("score"):

@@ -13,12 +13,11 @@ import dataclasses
 import difflib
 import math
 import os
-import types
 import typing
 
 import yaml
 
-from fcn import backbones, datasets
+from fcn import backbones, config_values, datasets
 from fcn.datasets import ade20k, voc
 from fcn.errors import ConfigError
 
@@ -26,9 +25,9 @@ LAYOUTS = ("auto", *datasets.LAYOUTS)
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "bfloat16", "float16")
 EVALUATE_MODES = ("whole", "slide")
-MAX_SEED = 2**32 - 1
+MAX_SEED = 2**32 - 1  # NumPy and Keras seeds are 32-bit unsigned integers
 # Keys of earlier versions that still work (in files and --set), and the keys they now are.
-KEY_ALIASES = {"model.vgg_weights": "model.pretrained_weights"}  # NumPy and Keras seeds are 32-bit unsigned integers
+KEY_ALIASES = {"model.vgg_weights": "model.pretrained_weights"}
 
 
 
@@ -264,137 +263,9 @@ class Config:
     logs_dir: str = "logs"
 
 
-def _fields(cls) -> dict[str, type]:
-    """Field name -> resolved type annotation."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _valid_keys(cls, prefix: str = "") -> list[str]:
-    keys = []
-    for name, type_ in _fields(cls).items():
-        if dataclasses.is_dataclass(type_):
-            keys.extend(_valid_keys(type_, f"{prefix}{name}."))
-        else:
-            keys.append(prefix + name)
-    return keys
-
-
 def valid_keys() -> list[str]:
     """Every dotted key a config file or ``--set`` accepts."""
-    return _valid_keys(Config)
-
-
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
-
-def _coerce(value, type_, key: str, source: str):
-    """Converts ``value`` (from YAML or a command-line string) to ``type_``."""
-
-    def fail(expected):
-        raise ConfigError(f"{source}: {key} must be {expected}, got {value!r}")
-
-    if isinstance(type_, types.UnionType):  # e.g. a pair or a word: the first type that takes the value
-        if value is None and str in typing.get_args(type_):
-            return "none"
-        for member in typing.get_args(type_):
-            try:
-                return _coerce(value, member, key, source)
-            except ConfigError:
-                continue
-        fail(" or ".join(_describe(t) for t in typing.get_args(type_)))
-
-    if type_ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        fail("true or false")
-    if type_ is int:
-        if isinstance(value, bool):
-            fail("an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.strip().replace("_", ""))
-            except ValueError:
-                fail("an integer")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        fail("an integer")
-    if type_ is float:
-        if isinstance(value, bool):
-            fail("a number")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                fail("a number")
-        fail("a number")
-    if type_ is str:
-        if isinstance(value, str):
-            return value
-        if value is None:
-            return ""
-        fail("a string")
-    if typing.get_origin(type_) is tuple:
-        item_types = typing.get_args(type_)
-        if len(item_types) == 2 and item_types[1] is Ellipsis:  # tuple[float, ...]: one or more values
-            items = value
-            if isinstance(value, str):
-                items = [part for part in value.strip().strip("[]()").split(",") if part.strip()]
-            elif not isinstance(value, (list, tuple)):
-                items = [value]
-            if not items:
-                fail("a list of one or more values")
-            return tuple(_coerce(v, item_types[0], key, source) for v in items)
-        items = value
-        if isinstance(value, str):
-            text = value.strip().strip("[]()")
-            items = [part for part in text.replace("x", ",").split(",") if part.strip()]
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            items = [value]
-        if not isinstance(items, (list, tuple)):
-            fail(f"a list of {len(item_types)} values")
-        if len(items) == 1 and len(item_types) > 1:
-            items = list(items) * len(item_types)  # "64" means 64x64
-        if len(items) != len(item_types):
-            fail(f"a list of {len(item_types)} values")
-        return tuple(_coerce(v, t, key, source) for v, t in zip(items, item_types))
-    raise TypeError(f"unsupported config type {type_} for {key}")  # a bug in this module
-
-
-def _describe(type_) -> str:
-    if typing.get_origin(type_) is tuple:
-        return f"a list of {len(typing.get_args(type_))} values"
-    return {str: "a word", int: "an integer", float: "a number", bool: "true or false"}.get(type_, str(type_))
-
-
-def _build(cls, values: dict, prefix: str, source: str):
-    """Builds dataclass ``cls`` from a nested dict, checking every key."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the file'} must be a mapping, got {values!r}")
-    fields = _fields(cls)
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        key = prefix + str(unknown[0])
-        raise ConfigError(
-            f"{source}: unknown key '{key}'. Valid keys"
-            f"{' under ' + repr(prefix.rstrip('.')) if prefix else ''}: "
-            + ", ".join(prefix + name for name in fields)
-        )
-    kwargs = {}
-    for name, value in values.items():
-        type_ = fields[name]
-        if dataclasses.is_dataclass(type_):
-            kwargs[name] = _build(type_, value or {}, f"{prefix}{name}.", source)
-        else:
-            kwargs[name] = _coerce(value, type_, prefix + name, source)
-    return cls(**kwargs)
+    return config_values.dotted_keys(Config)
 
 
 def _unalias(values: dict, source: str, prefix: str = "") -> dict:
@@ -409,23 +280,6 @@ def _unalias(values: dict, source: str, prefix: str = "") -> dict:
             raise ConfigError(f"{source}: {dotted} is given twice (once as {prefix + str(key)}); keep one")
         out[name] = _unalias(value, source, dotted + ".")
     return out
-
-
-def _merge(base: dict, update: dict) -> dict:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _nest(dotted_key: str, value) -> dict:
-    node = value
-    for part in reversed(dotted_key.split(".")):
-        node = {part: node}
-    return node
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -476,7 +330,7 @@ def load_config(path: str | None = None, overrides: typing.Sequence[tuple[str, t
     if path:
         source = path
         values = _unalias(_read_yaml(path), source)
-        config = _build(Config, values, "", source)  # report file errors against the file
+        config = config_values.build(Config, values, "", source)  # report file errors against the file
     keys = set(valid_keys())
     for key, value in overrides:
         key = KEY_ALIASES.get(key, key)
@@ -485,10 +339,10 @@ def load_config(path: str | None = None, overrides: typing.Sequence[tuple[str, t
             close = difflib.get_close_matches(key.split(".")[-1], sorted(by_name), n=1, cutoff=0.75)
             hint = f" Did you mean {by_name[close[0]]}?" if close else ""
             raise ConfigError(f"override: unknown key '{key}'.{hint} Valid keys: {', '.join(sorted(keys))}")
-        values = _merge(values, _nest(key, value))
+        values = config_values.merge(values, config_values.nest(key, value))
         source = f"override {key}={value}"
-        _build(Config, values, "", source)  # so the error names this override
-    config = _build(Config, values, "", source)
+        config_values.build(Config, values, "", source)  # so the error names this override
+    config = config_values.build(Config, values, "", source)
     check_values(config)
     return config
 

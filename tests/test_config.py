@@ -170,3 +170,23 @@ def test_deterministic_xla_is_refused_before_any_work():
     # TensorFlow refuses XLA's max-pooling gradient under op determinism, at the first training step.
     with pytest.raises(errors.ConfigError, match="train.deterministic cannot be combined with train.jit_compile"):
         config_lib.load_config(None, [("train.deterministic", True), ("train.jit_compile", True)])
+
+
+def test_renamed_keys_still_work_in_files_overrides_and_flags(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("model:\n  vgg_weights: none\n")
+    assert config_lib.load_config(str(path)).model.pretrained_weights == "none"
+    assert config_lib.load_config(None, [("model.vgg_weights", "imagenet_notop")]).model.pretrained_weights == "imagenet_notop"
+    import FCN
+
+    args = FCN.build_parser().parse_args(["--vgg_weights", "none"])
+    assert FCN.resolve_config(args).model.pretrained_weights == "none"
+    both = tmp_path / "both.yaml"
+    both.write_text("model:\n  vgg_weights: none\n  pretrained_weights: imagenet\n")
+    with pytest.raises(config_lib.ConfigError, match="model.pretrained_weights is given twice"):
+        config_lib.load_config(str(both))
+    # A resolved config is written with the current name, and reads back the same.
+    config = config_lib.load_config(str(path))
+    config_lib.save_config(config, str(tmp_path / "run"))
+    assert "pretrained_weights: none" in (tmp_path / "run" / "config.yaml").read_text()
+    assert config_lib.load_config(str(tmp_path / "run" / "config.yaml")) == config

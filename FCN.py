@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_switch(
         parser,
         "--download",
-        "when DATA_DIR holds no dataset, download and extract the official ADEChallengeData2016.zip (data.download)",
+        "when DATA_DIR holds no dataset, download and extract the official archive of data.layout: ADE20K's zip "
+        "(the default), VOC 2012's tar with data.layout voc (data.download)",
     )
     parser.add_argument("--seed", type=int, help="seeds shuffling, augmentation, initialisation and the batch --mode=visualize draws (train.seed)")
     parser.add_argument(

@@ -298,7 +298,7 @@ def _read_yaml(path: str) -> dict:
         with open(path, encoding="utf-8") as f:
             loaded = yaml.safe_load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist (configs/ holds ade20k.yaml and sample.yaml)") from None
+        raise ConfigError(f"config file {path} does not exist (configs/ holds {', '.join(sorted(_config_files()))})") from None
     except UnicodeDecodeError as error:
         raise ConfigError(
             f"config file {path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8"
@@ -308,6 +308,12 @@ def _read_yaml(path: str) -> dict:
     except OSError as error:
         raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
     return loaded or {}
+
+
+def _config_files() -> list[str]:
+    """The files of the repository's ``configs/`` folder, for messages."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    return [name for name in os.listdir(folder) if name.endswith(".yaml")] if os.path.isdir(folder) else []
 
 
 def load_config(path: str | None = None, overrides: typing.Sequence[tuple[str, typing.Any]] = ()) -> Config:

@@ -368,7 +368,7 @@ def too_large(path: str, max_pixels: int, size=None) -> str:
         return ""
     return (
         f"{display_path(path)}: {width}x{height} = {height * width:,} pixels, more than evaluate.max_pixels = "
-        f"{max_pixels:,}: skipped (raise it with --set evaluate.max_pixels=N if the memory allows, see README)"
+        f"{max_pixels:,}: skipped (raise it with --set evaluate.max_pixels=N if the memory allows, see docs/evaluation.md)"
     )
 
 

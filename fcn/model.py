@@ -162,8 +162,8 @@ class PatchConv2D(keras.layers.Conv2D):
     matrix product, which the CPU convolution kernels do several times slower.
     With a 1x1 kernel (fc7, 4096 -> 4096) the input itself is the patch matrix:
     the layer is one matrix product and its two gradients are products too,
-    which ``Conv2D``'s 1x1 backprop kernels compute 1.5-7x slower on a 2-core
-    AVX2 CPU (``bench/README.md``).
+    which ``Conv2D``'s 1x1 backprop kernels compute slower on CPUs
+    (``python bench/layers.py``; figures in ``bench/README.md``).
     """
 
     def __init__(self, filters, kernel_size, **kwargs):

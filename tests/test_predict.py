@@ -315,7 +315,7 @@ def test_a_jpeg_above_the_default_max_pixels_is_refused_from_its_header_and_the_
     assert decoded == ["small.png"]  # the large file was refused before any decoding
     assert result.failed == {
         str(folder / "big.jpg"): f"{folder / 'big.jpg'}: 12000x10000 = 120,000,000 pixels, more than evaluate.max_pixels = "
-        "100,000,000: skipped (raise it with --set evaluate.max_pixels=N if the memory allows, see README)"
+        "100,000,000: skipped (raise it with --set evaluate.max_pixels=N if the memory allows, see docs/evaluation.md)"
     }
     expected = model(image[None]).numpy()[0].argmax(-1) + 1
     np.testing.assert_array_equal(np.asarray(Image.open(result.written[str(folder / "small.png")])), expected)

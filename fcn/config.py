@@ -17,7 +17,7 @@ import typing
 
 import yaml
 
-from fcn import backbones, config_values, datasets
+from fcn import backbones, config_values, datasets, schedules
 from fcn.datasets import ade20k, voc
 from fcn.errors import ConfigError
 
@@ -25,6 +25,8 @@ LAYOUTS = ("auto", *datasets.LAYOUTS)
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "bfloat16", "float16")
 EVALUATE_MODES = ("whole", "slide")
+OPTIMIZERS = ("adam", "sgd")  # fcn/optimizer.py builds each
+SCHEDULES = tuple(schedules.SCHEDULES)
 MAX_SEED = 2**32 - 1  # NumPy and Keras seeds are 32-bit unsigned integers
 # Keys of earlier versions that still work (in files and --set), and the keys they now are.
 KEY_ALIASES = {"model.vgg_weights": "model.pretrained_weights"}
@@ -145,7 +147,16 @@ class TrainConfig:
 
     Attributes:
       batch_size: global batch size.
-      learning_rate: Adam learning rate.
+      optimizer: ``adam`` (FCN.tensorflow's; TensorFlow's fused Adam kernel)
+        or ``sgd`` (Keras' SGD, with ``momentum`` and ``nesterov``).
+      momentum: SGD's momentum (0 = plain SGD).
+      nesterov: Nesterov momentum for SGD.
+      learning_rate: the base learning rate (the peak of the schedule).
+      schedule: ``constant``, ``poly`` or ``cosine`` over ``max_steps``
+        (``fcn/schedules.py``).
+      poly_power: the power of the ``poly`` schedule.
+      min_learning_rate: where ``poly`` and ``cosine`` end at ``max_steps``.
+      warmup_steps: the rate rises linearly over these first steps (0: none).
       max_steps: total steps of the run; rerunning with a larger value
         continues from the last checkpoint.
       weight_decay: L2 weight decay (0 disables).
@@ -172,7 +183,14 @@ class TrainConfig:
     """
 
     batch_size: int = 16
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    nesterov: bool = False
     learning_rate: float = 1e-4
+    schedule: str = "constant"
+    poly_power: float = 0.9
+    min_learning_rate: float = 0.0
+    warmup_steps: int = 0
     max_steps: int = 80_000
     weight_decay: float = 0.0
     seed: int = 0
@@ -405,6 +423,23 @@ def check_values(config: Config) -> None:
         problems.append(f"train.seed must be in 0..{MAX_SEED} (a 32-bit unsigned integer), got {t.seed}")
     if t.learning_rate <= 0:
         problems.append(f"train.learning_rate must be positive, got {t.learning_rate}")
+    if t.optimizer not in OPTIMIZERS:
+        problems.append(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}")
+    if t.schedule not in SCHEDULES:
+        problems.append(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {t.schedule!r}")
+    if not 0 <= t.momentum < 1:
+        problems.append(f"train.momentum must be in [0, 1), got {t.momentum}")
+    if t.nesterov and not t.momentum:
+        problems.append("train.nesterov needs a train.momentum above 0")
+    if t.poly_power <= 0:
+        problems.append(f"train.poly_power must be positive, got {t.poly_power}")
+    if not 0 <= t.min_learning_rate <= t.learning_rate:
+        problems.append(
+            f"train.min_learning_rate must be in [0, train.learning_rate], got {t.min_learning_rate} "
+            f"(learning rate {t.learning_rate})"
+        )
+    if t.warmup_steps < 0:
+        problems.append(f"train.warmup_steps must not be negative, got {t.warmup_steps}")
     if t.strategy not in STRATEGIES:
         problems.append(f"train.strategy must be one of {', '.join(STRATEGIES)}, got {t.strategy!r}")
     if t.mixed_precision not in PRECISIONS:

@@ -55,3 +55,26 @@ class FusedAdam(keras.optimizers.Adam):
             epsilon=constant(self.epsilon),
             grad=constant(gradient),
         )
+
+
+def make_optimizer(train) -> keras.optimizers.Optimizer:
+    """The optimizer of ``train.optimizer`` (a ``TrainConfig``), at ``train.learning_rate``.
+
+    ``adam`` is ``FusedAdam``; ``sgd`` is Keras' SGD, whose momentum slots
+    (one per trainable variable, with ``train.momentum`` above 0) are part of
+    the checkpoint like Adam's. Keras' SGD keeps the learning rate inside its
+    velocity (``v = momentum * v - lr * g; w += v``), as TensorFlow's did:
+    under a constant rate it is PyTorch's SGD exactly; under a decaying one the
+    steps differ from PyTorch's by the rate's change over a step.
+    """
+    builders = {
+        "adam": lambda: FusedAdam(learning_rate=train.learning_rate),
+        "sgd": lambda: keras.optimizers.SGD(learning_rate=train.learning_rate, momentum=train.momentum, nesterov=train.nesterov),
+    }
+    return builders[train.optimizer]()
+
+
+def set_learning_rate(optimizer: keras.optimizers.Optimizer, value: float) -> None:
+    """Sets the rate the next ``apply_gradients`` uses (through a loss-scale wrapper too)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    inner.learning_rate.assign(value)

@@ -40,11 +40,12 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fcn import backbones, checkpoints, data, datasets, distribute, metrics, summaries
+from fcn import backbones, checkpoints, data, datasets, distribute, metrics, schedules, summaries
 from fcn import model as model_lib
 from fcn.config import Config, save_config
 from fcn.datasets.classes import IGNORE_LABEL
 from fcn.errors import TrainingError
+from fcn.optimizer import set_learning_rate
 from fcn.train_state import TrainState, create_train_state, initialise
 
 
@@ -452,6 +453,7 @@ def _loop(run: _Run) -> TrainResult:
                 if run.skipped.record(local_batch):
                     run.report_skipped()
                 step = int(state.step) + 1
+                set_learning_rate(state.optimizer, schedules.learning_rate(train, step))  # a function of the step alone
                 output = run.train_step(batch["image"], batch["label"])
                 loss = float(output.loss)
                 if not math.isfinite(loss) or not bool(output.finite):

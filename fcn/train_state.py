@@ -1,6 +1,6 @@
 """The state of a training run and where its first weights come from.
 
-- ``create_train_state(config, strategy)``: the model, Adam and the counters
+- ``create_train_state(config, strategy)``: the model, the optimizer (Adam or SGD) and the counters
   (step, examples consumed, best validation mIoU), as one checkpointable state.
 - ``initialise(state, config, strategy)``: resume from the run's newest intact
   checkpoint, or take another run's weights (``--init_from``, also
@@ -14,11 +14,11 @@ import os
 import keras
 import tensorflow as tf
 
-from fcn import checkpoints, crfasrnn_keras, weights
+from fcn import checkpoints, crfasrnn_keras, schedules, weights
 from fcn import model as model_lib
 from fcn.config import Config
 from fcn.errors import TrainingError
-from fcn.optimizer import FusedAdam
+from fcn.optimizer import make_optimizer, set_learning_rate
 
 
 @dataclasses.dataclass
@@ -27,7 +27,7 @@ class TrainState:
 
     Attributes:
       model: FCN-8s (with its CRF stage if ``model.crf``).
-      optimizer: Adam (wrapped for loss scaling under float16).
+      optimizer: Adam or SGD (``train.optimizer``; wrapped for loss scaling under float16).
       step, examples_seen, best_mean_iou: host-side counters.
       checkpoint: model, optimizer, counters and dropout's random state.
       best_checkpoint: the model and step, for ``LOGS_DIR/best``.
@@ -54,10 +54,10 @@ def _dropout_layers(model):
 
 
 def create_train_state(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
-    """Builds the model (fresh weights), Adam with its slots, and the counters."""
+    """Builds the model (fresh weights), the optimizer with its slots, and the counters."""
     with strategy.scope():
         model = model_lib.build_from_config(config.model, config.data.num_classes)
-        optimizer = FusedAdam(learning_rate=config.train.learning_rate)
+        optimizer = make_optimizer(config.train)
         if config.train.mixed_precision == "float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)  # slots must exist before a restore
@@ -102,8 +102,8 @@ def initialise(state: TrainState, config: Config, strategy: tf.distribute.Strate
             ) from None
         except checkpoints.CheckpointError as error:
             raise TrainingError(f"cannot resume: {error}") from None
-        # The checkpoint holds the learning rate it was saved with; the config (and --learning_rate) decides.
-        state.optimizer.learning_rate = train.learning_rate
+        # The checkpoint holds the learning rate it was saved with; the schedule of the config decides.
+        set_learning_rate(state.optimizer, schedules.learning_rate(train, int(state.step) + 1))
         return prefix
     if train.init_from:
         _initialise_from(state.model, train.init_from, report)

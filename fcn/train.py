@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fcn import backbones, checkpoints, data, datasets, distribute, metrics, schedules, summaries
+from fcn import backbones, checkpoints, data, datasets, distribute, metrics, run_log, schedules, summaries
 from fcn import model as model_lib
 from fcn.config import Config, save_config
 from fcn.datasets.classes import IGNORE_LABEL
@@ -275,13 +275,6 @@ def stop_requests():
             signal.signal(s, handler)
 
 
-def _validation_line(step: int, values: dict) -> str:
-    return (
-        f"step {step}: validation loss {values['loss']:.4f}, pixel accuracy {values['pixel_accuracy']:.4f}, "
-        f"mean IoU {values['mean_iou']:.4f}"
-    )
-
-
 def _input_batches(config: Config, root: str, strategy, start_example: int):
     train = config.train
 
@@ -314,8 +307,10 @@ class _Run:
         save_root = config.logs_dir if self.chief else self.scratch_dir
         self.checkpoint_dir = os.path.join(save_root, checkpoints.CHECKPOINTS_DIR)
         self.best_dir = os.path.join(save_root, checkpoints.BEST_DIR)
+        self.started = time.perf_counter()
         self.state = create_train_state(config, strategy)
         self.last_checkpoint = initialise(self.state, config, strategy, report=self.report)
+        self.start_step = int(self.state.step)
         self.resumed_from = self.last_checkpoint
         self.train_step = make_train_step(self.state, config, strategy)
         self.eval_step = make_eval_step(self.state.model, config.data.num_classes)
@@ -374,7 +369,10 @@ class _Run:
             self.state.best_mean_iou.assign(values["mean_iou"])
             state = self.state
             checkpoints.save(state.best_checkpoint, self.best_dir, step, 1, list(state.model.weights) + [state.step])
-        self.report(_validation_line(step, values))
+        if self.chief:
+            run_log.append_history(self.config.logs_dir, "validation", step, values)
+            run_log.write_curves(self.config.logs_dir)
+        self.report(run_log.validation_line(step, values))
         return values
 
     def write_train_summaries(self, step: int, output: StepOutput, local_batch, images_per_second: float) -> None:
@@ -383,6 +381,8 @@ class _Run:
         summaries.write_scalars(
             writer, step, {"loss": float(output.loss), "learning_rate": learning_rate, "images_per_second": images_per_second}
         )
+        if self.chief:
+            run_log.append_history(self.config.logs_dir, "train", step, {"loss": output.loss, "learning_rate": learning_rate})
         summaries.write_images(
             writer, step, local_batch["image"], local_batch["label"], output.predictions, train.image_summaries, classes=self.classes
         )
@@ -420,6 +420,7 @@ def train(config: Config, root: str, strategy: tf.distribute.Strategy | None = N
         result = _loop(run)
     finally:
         run.close()
+    run.report(_summary(run, result))
     if result.status == "finished":
         distribute.finish_together(strategy, report=run.report)
     return result
@@ -486,6 +487,17 @@ def _loop(run: _Run) -> TrainResult:
     return TrainResult(int(state.step), status, last_validation, dict(run.skipped.skipped), run.last_checkpoint)
 
 
+def _summary(run: _Run, result: TrainResult) -> str:
+    """The end-of-run block (``run_log.summary``) of this start."""
+    best_steps = checkpoints.checkpoint_steps(run.best_dir)
+    train = run.config.train
+    return run_log.summary(
+        run.config.logs_dir, result.status, result.step, train.max_steps, run.start_step,
+        float(run.state.best_mean_iou), best_steps[0] if best_steps else None,
+        time.perf_counter() - run.started, (result.step - run.start_step) * train.batch_size, train.learning_rate,
+    )  # fmt: skip
+
+
 def _stopped_message(what: str, last_checkpoint: str) -> str:
     return (
         f"training stopped: {what}; nothing was saved after it. "
@@ -497,11 +509,13 @@ def _stopped_message(what: str, last_checkpoint: str) -> str:
 def run(config: Config, args) -> int:
     """``--mode=train``: trains (or resumes) the run of ``config``; exit status 1 when it stopped on a NaN loss."""
     progress = not args.no_progress
-    dataset = datasets.prepare_dataset(config.data, progress=progress)
-    if distribute.is_chief_task(config):  # the other workers of a cluster neither write nor report
-        path = save_config(config, config.logs_dir)
-        print(f"dataset: {dataset.root}\nrun directory: {config.logs_dir} (config: {path})")
-        print(f"TensorBoard: tensorboard --logdir {config.logs_dir}")
-    strategy = setup_process(config)
-    result = train(config, dataset, strategy, progress=progress)
+    chief = distribute.is_chief_task(config)  # the other workers of a cluster neither write nor report
+    with run_log.console_log(config.logs_dir, enabled=chief):  # the console, also in LOGS_DIR/train.log
+        dataset = datasets.prepare_dataset(config.data, progress=progress)
+        if chief:
+            path = save_config(config, config.logs_dir)
+            print(f"dataset: {dataset.root}\nrun directory: {config.logs_dir} (config: {path})")
+            print(f"TensorBoard: tensorboard --logdir {config.logs_dir}")
+        strategy = setup_process(config)
+        result = train(config, dataset, strategy, progress=progress)
     return 1 if result.status == "non_finite" else 0

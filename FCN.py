@@ -43,6 +43,7 @@ MODES = {
     "predict": Mode("fcn.predict", "segment --image files", True),
     "export": Mode("fcn.export", "a SavedModel for serving"),
     "check_data": Mode("fcn.check_data", "scan a dataset and report problems"),
+    "config": Mode("fcn.print_config", "print the resolved configuration (what set each non-default key) and exit"),
 }
 
 
@@ -204,12 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace) -> config_lib.Config:
     """Defaults, then the config file, then --set, then the dedicated flags."""
-    overrides = [config_lib.parse_override(text) for text in args.overrides]
+    overrides = [(*config_lib.parse_override(text), f"--set {text}") for text in args.overrides]
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag)
         if value is not None:
-            overrides.append((key, value))
-    return config_lib.load_config(args.config, overrides)
+            overrides.append((key, value, f"--{flag}"))
+    config = config_lib.load_config(args.config, [(key, value) for key, value, _ in overrides])
+    args.config_sources = config_lib.key_sources(args.config, overrides)  # for --mode=config
+    return config
 
 
 def main(argv=None) -> int:

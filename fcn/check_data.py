@@ -119,9 +119,36 @@ def check_dataset(root, num_classes: int = ade20k.NUM_CLASSES, progress: bool = 
     return [check_split(root, split, num_classes, progress) for split in SPLITS]
 
 
-def format_report(root: str, reports: list[SplitReport], limit: int = 20) -> str:
-    """A human-readable report; lists at most ``limit`` files per kind of problem."""
+def format_class_table(classes, reports: list[SplitReport]) -> str:
+    """The class table (annotation value, name, colour) with each class's labelled pixels in each split.
+
+    Args:
+      classes: the dataset's ``ClassTable``.
+      reports: the splits' reports (``label_pixels`` by train id).
+    """
+    width = max(len("name"), *(len(name) for name in classes.names))
+    splits = [report.split for report in reports]
+    header = f"  {'id':>3}  {'name':<{width}}  {'colour':<15}" + "".join(f"  {split:>12}" for split in splits)
+    lines = [f"classes: {classes.describe()}; ignored values: {classes.ignored_description()}", header]
+    for train_id, (value, name, colour) in enumerate(zip(classes.ids, classes.names, classes.colours)):
+        counts = "".join(
+            f"  {int(report.label_pixels[train_id]) if report.label_pixels is not None else 0:>12}" for report in reports
+        )
+        lines.append(f"  {value:>3}  {name:<{width}}  {str(tuple(colour)):<15}{counts}")
+    ignored = "".join(f"  {report.ignored_pixels:>12}" for report in reports)
+    lines.append(f"  {'-':>3}  {'(ignored)':<{width}}  {'':<15}{ignored}")
+    return "\n".join(lines)
+
+
+def format_report(root: str, reports: list[SplitReport], limit: int = 20, classes=None) -> str:
+    """A human-readable report; lists at most ``limit`` files per kind of problem.
+
+    With ``classes`` (the dataset's ``ClassTable``) it opens with the class
+    table and each class's pixels per split (``format_class_table``).
+    """
     lines = [f"dataset: {os.path.abspath(root)}"]
+    if classes is not None:
+        lines.append(format_class_table(classes, reports))
 
     def listing(title, paths):
         if paths:
@@ -162,5 +189,5 @@ def run(config, args) -> int:
     """``--mode=check_data``: scans both splits of the dataset; exit status 1 when any file is unusable."""
     dataset = datasets.prepare_dataset(config.data, progress=not args.no_progress, generate_sample=False)
     reports = check_dataset(dataset, progress=not args.no_progress)
-    print(format_report(dataset.root, reports))
+    print(format_report(dataset.root, reports, classes=dataset.classes))
     return 1 if any(r.error_count for r in reports) else 0

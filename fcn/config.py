@@ -544,3 +544,55 @@ def save_config(config: Config, directory: str) -> str:
         yaml.safe_dump(to_dict(config), f, sort_keys=False)
     os.replace(temporary, path)
     return path
+
+
+def key_sources(path: str | None, overrides: typing.Sequence[tuple[str, typing.Any, str]]) -> dict[str, str]:
+    """Dotted key -> what set it last: the config file's path or an override's label.
+
+    Args:
+      path: the ``--config`` file, or None.
+      overrides: (dotted key, value, label) in the order ``load_config`` applies them.
+    """
+    sources: dict[str, str] = {}
+
+    def walk(values, prefix):
+        for name, value in values.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{name}.")
+            else:
+                sources[prefix + name] = path
+
+    if path:
+        walk(_unalias(_read_yaml(path), path), "")
+    for key, _, label in overrides:
+        sources[KEY_ALIASES.get(key, key)] = label
+    return sources
+
+
+def _yaml_value(value) -> str:
+    """One value as YAML flow text on one line (``[512, 512]``, ``0.0001``, ``''``)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf")).strip()
+    return text[: -len("...")].strip() if text.endswith("...") else text
+
+
+def format_config(config: Config, sources: dict[str, str] | None = None) -> str:
+    """The whole config as YAML, every key, each value that differs from the default followed by what set it.
+
+    ``yaml.safe_load`` of the text gives ``to_dict(config)``.
+    """
+    sources = sources or {}
+    lines = []
+
+    def emit(values, defaults, prefix, indent):
+        for name, value in values.items():
+            if isinstance(value, dict):
+                lines.append(f"{indent}{name}:")
+                emit(value, defaults[name], f"{prefix}{name}.", indent + "  ")
+                continue
+            line = f"{indent}{name}: {_yaml_value(value)}"
+            if value != defaults[name]:
+                line += f"  # {sources.get(prefix + name, 'set')}"
+            lines.append(line)
+
+    emit(to_dict(config), to_dict(Config()), "", "")
+    return "\n".join(lines) + "\n"

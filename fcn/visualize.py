@@ -21,7 +21,7 @@ import numpy as np
 from fcn import datasets, errors, inference
 from fcn.config import Config
 from fcn.datasets import ade20k, decode
-from fcn.datasets.classes import IGNORE_LABEL
+from fcn.datasets.classes import DEFAULT_IGNORE_NAME, IGNORE_LABEL
 
 FIGURE_FILE = "visualize.png"
 
@@ -75,7 +75,8 @@ def comparison_figure(images, labels, predictions, names=None, titles=None, fcn_
             ax.imshow(panel, interpolation="nearest")
             ax.set_title(titles[row] if titles and column == 0 else heading, fontsize=9)
     handles = [Patch(facecolor=classes.palette()[i] / 255.0, edgecolor="grey", label=names[i]) for i in present]
-    handles.append(Patch(facecolor="black", label="other (ignored)"))
+    named = sorted({classes.ignore_name(value) for value in classes.ignore_values} - {DEFAULT_IGNORE_NAME})
+    handles.append(Patch(facecolor="black", label=f"{' / '.join(named)} (ignored)" if named else DEFAULT_IGNORE_NAME))
     figure.legend(handles=handles, loc="outside lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
     return figure
 

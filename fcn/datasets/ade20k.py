@@ -70,7 +70,8 @@ def class_table(num_classes: int = NUM_CLASSES) -> ClassTable:
     for value in range(len(names) + 1, num_classes + 1):
         names.append(f"class_{value}")
         colours.append(tuple(int(c) for c in extra[value]))
-    return ClassTable(tuple(names), tuple(range(1, num_classes + 1)), tuple(colours), (0, IGNORE_LABEL), False, "ADE20K")
+    return ClassTable(tuple(names), tuple(range(1, num_classes + 1)), tuple(colours), (0, IGNORE_LABEL), False, "ADE20K",
+                      ((0, "other"),))  # fmt: skip
 
 
 def fetch(data_dir: str, url: str = URL, sha1: str = SHA1, progress: bool = True, keep_zip: bool = False) -> str:

@@ -21,6 +21,7 @@ from fcn.errors import DataError
 IGNORE_LABEL = 255
 CLASSES_FILE = "classes.csv"  # a folder dataset's class table, and a run's (in logs_dir)
 CLASSES_HEADER = ("id", "name", "r", "g", "b")
+DEFAULT_IGNORE_NAME = "ignored"  # an ignored value the class table gives no name
 
 
 def voc_colormap(size: int = 256) -> np.ndarray:
@@ -55,6 +56,8 @@ class ClassTable:
         as palette PNGs in the table's colours (VOC); otherwise only 8-bit
         greyscale is read and written (ADE20K's format).
       source: where the table comes from, for messages.
+      ignore_names: (value, name) of ignored values that have a name (ADE20K's
+        0 "other", a folder dataset's own rows); the others are "ignored".
     """
 
     names: tuple[str, ...]
@@ -63,6 +66,7 @@ class ClassTable:
     ignore_values: tuple[int, ...] = (IGNORE_LABEL,)
     palette_png: bool = True
     source: str = ""
+    ignore_names: tuple[tuple[int, str], ...] = ()
 
     def __post_init__(self):
         where = f"{self.source}: " if self.source else ""
@@ -118,7 +122,7 @@ class ClassTable:
             )
         ignore_column = header.index("ignore") if "ignore" in header else None
         format_column = header.index("format") if "format" in header else None
-        names, ids, colours, ignored, palette = [], [], [], [], None
+        names, ids, colours, ignored, ignore_names, palette = [], [], [], [], [], None
         for number, row in enumerate(rows[1:], start=2):
             row = [cell.strip() for cell in row] + [""] * (len(header) - len(row))
             where = f"{path}, line {number}"
@@ -137,6 +141,8 @@ class ClassTable:
                 if value in ignored:
                     raise DataError(f"{where}: value {value} is listed more than once")
                 ignored.append(value)
+                if row[1] and row[1] != DEFAULT_IGNORE_NAME:
+                    ignore_names.append((value, row[1]))
                 continue
             names.append(row[1])
             ids.append(value)
@@ -144,7 +150,7 @@ class ClassTable:
         if not names:
             raise DataError(f"{path}: lists no class (one row per class: id,name,r,g,b)")
         return cls(tuple(names), tuple(ids), tuple(colours), tuple(sorted(set(ignored) | {IGNORE_LABEL})),
-                   True if palette is None else palette, path)  # fmt: skip
+                   True if palette is None else palette, path, tuple(ignore_names))  # fmt: skip
 
     def write_csv(self, path: str) -> None:
         """Writes the table as ``classes.csv`` (atomically): classes in train-id order, then the ignored values."""
@@ -156,7 +162,7 @@ class ClassTable:
             for name, value, colour in zip(self.names, self.ids, self.colours):
                 writer.writerow([value, name, *colour, 0, label_format])
             for value in self.ignore_values:
-                writer.writerow([value, "ignored", 0, 0, 0, 1, label_format])
+                writer.writerow([value, self.ignore_name(value), 0, 0, 0, 1, label_format])
         os.replace(temporary, path)
 
     # -- facts
@@ -172,6 +178,14 @@ class ClassTable:
     def same_classes(self, other: "ClassTable") -> bool:
         """Whether both read annotations the same way (ids, in order, and ignored values)."""
         return self.ids == other.ids and set(self.ignore_values) == set(other.ignore_values)
+
+    def ignore_name(self, value: int) -> str:
+        """The dataset's name for an ignored annotation value ("ignored" when it gives none)."""
+        return dict(self.ignore_names).get(value, DEFAULT_IGNORE_NAME)
+
+    def ignored_description(self) -> str:
+        """The ignored values with their names, e.g. ``0 (other), 255 (ignored)``."""
+        return ", ".join(f"{value} ({self.ignore_name(value)})" for value in self.ignore_values)
 
     def describe(self) -> str:
         return f"{self.num_classes} classes ({self.source or 'class table'})"

@@ -268,6 +268,7 @@ def metrics_json(result: EvaluationResult, config: Config) -> dict:
         "per_class_iou": {name: _json_number(value) for name, value in scores["per_class_iou"].items()},
         "per_class_accuracy": {name: _json_number(value) for name, value in scores["per_class_accuracy"].items()},
         "classes_present": sum(not math.isnan(v) for v in scores["per_class_iou"].values()),
+        **_present_classes_json(result),
         "absent_classes": "left out of mean_iou (mmsegmentation); the official code counts them as 0",
         "split": config.evaluate.split,
         "images": result.images,
@@ -279,6 +280,27 @@ def metrics_json(result: EvaluationResult, config: Config) -> dict:
         **(_protocol_json(config) if result.protocol is None else result.protocol),
         **({"fcn_alone": _headline(result.fcn_scores)} if result.fcn_scores is not None else {}),
     }
+
+
+def _present_classes_json(result: EvaluationResult) -> dict:
+    """``classes``: each class present in the ground truth or the predictions, under its class table's id
+    (annotation value) and name, with its scores and pixels; ``classes_not_present``: how many others."""
+    names = list(result.scores["per_class_iou"])
+    ids = list(range(len(names))) if result.classes is None else list(result.classes.ids)
+    truth, predicted = result.matrix.sum(axis=1), result.matrix.sum(axis=0)  # (C,) pixels per class
+    listed = [
+        {
+            "id": int(ids[c]),
+            "name": str(name),
+            "iou": _json_number(result.scores["per_class_iou"][name]),
+            "accuracy": _json_number(result.scores["per_class_accuracy"][name]),
+            "ground_truth_pixels": int(truth[c]),
+            "predicted_pixels": int(predicted[c]),
+        }
+        for c, name in enumerate(names)
+        if truth[c] or predicted[c]
+    ]
+    return {"classes": listed, "classes_not_present": len(names) - len(listed)}
 
 
 def _protocol_json(config: Config) -> dict:
@@ -378,7 +400,8 @@ def confusion_figure(matrix, names, top: int = FIGURE_CLASSES, colours=None):
 
 def summary(result: EvaluationResult) -> str:
     """The per-class table and summary lines, then the skipped files."""
-    text = metrics.format_table(result.scores) + f"\n\n{result.images} images evaluated"
+    ids = None if result.classes is None else result.classes.ids  # the dataset's own ids, not train ids
+    text = metrics.format_table(result.scores, class_ids=ids, present_only=True) + f"\n\n{result.images} images evaluated"
     if result.fcn_scores is not None:
         rows = [("FCN alone", result.fcn_scores), ("FCN + CRF", result.scores)]
         text += "\n\n" + f"{'(%)':<10} {'pixel acc':>9} {'mean IoU':>9} {'score':>9}"

@@ -201,12 +201,16 @@ def _percent(value: float) -> str:
     return "-" if math.isnan(value) else f"{100 * value:.2f}"
 
 
-def format_table(result: dict, class_names=None) -> str:
+def format_table(result: dict, class_names=None, class_ids=None, present_only: bool = False) -> str:
     """A per-class table (id, name, IoU %, accuracy %) followed by the summary lines.
 
     Args:
       result: output of ``scores``, keyed by index or by name.
       class_names: names to print, in train-id order; defaults to the result's keys.
+      class_ids: the id printed for each class (a class table's annotation
+        values); defaults to the train ids 0..C-1.
+      present_only: list only the classes present in the ground truth or the
+        predictions (IoU defined) and count the others in one line.
 
     Returns:
       multi-line string; "-" marks an undefined (NaN) value.
@@ -215,14 +219,18 @@ def format_table(result: dict, class_names=None) -> str:
     per_class_accuracy = result["per_class_accuracy"]
     keys = list(per_class_iou)
     names = [str(key) for key in keys] if class_names is None else [str(name) for name in class_names]
-    if len(names) != len(keys):
-        raise ValueError(f"{len(names)} class names for {len(keys)} classes")
-    width = max([len("class")] + [len(name) for name in names])
+    ids = list(range(len(keys))) if class_ids is None else list(class_ids)
+    if not len(names) == len(ids) == len(keys):
+        raise ValueError(f"{len(names)} class names and {len(ids)} ids for {len(keys)} classes")
+    rows = [(i, key, name) for i, key, name in zip(ids, keys, names) if not (present_only and math.isnan(per_class_iou[key]))]
+    width = max([len("class")] + [len(name) for _, _, name in rows])
     lines = [f"{'id':>3}  {'class':<{width}}  {'IoU':>6}  {'acc':>6}"]
-    for index, (key, name) in enumerate(zip(keys, names)):
+    for index, key, name in rows:
         lines.append(
             f"{index:>3}  {name:<{width}}  {_percent(per_class_iou[key]):>6}  {_percent(per_class_accuracy[key]):>6}"
         )
+    if len(rows) < len(keys):
+        lines.append(f"({len(keys) - len(rows)} more classes, absent from both the ground truth and the predictions)")
     lines.append("")
     for label, key in (
         ("pixel accuracy", "pixel_accuracy"),

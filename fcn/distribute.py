@@ -11,6 +11,8 @@ The training step and loop are the same code under every strategy
 
 import json
 import os
+import re
+import shlex
 import socket
 import time
 
@@ -152,3 +154,53 @@ def _accepts_connections(address: str) -> bool:
             return True
     except OSError:
         return False
+
+
+def describe(strategy: tf.distribute.Strategy, batch_size: int) -> list[str]:
+    """Lines naming the replicas, the local devices and (several workers) every worker of the cluster."""
+    replicas = strategy.num_replicas_in_sync
+    devices = [device.split("/device:")[-1] for device in strategy.extended.worker_devices]
+    lines = [
+        f"{type(strategy).__name__}: {replicas} replicas, {batch_size // replicas} examples each per step; "
+        f"{len(devices)} device{'s' if len(devices) != 1 else ''} per worker: {', '.join(devices)}"
+    ]
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        resolver = strategy.cluster_resolver
+        cluster, own = resolver.cluster_spec(), (resolver.task_type, resolver.task_id)
+        tasks = [
+            f"{job} {index} at {cluster.task_address(job, index)}{' (this process)' if (job, index) == own else ''}"
+            for job in cluster.jobs if job in ("chief", "worker")
+            for index in cluster.task_indices(job)
+        ]  # fmt: skip
+        lines.append(f"workers: {', '.join(tasks)}")
+    return lines
+
+
+def task_name() -> str:
+    """This process's task in ``TF_CONFIG`` (``worker 1``), for the lines a non-chief worker prints."""
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    except ValueError:
+        task = {}
+    return f"{task.get('type', 'worker')} {task.get('index', 0)}"
+
+
+_TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+
+
+def lost_peer_error(error: Exception, command: list[str]) -> TrainingError:
+    """The one-line error of a worker whose collective failed because a peer stopped.
+
+    Args:
+      error: TensorFlow's error (``UnavailableError`` and the like), whose
+        message names the unhealthy tasks.
+      command: this process's command line, which every worker reruns to resume.
+    """
+    own = task_name()
+    lost = sorted({f"{job} {index}" for job, index in _TASK.findall(str(error))} - {own})
+    who = " and ".join(lost) if lost else "another worker"
+    return TrainingError(
+        f"{own}: lost {who} of the cluster (no answer within the {HEARTBEAT_TIMEOUT_MS // 1000} s heartbeat timeout, or "
+        f"its process ended); training stopped. To resume from the last checkpoint, start every worker again with the "
+        f"same command: python {shlex.join(command)}"
+    )

@@ -32,6 +32,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 
@@ -373,6 +374,8 @@ class _Run:
             run_log.append_history(self.config.logs_dir, "validation", step, values)
             run_log.write_curves(self.config.logs_dir)
         self.report(run_log.validation_line(step, values))
+        if not self.chief:  # one line per validation, so that every worker's console shows it is alive
+            print(f"{distribute.task_name()}: {run_log.validation_line(step, values)}", flush=True)
         return values
 
     def write_train_summaries(self, step: int, output: StepOutput, local_batch, images_per_second: float) -> None:
@@ -432,11 +435,9 @@ def _loop(run: _Run) -> TrainResult:
     if start >= train.max_steps:
         run.report(f"{run.last_checkpoint} is at step {start} >= --max_steps {train.max_steps}: nothing to do")
         return TrainResult(start, "finished", {}, {}, run.last_checkpoint)
-    if run.strategy.num_replicas_in_sync > 1:
-        run.report(
-            f"{type(run.strategy).__name__}: {run.strategy.num_replicas_in_sync} replicas, "
-            f"{train.batch_size // run.strategy.num_replicas_in_sync} examples each per step"
-        )
+    if train.strategy != "default":
+        for line in distribute.describe(run.strategy, train.batch_size):
+            run.report(line)
     if run.resumed_from:
         run.report(f"resuming from {run.resumed_from} at step {start}")
     validation = data.validation_dataset(config.data, run.root, train.batch_size, train.val_images)
@@ -517,5 +518,10 @@ def run(config: Config, args) -> int:
             print(f"dataset: {dataset.root}\nrun directory: {config.logs_dir} (config: {path})")
             print(f"TensorBoard: tensorboard --logdir {config.logs_dir}")
         strategy = setup_process(config)
-        result = train(config, dataset, strategy, progress=progress)
+        try:
+            result = train(config, dataset, strategy, progress=progress)
+        except tf.errors.OpError as error:  # a collective whose peer is gone: one line, not TensorFlow's traceback
+            if config.train.strategy != "multi_worker":
+                raise
+            raise distribute.lost_peer_error(error, sys.argv) from None
     return 1 if result.status == "non_finite" else 0

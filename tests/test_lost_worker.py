@@ -1,0 +1,93 @@
+"""Several workers: a worker killed mid-run, what the other one says, and the rerun of every worker that resumes."""
+
+import json
+import os
+import re
+import signal
+import time
+
+import forkserver
+import pytest
+from conftest import REPO
+from test_distribute import COMMON, LINGER, free_ports, worker_command
+
+from fcn import checkpoints, datasets, distribute, run_log
+
+
+@pytest.fixture(scope="module")
+def sample_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("sample") / "ADEChallengeData2016")
+    datasets.generate_sample_dataset(root, num_train=16, num_val=4, progress=False)
+    return root
+
+
+def start_cluster(tmp_path, ports, flags, linger):
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    processes = []
+    for index in range(len(ports)):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "grpc_proxy"):
+            env.pop(name, None)
+        processes.append(forkserver.Process(worker_command(tmp_path, *flags, linger=linger), REPO, env))
+    return processes
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_the_other_with_one_line_and_a_rerun_resumes(tmp_path, sample_root):
+    logs = str(tmp_path / "cluster")
+    flags = [*COMMON, "--data_dir", sample_root, "--logs_dir", logs, "--strategy", "multi_worker",
+             "--set", "train.checkpoint_every=1", "--set", "train.val_every=3"]
+    ports = free_ports(2)
+    chief, worker = start_cluster(tmp_path, ports, [*flags, "--max_steps", "100000"], linger=0)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(run_log.read_history(logs).get("train", [])) < 4:
+        time.sleep(0.5)  # waiting for training to be under way, not timing it
+    worker.kill()  # kill -9
+    stdout, stderr = chief.communicate(timeout=600)
+    worker.communicate(timeout=60)
+    assert chief.returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("FCN.py: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    assert re.match(r"FCN\.py: worker 0: lost worker 1 of the cluster .*start every worker again with the same command: "
+                    r"python \S*FCN\.py ", lines[0]), lines[0]
+    assert "--strategy multi_worker" in lines[0]
+    assert lines[0] in run_log_text(logs)
+    # The chief named the cluster; worker 1 printed its validations.
+    assert f"workers: worker 0 at 127.0.0.1:{ports[0]} (this process), worker 1 at 127.0.0.1:{ports[1]}" in stdout
+    saved = checkpoints.checkpoint_steps(os.path.join(logs, checkpoints.CHECKPOINTS_DIR))[0]
+    assert saved >= 3
+
+    # Every worker started again with the same command resumes from the last checkpoint.
+    rerun = start_cluster(tmp_path, free_ports(2), [*flags, "--max_steps", str(saved + 3)], linger=LINGER)
+    outputs = [process.communicate(timeout=600) for process in rerun]
+    for process, (out, err) in zip(rerun, outputs):
+        assert process.returncode == 0, err[-3000:]
+    assert f"at step {saved}" in outputs[0][0]
+    assert checkpoints.checkpoint_steps(os.path.join(logs, checkpoints.CHECKPOINTS_DIR))[0] == saved + 3
+    assert re.search(r"^worker 1: step \d+: validation loss", outputs[1][0], flags=re.M), outputs[1][0][-2000:]
+
+
+def run_log_text(logs):
+    with open(os.path.join(logs, run_log.LOG_FILE), encoding="utf-8") as f:
+        return f.read()
+
+
+def test_the_lost_peer_message_names_the_task_from_tensorflows_error(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}))
+    error = RuntimeError(
+        "Collective ops is aborted by: The following tasks are unhealthy (stopped sending heartbeats):\n"
+        "/job:worker/replica:0/task:1\nThe tasks have crashed. [type.googleapis.com/tensorflow.CoordinationServiceError='']"
+        " on /job:worker/replica:0/task:0"
+    )
+    message = str(distribute.lost_peer_error(error, ["FCN.py", "--logs_dir", "logs/a b"]))
+    assert "\n" not in message
+    assert message.startswith("worker 0: lost worker 1 of the cluster")
+    assert message.endswith("start every worker again with the same command: python FCN.py --logs_dir 'logs/a b'")
+
+
+def test_mirrored_says_how_many_devices_it_uses():
+    import tensorflow as tf
+
+    lines = distribute.describe(tf.distribute.MirroredStrategy(devices=["/cpu:0"]), 4)
+    assert lines == ["MirroredStrategy: 1 replicas, 4 examples each per step; 1 device per worker: CPU:0"]

@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the dataset: an ADEChallengeData2016 or VOC2012 folder, a folder dataset with classes.csv, or a folder "
         "containing one (data.data_dir; data.layout picks the layout, default auto)",
     )
-    parser.add_argument("--learning_rate", type=float, help="Adam learning rate (train.learning_rate)")
+    parser.add_argument("--learning_rate", type=float, help="base learning rate of train.optimizer and train.schedule (train.learning_rate)")
     parser.add_argument("--model_dir", help="where pretrained VGG weight files are cached (model.model_dir)")
     add_switch(parser, "--debug", "histograms of activations, gradients and variables in TensorBoard (train.debug)")
     parser.add_argument("--max_steps", type=int, help="total training steps of the run (train.max_steps)")

@@ -118,6 +118,11 @@ def test_adam_stays_the_fused_adam_by_default():
     assert isinstance(make_optimizer(train_config()), FusedAdam)
 
 
+def test_every_optimizer_the_config_accepts_is_built():
+    built = {name: type(make_optimizer(train_config(optimizer=name))) for name in config_lib.OPTIMIZERS}
+    assert built == {"adam": FusedAdam, "sgd": keras.optimizers.SGD}
+
+
 # ---------------------------------------------------------------------------
 # A run: the rate TensorBoard shows, across a resume; SGD's momentum resumes.
 

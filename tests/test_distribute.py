@@ -115,7 +115,9 @@ def test_two_workers_train_like_one_device_and_only_the_chief_writes(tmp_path, s
     # One writer of summaries and checkpoints: the chief (worker 0).
     assert len([f for f in os.listdir(os.path.join(logs, "train")) if f.startswith("events")]) == 1
     assert tf.train.latest_checkpoint(os.path.join(logs, "checkpoints")).endswith("ckpt-3")
-    assert "step 0: validation" in outputs[0][0] and "step 0: validation" not in outputs[1][0]
+    assert "step 0: validation" in outputs[0][0]
+    # Worker 1 prints one line per validation, under its name, and nothing else of the chief's.
+    assert [line.split(":")[1] for line in outputs[1][0].splitlines()] == [" step 0", " step 3"], outputs[1][0]
     assert "run directory:" in outputs[0][0] and "run directory:" not in outputs[1][0]
     assert "CollectiveAllReduceStrategy: 2 replicas" in outputs[0][0]
     # No worker finds the chief gone, and the chief reports no worker dead.

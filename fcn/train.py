@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fcn import backbones, checkpoints, data, datasets, distribute, metrics, summaries
+from fcn import backbones, checkpoints, data, datasets, distribute, metrics, outputs, summaries
 from fcn import model as model_lib
 from fcn.config import Config, save_config
 from fcn.datasets.classes import IGNORE_LABEL
@@ -409,16 +409,22 @@ def train(config: Config, root: str, strategy: tf.distribute.Strategy | None = N
       progress: show a progress bar.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    # The dataset's class table decides the model's outputs; the run directory keeps it (classes.csv).
-    dataset = datasets.as_dataset(root, config.data)
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_classes=dataset.classes.num_classes))
-    if distribute.is_chief(strategy):
-        datasets.record_run_classes(config.logs_dir, dataset.classes)
-    run = _Run(config, dataset, strategy, progress)
-    try:
-        result = _loop(run)
-    finally:
-        run.close()
+    chief = distribute.is_chief(strategy)
+    # One training run per run directory: a second one is refused before it changes anything.
+    with outputs.exclusive(config.logs_dir, "another training run", TrainingError) if chief else contextlib.nullcontext():
+        # The dataset's class table decides the model's outputs; the run directory keeps it (classes.csv).
+        dataset = datasets.as_dataset(root, config.data)
+        resolved = dataclasses.replace(config, data=dataclasses.replace(config.data, num_classes=dataset.classes.num_classes))
+        if chief and os.path.isfile(datasets.run_classes_path(config.logs_dir)):
+            datasets.record_run_classes(config.logs_dir, dataset.classes)  # refuses another class table
+        run = _Run(resolved, dataset, strategy, progress)
+        if chief:  # written once the run is accepted: a refused resume leaves the run directory as it was
+            datasets.record_run_classes(config.logs_dir, dataset.classes)
+            save_config(config, config.logs_dir)
+        try:
+            result = _loop(run)
+        finally:
+            run.close()
     if result.status == "finished":
         distribute.finish_together(strategy, report=run.report)
     return result
@@ -497,7 +503,7 @@ def run(config: Config, args) -> int:
     progress = not args.no_progress
     dataset = datasets.prepare_dataset(config.data, progress=progress)
     if distribute.is_chief_task(config):  # the other workers of a cluster neither write nor report
-        path = save_config(config, config.logs_dir)
+        path = os.path.join(config.logs_dir, "config.yaml")
         print(f"dataset: {dataset.root}\nrun directory: {config.logs_dir} (config: {path})")
         print(f"TensorBoard: tensorboard --logdir {config.logs_dir}")
     strategy = setup_process(config)

@@ -214,6 +214,9 @@ def resolve_config(args: argparse.Namespace) -> config_lib.Config:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    for flag in ("checkpoint", "output", "save_predictions", "pretrained"):  # ~ as a shell reads it, also in --flag=~/x
+        setattr(args, flag, os.path.expanduser(getattr(args, flag)))
+    args.image = [os.path.expanduser(path) for path in args.image]
     mode = MODES[args.mode]
     try:
         config = resolve_config(args)

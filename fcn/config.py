@@ -55,10 +55,10 @@ class DataConfig:
       voc_download_url: where the VOC 2012 trainval tar is fetched from.
       voc_download_md5: its published MD5; a mismatch rejects the file.
       num_classes: the number of classes, which the dataset's class table
-        decides (ADE20K 150, VOC 21, a folder dataset its ``classes.csv``):
-        0 follows the table; any other value must equal it (a run is refused
-        otherwise). For ADE20K it may select the first classes (values
-        1..num_classes).
+        decides (ADE20K 150, VOC 21, Cityscapes 19, a folder dataset its
+        ``classes.csv``): 0 (the default) follows the table; any other value
+        must equal it (a run is refused otherwise). For ADE20K it may select
+        the first classes (values 1..num_classes).
       base_size: (long edge, short edge) the training image is fitted into
         before the random ratio is applied, as in the common recipe.
       ratio_range: (low, high) of the uniform random rescale ratio.
@@ -81,7 +81,7 @@ class DataConfig:
     download_sha1: str = ade20k.SHA1
     voc_download_url: str = voc.URL
     voc_download_md5: str = voc.MD5
-    num_classes: int = 150
+    num_classes: int = 0
     base_size: tuple[int, int] = (2048, 512)
     ratio_range: tuple[float, float] = (0.5, 2.0)
     crop_size: tuple[int, int] = (512, 512)
@@ -348,9 +348,25 @@ def load_config(path: str | None = None, overrides: typing.Sequence[tuple[str, t
         values = config_values.merge(values, config_values.nest(key, value))
         source = f"override {key}={value}"
         config_values.build(Config, values, "", source)  # so the error names this override
-    config = config_values.build(Config, values, "", source)
+    config = config_values.build(Config, _expand_home(values), "", source)
     check_values(config)
     return config
+
+
+# Keys that name files or folders: ``~`` in them is the home folder, as a shell would read it.
+PATH_KEYS = ("logs_dir", "data.data_dir", "model.model_dir", "model.pretrained_weights", "train.init_from")
+
+
+def _expand_home(values: dict) -> dict:
+    """The nested config values with a leading ``~`` of every path key expanded to the home folder."""
+    for key in PATH_KEYS:
+        *parents, name = key.split(".")
+        section = values
+        for parent in parents:
+            section = section.get(parent) if isinstance(section, dict) else None
+        if isinstance(section, dict) and isinstance(section.get(name), str) and section[name].startswith("~"):
+            section[name] = os.path.expanduser(section[name])
+    return values
 
 
 def check_values(config: Config) -> None:

@@ -138,3 +138,51 @@ def test_visualize_with_every_image_refused_says_nothing_was_written(run_and_dat
     result = run_fcn("--mode=visualize", "--output", str(out), "--set", "evaluate.max_pixels=1", *common(logs, data))
     assert result.returncode == 1 and "nothing was written" in result.stderr and "written:" not in result.stdout
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------
+# Class tables and names that reach files and the terminal.
+
+
+def test_class_names_with_control_characters_and_a_class_at_255_are_refused(tmp_path):
+    from fcn.datasets.classes import ClassTable
+
+    path = tmp_path / "classes.csv"
+    path.write_text('id,name,r,g,b\n1,"two\nlines",1,2,3\n2,b,4,5,6\n')
+    with pytest.raises(errors.DataError, match=r"class name 'two\\nlines' holds a control character"):
+        ClassTable.read_csv(str(path))
+    path.write_text("id,name,r,g,b\n1,\x1b]0;pwned\x07,1,2,3\n")
+    with pytest.raises(errors.DataError, match=r"'\\x1b\]0;pwned\\x07' holds a control character"):
+        ClassTable.read_csv(str(path))
+    path.write_text("id,name,r,g,b\n1,alpha,1,2,3\n255,gamma,7,8,9\n")
+    with pytest.raises(errors.DataError, match=r"line 3: 255 is always ignored and cannot be the class 'gamma'"):
+        ClassTable.read_csv(str(path))
+    path.write_text("id,name,r,g,b,ignore\n1,alpha,1,2,3,0\n255,void,0,0,0,1\n")
+    assert ClassTable.read_csv(str(path)).names == ("alpha",)  # declared ignored: fine
+
+
+def test_names_that_a_spreadsheet_would_run_are_written_as_text_and_read_back(tmp_path):
+    from fcn.datasets.classes import ClassTable
+
+    table = ClassTable(("=HYPERLINK(1)", "+sum", "-x", "@y", "plain"), (1, 2, 3, 4, 5), ((0, 0, 0),) * 5)
+    table.write_csv(str(tmp_path / "classes.csv"))
+    cells = [line.split(",")[1] for line in (tmp_path / "classes.csv").read_text().splitlines()[1:6]]
+    assert cells == ["'=HYPERLINK(1)", "'+sum", "'-x", "'@y", "plain"]
+    assert ClassTable.read_csv(str(tmp_path / "classes.csv")).names == table.names
+
+
+def test_file_names_reach_the_terminal_with_control_characters_escaped():
+    from fcn.datasets.files import display_path
+
+    assert display_path("a\x1b]0;title\x07b.png") == "a\\x1b]0;title\\x07b.png"
+    assert display_path("d\u00e9j\u00e0/\tx.png") == "d\u00e9j\u00e0/\\x09x.png"
+
+
+def test_a_home_folder_in_a_path_key_is_expanded(tmp_path, monkeypatch):
+    from fcn import config as config_lib
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = config_lib.load_config(None, [("logs_dir", "~/runs/a"), ("data.data_dir", "~/data"), ("train.init_from", "~/other")])
+    assert (config.logs_dir, config.data.data_dir, config.train.init_from) == (
+        f"{tmp_path}/runs/a", f"{tmp_path}/data", f"{tmp_path}/other")
+    assert config_lib.load_config(None, [("logs_dir", "runs/~a")]).logs_dir == "runs/~a"

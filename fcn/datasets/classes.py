@@ -15,12 +15,15 @@ import os
 import numpy as np
 from PIL import Image
 
-from fcn.datasets.files import display_path
+from fcn.datasets.files import display_path, visible
 from fcn.errors import DataError
 
 IGNORE_LABEL = 255
 CLASSES_FILE = "classes.csv"  # a folder dataset's class table, and a run's (in logs_dir)
 CLASSES_HEADER = ("id", "name", "r", "g", "b")
+# A spreadsheet takes a cell starting with one of these for a formula; in CSV files fcn writes, such a name gets a
+# leading quote, which reading drops again.
+_FORMULA_STARTS = ("=", "+", "-", "@")
 
 
 def voc_colormap(size: int = 256) -> np.ndarray:
@@ -83,6 +86,12 @@ class ClassTable:
             raise DataError(f"{where}class name {named[0]!r} is used more than once; names must be distinct")
         if any(not n.strip() for n in self.names):
             raise DataError(f"{where}a class has an empty name")
+        controlled = [n for n in self.names if any(ord(c) < 32 or ord(c) == 127 for c in n)]
+        if controlled:
+            raise DataError(
+                f"{where}class name {visible(controlled[0])} holds a control character (a line break, a tab, an escape): "
+                "names are one line of printable text"
+            )
         both = sorted(set(self.ids) & set(self.ignore_values))
         if both:
             raise DataError(f"{where}value {both[0]} is both a class and ignored")
@@ -133,12 +142,17 @@ class ClassTable:
                 raise DataError(f"{where}: ignore must be 1/0 (or true/false), got {flag!r}")
             if format_column is not None and row[format_column]:
                 palette = row[format_column].lower() == "palette"
-            if flag in ("1", "true", "yes") or value == IGNORE_LABEL:
+            if value == IGNORE_LABEL and flag not in ("1", "true", "yes"):
+                raise DataError(
+                    f"{where}: {IGNORE_LABEL} is always ignored and cannot be the class {visible(row[1])}: give the class "
+                    f"another id in 0..254, or mark the row ignored (ignore column 1)"
+                )
+            if flag in ("1", "true", "yes"):
                 if value in ignored:
                     raise DataError(f"{where}: value {value} is listed more than once")
                 ignored.append(value)
                 continue
-            names.append(row[1])
+            names.append(row[1][1:] if row[1][:1] == "'" and row[1][1:2] in _FORMULA_STARTS else row[1])
             ids.append(value)
             colours.append((r, g, b))
         if not names:
@@ -154,7 +168,7 @@ class ClassTable:
             writer.writerow([*CLASSES_HEADER, "ignore", "format"])
             label_format = "palette" if self.palette_png else "grey"
             for name, value, colour in zip(self.names, self.ids, self.colours):
-                writer.writerow([value, name, *colour, 0, label_format])
+                writer.writerow([value, _csv_text(name), *colour, 0, label_format])
             for value in self.ignore_values:
                 writer.writerow([value, "ignored", 0, 0, 0, 1, label_format])
         os.replace(temporary, path)
@@ -251,3 +265,8 @@ def read_label_png(path: str) -> np.ndarray:
         if picture.mode not in ("L", "P"):
             raise DataError(f"{display_path(path)}: a {picture.mode} image, not a greyscale or palette label PNG")
         return np.asarray(picture)
+
+
+def _csv_text(name: str) -> str:
+    """A class name as a CSV cell a spreadsheet shows as text, never runs as a formula."""
+    return "'" + name if name.startswith(_FORMULA_STARTS) else name

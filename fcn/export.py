@@ -13,7 +13,7 @@ interrupted export never leaves a half SavedModel that looks whole (the
 marked leftovers of a killed export are removed by the next one). A ``BASE``
 holding anything but version folders is refused before any work.
 
-Signatures, both taking
+Signatures, both taking (declared in the SavedModel, as ``saved_model_cli show --all`` prints it)
 
     images         uint8   (batch, height, width, 3)   RGB, any height and width
 
@@ -42,6 +42,9 @@ image, or more than ``evaluate.max_pixels`` pixels fail with an
     model = tf.saved_model.load("BASE/1")
     labels = model.signatures["serving_default"](images=tf.constant(batch))["labels"]   # batch: uint8 (B, H, W, 3)
 
+The SavedModel stores each weight once (``variables/`` is the size of the
+weights): see ``_ServingModule``.
+
 The class names, one per line in train-id order, are written beside the SavedModel as
 ``BASE/N/classes.txt``, and the whole class table (annotation value, name, colour, the
 ignored values) as ``BASE/N/classes.csv``.
@@ -51,7 +54,6 @@ import os
 import shutil
 import tempfile
 
-import keras
 import tensorflow as tf
 
 from fcn import predict as predict_lib
@@ -63,6 +65,8 @@ SHAPE_MESSAGE = "images must be uint8 of shape (batch, height, width, 3): RGB, a
 # Marks a temporary folder being written by export, so that one left by a killed export can be removed.
 PARTIAL_MARKER = ".fcn_export_partial"
 PARTIAL_PREFIX = ".partial-"
+# The signatures' input, typed so that saved_model_cli and TF Serving show the contract.
+IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
 
 
 def _versions(base: str) -> list[int]:
@@ -118,29 +122,49 @@ def checked_images(images, max_pixels: int):
     return tf.ensure_shape(images, [None, None, None, 3])
 
 
+class _ServingModule(tf.Module):
+    """What the SavedModel holds: the model's weights, once, and the two signature functions.
+
+    ``keras.export.ExportArchive.track(model)`` also keeps Keras' own lists of
+    the variables (``_all_variables`` beside ``variables``), which the
+    SavedModel writer stores as second copies of every weight: an export twice
+    the size of the weights. A plain ``tf.Module`` tracking the variables in
+    one list stores each once.
+    """
+
+    def __init__(self, predictor: predict_lib.Predictor, max_pixels: int):
+        super().__init__(name="fcn")
+        self.weights = list(predictor.model.weights)  # each once; the functions below capture exactly these
+        values = tf.constant(predictor.classes.ids, tf.uint8)  # train id -> annotation value
+
+        @tf.function(input_signature=[IMAGES_SPEC])
+        def serve_labels(images):
+            labels = predictor.labels(checked_images(images, max_pixels))  # (B, H, W) train ids
+            return {"labels": tf.gather(values, labels)}
+
+        @tf.function(input_signature=[IMAGES_SPEC])
+        def serve_probabilities(images):
+            probabilities = predictor.probabilities(checked_images(images, max_pixels))  # (B, H, W, C)
+            labels = tf.gather(values, tf.argmax(probabilities, axis=-1, output_type=tf.int32))
+            return {"labels": labels, "probabilities": probabilities}
+
+        self.serve_labels = serve_labels
+        self.serve_probabilities = serve_probabilities
+
+    def signatures(self) -> dict:
+        return {
+            SIGNATURE: self.serve_labels.get_concrete_function(),
+            PROBABILITIES_SIGNATURE: self.serve_probabilities.get_concrete_function(),
+        }
+
+
 def export_predictor(predictor: predict_lib.Predictor, base: str, max_pixels: int) -> str:
     """Writes ``predictor`` as the next version of ``base`` (see the module docstring).
 
     Returns:
       the version folder written, ``base/N``.
     """
-    input_signature = [tf.TensorSpec(None, tf.uint8, name="images")]
-
-    values = tf.constant(predictor.classes.ids, tf.uint8)  # train id -> annotation value
-
-    def serve_labels(images):
-        labels = predictor.labels(checked_images(images, max_pixels))  # (B, H, W) train ids
-        return {"labels": tf.gather(values, labels)}
-
-    def serve_probabilities(images):
-        probabilities = predictor.probabilities(checked_images(images, max_pixels))  # (B, H, W, C)
-        labels = tf.gather(values, tf.argmax(probabilities, axis=-1, output_type=tf.int32))
-        return {"labels": labels, "probabilities": probabilities}
-
-    archive = keras.export.ExportArchive()
-    archive.track(predictor.model)
-    archive.add_endpoint(SIGNATURE, serve_labels, input_signature=input_signature)
-    archive.add_endpoint(PROBABILITIES_SIGNATURE, serve_probabilities, input_signature=input_signature)
+    module = _ServingModule(predictor, max_pixels)
     # A symbolic link to a folder stays one: versions are written into the folder it points to.
     target = os.path.realpath(base)
     _check_base(target)
@@ -149,7 +173,7 @@ def export_predictor(predictor: predict_lib.Predictor, base: str, max_pixels: in
     temporary = tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=target)  # a new name: never a user's folder
     open(os.path.join(temporary, PARTIAL_MARKER), "w").close()
     model_dir = os.path.join(temporary, "model")
-    archive.write_out(model_dir, verbose=False)
+    tf.saved_model.save(module, model_dir, signatures=module.signatures())
     with open(os.path.join(model_dir, "classes.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(predictor.classes.names) + "\n")
     predictor.classes.write_csv(os.path.join(model_dir, "classes.csv"))

@@ -24,7 +24,7 @@ except KeyboardInterrupt:
     print("FCN.py: interrupted while starting", file=sys.stderr)
     sys.exit(130)  # EXIT_INTERRUPTED, defined below
 
-MODES = ("train", "visualize", "evaluate", "predict", "export", "check_data")
+MODES = ("train", "visualize", "evaluate", "predict", "export", "check_data", "serve")
 
 # Dedicated flags and the config keys they set (FCN.tensorflow's flags keep their meaning).
 FLAG_KEYS = {
@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="train",
         help="train: train (resumes from LOGS_DIR); evaluate: score a split at full resolution (metrics.json, "
         "confusion matrix); visualize: a random validation batch in colour; predict: segment --image files; "
-        "export: a SavedModel for serving; check_data: scan a dataset and report problems. Default: train. "
+        "export: a SavedModel for serving; check_data: scan a dataset and report problems; serve: a demo page and "
+        "TF Serving's REST API on --host:--port. Default: train. "
         "evaluate, visualize, predict and export restore the latest checkpoint of LOGS_DIR (or --checkpoint) "
         "into the model of the config: pass the run's --config.",
     )
@@ -174,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train: start from the model weights of this run directory or checkpoint (not its step), e.g. a trained "
         "FCN run to fine-tune with --crf, or crfasrnn_keras's crfrnn_keras_model.h5 (train.init_from)",
     )
+    parser.add_argument("--host", default="127.0.0.1", help="serve: the address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8501, help="serve: the port (8501, TF Serving's REST port; 0: a free one)")
+    parser.add_argument("--model_name", default="fcn", help="serve: NAME in the API's /v1/models/NAME:predict")
     add_switch(parser, "--no_progress", "no progress bars", default=False)
     parser.epilog += (
         " On/off flags take --flag, --flag=True or --flag=False (also 1, 0). Exit status: 0 success, "
@@ -202,8 +206,8 @@ def main(argv=None) -> int:
     if args.mode == "predict" and not args.image:
         print("FCN.py: --mode=predict needs --image PATH [PATH ...] (image files or folders)", file=sys.stderr)
         return EXIT_USAGE
-    if args.pretrained and args.mode not in ("predict", "evaluate"):
-        print(f"FCN.py: --pretrained is for --mode=predict and --mode=evaluate (got --mode={args.mode})", file=sys.stderr)
+    if args.pretrained and args.mode not in ("predict", "evaluate", "serve"):
+        print(f"FCN.py: --pretrained is for --mode=predict, evaluate and serve (got --mode={args.mode})", file=sys.stderr)
         return EXIT_USAGE
     if args.pretrained and args.checkpoint:
         print("FCN.py: --pretrained and --checkpoint both name the weights: pass one of them", file=sys.stderr)
@@ -224,6 +228,10 @@ def main(argv=None) -> int:
             return run_predict(config, args, progress)
         if args.mode == "export":
             return run_export(config, args)
+        if args.mode == "serve":
+            from fcn import serve
+
+            return serve.run(config, args)
         root = data.prepare_dataset(config.data, progress=progress, generate_sample=args.mode != "check_data")
         if args.mode == "check_data":
             return run_check_data(config, root, progress)

@@ -45,7 +45,7 @@ CHECKPOINT_CHOICES = ("latest", "best")
 class Segmenter:
     """Segments images with a trained model: labels, probabilities, colours and overlays.
 
-    Build one with ``from_run``, ``from_config`` or ``from_pretrained``. It
+    Build one with ``from_run``, ``from_config``, ``from_model`` or ``from_pretrained``. It
     holds the model: build it once and call it for every image (the network is
     compiled at the first call for all image sizes).
 
@@ -99,6 +99,12 @@ class Segmenter:
         """
         predictor, prefix = predict_lib.predictor_from_config(config, checkpoint)
         return cls(_RunBackend(predictor), predictor.classes, config.evaluate.max_pixels, prefix)
+
+    @classmethod
+    def from_model(cls, model, config: config_lib.Config) -> "Segmenter":
+        """A Keras FCN-8s already built (trained or not) with the test protocol of ``config`` (``predict.make_predictor``)."""
+        predictor = predict_lib.make_predictor(model, config)
+        return cls(_RunBackend(predictor), predictor.classes, config.evaluate.max_pixels, model.name)
 
     @classmethod
     def from_pretrained(cls, name: str = "crfasrnn_voc", model_dir: str = "", max_pixels: int | None = None,

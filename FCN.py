@@ -60,6 +60,17 @@ def on_off(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False (or 1, 0), got {text!r}")
 
 
+def height_width(text: str) -> tuple[int, int]:
+    """``H`` or ``H,W`` as (H, W) of positive integers."""
+    try:
+        size = [int(n) for n in text.split(",")]
+    except ValueError:
+        size = []
+    if len(size) not in (1, 2) or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected H or H,W (positive integers), got {text!r}")
+    return size[0], size[-1]
+
+
 def add_switch(parser: argparse.ArgumentParser, flag: str, description: str, default=None) -> None:
     """An on/off flag that accepts ``--flag``, ``--flag=True`` and ``--flag=False`` (also 1 and 0).
 
@@ -175,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train: start from the model weights of this run directory or checkpoint (not its step), e.g. a trained "
         "FCN run to fine-tune with --crf, or crfasrnn_keras's crfrnn_keras_model.h5 (train.init_from)",
     )
+    parser.add_argument("--format", choices=("saved_model", "tflite"), default="saved_model",
+                        help="export: a SavedModel (TF Serving), or TensorFlow Lite for images of --input_size (LOGS_DIR/export_tflite)")
+    parser.add_argument("--input_size", metavar="H[,W]", type=height_width, default=(512, 512), help="export --format tflite: the input's height and width")
     parser.add_argument("--host", default="127.0.0.1", help="serve: the address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8501, help="serve: the port (8501, TF Serving's REST port; 0: a free one)")
     parser.add_argument("--model_name", default="fcn", help="serve: NAME in the API's /v1/models/NAME:predict")
@@ -336,7 +350,11 @@ def run_predict(config: config_lib.Config, args: argparse.Namespace, progress: b
 def run_export(config: config_lib.Config, args: argparse.Namespace) -> int:
     from fcn import export
 
-    path, checkpoint = export.export(config, args.output, args.checkpoint)
+    path, checkpoint = export.export(config, args.output, args.checkpoint, args.format, args.input_size)
+    if args.format == "tflite":
+        height, width = args.input_size
+        print(f"checkpoint: {checkpoint}\nTFLite: {os.path.join(path, export.TFLITE_FILE)} (uint8 images (1, {height}, {width}, 3) -> label values)")
+        return EXIT_OK
     print(f"checkpoint: {checkpoint}\nSavedModel: {path} (signatures {export.SIGNATURE}: uint8 images -> label values; {export.PROBABILITIES_SIGNATURE}: label values and class probabilities)")
     return EXIT_OK
 

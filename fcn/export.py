@@ -45,6 +45,17 @@ image, or more than ``evaluate.max_pixels`` pixels fail with an
 The SavedModel stores each weight once (``variables/`` is the size of the
 weights): see ``_ServingModule``.
 
+``--format tflite`` writes ``BASE/N/model.tflite`` instead (``BASE`` default
+``LOGS_DIR/export_tflite``): the ``serving_default`` computation in TensorFlow
+Lite's built-in ops, for uint8 (1, H, W, 3) images of one size (``tflite_model``)::
+
+    interpreter = tf.lite.Interpreter("BASE/1/model.tflite")   # or ai_edge_litert's Interpreter
+    interpreter.allocate_tensors()
+    images, labels = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.set_tensor(images["index"], image[None])         # image: uint8 (H, W, 3) of that size
+    interpreter.invoke()
+    values = interpreter.get_tensor(labels["index"])[0]         # uint8 (H, W) annotation values
+
 The class names, one per line in train-id order, are written beside the SavedModel as
 ``BASE/N/classes.txt``, and the whole class table (annotation value, name, colour, the
 ignored values) as ``BASE/N/classes.csv``.
@@ -55,6 +66,7 @@ import shutil
 import tempfile
 
 import tensorflow as tf
+from tensorflow.python.framework import convert_to_constants
 
 from fcn import predict as predict_lib
 from fcn.config import Config
@@ -67,6 +79,9 @@ PARTIAL_MARKER = ".fcn_export_partial"
 PARTIAL_PREFIX = ".partial-"
 # The signatures' input, typed so that saved_model_cli and TF Serving show the contract.
 IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+FORMATS = ("saved_model", "tflite")
+TFLITE_FILE = "model.tflite"
+TFLITE_SIZE = (512, 512)  # (height, width) of --format tflite's input unless told otherwise
 
 
 def _versions(base: str) -> list[int]:
@@ -158,12 +173,58 @@ class _ServingModule(tf.Module):
         }
 
 
-def export_predictor(predictor: predict_lib.Predictor, base: str, max_pixels: int) -> str:
+def tflite_model(module: _ServingModule, size: tuple[int, int]) -> bytes:
+    """The labels signature as a TensorFlow Lite flat buffer of TFLite's built-in ops, for one input size.
+
+    TFLite needs the convolutions' input shapes known when it converts; the
+    network pads its input to a multiple of its stride with sizes computed
+    from the image, so the model is converted for ``size``: input ``images``
+    uint8 (1, height, width, 3), output ``labels`` uint8 (1, height, width),
+    annotation values as in the SavedModel. ``module`` is that of a
+    single-view ``Predictor`` at the image's own size (the band loop and the
+    resizing of the test protocol have no TFLite built-in ops): the caller
+    resizes its images to ``size``, the protocol's view of them. On an image
+    whose view is the image itself (e.g. 512 x 512 for the default
+    ``evaluate.test_size``) the labels are the SavedModel's.
+
+    Raises:
+      InferenceError: TensorFlow's converter refused the model (its message is kept).
+    """
+    spec = tf.TensorSpec([1, int(size[0]), int(size[1]), 3], tf.uint8, name="images")
+    fixed = tf.function(lambda images: module.serve_labels(images), input_signature=[spec]).get_concrete_function()
+    # The weights as constants: TFLite's built-in convolutions take constant filters.
+    frozen = convert_to_constants.convert_variables_to_constants_v2(fixed)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    try:
+        return converter.convert()
+    except Exception as error:  # the converter's errors have no common base class
+        reasons = sorted({line.strip() for line in str(error).splitlines() if "error:" in line})[:5]
+        raise predict_lib.InferenceError(
+            "TensorFlow Lite cannot convert this model with its built-in ops: " + ("; ".join(reasons) or str(error)[-500:])
+        ) from None
+
+
+def export_predictor(predictor: predict_lib.Predictor, base: str, max_pixels: int, format: str = "saved_model",
+                     tflite_size: tuple[int, int] = TFLITE_SIZE) -> str:
     """Writes ``predictor`` as the next version of ``base`` (see the module docstring).
+
+    Args:
+      format: ``saved_model``, or ``tflite`` (``model.tflite`` for images of ``tflite_size``, see ``tflite_model``).
 
     Returns:
       the version folder written, ``base/N``.
     """
+    if format not in FORMATS:
+        raise predict_lib.InferenceError(f"unknown export format {format!r}: {', '.join(FORMATS)}")
+    if format == "tflite":
+        if not predictor.single_view:
+            raise predict_lib.InferenceError(
+                "--format tflite runs the network on one view: this config averages evaluate.scales / evaluate.flip "
+                "(pass --set evaluate.scales=1.0 --set evaluate.flip=false)"
+            )
+        # The network at its input's own size: the images are resized to it beforehand, by the caller.
+        predictor = predict_lib.Predictor(predictor.model, classes=predictor.classes)
     module = _ServingModule(predictor, max_pixels)
     # A symbolic link to a folder stays one: versions are written into the folder it points to.
     target = os.path.realpath(base)
@@ -173,7 +234,17 @@ def export_predictor(predictor: predict_lib.Predictor, base: str, max_pixels: in
     temporary = tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=target)  # a new name: never a user's folder
     open(os.path.join(temporary, PARTIAL_MARKER), "w").close()
     model_dir = os.path.join(temporary, "model")
-    tf.saved_model.save(module, model_dir, signatures=module.signatures())
+    try:
+        if format == "saved_model":
+            tf.saved_model.save(module, model_dir, signatures=module.signatures())
+        else:
+            flat_buffer = tflite_model(module, tflite_size)
+            os.makedirs(model_dir)
+            with open(os.path.join(model_dir, TFLITE_FILE), "wb") as f:
+                f.write(flat_buffer)
+    except predict_lib.InferenceError:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     with open(os.path.join(model_dir, "classes.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(predictor.classes.names) + "\n")
     predictor.classes.write_csv(os.path.join(model_dir, "classes.csv"))
@@ -190,21 +261,25 @@ def export_predictor(predictor: predict_lib.Predictor, base: str, max_pixels: in
     return os.path.join(os.path.abspath(base), str(version))
 
 
-def export(config: Config, output_dir: str = "", checkpoint: str = "") -> tuple[str, str]:
+def export(config: Config, output_dir: str = "", checkpoint: str = "", format: str = "saved_model",
+           tflite_size: tuple[int, int] = TFLITE_SIZE) -> tuple[str, str]:
     """``--mode=export``: restores the run's model and exports it as the next version of ``output_dir``.
 
     Args:
       config: the run's config.
-      output_dir: ``BASE`` (default ``LOGS_DIR/export``).
+      output_dir: ``BASE`` (default ``LOGS_DIR/export``, or ``LOGS_DIR/export_tflite`` for TFLite).
       checkpoint: see ``predict.restore_model``.
+      format: ``saved_model`` or ``tflite`` (see ``export_predictor``).
+      tflite_size: (height, width) of the TFLite model's input.
 
     Returns:
       (the version folder written, the checkpoint prefix exported).
 
     Raises:
-      predict.InferenceError: no usable checkpoint, or a ``BASE`` that holds other files.
+      predict.InferenceError: no usable checkpoint, a ``BASE`` that holds other files, or a
+        model TensorFlow Lite cannot convert.
     """
-    base = output_dir or os.path.join(config.logs_dir, "export")
+    base = output_dir or os.path.join(config.logs_dir, "export" if format == "saved_model" else "export_tflite")
     _check_base(os.path.realpath(base))  # before the work
     predictor, prefix = predict_lib.predictor_from_config(config, checkpoint)
-    return export_predictor(predictor, base, config.evaluate.max_pixels), prefix
+    return export_predictor(predictor, base, config.evaluate.max_pixels, format, tflite_size), prefix

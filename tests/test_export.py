@@ -55,3 +55,41 @@ def test_signatures_declare_uint8_images_of_any_size_with_three_channels(exporte
         assert set(signatures[name].outputs) == outputs
         assert signatures[name].outputs["labels"].dtype == tf.uint8.as_datatype_enum
     assert [d.size for d in signatures["probabilities"].outputs["probabilities"].tensor_shape.dim] == [-1, -1, -1, 150]
+
+
+@pytest.mark.slow  # two exports and TFLite's converter: about 30 s
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")  # it still ships with TensorFlow 2.21
+def test_tflite_labels_equal_the_saved_models_on_the_fixture_images(tmp_path):
+    """--format tflite: built-in ops only, the weights' size, the SavedModel's labels where the protocol's view is the image."""
+    import glob
+
+    from PIL import Image
+
+    from conftest import SAMPLE_ROOT, run_fcn
+
+    logs = tmp_path / "run"
+    _, model = save_run(logs, tmp_path / "no_data")
+    # Images are fitted into 128 x 96: a 128 x 96 image is its own view, which the TFLite model takes.
+    flags = ["--logs_dir", str(logs), "--config", str(logs / "config.yaml"), "--set", "evaluate.test_size=128,96"]
+    result = run_fcn("--mode=export", *flags, "--format", "tflite", "--input_size", "96,128")
+    assert result.returncode == 0, result.stderr[-3000:]
+    tflite = logs / "export_tflite" / "1" / export.TFLITE_FILE
+    assert f"TFLite: {tflite} (uint8 images (1, 96, 128, 3) -> label values)" in result.stdout
+    parameter_bytes = sum(int(np.prod(w.shape)) * 4 for w in model.weights)
+    assert 0.95 * parameter_bytes < os.path.getsize(tflite) < 1.02 * parameter_bytes  # the weights, once
+    assert run_fcn("--mode=export", *flags).returncode == 0
+    serving = tf.saved_model.load(str(logs / "export" / "1")).signatures["serving_default"]
+
+    interpreter = tf.lite.Interpreter(str(tflite))
+    interpreter.allocate_tensors()
+    images, labels = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert list(images["shape"]) == [1, 96, 128, 3] and images["dtype"] == np.uint8 and labels["dtype"] == np.uint8
+    paths = sorted(glob.glob(os.path.join(SAMPLE_ROOT, "images", "validation", "*.jpg")))
+    for path in paths:
+        image = np.asarray(Image.open(path).convert("RGB").resize((128, 96), Image.BILINEAR))[None]
+        interpreter.set_tensor(images["index"], image)
+        interpreter.invoke()
+        from_tflite = interpreter.get_tensor(labels["index"])
+        expected = serving(images=tf.constant(image))["labels"].numpy()
+        assert len(np.unique(expected)) > 3  # varied labels: a real comparison
+        np.testing.assert_array_equal(from_tflite, expected)

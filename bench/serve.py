@@ -18,8 +18,10 @@ request has a time limit.
 
 Usage, from the repo root::
 
-    python bench/serve.py [--quick] [--smoke]
+    python bench/serve.py [--quick] [--smoke] [--export] [--fc_channels N]
 
+``--export`` first measures ``--mode=export`` of the same run: the SavedModel's
+and the TFLite model's size against the weights', and their latency.
 ``--quick``: fewer requests, clients 1 and 2. ``--smoke``: a tiny model (fc6/fc7
 16 wide) on a 64x64 image at its own size, two requests each: checks that the script runs.
 """
@@ -71,12 +73,51 @@ def timed(function) -> float:
     return time.perf_counter() - start
 
 
+def folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+
+def measure_export(config: config_lib.Config, image: np.ndarray, repeats: int) -> None:
+    """--mode=export's SavedModel and TFLite sizes against the weights', and the latency of each on ``image``."""
+    from fcn import export
+
+    weights = os.path.join(config.logs_dir, "checkpoints")
+    version, _ = export.export(config)
+    tflite_version, _ = export.export(config, format="tflite", tflite_size=image.shape[:2])
+    tflite = os.path.join(tflite_version, export.TFLITE_FILE)
+    model = model_lib.build_fcn8s(config.data.num_classes, fc_channels=config.model.fc_channels)
+    parameters = sum(int(np.prod(w.shape)) for w in model.weights)
+    print(f"\nexport of {parameters:,} parameters ({4 * parameters / 1e6:.1f} MB of float32; checkpoint {folder_bytes(weights) / 1e6:.1f} MB)")
+    serving = tf.saved_model.load(version).signatures["serving_default"]
+    interpreter = tf.lite.Interpreter(tflite, num_threads=device.cores())
+    interpreter.allocate_tensors()
+    inputs, outputs = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+    def run_tflite():
+        interpreter.set_tensor(inputs["index"], image[None])
+        interpreter.invoke()
+        return interpreter.get_tensor(outputs["index"])
+
+    batch = tf.constant(image[None])
+    same = np.array_equal(run_tflite(), serving(images=batch)["labels"].numpy())
+    saved_times = [timed(lambda: serving(images=batch)) for _ in range(repeats)]
+    tflite_times = [timed(run_tflite) for _ in range(repeats)]
+    rows = [("SavedModel", f"{folder_bytes(version) / 1e6:.1f}", f"{folder_bytes(os.path.join(version, 'variables')) / 1e6:.1f}",
+             f"{statistics.median(saved_times):.3f}"),
+            ("TFLite", f"{os.path.getsize(tflite) / 1e6:.1f}", "", f"{statistics.median(tflite_times):.3f}")]
+    print_table(("format", "MB", "variables MB", f"median s ({image.shape[0]}x{image.shape[1]})"), rows)
+    print(f"TFLite labels equal to the SavedModel's: {same}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, 1 and 2 clients")
     parser.add_argument("--smoke", action="store_true", help="a tiny model on a 64x64 image, two requests each")
+    parser.add_argument("--export", action="store_true", help="also --mode=export's sizes and the TFLite model's latency")
+    parser.add_argument("--fc_channels", type=int, help="fc6/fc7 width (default 4096, --smoke 16)")
     args = parser.parse_args(argv)
     size, fc_channels = (64, 16) if args.smoke else (512, model_lib.VGG16_FC_CHANNELS)
+    fc_channels = args.fc_channels or fc_channels
     repeats = 2 if args.smoke else 3 if args.quick else 6
     clients = (1, 2) if args.smoke or args.quick else (1, 2, 4)
     print(device.describe())
@@ -90,7 +131,10 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as logs_dir:
         # --smoke: the image at its own size (the default protocol would enlarge it to 512 x 512).
         overrides = [("evaluate.test_size", "none")] if args.smoke else []
-        segmenter = Segmenter.from_config(make_run(logs_dir, fc_channels, overrides))
+        config = make_run(logs_dir, fc_channels, overrides)
+        segmenter = Segmenter.from_config(config)
+        if args.export:
+            measure_export(config, image, repeats)
         server = serve.Server(serve.create_app(segmenter), "127.0.0.1", 0).start()
         try:
             session = requests.Session()

@@ -190,8 +190,8 @@ class Segmenter:
     def _map(self, images, run):
         if isinstance(images, (list, tuple)):
             return run([self.read(image) for image in images])
-        array = images if isinstance(images, np.ndarray) else None
-        if array is not None and array.ndim == 4:
+        if not isinstance(images, (str, bytes, os.PathLike, Image.Image)) and getattr(images, "ndim", None) == 4:
+            array = np.asarray(images)  # (B, H, W, 3): a numpy array or a tensor
             return np.stack(run([self.read(image) for image in array]))
         return run([self.read(images)])[0]
 

@@ -1,6 +1,6 @@
 """``--mode=serve``: a local demo page and a TF Serving-compatible JSON API for a trained model.
 
-    python FCN.py --mode=serve --logs_dir logs/sample            # a run (its config.yaml is read)
+    python FCN.py --mode=serve --logs_dir logs/sample            # a run (its config.yaml unless --config)
     python FCN.py --mode=serve --pretrained crfasrnn_voc         # crfasrnn_keras's released VOC model
 
 Listens on 127.0.0.1 (``--host``; ``0.0.0.0`` shows it to the network) at
@@ -20,7 +20,8 @@ Listens on 127.0.0.1 (``--host``; ``0.0.0.0`` shows it to the network) at
   ``{"inputs": batch}`` answers ``{"outputs": labels}``;
   ``"signature_name": "probabilities"`` answers the labels and the class
   probabilities. A batch holds images of one size, as a tensor does.
-  ``/v1/models/NAME/versions/1:predict`` is the same model.
+  ``/v1/models/NAME/versions/1:predict`` is the same model; ``GET
+  /v1/models/NAME/metadata`` describes the signatures.
 
 Bad input gets a 4xx answer with ``{"error": message}`` and the server goes on:
 a body that is not an image (or a truncated one), an image of more than
@@ -47,6 +48,7 @@ import threading
 
 import numpy as np
 
+from fcn import config as config_lib
 from fcn.segmenter import InferenceError, Segmenter
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_page", "index.html")
@@ -139,6 +141,13 @@ def create_app(segmenter: Segmenter, model_name: str = "fcn", max_body_bytes: in
             {"version": VERSION, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
         ])
 
+    @app.get("/v1/models/<name>/metadata")
+    @app.get("/v1/models/<name>/versions/<version>/metadata")
+    def metadata(name, version=None):
+        check_model(name, version)
+        return flask.jsonify(model_spec={"name": model_name, "signature_name": "", "version": VERSION},
+                             metadata={"signature_def": {"signature_def": signature_defs(segmenter.classes.num_classes)}})
+
     @app.post("/v1/models/<name>:predict")
     @app.post("/v1/models/<name>/versions/<version>:predict")
     def tf_serving_predict(name, version=None):
@@ -147,6 +156,21 @@ def create_app(segmenter: Segmenter, model_name: str = "fcn", max_body_bytes: in
         return flask.Response(json.dumps(answer_predict(segmenter, request)), mimetype="application/json")
 
     return app
+
+
+def signature_defs(num_classes: int) -> dict:
+    """The export's signatures as TF Serving's metadata describes them."""
+
+    def tensor(name: str, dtype: str, dims: list[int]) -> dict:
+        return {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in dims], "unknown_rank": False},
+                "name": name}
+
+    images = {"images": tensor("images:0", "DT_UINT8", [-1, -1, -1, 3])}
+    labels = {"labels": tensor("labels:0", "DT_UINT8", [-1, -1, -1])}
+    probabilities = {"probabilities": tensor("probabilities:0", "DT_FLOAT", [-1, -1, -1, num_classes])}
+    method = "tensorflow/serving/predict"
+    return {"serving_default": {"inputs": images, "outputs": labels, "method_name": method},
+            "probabilities": {"inputs": images, "outputs": {**labels, **probabilities}, "method_name": method}}
 
 
 def _hex(colour) -> str:
@@ -307,9 +331,13 @@ def run(config, args) -> int:
         if args.pretrained:
             segmenter = Segmenter.from_pretrained(args.pretrained, config.model.model_dir, config.evaluate.max_pixels,
                                                   progress=not args.no_progress)
+        elif not args.config and os.path.isfile(os.path.join(config.logs_dir, "config.yaml")):
+            # --logs_dir RUN alone: the run's own config, as Segmenter.from_run reads it (and --set over it).
+            overrides = [config_lib.parse_override(text) for text in args.overrides]
+            segmenter = Segmenter.from_run(config.logs_dir, args.checkpoint or "latest", overrides)
         else:
             segmenter = Segmenter.from_config(config, args.checkpoint)
-    except (InferenceError, weights.WeightsError) as error:
+    except (InferenceError, weights.WeightsError, config_lib.ConfigError) as error:
         print(f"FCN.py: {error}", file=sys.stderr)
         return 1
     app = create_app(segmenter, args.model_name)

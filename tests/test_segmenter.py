@@ -30,11 +30,12 @@ def small(run):
     return Segmenter.from_run(str(logs), overrides=[("evaluate.test_size", [128, 96])])
 
 
-def test_labels_are_those_predict_writes_for_a_run(run, tmp_path):
-    logs, segmenter = run
+def test_labels_are_those_predict_writes_for_a_run(run, small, tmp_path):
+    logs, _ = run
+    segmenter = small
     output = tmp_path / "predictions"
     result = run_fcn("--mode=predict", "--config", str(logs / "config.yaml"), "--logs_dir", str(logs), "--image", *FIXTURE_IMAGES,
-                     "--output", str(output), "--no_progress")
+                     "--output", str(output), "--no_progress", "--set", "evaluate.test_size=128,96")
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(FIXTURE_IMAGES) == 3
     for path in FIXTURE_IMAGES:

@@ -82,6 +82,11 @@ def test_model_status_as_tf_serving_reports_it(server):
     assert answer.status_code == 200
     assert answer.json() == {"model_version_status": [{"version": "1", "state": "AVAILABLE",
                                                       "status": {"error_code": "OK", "error_message": ""}}]}
+    signatures = get(server, "/v1/models/fcn/metadata").json()["metadata"]["signature_def"]["signature_def"]
+    assert sorted(signatures) == ["probabilities", "serving_default"]
+    images = signatures["serving_default"]["inputs"]["images"]
+    assert images["dtype"] == "DT_UINT8" and [d["size"] for d in images["tensor_shape"]["dim"]] == ["-1", "-1", "-1", "3"]
+    assert [d["size"] for d in signatures["probabilities"]["outputs"]["probabilities"]["tensor_shape"]["dim"]][-1] == "150"
     missing = get(server, "/v1/models/other")
     assert missing.status_code == 404 and missing.json() == {"error": "Servable not found for request: Latest(other)"}
 
@@ -275,8 +280,9 @@ def test_the_page_segments_an_uploaded_image_in_a_browser(server, segmenter, bro
 
 @pytest.mark.slow  # a child process imports TensorFlow and restores the model
 def test_serve_mode_listens_on_127_0_0_1_and_stops_on_ctrl_c(config, tmp_path):
-    command = [sys.executable, os.path.join(REPO, "FCN.py"), "--mode=serve", "--config", os.path.join(config.logs_dir, "config.yaml"),
-               "--logs_dir", config.logs_dir, "--port", "0", "--model_name", "segmenter"]
+    # --logs_dir alone: the run's own config.yaml is read (its fc_channels=16 is not the default's).
+    command = [sys.executable, os.path.join(REPO, "FCN.py"), "--mode=serve", "--logs_dir", config.logs_dir, "--port", "0",
+               "--model_name", "segmenter", "--set", "evaluate.max_pixels=1000"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", NO_PROXY="127.0.0.1")
     child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -290,6 +296,12 @@ def test_serve_mode_listens_on_127_0_0_1_and_stops_on_ctrl_c(config, tmp_path):
         status = requests.get(url + "/v1/models/segmenter", timeout=TIMEOUT, proxies=NO_PROXY)
         assert status.status_code == 200 and status.json()["model_version_status"][0]["state"] == "AVAILABLE"
         assert "fcn: scene parsing" in requests.get(url + "/", timeout=TIMEOUT, proxies=NO_PROXY).text
+        answer = requests.post(url + "/v1/models/segmenter:predict", json={"instances": [random_image((20, 30, 3)).tolist()]},
+                               timeout=TIMEOUT, proxies=NO_PROXY)
+        assert answer.status_code == 200 and np.asarray(answer.json()["predictions"]).shape == (1, 20, 30)
+        answer = requests.post(url + "/v1/models/segmenter:predict", json={"instances": [random_image((20, 51, 3)).tolist()]},
+                               timeout=TIMEOUT, proxies=NO_PROXY)
+        assert answer.status_code == 400 and "more than evaluate.max_pixels = 1,000" in answer.json()["error"]  # --set applies
     finally:
         child.send_signal(signal.SIGINT)
         try:

@@ -62,6 +62,7 @@ ignored values) as ``BASE/N/classes.csv``.
 """
 
 import os
+import re
 import shutil
 import tempfile
 
@@ -199,9 +200,12 @@ def tflite_model(module: _ServingModule, size: tuple[int, int]) -> bytes:
     try:
         return converter.convert()
     except Exception as error:  # the converter's errors have no common base class
-        reasons = sorted({line.strip() for line in str(error).splitlines() if "error:" in line})[:5]
+        text = str(error)
+        missing = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text))
+                         | set(re.findall(r"^\s*tf\.(\w+)\(", text, flags=re.MULTILINE)))
+        reason = f"no built-in op for {', '.join(missing)}" if missing else text.strip().splitlines()[-1][:500]
         raise predict_lib.InferenceError(
-            "TensorFlow Lite cannot convert this model with its built-in ops: " + ("; ".join(reasons) or str(error)[-500:])
+            f"TensorFlow Lite cannot convert this model: {reason}; the SavedModel (--format saved_model) runs it (nothing was written)"
         ) from None
 
 

@@ -93,3 +93,17 @@ def test_tflite_labels_equal_the_saved_models_on_the_fixture_images(tmp_path):
         expected = serving(images=tf.constant(image))["labels"].numpy()
         assert len(np.unique(expected)) > 3  # varied labels: a real comparison
         np.testing.assert_array_equal(from_tflite, expected)
+
+
+def test_tflite_names_the_ops_it_lacks_for_the_crf_stage_and_writes_nothing(tmp_path):
+    from fcn import model as model_lib
+    from fcn import predict
+
+    config = config_lib.load_config(None, [("logs_dir", str(tmp_path / "run")), ("model.fc_channels", 8), ("model.vgg_weights", "none"),
+                                           ("model.crf", True), ("evaluate.test_size", "none")])
+    model = model_lib.build_from_config(config.model, 150, crf_iterations=1)
+    predictor = predict.Predictor(model)
+    base = tmp_path / "tflite"
+    with pytest.raises(predict.InferenceError, match=r"TensorFlow Lite cannot convert this model: no built-in op for .*SparseTensorDenseMatMul"):
+        export.export_predictor(predictor, str(base), 10_000, format="tflite", tflite_size=(32, 32))
+    assert os.listdir(base) == []  # no version, no temporary folder left

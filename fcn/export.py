@@ -195,7 +195,7 @@ def tflite_model(module: _ServingModule, size: tuple[int, int]) -> bytes:
     fixed = tf.function(lambda images: module.serve_labels(images), input_signature=[spec]).get_concrete_function()
     # The weights as constants: TFLite's built-in convolutions take constant filters.
     frozen = convert_to_constants.convert_variables_to_constants_v2(fixed)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     try:
         return converter.convert()

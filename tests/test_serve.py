@@ -8,7 +8,6 @@ import base64
 import concurrent.futures
 import glob
 import io
-import json
 import os
 import shutil
 import signal

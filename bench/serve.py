@@ -62,7 +62,7 @@ def make_run(logs_dir: str, fc_channels: int, overrides=()) -> config_lib.Config
     config = config_lib.load_config(
         None, [("logs_dir", logs_dir), ("model.fc_channels", fc_channels), ("model.vgg_weights", "none"), *overrides]
     )
-    model = model_lib.build_fcn8s(config.data.num_classes, fc_channels=fc_channels)
+    model = model_lib.build_fcn8s(config.data.num_classes or 150, fc_channels=fc_channels)
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model), os.path.join(logs_dir, "checkpoints"), 1).save(checkpoint_number=1)
     config_lib.save_config(config, logs_dir)
     return config
@@ -86,7 +86,7 @@ def measure_export(config: config_lib.Config, image: np.ndarray, repeats: int) -
     version, _ = export.export(config)
     tflite_version, _ = export.export(config, format="tflite", tflite_size=image.shape[:2])
     tflite = os.path.join(tflite_version, export.TFLITE_FILE)
-    model = model_lib.build_fcn8s(config.data.num_classes, fc_channels=config.model.fc_channels)
+    model = model_lib.build_fcn8s(config.data.num_classes or 150, fc_channels=config.model.fc_channels)
     parameters = sum(int(np.prod(w.shape)) for w in model.weights)
     print(f"\nexport of {parameters:,} parameters ({4 * parameters / 1e6:.1f} MB of float32; checkpoint {folder_bytes(weights) / 1e6:.1f} MB)")
     serving = tf.saved_model.load(version).signatures["serving_default"]

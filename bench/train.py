@@ -157,7 +157,7 @@ def run_measurements(config: Config, size: int, batch: int, steps: int, connecti
     step = train.make_train_step(state, config, strategy)
     connection.send(("parameters", state.model.count_params()))
     flops = TRAIN_FLOPS_PER_FORWARD * batch * sum(conv_flops(state.model, size, size).values())
-    images, labels = random_batch(batch, size, config.data.num_classes, seed=size + batch)
+    images, labels = random_batch(batch, size, config.data.num_classes or 150, seed=size + batch)
     # Split the global batch over the strategy's replicas, as the training loop's input does.
     batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch, drop_remainder=True)
     images, labels = next(iter(strategy.experimental_distribute_dataset(batches)))

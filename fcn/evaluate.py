@@ -417,6 +417,8 @@ def summary(result: EvaluationResult) -> str:
 def run(config: Config, args) -> int:
     """``--mode=evaluate``: scores a split of the dataset with a run's checkpoint or a released model."""
     progress = not args.no_progress
+    outputs.check_writable((args.output or config.logs_dir, "--output" if args.output else "--logs_dir"),
+                           *([(args.save_predictions, "--save_predictions")] if args.save_predictions else []))  # fmt: skip
     if args.pretrained:  # the released model's classes decide, not data.num_classes
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_classes=0))
     dataset = datasets.prepare_dataset(config.data, progress=progress)

@@ -69,7 +69,7 @@ import tempfile
 import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants
 
-from fcn import inference
+from fcn import inference, outputs
 from fcn.config import Config
 
 SIGNATURE = "serving_default"
@@ -284,6 +284,7 @@ def export(config: Config, output_dir: str = "", checkpoint: str = "", format: s
         model TensorFlow Lite cannot convert.
     """
     base = output_dir or os.path.join(config.logs_dir, "export" if format == "saved_model" else "export_tflite")
+    outputs.check_writable((base, "--output" if output_dir else "--logs_dir"))
     _check_base(os.path.realpath(base))  # before the work
     predictor, prefix = inference.predictor_from_config(config, checkpoint)
     return export_predictor(predictor, base, config.evaluate.max_pixels, format, tflite_size), prefix

@@ -98,6 +98,38 @@ class OutputFolder:
             self.ours.update(new)
 
 
+def check_writable(*folders: tuple[str, str], error=OutputError) -> None:
+    """Refuses, before any work, a folder fcn would write into and cannot.
+
+    Args:
+      folders: (folder, the flag or key that names it) pairs. A folder that
+        exists must be one this process may write into; one that does not, the
+        nearest folder above it that exists. A symbolic link to nothing or in
+        a loop, on the way or at the end, is refused too.
+      error: the exception class raised.
+
+    Raises:
+      error: naming the folder, the flag and the fix.
+    """
+    for folder, flag in folders:
+        probe = os.path.abspath(folder)
+        while not os.path.exists(probe):  # False for a link to nothing and for a link loop
+            if os.path.islink(probe):
+                raise error(f"{flag} {display_path(folder)}: {display_path(probe)} is a symbolic link to nothing or in a "
+                            "loop: remove it or fix where it points")  # fmt: skip
+            parent = os.path.dirname(probe)
+            if parent == probe:
+                break
+            probe = parent
+        if not os.path.isdir(probe):
+            raise error(f"{flag} {display_path(folder)}: {display_path(probe)} is a file, not a folder: choose another {flag}")
+        if not os.access(probe, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+            raise error(
+                f"{flag} {display_path(folder)}: {display_path(probe)} is not writable (permission denied): choose another "
+                f"{flag}, or give this user write access (e.g. chmod u+w {display_path(probe)})"
+            )
+
+
 def _inside(path: str, root: str) -> bool:
     """Whether ``path`` is ``root`` or lies under it (symbolic links resolved)."""
     path, root = os.path.realpath(path), os.path.realpath(root)

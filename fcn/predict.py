@@ -187,6 +187,7 @@ def run(config: Config, args) -> int:
     if not args.image:
         raise errors.UsageError("--mode=predict needs --image PATH [PATH ...] (image files or folders)")
     progress = not args.no_progress
+    outputs.check_writable((args.output or os.path.join(config.logs_dir, "predictions"), "--output" if args.output else "--logs_dir"))
     if args.pretrained:
         output = args.output or os.path.join(config.logs_dir, "predictions")
         result = predict_pretrained(args.pretrained, args.image, output, config.model.model_dir,

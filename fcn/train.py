@@ -501,6 +501,10 @@ def _stopped_message(what: str, last_checkpoint: str) -> str:
 def run(config: Config, args) -> int:
     """``--mode=train``: trains (or resumes) the run of ``config``; exit status 1 when it stopped on a NaN loss."""
     progress = not args.no_progress
+    if distribute.is_chief_task(config):  # only the chief writes into the run directory
+        logs = config.logs_dir
+        outputs.check_writable((logs, "--logs_dir"), (os.path.join(logs, checkpoints.CHECKPOINTS_DIR), "--logs_dir"),
+                               (os.path.join(logs, checkpoints.BEST_DIR), "--logs_dir"), error=TrainingError)  # fmt: skip
     dataset = datasets.prepare_dataset(config.data, progress=progress)
     if distribute.is_chief_task(config):  # the other workers of a cluster neither write nor report
         path = os.path.join(config.logs_dir, "config.yaml")

@@ -17,6 +17,7 @@ import tensorflow as tf
 from fcn import checkpoints, crfasrnn_keras, weights
 from fcn import model as model_lib
 from fcn.config import Config
+from fcn.datasets import ade20k
 from fcn.errors import TrainingError
 from fcn.optimizer import FusedAdam
 
@@ -54,9 +55,13 @@ def _dropout_layers(model):
 
 
 def create_train_state(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
-    """Builds the model (fresh weights), Adam with its slots, and the counters."""
+    """Builds the model (fresh weights), Adam with its slots, and the counters.
+
+    The model has ``data.num_classes`` outputs: ``train`` sets it from the
+    dataset's class table; left at 0, the default recipe's (ADE20K's 150).
+    """
     with strategy.scope():
-        model = model_lib.build_from_config(config.model, config.data.num_classes)
+        model = model_lib.build_from_config(config.model, config.data.num_classes or ade20k.NUM_CLASSES)
         optimizer = FusedAdam(learning_rate=config.train.learning_rate)
         if config.train.mixed_precision == "float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

@@ -171,6 +171,7 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
 
 def run(config: Config, args) -> int:
     """``--mode=visualize``: pictures of a random validation batch; exit status 1 when none could be shown."""
+    outputs.check_writable((args.output or os.path.join(config.logs_dir, "visualize"), "--output" if args.output else "--logs_dir"))
     dataset = datasets.prepare_dataset(config.data, progress=not args.no_progress)
     result = visualize(config, dataset, args.output, args.checkpoint)
     for reason in result.skipped.values():

@@ -446,6 +446,7 @@ def check_values(config: Config) -> None:
         problems.append(f"evaluate.max_pixels must be at least 1, got {e.max_pixels}")
     if min(e.scales) <= 0:
         problems.append(f"evaluate.scales must all be positive, got {list(e.scales)}")
+    problems += _size_problems(config)
     if e.mode not in EVALUATE_MODES:
         problems.append(f"evaluate.mode must be one of {', '.join(EVALUATE_MODES)}, got {e.mode!r}")
     if min(e.window) < 1 or min(e.stride) < 1:
@@ -455,6 +456,30 @@ def check_values(config: Config) -> None:
     problems += _folder_problems(config)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+MAX_SCALE = 8.0  # evaluate.scales above this make views no image needs, at 64x the pixels
+# The most pixels of one network input (a training crop, a validation batch image, a test view, a window): 0.4 G floats
+# per channel of the first convolutions already; a larger one fails deep inside TensorFlow for want of memory.
+MAX_INPUT_PIXELS = 100_000_000
+
+
+def _size_problems(config: Config) -> list[str]:
+    """Sizes whose tensors could never fit, refused with the limit named instead of failing inside TensorFlow."""
+    d, e = config.data, config.evaluate
+    problems = []
+    if max(e.scales) > MAX_SCALE:
+        problems.append(f"evaluate.scales must be at most {MAX_SCALE:g}, got {list(e.scales)}")
+    sizes = [("data.crop_size", d.crop_size), ("data.val_size", d.val_size), ("evaluate.window", e.window)]
+    test_size = e.resolved_test_size(d.base_size)
+    if test_size is not None:
+        scale = min(max(e.scales), MAX_SCALE)
+        sizes.append((f"evaluate.test_size at scale {scale:g}", (test_size[0] * scale, test_size[1] * scale)))
+    for key, (height, width) in sizes:
+        if height * width > MAX_INPUT_PIXELS:
+            problems.append(f"{key} makes network inputs of {height * width:,.0f} pixels, above the {MAX_INPUT_PIXELS:,} "
+                            "that fit in memory: lower it")  # fmt: skip
+    return problems
 
 
 def _non_finite(config, prefix: str = "") -> list[str]:

@@ -140,6 +140,11 @@ def evaluate_split(
             if refused:
                 too_large[image_path] = refused
         pairs = tuple(pair for pair in pairs if pair[0] not in too_large)
+        if not pairs:
+            raise errors.DataError(
+                f"every image of the {split} split has more than evaluate.max_pixels={max_pixels:,} pixels: nothing to "
+                "score; raise it with --set evaluate.max_pixels=N if the memory allows (see docs/evaluation.md)"
+            )
     count = len(pairs)
     dataset = native_resolution_dataset(root, split, classes, pairs)
     confusion = metrics.ConfusionMatrix(num_classes)
@@ -377,7 +382,7 @@ def confusion_figure(matrix, names, top: int = FIGURE_CLASSES, colours=None):
     image = axes.imshow(
         np.ma.masked_equal(normalised, 0.0), norm=colors.LogNorm(vmin=1e-4, vmax=1.0), cmap="viridis", interpolation="nearest"
     )
-    labels = [names[i] for i in shown]
+    labels = [inference.figure_text(names[i]) for i in shown]
     axes.set_xticks(range(len(shown)), labels, rotation=90, fontsize=8)
     axes.set_yticks(range(len(shown)), labels, fontsize=8)
     axes.set_xlabel("prediction")

@@ -410,3 +410,8 @@ def overlay(image, train_ids, alpha: float = OVERLAY_ALPHA, classes: ClassTable 
         keep = (train_ids[rows] == IGNORE_LABEL)[..., None]
         result[rows] = np.round(np.where(keep, band, blended))
     return result
+
+
+def figure_text(text: str) -> str:
+    """``text`` as matplotlib draws it literally: a ``$`` would start mathtext (and a bad formula raises)."""
+    return text.replace("$", r"\$")

@@ -15,9 +15,13 @@ import tqdm
 
 from fcn import crfasrnn_keras, errors, outputs
 from fcn.config import Config
-from fcn.datasets.files import IMAGE_EXTENSIONS, display_path, scan_image_folder
+from fcn.datasets.files import display_path, scan_image_folder
 from fcn.errors import InferenceError
 from fcn.inference import overlay, predictor_from_config, read_image, too_large, write_label_png, write_rgb_png
+
+
+# What a folder given to --image is searched for: the formats the image reader decodes.
+PREDICT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 def list_images(paths) -> tuple[list[str], dict[str, str]]:
@@ -34,14 +38,16 @@ def list_images(paths) -> tuple[list[str], dict[str, str]]:
     files, unopenable = [], {}
     for path in paths:
         if os.path.isdir(path):
-            scan = scan_image_folder(path)
+            scan = scan_image_folder(path, PREDICT_EXTENSIONS)
             for entry, reason in scan.unreadable:
                 unopenable[entry] = f"{display_path(entry)}: {reason}"
             if not scan.files and not scan.unreadable:
-                raise InferenceError(f"{display_path(path)}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+                raise InferenceError(f"{display_path(path)}: no images ({', '.join(PREDICT_EXTENSIONS)}) in this folder")
             files.extend(scan.files)
         elif os.path.isfile(path):
             files.append(path)
+        elif os.path.exists(path):  # a pipe, a device: reported, and the other images are still segmented
+            unopenable[path] = f"{display_path(path)}: not a regular file (a pipe or a device): give an image file"
         else:
             raise InferenceError(f"--image {display_path(path)}: no such file or folder")
     stems = {}

@@ -73,8 +73,8 @@ def comparison_figure(images, labels, predictions, names=None, titles=None, fcn_
                 ax.text(0.5, 0.5, "no annotation", ha="center", va="center", transform=ax.transAxes)
                 continue
             ax.imshow(panel, interpolation="nearest")
-            ax.set_title(titles[row] if titles and column == 0 else heading, fontsize=9)
-    handles = [Patch(facecolor=classes.palette()[i] / 255.0, edgecolor="grey", label=names[i]) for i in present]
+            ax.set_title(inference.figure_text(titles[row]) if titles and column == 0 else heading, fontsize=9)
+    handles = [Patch(facecolor=classes.palette()[i] / 255.0, edgecolor="grey", label=inference.figure_text(names[i])) for i in present]
     handles.append(Patch(facecolor="black", label="other (ignored)"))
     figure.legend(handles=handles, loc="outside lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
     return figure

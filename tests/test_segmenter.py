@@ -11,7 +11,7 @@ from conftest import SAMPLE_ROOT, run_fcn, save_run
 from PIL import Image
 
 from fcn import Segmenter, inference
-from fcn.datasets.classes import ClassTable
+from fcn.datasets import voc
 
 FIXTURE_IMAGES = sorted(glob.glob(os.path.join(SAMPLE_ROOT, "images", "validation", "*.jpg")))
 
@@ -141,7 +141,7 @@ def test_labels_are_those_predict_writes_for_the_released_file(released_file, tm
     result = run_fcn("--mode=predict", "--pretrained", released_file, "--image", image, "--output", str(output), "--no_progress")
     assert result.returncode == 0, result.stderr[-3000:]
     segmenter = Segmenter.from_pretrained(released_file)
-    assert segmenter.classes.names == ClassTable.voc().names
+    assert segmenter.classes.names == voc.class_table().names
     labels = segmenter(image)
     stem = os.path.splitext(os.path.basename(image))[0]
     written = np.asarray(Image.open(output / f"{stem}.png"))

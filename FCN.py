@@ -17,7 +17,9 @@ try:  # a Ctrl-C in the first moments lands in these imports: a message, not a t
     import signal
     import sys
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the console
+    # Keep TensorFlow's C++ start-up chatter off the console; on a machine with no NVIDIA device its one error line
+    # (a failed cuInit: nothing to use) is noise too.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if os.path.exists("/dev/nvidiactl") else "3")
     from fcn import config as config_lib  # (after the environment is set)
     from fcn import errors
 except KeyboardInterrupt:

@@ -131,7 +131,7 @@ def evaluate_split(
     pairs = dataset.usable_pairs(split)
     folder = None
     if save_predictions:  # claimed before any image is scored: nothing is written over a file fcn did not write
-        folder = outputs.OutputFolder(save_predictions, "--save_predictions")
+        folder = outputs.OutputFolder(save_predictions, "--save_predictions", writer="--mode=evaluate")
         folder.claim({image: [_stem(image) + ".png"] for image, _ in pairs}, [p for pair in pairs for p in pair], dataset.root)
     too_large = {}
     if max_pixels is not None:
@@ -186,7 +186,7 @@ def _stem(path: str) -> str:
 
 def _reports_folder(output_dir: str, root) -> outputs.OutputFolder:
     """A user's ``--output`` folder, claimed for the reports before any work."""
-    folder = outputs.OutputFolder(output_dir, "--output")
+    folder = outputs.OutputFolder(output_dir, "--output", writer="--mode=evaluate")
     folder.claim({"evaluate": REPORT_FILES}, dataset_root=datasets.as_dataset(root).root)
     return folder
 

@@ -31,10 +31,11 @@ class OutputFolder:
       path: the folder (created by ``claim``).
       flag: the flag that named it, for messages (``--output``).
       list_file: the name of the folder's list of fcn's own files.
+      writer: what writes there, for messages (``--mode=predict``).
     """
 
-    def __init__(self, path: str, flag: str, list_file: str = LIST_FILE):
-        self.path, self.flag, self.list_file = path, flag, list_file
+    def __init__(self, path: str, flag: str, list_file: str = LIST_FILE, writer: str = "fcn"):
+        self.path, self.flag, self.list_file, self.writer = path, flag, list_file, writer
         self.ours = set()
 
     def _read_list(self) -> set[str]:
@@ -79,12 +80,12 @@ class OutputFolder:
                 )
             if os.path.realpath(target) in real_inputs:
                 raise OutputError(
-                    f"{self.flag} {display_path(self.path)} would write over the input {display_path(target)}: choose "
+                    f"{self.flag} {display_path(self.path)} would write over the input image {display_path(target)}: choose "
                     f"another {self.flag} folder (nothing was written)"
                 )
             if os.path.lexists(target) and name not in self.ours:
                 raise OutputError(
-                    f"{display_path(target)} exists and was not written by fcn: choose another {self.flag} folder, or "
+                    f"{display_path(target)} exists and was not written by {self.writer}: choose another {self.flag} folder, or "
                     "move the file away (nothing was written)"
                 )
 

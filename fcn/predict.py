@@ -82,7 +82,7 @@ def output_folder(files: list[str], output_dir: str) -> outputs.OutputFolder:
       OutputError: an output would write over an input or a file predict did not write, or two inputs
         would write the same file.
     """
-    folder = outputs.OutputFolder(output_dir, "--output", OUTPUTS_LIST)
+    folder = outputs.OutputFolder(output_dir, "--output", OUTPUTS_LIST, "--mode=predict")
     folder.claim({path: [_stem(path) + suffix for suffix in OUTPUT_SUFFIXES] for path in files}, inputs=files)
     return folder
 

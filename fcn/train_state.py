@@ -141,8 +141,8 @@ def _initialise_from(model: keras.Model, source: str, report) -> None:
         prefix = checkpoints.restore_model_weights(fcn_view, source, report=report)
     except checkpoints.MismatchError as error:
         raise TrainingError(
-            f"--init_from {source}: its weights do not fit this model (data.num_classes, model.fc_channels must "
-            f"be those of its run): {error}"
+            f"--init_from {source}: its weights do not fit this model (data.num_classes, model.fc_channels and "
+            f"model.backbone must be those of its run): {error}"
         ) from None
     except checkpoints.CheckpointError as error:
         raise TrainingError(f"--init_from {source}: {error}") from None

@@ -114,7 +114,7 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
     folder = None
     if output_dir:  # a user's folder: claimed before any work, nothing written over a file fcn did not write
         names = [f"{kind}_{k}.png" for k in range(config.evaluate.visualize_images) for kind in ("inp", "gt", "pred", "pred_fcn")]
-        folder = outputs.OutputFolder(output_dir, "--output")
+        folder = outputs.OutputFolder(output_dir, "--output", writer="--mode=visualize")
         folder.claim({"visualize": names + [FIGURE_FILE]}, dataset_root=datasets.as_dataset(root).root)
     predictor, prefix = inference.predictor_from_config(config, checkpoint, with_fcn=True)
     classes = predictor.classes

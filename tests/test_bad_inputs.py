@@ -66,3 +66,19 @@ def test_predict_reads_every_format_in_a_folder_and_reports_a_pipe_without_stopp
     assert result.returncode == 1 and "pipe.jpg: not a regular file" in result.stderr and "Traceback" not in result.stderr
     labels = sorted(n for n in os.listdir(out) if n.count("_") == 1 and not n.startswith("."))  # photo_EXT.png only
     assert labels == [f"photo_{e}.png" for e in ("bmp", "gif", "jpg", "png", "webp")]
+
+
+@pytest.mark.slow  # FCN.py in a child process: TensorFlow's warnings go to the real stderr
+def test_a_refused_init_from_is_one_line_naming_the_keys(tiny_run, tmp_path):
+    from fcn import datasets
+
+    data = str(tmp_path / "ADEChallengeData2016")
+    datasets.generate_sample_dataset(data, num_train=2, num_val=1, progress=False)
+    result = run_fcn("--mode=train", "--data_dir", data, "--logs_dir", str(tmp_path / "run"), "--init_from", tiny_run,
+                     "--set", "model.backbone=vgg19", "--pretrained_weights", "none", "--set", "model.fc_channels=16",
+                     "--max_steps", "1", "--crop_size", "32", "--batch_size", "1", "--no_progress", subprocess_=True)  # fmt: skip
+    assert result.returncode == 1
+    assert "data.num_classes, model.fc_channels and model.backbone must be those of its run" in result.stderr
+    lines = [line for line in result.stderr.splitlines()  # not TensorFlow's start-up lines (the test sets their level)
+             if line.strip() and not line.startswith(("I0000", "WARNING: All log")) and "cuInit" not in line]
+    assert len(lines) == 1 and "Value in checkpoint" not in result.stderr, lines[:5]  # it printed ~100 warnings before

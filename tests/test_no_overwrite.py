@@ -60,7 +60,7 @@ def test_evaluate_and_visualize_never_write_over_a_users_files(run_and_data, tmp
     for args in (["--mode=evaluate", "--output", str(mine)], ["--mode=evaluate", "--save_predictions", str(mine)],
                  ["--mode=visualize", "--output", str(mine)]):  # fmt: skip
         result = run_fcn(*args, *common(logs, data))
-        assert result.returncode == 1 and "exists and was not written by fcn" in result.stderr, args
+        assert result.returncode == 1 and "exists and was not written by --mode=" in result.stderr, args
         assert digests(mine) == before, args
     result = run_fcn("--mode=visualize", "--output", os.path.join(data, "images", "validation"), *common(logs, data))
     assert result.returncode == 1 and "is inside the dataset" in result.stderr

@@ -353,15 +353,16 @@ def too_large(path: str, max_pixels: int, size=None) -> str:
     cannot be read is left to the decoder to report.
     """
     if size is None:
+        bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # only the header is read: any size will do
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(path) as picture:
                     width, height = picture.size
-        except Image.DecompressionBombError:
-            width, height = Image.MAX_IMAGE_PIXELS, 2  # PIL refuses above twice its limit: the count is at least that
         except Exception:  # not an image PIL reads: the decoder names the problem
             return ""
+        finally:
+            Image.MAX_IMAGE_PIXELS = bomb_limit
     else:
         height, width = size
     if height * width <= max_pixels:

@@ -448,6 +448,8 @@ def _loop(run: _Run) -> TrainResult:
     status, last_validation = "finished", {}
     bar = tqdm.tqdm(total=train.max_steps, initial=start, unit="step", desc="training", disable=not run.progress, dynamic_ncols=True)
     timer_start, timer_images = time.perf_counter(), 0
+    # A training split whose every pixel is ignored (all annotations unusable, or all "other") teaches nothing.
+    split_size, labelled, examples = len(run.root.usable_pairs("training")), 0, 0
     with stop_requests() as stop, contextlib.closing(bar):
         try:
             if start == 0:
@@ -457,6 +459,14 @@ def _loop(run: _Run) -> TrainResult:
                 local_batch = {key: run.local(value) for key, value in batch.items()}
                 if run.skipped.record(local_batch):
                     run.report_skipped()
+                if not labelled:
+                    labelled = int(np.count_nonzero(np.asarray(local_batch["label"]) != IGNORE_LABEL))
+                    examples += train.batch_size
+                    if not labelled and examples >= split_size:
+                        raise TrainingError(
+                            f"a whole pass over the {split_size} training pairs met no labelled pixel: every annotation is "
+                            "unusable or all ignored, so there is nothing to learn from. --mode=check_data lists why"
+                        )
                 step = int(state.step) + 1
                 output = run.train_step(batch["image"], batch["label"])
                 loss = float(output.loss)

@@ -82,3 +82,74 @@ def test_a_refused_init_from_is_one_line_naming_the_keys(tiny_run, tmp_path):
     lines = [line for line in result.stderr.splitlines()  # not TensorFlow's start-up lines (the test sets their level)
              if line.strip() and not line.startswith(("I0000", "WARNING: All log")) and "cuInit" not in line]
     assert len(lines) == 1 and "Value in checkpoint" not in result.stderr, lines[:5]  # it printed ~100 warnings before
+
+
+def test_a_huge_header_is_reported_with_its_own_size(tmp_path):
+    import io
+    import struct
+
+    from fcn import inference
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    marker = data.index(b"\xff\xc0")  # the frame header: height and width after the marker, length and precision
+    struct.pack_into(">HH", data, marker + 5, 65000, 65000)
+    (tmp_path / "huge.jpg").write_bytes(bytes(data))
+    message = inference.too_large(str(tmp_path / "huge.jpg"), 100_000_000)
+    assert "65000x65000 = 4,225,000,000 pixels, more than evaluate.max_pixels = 100,000,000" in message  # was 89478485x2
+
+
+def test_class_table_messages_name_the_line_and_the_difference(tmp_path):
+    from fcn import errors
+
+    path = tmp_path / "classes.csv"
+    path.write_text("id,name,r,g,b\n1,a,1,1,1\n2,b,1,1,1\n1,c,1,1,1\n")
+    with pytest.raises(errors.DataError, match="line 4: class id 1 is already given on line 2"):
+        ClassTable.read_csv(str(path))
+    path.write_text("id,name,r,g,b\n1,a,1,1,1\n2,b,1,1,1\n3,a,1,1,1\n")
+    with pytest.raises(errors.DataError, match="line 4: class name 'a' is already given on line 2"):
+        ClassTable.read_csv(str(path))
+    three = ClassTable(("x", "y", "z"), (1, 2, 3), ((0, 0, 0),) * 3)
+    other = ClassTable(("x", "y", "z"), (10, 20, 30), ((0, 0, 0),) * 3)
+    assert three.difference(other) == "class ids [1, 2, 3] only here, [10, 20, 30] only there"  # not '3 classes ... 3 classes'
+    renamed = ClassTable(("x", "why", "z"), (1, 2, 3), ((0, 0, 0),) * 3)
+    assert three.difference(renamed) == "other names: 'y' for 'why'"
+
+
+def _folder_dataset(root, label_value=None, rgb=False, values=(1, 2)):
+    """A folder dataset of two pairs per split whose annotations are all ``label_value``, RGB pictures, or ``values``."""
+    rng = np.random.default_rng(0)
+    os.makedirs(root)
+    with open(os.path.join(root, "classes.csv"), "w") as f:
+        f.write("id,name,r,g,b,ignore\n0,unlabelled,0,0,0,1\n1,sky,70,130,180,0\n2,road,128,64,128,0\n")
+    for split in ("training", "validation"):
+        for kind in ("images", "annotations"):
+            os.makedirs(os.path.join(root, kind, split))
+        for k in range(2):
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3)).astype(np.uint8)).save(os.path.join(root, "images", split, f"p{k}.jpg"))
+            if rgb:
+                annotation = Image.fromarray(rng.integers(0, 3, (40, 48, 3)).astype(np.uint8))
+            elif label_value is not None:
+                annotation = Image.fromarray(np.full((40, 48), label_value, np.uint8))
+            else:
+                annotation = Image.fromarray(rng.choice(values, (40, 48)).astype(np.uint8))
+            annotation.save(os.path.join(root, "annotations", split, f"p{k}.png"))
+    return root
+
+
+def test_check_data_refuses_a_dataset_with_nothing_labelled_and_names_unknown_values(tmp_path):
+    ignored = _folder_dataset(str(tmp_path / "ignored"), label_value=0)
+    result = run_fcn("--mode=check_data", "--data_dir", ignored, "--no_progress")
+    assert result.returncode == 1 and "no labelled pixel" in result.stdout and "no problems found" not in result.stdout
+    unknown = _folder_dataset(str(tmp_path / "unknown"), values=(1, 42, 77))
+    result = run_fcn("--mode=check_data", "--data_dir", unknown, "--no_progress")
+    assert result.returncode == 1 and "(values [42, 77])" in result.stdout
+
+
+def test_training_on_a_split_with_nothing_to_learn_from_stops_saying_why(tmp_path):
+    root = _folder_dataset(str(tmp_path / "rgb"), rgb=True)
+    result = run_fcn("--mode=train", "--data_dir", root, "--logs_dir", str(tmp_path / "run"), "--pretrained_weights", "none",
+                     "--set", "model.fc_channels=8", "--crop_size", "32", "--batch_size", "2", "--max_steps", "3",
+                     "--set", "train.val_every=100", "--no_progress")  # fmt: skip
+    assert result.returncode == 1 and "met no labelled pixel" in result.stderr and "Traceback" not in result.stderr

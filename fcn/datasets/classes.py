@@ -128,6 +128,7 @@ class ClassTable:
         ignore_column = header.index("ignore") if "ignore" in header else None
         format_column = header.index("format") if "format" in header else None
         names, ids, colours, ignored, palette = [], [], [], [], None
+        lines_of = {}  # id or name -> the line that first gave it
         for number, row in enumerate(rows[1:], start=2):
             row = [cell.strip() for cell in row] + [""] * (len(header) - len(row))
             where = f"{path}, line {number}"
@@ -152,7 +153,12 @@ class ClassTable:
                     raise DataError(f"{where}: value {value} is listed more than once")
                 ignored.append(value)
                 continue
-            names.append(row[1][1:] if row[1][:1] == "'" and row[1][1:2] in _FORMULA_STARTS else row[1])
+            name = row[1][1:] if row[1][:1] == "'" and row[1][1:2] in _FORMULA_STARTS else row[1]
+            for key, what in (((("id", value)), f"class id {value}"), (("name", name), f"class name {visible(name)}")):
+                if key in lines_of:
+                    raise DataError(f"{where}: {what} is already given on line {lines_of[key]}; ids and names must be distinct")
+                lines_of[key] = number
+            names.append(name)
             ids.append(value)
             colours.append((r, g, b))
         if not names:
@@ -189,6 +195,19 @@ class ClassTable:
 
     def describe(self) -> str:
         return f"{self.num_classes} classes ({self.source or 'class table'})"
+
+    def difference(self, other: "ClassTable") -> str:
+        """How this table reads annotations differently from ``other``, for messages (its side first)."""
+        if self.ids != other.ids:
+            if set(self.ids) == set(other.ids):
+                return f"the same ids in another order: {list(self.ids)[:10]} against {list(other.ids)[:10]}"
+            mine, theirs = sorted(set(self.ids) - set(other.ids)), sorted(set(other.ids) - set(self.ids))
+            return f"class ids {mine[:10]} only here, {theirs[:10]} only there" if mine and theirs else (
+                f"class ids {mine[:10]} only here" if mine else f"class ids {theirs[:10]} missing here")
+        if set(self.ignore_values) != set(other.ignore_values):
+            return f"ignored values {sorted(self.ignore_values)} against {sorted(other.ignore_values)}"
+        renamed = [(a, b) for a, b in zip(self.names, other.names) if a != b]
+        return "other names: " + ", ".join(f"{visible(a)} for {visible(b)}" for a, b in renamed[:5])
 
     # -- mappings
 

@@ -29,7 +29,7 @@ REPO = os.path.dirname(BENCH)
 sys.path.insert(0, REPO)
 
 import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
-from input_pipeline import print_table  # noqa: E402
+from common import print_table  # noqa: E402
 
 # Run in the child with the tree under test first on sys.path; prints one JSON line.
 CHILD = r"""
@@ -41,9 +41,9 @@ import numpy as np
 from fcn import train
 from fcn.config import load_config
 sys.path.append(bench)  # bench/model.py of this tree, for the peak and the FLOP counter
-from model import conv_flops, measure_peak
+from common import conv_flops, measure_peak
 with tempfile.TemporaryDirectory() as work:
-    from input_pipeline import make_training_root
+    from common import make_training_root
     root = make_training_root(os.path.join(work, "data"))
     config = load_config(None, [("model.vgg_weights", "none"), ("model.fc_channels", 4096), ("data.data_dir", root),
                                 ("logs_dir", os.path.join(work, "logs"))] + [tuple(o) for o in overrides])

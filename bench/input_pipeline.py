@@ -35,34 +35,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from common import SAMPLE_ROOT, SAMPLE_SPLIT, make_training_root, print_table  # noqa: E402
 from fcn import data  # noqa: E402
 from fcn.config import DataConfig  # noqa: E402
 
-SAMPLE_ROOT = os.path.join(REPO, "tests", "fixtures", "ADEChallengeData2016")
-SAMPLE_SPLIT = "validation"
 WARMUP_BATCHES = 3
-
-
-def make_training_root(directory: str) -> str:
-    """Lays out the sample pairs as the ``training`` split under ``directory``.
-
-    Symlinks where the file system allows them, copies otherwise, so the
-    fixtures are never modified.
-
-    Returns:
-      The dataset root.
-    """
-    for kind in ("images", "annotations"):
-        source_dir = os.path.join(SAMPLE_ROOT, kind, SAMPLE_SPLIT)
-        target_dir = os.path.join(directory, kind, "training")
-        os.makedirs(target_dir)
-        for name in sorted(os.listdir(source_dir)):
-            source, target = os.path.join(source_dir, name), os.path.join(target_dir, name)
-            try:
-                os.symlink(source, target)
-            except OSError:
-                shutil.copyfile(source, target)
-    return directory
 
 
 def training_step_images_per_second(crop: int, batch: int, steps: int, work_dir: str) -> tuple[float, str]:
@@ -75,8 +52,7 @@ def training_step_images_per_second(crop: int, batch: int, steps: int, work_dir:
     Returns:
       (images/s, "" or why the measurement failed).
     """
-    # bench/train.py imports this module for make_training_root and print_table: imported here, not at the top.
-    import train as bench_train
+    import train as bench_train  # only when the step is timed: it sets up a process of its own
     from fcn.config import load_config
 
     config = load_config(None, bench_train.base_overrides(work_dir))
@@ -262,13 +238,6 @@ def main(argv=None) -> None:
     else:
         print(f"training step: {step_failure}")
 
-
-def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    """Prints rows with the first column left-aligned and the rest right-aligned."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
-        print("  ".join(cells).rstrip())
 
 if __name__ == "__main__":
     main()

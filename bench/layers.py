@@ -60,8 +60,7 @@ import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
 from fcn import model as model_lib  # noqa: E402
 from fcn import train  # noqa: E402
 from fcn.config import load_config  # noqa: E402
-from input_pipeline import make_training_root, print_table  # noqa: E402
-from model import conv_flops, conv_layer_shapes, measure_peak, print_peaks, time_runs  # noqa: E402
+from common import conv_flops, conv_layer_shapes, make_training_root, measure_peak, print_peaks, print_table, time_runs  # noqa: E402
 
 NUM_CLASSES = 150
 

@@ -180,10 +180,10 @@ def mean_field(
 
     Args:
       unaries: (B, H, W, C) unary logits U.
-      spatial: callable ``(values, weights)``: the unnormalised spatial filter
-        of (B, H, W, K) values, followed by the channel product with (L, K)
-        weights when they are not None: (B, H, W, L), out[..., l] =
-        sum_k weights[l, k] filtered[..., k].
+      spatial: callable ``(values, weights)``: the spatial filter of
+        (B, H, W, K) values divided, pixel by pixel, by the filter of ones,
+        followed by the channel product with (L, K) weights: (B, H, W, L),
+        out[..., l] = sum_k weights[l, k] filtered[..., k].
       bilateral: callable, the same for the bilateral kernel.
       spatial_kernel_weights: (C, C), message l from the filtered label k.
       bilateral_kernel_weights: (C, C).
@@ -193,25 +193,17 @@ def mean_field(
     Returns:
       (B, H, W, C) refined logits U - pairwise.
     """
-    # Built from the shape alone, so that no gradient is traced through the norms;
-    # each norm is filtered once per call and inverted once, not per iteration.
-    ones = tf.ones(tf.concat([tf.shape(unaries)[:-1], [1]], axis=0), unaries.dtype)  # (B, H, W, 1)
-    spatial_scale = 1.0 / spatial(ones, None)
-    bilateral_scale = 1.0 / bilateral(ones, None)
     # pairwise = mu W_s spatial(q) / spatial_norm + mu W_b bilateral(q) / bilateral_norm.
     # The C x C products go into the filters (the bilateral one applies its
-    # product to the lattice vertices, fewer than the pixels), and a per-pixel
-    # scale commutes with the channel product, so each filter's output is
-    # scaled afterwards. The products are negated here, once, so that an
-    # iteration is one sum: U - pairwise in a single pass.
+    # product to the lattice vertices, fewer than the pixels). The products are
+    # negated here, once, so that an iteration is one sum: U - pairwise in a
+    # single pass.
     spatial_weights = -tf.matmul(compatibility, spatial_kernel_weights)  # (C, C), l <- k
     bilateral_weights = -tf.matmul(compatibility, bilateral_kernel_weights)
     logits = unaries
     for _ in range(num_iterations):
         q = tf.nn.softmax(logits)  # (B, H, W, C)
-        logits = tf.add_n(
-            [unaries, spatial(q, spatial_weights) * spatial_scale, bilateral(q, bilateral_weights) * bilateral_scale]
-        )
+        logits = tf.add_n([unaries, spatial(q, spatial_weights), bilateral(q, bilateral_weights)])
     return logits
 
 
@@ -285,10 +277,15 @@ class CrfRnn(keras.layers.Layer):
     def call(self, inputs, num_iterations=None):
         unaries, image = inputs
         unaries = tf.cast(unaries, self.compute_dtype)  # (B, H, W, C)
-        lattice = build_image_lattice(image, self.theta_alpha, self.theta_beta)
+        # Both norms once per call: the bilateral one folded into the lattice's
+        # slice, the spatial one a per-pixel scale (built from the shape alone,
+        # so no gradient is traced through it).
+        lattice = permutohedral.normalised(build_image_lattice(image, self.theta_alpha, self.theta_beta))
+        ones = tf.ones(tf.concat([tf.shape(unaries)[:-1], [1]], axis=0), unaries.dtype)  # (B, H, W, 1)
+        spatial_scale = 1.0 / spatial_filter(ones, self.theta_gamma)
         return mean_field(
             unaries,
-            spatial=lambda values, weights: spatial_message(values, self.theta_gamma, weights),
+            spatial=lambda values, weights: spatial_message(values, self.theta_gamma, weights) * spatial_scale,
             bilateral=lambda values, weights: permutohedral.lattice_filter(lattice, values, channel_weights=weights),
             spatial_kernel_weights=tf.convert_to_tensor(self.spatial_kernel_weights),
             bilateral_kernel_weights=tf.convert_to_tensor(self.bilateral_kernel_weights),

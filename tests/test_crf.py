@@ -313,6 +313,34 @@ def test_filter_gradients_are_the_transposed_filters(crops):
         np.testing.assert_allclose(gradient, matrix.T @ upstream.numpy().reshape(-1), rtol=1e-9, err_msg=name)
 
 
+def test_normalised_lattice_divides_by_the_filter_of_ones_gradient_included(crops):
+    """``permutohedral.normalised``: filter(v) / filter(1) point by point, and its gradient the transposed matrix."""
+    image = crops[1:3, :10, :9]  # two images: one lattice part each
+    lattice = crf.build_image_lattice(image, 5.0, 30.0)
+    normalised = permutohedral.normalised(lattice)
+    size = 10 * 9
+    identity = tf.reshape(tf.eye(size, dtype=tf.float64), (1, 10, 9, size))
+    upstream = tf.constant(np.random.default_rng(20).normal(size=(2, 10, 9, 1)))
+    for i in range(2):
+        alone = crf.build_image_lattice(image[i : i + 1], 5.0, 30.0)
+        norm = permutohedral.lattice_filter(alone, tf.ones((1, 10, 9, 1), tf.float64)).numpy().reshape(size, 1)
+        expected = tf.reshape(permutohedral.lattice_filter(alone, identity), (size, size)).numpy() / norm
+        values = tf.zeros((2, 10, 9, 1), tf.float64)
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            output = permutohedral.lattice_filter(normalised, values)
+            loss = tf.reduce_sum(output[i] * upstream[i])
+        batch_identity = tf.concat([identity, identity], axis=0)
+        matrix = tf.reshape(permutohedral.lattice_filter(normalised, batch_identity)[i], (size, size)).numpy()
+        # The scale is computed once in float32 (the lattice's dtype): agreement to its rounding.
+        np.testing.assert_allclose(matrix, expected, rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(matrix.sum(1), 1.0, rtol=1e-6)  # rows of a normalised filter sum to one
+        gradient = tape.gradient(loss, values).numpy()[i].reshape(-1)
+        np.testing.assert_allclose(gradient, expected.T @ upstream[i].numpy().reshape(-1), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="normalised"):
+        permutohedral.lattice_filter(normalised, tf.ones((2, 10, 9, 1)), transpose=True)
+
+
 # ---------------------------------------------------------------------------
 # The layer.
 
@@ -449,25 +477,28 @@ def reference_problem(crops):
 def test_mean_field_matches_the_numpy_reference_at_every_iteration_count(reference_problem):
     """``crf.mean_field`` with exact filters against NumPy, iterations 0..N, to float64 rounding.
 
-    The spatial path is the layer's own (``spatial_message``, exact); the
-    bilateral filter is the brute-force Gaussian sum as a dense matrix, so any
-    difference is mean field's. Measured on iterates 1-5: swapping the two
+    The spatial path is the layer's own (``spatial_message``, exact, divided by
+    the filter of ones); the bilateral filter is the brute-force normalised
+    Gaussian sum as a dense matrix, so any difference is mean field's. Measured on iterates 1-5: swapping the two
     kernel weights moves the logits by 0.37 or more, transposing the
     compatibility by 1.8 or more, one iteration too few by 0.90 or more;
     asserted at 1e-9.
     """
     unaries, image, (spatial_weights, bilateral_weights, compatibility), iterates = reference_problem
     kernel = brute_force_bilateral(np.eye(64).reshape(8, 8, 64), image, **{k: REFERENCE_THETAS[k] for k in ("theta_alpha", "theta_beta")})
-    kernel = tf.constant(kernel.reshape(64, 64))  # column j: the sums of pixel j's kernel
+    kernel = kernel.reshape(64, 64)  # symmetric: row i holds pixel i's kernel
+    kernel = tf.constant(kernel / kernel.sum(1, keepdims=True))  # normalised
+    theta_gamma = REFERENCE_THETAS["theta_gamma"]
+    spatial_scale = 1.0 / crf.spatial_filter(tf.ones((1, 8, 8, 1), tf.float64), theta_gamma)
 
     def bilateral(values, weights):  # (1, 8, 8, K) -> (1, 8, 8, L), exact
         filtered = tf.reshape(tf.matmul(kernel, tf.reshape(values, (64, -1))), (1, 8, 8, -1))
-        return filtered if weights is None else tf.einsum("bhwk,lk->bhwl", filtered, weights)
+        return tf.einsum("bhwk,lk->bhwl", filtered, weights)
 
     for count, expected in enumerate(iterates):
         refined = crf.mean_field(
             tf.constant(unaries[None]),
-            spatial=lambda values, weights: crf.spatial_message(values, REFERENCE_THETAS["theta_gamma"], weights),
+            spatial=lambda values, weights: crf.spatial_message(values, theta_gamma, weights) * spatial_scale,
             bilateral=bilateral,
             spatial_kernel_weights=tf.constant(spatial_weights),
             bilateral_kernel_weights=tf.constant(bilateral_weights),

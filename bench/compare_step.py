@@ -78,13 +78,20 @@ def run_side(tree: str, args, overrides) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", required=True, help="another source tree of this project (holding fcn/)")
+    parser.add_argument("--baseline", help="another source tree of this project (holding fcn/); required but with --smoke")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--turns", type=int, default=2, help="turns; each runs both sides once, order alternating")
     parser.add_argument("--steps", type=int, default=1, help="timed steps per process, after one warm-up")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for both sides")
+    parser.add_argument("--smoke", action="store_true",
+                        help="this tree against itself, 32x32 batch 1, fc6/fc7 64 wide, one turn (for the tests)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.baseline = args.baseline or REPO
+        args.size, args.batch, args.turns, args.steps, args.set = 32, 1, 1, 1, args.set + ["model.fc_channels=64"]
+    if not args.baseline:
+        parser.error("--baseline is required")
     if not os.path.isdir(os.path.join(args.baseline, "fcn")):
         parser.error(f"--baseline {args.baseline}: no fcn/ package there")
     overrides = [item.split("=", 1) for item in args.set]

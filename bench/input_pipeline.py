@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
+import common  # noqa: E402
 from common import SAMPLE_ROOT, SAMPLE_SPLIT, make_training_root, print_table  # noqa: E402
 from fcn import data  # noqa: E402
 from fcn.config import DataConfig  # noqa: E402
@@ -42,7 +43,9 @@ from fcn.config import DataConfig  # noqa: E402
 WARMUP_BATCHES = 3
 
 
-def training_step_images_per_second(crop: int, batch: int, steps: int, work_dir: str) -> tuple[float, str]:
+def training_step_images_per_second(
+    crop: int, batch: int, steps: int, work_dir: str, fc_channels: int = 4096
+) -> tuple[float, str]:
     """Images/s of the real float32 training step at ``crop`` x ``crop``, batch ``batch``.
 
     Measured by ``bench/train.py``'s ``measure`` in a fresh process (one
@@ -55,7 +58,7 @@ def training_step_images_per_second(crop: int, batch: int, steps: int, work_dir:
     import train as bench_train  # only when the step is timed: it sets up a process of its own
     from fcn.config import load_config
 
-    config = load_config(None, bench_train.base_overrides(work_dir))
+    config = load_config(None, bench_train.base_overrides(work_dir, fc_channels))
     memory_limit_gb = min(bench_train.MAX_MEMORY_FRACTION * bench_train.available_gb(), 10.0)
     _, results, failure = bench_train.measure(config, crop, batch, steps, memory_limit_gb)
     if failure or not results:
@@ -166,10 +169,14 @@ def main(argv=None) -> None:
         "--step_batch", type=int, default=2, help="batch of the training step timed at the same crop (0: not timed)"
     )
     parser.add_argument("--step_steps", type=int, default=1, help="timed training steps, after one warm-up")
+    parser.add_argument("--smoke", action="store_true", help="64x64 crops, batch 2, 1 s, a narrow model's step (for the tests)")
+    parser.add_argument("--summary", help="write the headline ratios to this JSON file (bench/all.py)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.seconds, args.batch_size, args.crop, args.step_batch, args.step_steps = 1.0, 2, 64, 1, 1
     if args.step_batch < 0 or args.step_steps < 1:
         parser.error("--step_batch must be at least 0 and --step_steps at least 1")
-    load_at_start = os.getloadavg()[0]
+    load_at_start = common.load_average()
 
     config = dataclasses.replace(DataConfig(), crop_size=(args.crop, args.crop))
     with tempfile.TemporaryDirectory(prefix="fcn_bench_") as directory:
@@ -184,7 +191,7 @@ def main(argv=None) -> None:
         step_rate, step_failure = 0.0, "not timed (--step_batch 0)"
         if args.step_batch:
             step_rate, step_failure = training_step_images_per_second(
-                args.crop, args.step_batch, args.step_steps, os.path.join(directory, "step")
+                args.crop, args.step_batch, args.step_steps, os.path.join(directory, "step"), 64 if args.smoke else 4096
             )
     load_at_end = os.getloadavg()[0]
 
@@ -229,6 +236,10 @@ def main(argv=None) -> None:
             *ratio_rows,
         ],
     )
+    summary = [("input pipeline / plain loop, images/s", f"{pipeline_rate / loop_rate:.1f}")]
+    if step_rate:
+        summary.append((f"input pipeline / training step {args.crop}x{args.crop}, images/s", f"{pipeline_rate / step_rate:.1f}"))
+    common.write_summary(args.summary, "input_pipeline", summary)
     if step_rate:
         print(
             f"training step: fcn.train.make_train_step, full FCN-8s float32, {args.crop}x{args.crop} batch "

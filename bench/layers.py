@@ -60,6 +60,7 @@ import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
 from fcn import model as model_lib  # noqa: E402
 from fcn import train  # noqa: E402
 from fcn.config import load_config  # noqa: E402
+import common  # noqa: E402
 from common import conv_flops, conv_layer_shapes, make_training_root, measure_peak, print_peaks, print_table, time_runs  # noqa: E402
 
 NUM_CLASSES = 150
@@ -218,11 +219,15 @@ def main(argv=None) -> None:
     parser.add_argument("--only", default="", help="comma-separated layer names to time (default: all)")
     parser.add_argument("--conv2d_fc7_step", action="store_true",
                         help="also time the step with fc7 a keras Conv2D, in turns with the real step")
+    parser.add_argument("--smoke", action="store_true", help="32x32 batch 1, fc6/fc7 64 wide, one run each (for the tests)")
+    parser.add_argument("--summary", help="write the headline ratios to this JSON file (bench/all.py)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.size, args.batch, args.repeats, args.step_repeats, args.conv2d_fc7_step = 32, 1, 1, 1, True
 
     with tempfile.TemporaryDirectory(prefix="fcn-bench-layers-") as work_dir:
         config = load_config(None, [
-            ("model.fc_channels", 4096),
+            ("model.fc_channels", 64 if args.smoke else 4096),
             ("data.data_dir", make_training_root(os.path.join(work_dir, "data"))),
             ("logs_dir", os.path.join(work_dir, "logs")),
         ])
@@ -305,6 +310,12 @@ def main(argv=None) -> None:
                           f"{peer_seconds:.2f}", f"{step_flops / peer_seconds / 1e9:.0f}",
                           f"{step_flops / peer_seconds / 1e9 / peak_rate:.2f}", ""))
     print_table(("layer", "op", "GFLOP", "s", "GFLOP/s", "/peak", "of step"), table)
+    summary = [(f"all convolutions {args.size}x{args.size} batch {args.batch} / 3x3 conv peak",
+                f"{conv_flops_total / conv_seconds / 1e9 / peak_rate:.2f}")]
+    if step_seconds:
+        summary.append((f"all convolutions / training step {args.size}x{args.size} batch {args.batch}",
+                        f"{conv_seconds / step_seconds:.2f}"))
+    common.write_summary(args.summary, "layers", summary)
     print()
     if peer_seconds:
         print(f"step with fc7 as Conv2D / step, per turn ({args.step_repeats} turns, order alternating): "

@@ -134,7 +134,10 @@ def main(argv=None) -> int:
     parser.add_argument("--budget_gb", type=float, default=8.0, help="the memory budget the suggested limit fits (GiB)")
     parser.add_argument("--max_memory_gb", type=float, default=16.0, help="a child above this resident memory is killed (GiB)")
     parser.add_argument("--prepare", nargs=2, metavar=("MODEL", "RUN_DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="the sample model on one 0.02 M pixel image (for the tests)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.models, args.megapixels = ["sample"], [0.02]
     if args.prepare:
         prepare_run(*args.prepare)
         return 0

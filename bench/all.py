@@ -30,10 +30,10 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 # Script name -> (quick arguments, or None when it has no quick figure; smoke arguments).
 # The one place that lists the benches: adding one is one line.
 BENCHES = {
-    "model": (["--quick"], ["--smoke"]),
+    "model": (["--quick", "--repeats", "1"], ["--smoke"]),
     "train": (["--debug", "--shape", "256x2", "--steps", "2"], ["--smoke"]),
-    "inference": (["--quick"], ["--smoke"]),
-    "crf": (["--quick"], ["--smoke"]),
+    "inference": (["--quick", "--repeats", "1"], ["--smoke"]),
+    "crf": (["--quick", "--repeats", "2"], ["--smoke"]),
     "input_pipeline": (["--seconds", "5", "--crop", "256", "--batch_size", "4", "--step_batch", "0"], ["--smoke"]),
     "memory": (["--models", "sample", "--megapixels", "1"], ["--smoke"]),
     "layers": (None, ["--smoke"]),

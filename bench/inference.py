@@ -15,7 +15,8 @@ Usage, from the repo root::
     python bench/inference.py [--quick] [--single_view] [--smoke] [--repeats 2] [--summary FILE]
 
 The full FCN-8s (fc6/fc7 4096, 150 classes, random weights); ``--quick``: the
-single-view rows and scales (0.75, 1.0, 1.25) + flip at the protocol only;
+first image only, the single-view rows and scales (0.75, 1.0, 1.25) + flip at
+the protocol;
 ``--single_view``: the single-view rows only; ``--smoke``: fc6/fc7 64 wide, 5
 classes, images cut to 96x64 and fitted into 192x64 (for the tests).
 """
@@ -94,7 +95,7 @@ def main(argv=None) -> None:
     keras.utils.set_random_seed(0)
     num_classes, fc_channels = (5, 64) if args.smoke else (150, 4096)
     model = build_fcn8s(num_classes, fc_channels=fc_channels)
-    images = fixture_images(args.smoke)
+    images = fixture_images(args.smoke)[: 1 if args.quick else None]
     # The smoke images (96x64) fitted into 2048x512 would be 768x512: fitted into 192x64 they keep their size.
     protocol, protocol_size = ("192x64 protocol (smoke)", (192, 64)) if args.smoke else ("2048x512 protocol", PROTOCOL_SIZE)
     settings = [(protocol, protocol_size, (1.0,), False), ("own size", None, (1.0,), False)]

@@ -60,7 +60,7 @@ NO_PROXY = {"http": None, "https": None}
 def make_run(logs_dir: str, fc_channels: int, overrides=()) -> config_lib.Config:
     """A run directory holding a random-weight FCN-8s checkpoint and its config, as training leaves one."""
     config = config_lib.load_config(
-        None, [("logs_dir", logs_dir), ("model.fc_channels", fc_channels), ("model.vgg_weights", "none"), *overrides]
+        None, [("logs_dir", logs_dir), ("model.fc_channels", fc_channels), ("model.pretrained_weights", "none"), *overrides]
     )
     model = model_lib.build_fcn8s(config.data.num_classes or 150, fc_channels=fc_channels)
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model), os.path.join(logs_dir, "checkpoints"), 1).save(checkpoint_number=1)

@@ -142,7 +142,13 @@ class StepOutput:
 
 
 def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.Strategy):
-    """The compiled training step: ``step(images, labels) -> StepOutput``.
+    """The compiled training step: ``step(images, labels, debug=config.train.debug) -> StepOutput``.
+
+    With ``--debug`` there are two compiled steps: ``debug=True`` also returns
+    the activations and gradients (for a summary step's histograms),
+    ``debug=False`` is the plain step, so that the other steps cost what a
+    plain step costs (returned activations stay alive and keep their buffers
+    from being reused).
 
     Each replica's loss is its summed pixel losses divided by the labelled
     pixels of the whole global batch; the optimizer sums the replicas'
@@ -168,10 +174,10 @@ def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.S
         total = tf.add_n([tf.reduce_sum(v) for v in checked])
         return 1.0 - tf.cast(tf.math.is_finite(total), tf.float32)
 
-    def replica_step(images, labels):
+    def replica_step(images, labels, debug):
         replica_context = tf.distribute.get_replica_context()
         with tf.GradientTape() as tape:
-            if probe is not None:
+            if debug:
                 logits, activations = probe(images, training=True)
             else:
                 logits, activations = model(images, training=True), {}
@@ -192,25 +198,31 @@ def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.S
             gradients = [tf.identity(g) for g in gradients]
         non_finite = update(gradients)
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        return loss, predictions, activations, gradients if train.debug else [], non_finite
-
-    compiled_replica_step = tf.function(replica_step, jit_compile=train.jit_compile or None)
+        return loss, predictions, activations, gradients if debug else [], non_finite
 
     def first(value):
         return strategy.experimental_local_results(value)[0]
 
-    @tf.function
-    def step(images, labels):
-        loss, predictions, activations, gradients, non_finite = strategy.run(compiled_replica_step, args=(images, labels))
-        return (
-            strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-            first(predictions),
-            {name: first(value) for name, value in activations.items()},
-            [first(g) for g in gradients],
-            strategy.reduce(tf.distribute.ReduceOp.SUM, non_finite, axis=None) == 0.0,
+    def compile_step(debug: bool):
+        compiled_replica_step = tf.function(
+            lambda images, labels: replica_step(images, labels, debug), jit_compile=train.jit_compile or None
         )
 
-    return lambda images, labels: StepOutput(*step(images, labels))
+        @tf.function
+        def step(images, labels):
+            loss, predictions, activations, gradients, non_finite = strategy.run(compiled_replica_step, args=(images, labels))
+            return (
+                strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                first(predictions),
+                {name: first(value) for name, value in activations.items()},
+                [first(g) for g in gradients],
+                strategy.reduce(tf.distribute.ReduceOp.SUM, non_finite, axis=None) == 0.0,
+            )
+
+        return step
+
+    steps = {debug: compile_step(debug) for debug in {False, train.debug}}
+    return lambda images, labels, debug=train.debug: StepOutput(*steps[bool(debug) and train.debug](images, labels))
 
 
 def make_eval_step(model: keras.Model, num_classes: int):
@@ -468,7 +480,8 @@ def _loop(run: _Run) -> TrainResult:
                             "unusable or all ignored, so there is nothing to learn from. --mode=check_data lists why"
                         )
                 step = int(state.step) + 1
-                output = run.train_step(batch["image"], batch["label"])
+                summary_step = step % train.summary_every == 0 or step == train.max_steps
+                output = run.train_step(batch["image"], batch["label"], debug=summary_step)
                 loss = float(output.loss)
                 if not math.isfinite(loss) or not bool(output.finite):
                     # Step s starts from the weights of step s - 1: a checkpoint of them is not a good one.
@@ -481,7 +494,7 @@ def _loop(run: _Run) -> TrainResult:
                 images_per_second = timer_images / max(time.perf_counter() - timer_start, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", images_per_s=f"{images_per_second:.2f}")
-                if step % train.summary_every == 0 or step == train.max_steps:
+                if summary_step:
                     run.write_train_summaries(step, output, local_batch, images_per_second)
                     timer_start, timer_images = time.perf_counter(), 0
                 if step % train.val_every == 0 or step == train.max_steps:

@@ -17,7 +17,9 @@ try:  # a Ctrl-C in the first moments lands in these imports: a message, not a t
     import signal
     import sys
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the console
+    # Keep TensorFlow's C++ start-up chatter off the console; on a machine with no NVIDIA device its one error line
+    # (a failed cuInit: nothing to use) is noise too.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if os.path.exists("/dev/nvidiactl") else "3")
     from fcn import config as config_lib  # (after the environment is set)
     from fcn import errors
 except KeyboardInterrupt:
@@ -43,6 +45,7 @@ MODES = {
     "predict": Mode("fcn.predict", "segment --image files", True),
     "export": Mode("fcn.export", "a SavedModel for serving"),
     "check_data": Mode("fcn.check_data", "scan a dataset and report problems"),
+    "serve": Mode("fcn.serve", "a demo page and TF Serving's REST API on --host:--port", True),
     "config": Mode("fcn.print_config", "print the resolved configuration (what set each non-default key) and exit"),
 }
 
@@ -89,6 +92,17 @@ def add_switch(parser: argparse.ArgumentParser, flag: str, description: str, def
     parser.add_argument(
         flag, nargs="?", const=True, default=default, type=on_off, metavar="True|False", help=description
     )
+
+
+def height_width(text: str) -> tuple[int, int]:
+    """``H`` or ``H,W`` as (H, W) of positive integers."""
+    try:
+        size = [int(n) for n in text.split(",")]
+    except ValueError:
+        size = []
+    if len(size) not in (1, 2) or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected H or H,W (positive integers), got {text!r}")
+    return size[0], size[-1]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train: start from the model weights of this run directory or checkpoint (not its step), e.g. a trained "
         "FCN run to fine-tune with --crf, or crfasrnn_keras's crfrnn_keras_model.h5 (train.init_from)",
     )
+    parser.add_argument("--format", choices=("saved_model", "tflite"), default="saved_model",
+                        help="export: a SavedModel (TF Serving), or TensorFlow Lite for images of --input_size (LOGS_DIR/export_tflite)")
+    parser.add_argument("--input_size", metavar="H[,W]", type=height_width, default=(512, 512), help="export --format tflite: the input's height and width")
+    parser.add_argument("--host", default="127.0.0.1", help="serve: the address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8501, help="serve: the port (8501, TF Serving's REST port; 0: a free one)")
+    parser.add_argument("--model_name", default="fcn", help="serve: NAME in the API's /v1/models/NAME:predict")
     add_switch(parser, "--no_progress", "no progress bars", default=False)
     parser.epilog += (
         " On/off flags take --flag, --flag=True or --flag=False (also 1, 0). Exit status: 0 success, "
@@ -217,6 +237,9 @@ def resolve_config(args: argparse.Namespace) -> config_lib.Config:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    for flag in ("checkpoint", "output", "save_predictions", "pretrained"):  # ~ as a shell reads it, also in --flag=~/x
+        setattr(args, flag, os.path.expanduser(getattr(args, flag)))
+    args.image = [os.path.expanduser(path) for path in args.image]
     mode = MODES[args.mode]
     try:
         config = resolve_config(args)

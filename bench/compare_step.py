@@ -29,7 +29,7 @@ REPO = os.path.dirname(BENCH)
 sys.path.insert(0, REPO)
 
 import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
-from input_pipeline import print_table  # noqa: E402
+from common import print_table  # noqa: E402
 
 # Run in the child with the tree under test first on sys.path; prints one JSON line.
 CHILD = r"""
@@ -41,19 +41,19 @@ import numpy as np
 from fcn import train
 from fcn.config import load_config
 sys.path.append(bench)  # bench/model.py of this tree, for the peak and the FLOP counter
-from model import conv_flops, measure_peak
+from common import conv_flops, measure_peak
 with tempfile.TemporaryDirectory() as work:
-    from input_pipeline import make_training_root
+    from common import make_training_root
     root = make_training_root(os.path.join(work, "data"))
-    config = load_config(None, [("model.vgg_weights", "none"), ("model.fc_channels", 4096), ("data.data_dir", root),
+    config = load_config(None, [("model.pretrained_weights", "none"), ("model.fc_channels", 4096), ("data.data_dir", root),
                                 ("logs_dir", os.path.join(work, "logs"))] + [tuple(o) for o in overrides])
     strategy = train.setup_process(config)
     import tensorflow as tf
-    state = train.create_train_state(config, strategy)
+    state = train_state.create_train_state(config, strategy)
     step = train.make_train_step(state, config, strategy)
     rng = np.random.default_rng(size + batch)
     images = tf.constant(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
-    labels = tf.constant(rng.integers(0, config.data.num_classes, (batch, size, size), dtype=np.uint8))
+    labels = tf.constant(rng.integers(0, config.data.num_classes or 150, (batch, size, size), dtype=np.uint8))
     before, _, _ = measure_peak()
     start = time.perf_counter(); float(step(images, labels).loss); warmup = time.perf_counter() - start
     seconds = []
@@ -78,13 +78,20 @@ def run_side(tree: str, args, overrides) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", required=True, help="another source tree of this project (holding fcn/)")
+    parser.add_argument("--baseline", help="another source tree of this project (holding fcn/); required but with --smoke")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--turns", type=int, default=2, help="turns; each runs both sides once, order alternating")
     parser.add_argument("--steps", type=int, default=1, help="timed steps per process, after one warm-up")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for both sides")
+    parser.add_argument("--smoke", action="store_true",
+                        help="this tree against itself, 32x32 batch 1, fc6/fc7 64 wide, one turn (for the tests)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.baseline = args.baseline or REPO
+        args.size, args.batch, args.turns, args.steps, args.set = 32, 1, 1, 1, args.set + ["model.fc_channels=64"]
+    if not args.baseline:
+        parser.error("--baseline is required")
     if not os.path.isdir(os.path.join(args.baseline, "fcn")):
         parser.error(f"--baseline {args.baseline}: no fcn/ package there")
     overrides = [item.split("=", 1) for item in args.set]

@@ -59,13 +59,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the table readable
 
-import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
 import numpy as np  # noqa: E402
 import scipy.ndimage  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fcn import crf, datasets, permutohedral
+import common  # noqa: E402  (bench/ is on sys.path as the script's folder)
+import device  # noqa: E402
+from fcn import crf, permutohedral
 from fcn.datasets import decode
+from fcn import datasets
 
 tf.get_logger().setLevel("ERROR")  # retracing notices: every configuration is a new function on purpose
 
@@ -92,10 +94,13 @@ def noisy_unaries(label: np.ndarray, num_classes: int, rng) -> np.ndarray:
     return (8.0 * blurred + rng.normal(0.0, 2.0, one_hot.shape)).astype(np.float32)
 
 
-def cases(quick: bool):
+def cases(quick: bool, smoke: bool = False):
     """[(name, image uint8 (H, W, 3), unaries float32 (H, W, C))]."""
     rng = np.random.default_rng(0)
     image, label = decode.load_example(*datasets.list_split(SAMPLE_ROOT, "validation").pairs[0])
+    if smoke:
+        image, label = image[200:248, 300:364], label[200:248, 300:364]
+        return [("ADE_val_00000001.jpg crop 64x48, C = 5", image, noisy_unaries(label, 5, rng))]
     height, width = image.shape[:2]
     result = [(f"ADE_val_00000001.jpg {width}x{height}, C = 21", image, noisy_unaries(label, 21, rng))]
     if quick:
@@ -172,6 +177,7 @@ def side_by_side(case_list, repeats: int) -> None:
         print("   pydensecrf2 is not installed (pip install pydensecrf2): timing our layer alone")
     print("| case | ours | pydensecrf2 | pydensecrf2 / ours (median of the runs' ratios, range) | same label | load average |")
     print("| --- | --- | --- | --- | --- | --- |")
+    summary = []
     for name, image, unaries in case_list:
         layer = new_layer(unaries.shape[-1])
         forward = tf.function(lambda u, i: tf.argmax(layer([u, i]), axis=-1))
@@ -195,14 +201,18 @@ def side_by_side(case_list, repeats: int) -> None:
             f"({ratios.min():.2f}-{ratios.max():.2f}) | {100 * same:.2f} % | {load} |",
             flush=True,
         )
+        summary += [(f"pydensecrf2 / ours, time, {name}", f"{np.median(ratios):.2f}"),
+                    (f"same label as pydensecrf2, %, {name}", f"{100 * same:.2f}")]
+    return summary
 
 
 def parts(case_list, repeats: int) -> None:
     print(f"\n2. Where the time goes: each part alone on the case's C channels, median of {repeats} (seconds)")
-    print("| case | bilateral lattice build | position lattice build | splat | blur (6 directions) | slice "
+    print("| case | bilateral lattice build | splat | blur (6 directions) | slice "
           "| bilateral filter + C x C product | spatial filter + C x C product | softmax, norms, rest "
-          "| sum per forward pass |")
+          "| rest / bilateral filter | sum per forward pass |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    summary = []
     rng = np.random.default_rng(1)
     for name, image, unaries in case_list:
         num_classes = unaries.shape[-1]
@@ -212,11 +222,7 @@ def parts(case_list, repeats: int) -> None:
         def build(images):
             return crf.build_image_lattice(images, THETA_ALPHA, THETA_BETA)
 
-        @tf.function
-        def build_positions(images):
-            return crf.build_position_lattice(images, THETA_GAMMA)
-
-        lattice, positions = build(image_batch), build_positions(image_batch)
+        lattice = build(image_batch)
         part = lattice.parts[0]
         flat = tf.reshape(values, (-1, num_classes))
         weights = tf.constant(rng.normal(size=(num_classes, num_classes)), tf.float32)
@@ -231,20 +237,19 @@ def parts(case_list, repeats: int) -> None:
 
         splat = chunked(lambda x: tf.sparse.sparse_dense_matmul(part.splat, x))
         vertex_values = splat(flat)
-        norms = [tf.constant(rng.random((1,) + unaries.shape[:2] + (1,)) + 1.0, tf.float32) for _ in range(2)]
+        scales = [tf.constant(1.0 / (rng.random((1,) + unaries.shape[:2] + (1,)) + 1.0), tf.float32) for _ in range(2)]
 
         def bilateral_filter(x):
             return permutohedral.lattice_filter(lattice, x, channel_weights=weights)
 
         def spatial_filter(x):
-            return crf.shared_lattice_filter(positions, x, weights)
+            return crf.spatial_message(x, THETA_GAMMA, weights)
 
         def rest(logits, spatial, bilateral):  # as in crf.mean_field, with the filters' outputs given
-            return logits - (spatial / norms[0] + bilateral / norms[1]), tf.nn.softmax(logits)
+            return tf.add_n([logits, spatial * scales[0], bilateral * scales[1]]), tf.nn.softmax(logits)
 
         seconds = {
             "build": median_seconds(build, (image_batch,), repeats),
-            "positions": median_seconds(build_positions, (image_batch,), repeats),
             "splat": median_seconds(splat, (flat,), repeats),
             "blur": median_seconds(chunked(blur_all), (vertex_values,), repeats),
             "slice": median_seconds(chunked(lambda x: tf.sparse.sparse_dense_matmul(part.slice, x)), (vertex_values,), repeats),
@@ -252,17 +257,20 @@ def parts(case_list, repeats: int) -> None:
             "spatial": median_seconds(tf.function(spatial_filter), (values,), repeats),
             "rest": median_seconds(tf.function(rest), (values, values, values), repeats),
         }
-        # Two builds; per iteration one filter of each kind and the rest (the
+        # One build; per iteration one filter of each kind and the rest (the
         # two normalisations filter one channel, left out here).
-        total = seconds["build"] + seconds["positions"] + NUM_ITERATIONS * (
+        total = seconds["build"] + NUM_ITERATIONS * (
             seconds["bilateral"] + seconds["spatial"] + seconds["rest"]
         )
         print(
-            f"| {name} | {seconds['build']:.3f} | {seconds['positions']:.3f} | {seconds['splat']:.3f} "
+            f"| {name} | {seconds['build']:.3f} | {seconds['splat']:.3f} "
             f"| {seconds['blur']:.3f} | {seconds['slice']:.3f} | {seconds['bilateral']:.3f} | {seconds['spatial']:.3f} "
-            f"| {seconds['rest']:.3f} | 2 builds + {NUM_ITERATIONS} x (filters + rest) = {total:.2f} |",
+            f"| {seconds['rest']:.3f} | {seconds['rest'] / seconds['bilateral']:.2f} "
+            f"| build + {NUM_ITERATIONS} x (filters + rest) = {total:.2f} |",
             flush=True,
         )
+        summary.append((f"CRF rest / bilateral filter per iteration, {name}", f"{seconds['rest'] / seconds['bilateral']:.2f}"))
+    return summary
 
 
 def _status_gib(field: str) -> float:
@@ -326,33 +334,44 @@ def training(repeats: int) -> None:
     print("| --- | --- | --- | --- | --- |")
     rows = (("CRF-RNN forward + backward", "crf", 1), ("CRF-RNN forward + backward", "crf", 4),
             ("FCN-8s training step (build_fcn8s(150), Adam)", "fcn", 1))
+    per_image = {}
     for title, kind, batch_size in rows:
         command = [sys.executable, os.path.abspath(__file__), "--training_child", f"{kind},{batch_size},{repeats}"]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()
         seconds, peak, base = (float(x) for x in output[-3:])
+        per_image[kind, batch_size] = seconds
         print(f"| {title} | {batch_size} | {seconds:.2f} | {peak:.2f} GiB | {base:.2f} GiB |", flush=True)
+    return [(f"CRF forward + backward / FCN-8s step, per image, {TRAIN_WIDTH}x{TRAIN_HEIGHT}, C = {TRAIN_CLASSES}, batch {b}",
+             f"{per_image['crf', b] / per_image['fcn', 1]:.2f}") for b in (1, 4)]
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the C = 21 fixture case only, no training part")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the median is shown)")
     parser.add_argument("--no_training", action="store_true", help="parts 1 and 2 only")
     parser.add_argument("--parts_only", action="store_true", help="part 2 only (where the time goes), every case")
+    parser.add_argument("--smoke", action="store_true", help="a 64x48 crop at C = 5, one repeat, no training (for the tests)")
+    parser.add_argument("--summary", help="write the headline ratios to this JSON file (bench/all.py)")
     parser.add_argument("--training_child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.repeats, args.no_training = 1, True
     if args.training_child:
         kind, batch_size, repeats = args.training_child.split(",")
         training_child(kind, int(batch_size), int(repeats))
         return
     print(device.describe())
     print(f"load average at start: {load_average()}")
-    case_list = cases(args.quick)
+    case_list = cases(args.quick, args.smoke)
+    summary = []
     if not args.parts_only:
-        side_by_side(case_list, args.repeats)
-    parts(case_list, args.repeats)
+        summary += side_by_side(case_list, args.repeats)
+    summary += parts(case_list, args.repeats)
     if not (args.quick or args.no_training or args.parts_only):
-        training(args.repeats)
+        summary += training(args.repeats)
+    summary.append(("load average at the end", load_average().split()[0]))
+    common.write_summary(args.summary, "crf", summary)
     print(f"\nload average at the end: {load_average()}")
 
 

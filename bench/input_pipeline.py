@@ -22,7 +22,6 @@ import argparse
 import collections
 import dataclasses
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -31,42 +30,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the table readable
 
-import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fcn import data, datasets
+import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
+import common  # noqa: E402
+from common import make_training_root, print_table  # noqa: E402
+from fcn import data
 from fcn.config import DataConfig  # noqa: E402
 from fcn.datasets import decode
+from fcn import datasets
 
-SAMPLE_ROOT = os.path.join(REPO, "tests", "fixtures", "ADEChallengeData2016")
-SAMPLE_SPLIT = "validation"
 WARMUP_BATCHES = 3
 
 
-def make_training_root(directory: str) -> str:
-    """Lays out the sample pairs as the ``training`` split under ``directory``.
-
-    Symlinks where the file system allows them, copies otherwise, so the
-    fixtures are never modified.
-
-    Returns:
-      The dataset root.
-    """
-    for kind in ("images", "annotations"):
-        source_dir = os.path.join(SAMPLE_ROOT, kind, SAMPLE_SPLIT)
-        target_dir = os.path.join(directory, kind, "training")
-        os.makedirs(target_dir)
-        for name in sorted(os.listdir(source_dir)):
-            source, target = os.path.join(source_dir, name), os.path.join(target_dir, name)
-            try:
-                os.symlink(source, target)
-            except OSError:
-                shutil.copyfile(source, target)
-    return directory
-
-
-def training_step_images_per_second(crop: int, batch: int, steps: int, work_dir: str) -> tuple[float, str]:
+def training_step_images_per_second(
+    crop: int, batch: int, steps: int, work_dir: str, fc_channels: int = 4096
+) -> tuple[float, str]:
     """Images/s of the real float32 training step at ``crop`` x ``crop``, batch ``batch``.
 
     Measured by ``bench/train.py``'s ``measure`` in a fresh process (one
@@ -76,12 +56,10 @@ def training_step_images_per_second(crop: int, batch: int, steps: int, work_dir:
     Returns:
       (images/s, "" or why the measurement failed).
     """
-    # bench/train.py imports this module for make_training_root and print_table: imported here, not at the top.
-    import train as bench_train
-
+    import train as bench_train  # only when the step is timed: it sets up a process of its own
     from fcn.config import load_config
 
-    config = load_config(None, bench_train.base_overrides(work_dir))
+    config = load_config(None, bench_train.base_overrides(work_dir, fc_channels))
     memory_limit_gb = min(bench_train.MAX_MEMORY_FRACTION * bench_train.available_gb(), 10.0)
     _, results, failure = bench_train.measure(config, crop, batch, steps, memory_limit_gb)
     if failure or not results:
@@ -192,10 +170,14 @@ def main(argv=None) -> None:
         "--step_batch", type=int, default=2, help="batch of the training step timed at the same crop (0: not timed)"
     )
     parser.add_argument("--step_steps", type=int, default=1, help="timed training steps, after one warm-up")
+    parser.add_argument("--smoke", action="store_true", help="64x64 crops, batch 2, 1 s, a narrow model's step (for the tests)")
+    parser.add_argument("--summary", help="write the headline ratios to this JSON file (bench/all.py)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.seconds, args.batch_size, args.crop, args.step_batch, args.step_steps = 1.0, 2, 64, 1, 1
     if args.step_batch < 0 or args.step_steps < 1:
         parser.error("--step_batch must be at least 0 and --step_steps at least 1")
-    load_at_start = os.getloadavg()[0]
+    load_at_start = common.load_average()
 
     config = dataclasses.replace(DataConfig(), crop_size=(args.crop, args.crop))
     with tempfile.TemporaryDirectory(prefix="fcn_bench_") as directory:
@@ -210,7 +192,7 @@ def main(argv=None) -> None:
         step_rate, step_failure = 0.0, "not timed (--step_batch 0)"
         if args.step_batch:
             step_rate, step_failure = training_step_images_per_second(
-                args.crop, args.step_batch, args.step_steps, os.path.join(directory, "step")
+                args.crop, args.step_batch, args.step_steps, os.path.join(directory, "step"), 64 if args.smoke else 4096
             )
     load_at_end = os.getloadavg()[0]
 
@@ -255,6 +237,10 @@ def main(argv=None) -> None:
             *ratio_rows,
         ],
     )
+    summary = [("input pipeline / plain loop, images/s", f"{pipeline_rate / loop_rate:.1f}")]
+    if step_rate:
+        summary.append((f"input pipeline / training step {args.crop}x{args.crop}, images/s", f"{pipeline_rate / step_rate:.1f}"))
+    common.write_summary(args.summary, "input_pipeline", summary)
     if step_rate:
         print(
             f"training step: fcn.train.make_train_step, full FCN-8s float32, {args.crop}x{args.crop} batch "
@@ -264,13 +250,6 @@ def main(argv=None) -> None:
     else:
         print(f"training step: {step_failure}")
 
-
-def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    """Prints rows with the first column left-aligned and the rest right-aligned."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
-        print("  ".join(cells).rstrip())
 
 if __name__ == "__main__":
     main()

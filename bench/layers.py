@@ -45,23 +45,24 @@ import argparse
 import dataclasses
 import os
 import statistics
+import time
 import sys
 import tempfile
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the table readable
 
-import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from input_pipeline import make_training_root, print_table  # noqa: E402
-from model import conv_flops, conv_layer_shapes, measure_peak, print_peaks, time_runs  # noqa: E402
 
-from fcn import model as model_lib
-from fcn import train
+import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from fcn import model as model_lib  # noqa: E402
+from fcn import train  # noqa: E402
+from fcn import train_state  # noqa: E402
 from fcn.config import load_config  # noqa: E402
+import common  # noqa: E402
+from common import conv_flops, conv_layer_shapes, make_training_root, measure_peak, print_peaks, print_table, time_runs  # noqa: E402
 
 NUM_CLASSES = 150
 
@@ -130,7 +131,7 @@ def conv_ops(layer, input_shape, output_shape, seed: int) -> dict[str, callable]
     return ops
 
 
-def conv2d_fc7_state(state: train.TrainState, config) -> train.TrainState:
+def conv2d_fc7_state(state: train_state.TrainState, config) -> train_state.TrainState:
     """``state`` with fc7 a keras ``Conv2D`` (1x1, "same"), the same weights, and an Adam of its own."""
 
     def clone(layer):
@@ -165,7 +166,7 @@ def alternate(runs: dict[str, callable], repeats: int) -> dict[str, list[float]]
     return seconds
 
 
-def update_ops(state: train.TrainState) -> dict[str, callable]:
+def update_ops(state: train_state.TrainState) -> dict[str, callable]:
     """The update of all trainable variables with fixed gradients: as the step runs it, and the alternatives.
 
     The step (``fcn.train.make_train_step``) runs ``fcn.optimizer.FusedAdam``
@@ -219,11 +220,15 @@ def main(argv=None) -> None:
     parser.add_argument("--only", default="", help="comma-separated layer names to time (default: all)")
     parser.add_argument("--conv2d_fc7_step", action="store_true",
                         help="also time the step with fc7 a keras Conv2D, in turns with the real step")
+    parser.add_argument("--smoke", action="store_true", help="32x32 batch 1, fc6/fc7 64 wide, one run each (for the tests)")
+    parser.add_argument("--summary", help="write the headline ratios to this JSON file (bench/all.py)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.size, args.batch, args.repeats, args.step_repeats, args.conv2d_fc7_step = 32, 1, 1, 1, True
 
     with tempfile.TemporaryDirectory(prefix="fcn-bench-layers-") as work_dir:
         config = load_config(None, [
-            ("model.fc_channels", 4096),
+            ("model.fc_channels", 64 if args.smoke else 4096),
             ("data.data_dir", make_training_root(os.path.join(work_dir, "data"))),
             ("logs_dir", os.path.join(work_dir, "logs")),
         ])
@@ -231,7 +236,7 @@ def main(argv=None) -> None:
         tf.get_logger().setLevel("ERROR")
         load_at_start = os.getloadavg()[0]
         peaks = [measure_peak()]
-        state = train.create_train_state(config, strategy)
+        state = train_state.create_train_state(config, strategy)
         model = state.model
         only = {name for name in args.only.split(",") if name}
         forward_flops = {name: flops * args.batch for name, flops in conv_flops(model, args.size, args.size).items()}
@@ -306,6 +311,12 @@ def main(argv=None) -> None:
                           f"{peer_seconds:.2f}", f"{step_flops / peer_seconds / 1e9:.0f}",
                           f"{step_flops / peer_seconds / 1e9 / peak_rate:.2f}", ""))
     print_table(("layer", "op", "GFLOP", "s", "GFLOP/s", "/peak", "of step"), table)
+    summary = [(f"all convolutions {args.size}x{args.size} batch {args.batch} / 3x3 conv peak",
+                f"{conv_flops_total / conv_seconds / 1e9 / peak_rate:.2f}")]
+    if step_seconds:
+        summary.append((f"all convolutions / training step {args.size}x{args.size} batch {args.batch}",
+                        f"{conv_seconds / step_seconds:.2f}"))
+    common.write_summary(args.summary, "layers", summary)
     print()
     if peer_seconds:
         print(f"step with fc7 as Conv2D / step, per turn ({args.step_repeats} turns, order alternating): "

@@ -86,7 +86,7 @@ def prepare_run(model: str, run_dir: str) -> None:
     from fcn import config as config_lib
     from fcn import model as model_lib
 
-    config = config_lib.load_config(os.path.join(REPO, MODELS[model][0]), [("model.vgg_weights", "none"), ("logs_dir", run_dir)])
+    config = config_lib.load_config(os.path.join(REPO, MODELS[model][0]), [("model.pretrained_weights", "none"), ("logs_dir", run_dir)])
     classes = ade20k.class_table(config.data.num_classes or 150)
     datasets.record_run_classes(run_dir, classes)
     network = model_lib.build_from_config(config.model, classes.num_classes)
@@ -137,7 +137,10 @@ def main(argv=None) -> int:
     parser.add_argument("--budget_gb", type=float, default=8.0, help="the memory budget the suggested limit fits (GiB)")
     parser.add_argument("--max_memory_gb", type=float, default=16.0, help="a child above this resident memory is killed (GiB)")
     parser.add_argument("--prepare", nargs=2, metavar=("MODEL", "RUN_DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="the sample model on one 0.02 M pixel image (for the tests)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.models, args.megapixels = ["sample"], [0.02]
     if args.prepare:
         prepare_run(*args.prepare)
         return 0

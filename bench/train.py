@@ -33,35 +33,41 @@ Usage, from the repo root::
 """
 
 import argparse
+import dataclasses
 import itertools
 import math
 import multiprocessing
 import os
 import resource
+import statistics
 import sys
 import tempfile
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the table readable
 
-import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from input_pipeline import make_training_root, print_table  # noqa: E402
-from model import (  # noqa: E402
+
+import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from fcn import summaries  # noqa: E402
+from fcn.config import Config, load_config  # noqa: E402
+from fcn import train  # noqa: E402
+from fcn import train_state  # noqa: E402
+import common  # noqa: E402
+from common import (  # noqa: E402
     CORES,
     TRAIN_FLOPS_PER_FORWARD,
     check_flop_counter,
     conv_flops,
+    make_training_root,
     measure_peak,
     print_peaks,
-    time_runs,
+    print_table,
 )
-
-from fcn import summaries, train
-from fcn.config import Config, load_config  # noqa: E402
 
 # (crop size, batch size): the same pixels per step.
 SHAPES = ((256, 8), (512, 2))
@@ -80,7 +86,7 @@ def setting_options(args: argparse.Namespace) -> dict[str, tuple]:
     A new flag (a strategy, a precision, XLA) adds a key here, and the table
     a column for it.
     """
-    options = {"train.debug": (False,) if args.quick or args.shape else (False, True)}
+    options = {"train.debug": (True,) if args.debug or args.smoke else (False,) if args.quick or args.shape else (False, True)}
     if args.strategy:
         options["train.strategy"] = tuple(args.strategy)
     if args.cpu_devices:
@@ -98,7 +104,7 @@ def settings(options: dict[str, tuple]) -> list[tuple[tuple[str, object], ...]]:
     return [tuple(zip(keys, values)) for values in itertools.product(*(options[key] for key in keys))]
 
 
-def base_overrides(work_dir: str) -> list[tuple[str, object]]:
+def base_overrides(work_dir: str, fc_channels: int = 4096) -> list[tuple[str, object]]:
     """The full model with random weights, on a throwaway run directory and dataset root.
 
     The steps timed here take the batch they are given; the dataset root (the
@@ -107,8 +113,8 @@ def base_overrides(work_dir: str) -> list[tuple[str, object]]:
     """
     root = make_training_root(os.path.join(work_dir, "data"))
     return [
-        ("model.vgg_weights", "none"),
-        ("model.fc_channels", 4096),
+        ("model.pretrained_weights", "none"),
+        ("model.fc_channels", fc_channels),
         ("data.data_dir", root),
         ("logs_dir", os.path.join(work_dir, "logs")),
     ]
@@ -126,48 +132,78 @@ def random_batch(batch: int, size: int, num_classes: int, seed: int) -> tuple[tf
     return tf.constant(images), tf.constant(labels)
 
 
-def steps_to_time(config: Config, state: train.TrainState, step, writer, images, labels) -> list[tuple[str, callable]]:
-    """(name, step returning the loss) for what a run of ``config`` does each step."""
+def steps_to_time(config: Config, state: train_state.TrainState, strategy, step, writer, images, labels) -> list[tuple[str, callable]]:
+    """(name, step returning the loss) for what a run of ``config`` does each step.
+
+    With ``--debug``: the plain step (``train.debug`` False, same state), the
+    debug run's ordinary step and its summary step with the histograms
+    written, so the three are timed in one process, in turns.
+    """
     if not config.train.debug:
         return [("train_step", lambda: float(step(images, labels).loss))]
+    plain_config = dataclasses.replace(config, train=dataclasses.replace(config.train, debug=False))
+    plain = train.make_train_step(state, plain_config, strategy)
     written = []
 
-    def step_with_debug():
-        output = step(images, labels)
+    def summary_step():
+        output = step(images, labels, debug=True)
         summaries.write_debug(writer, len(written), output.activations, output.gradients, state.model.trainable_variables)
         writer.flush()
         written.append(True)
         return float(output.loss)
 
     return [
-        ("train_step (debug outputs)", lambda: float(step(images, labels).loss)),
-        ("train_step + write_debug", step_with_debug),
+        ("train_step (debug False)", lambda: float(plain(images, labels).loss)),
+        ("--debug, other step", lambda: float(step(images, labels, debug=False).loss)),
+        ("--debug, summary step + write_debug", summary_step),
     ]
+
+
+def time_in_turns(runs: list[tuple[str, callable]], steps: int) -> dict[str, tuple[float, float, list]]:
+    """One warm-up each, then ``steps`` turns in which each run is timed once.
+
+    Returns:
+      name -> (median seconds, CPU share, losses); turns keep a change of load
+      from falling on one run only.
+    """
+    losses = {name: [run()] for name, run in runs}
+    seconds = {name: [] for name, _ in runs}
+    cpu = {name: 0.0 for name, _ in runs}
+    for _ in range(steps):
+        for name, run in runs:
+            cpu_start, start = time.process_time(), time.perf_counter()
+            losses[name].append(run())
+            seconds[name].append(time.perf_counter() - start)
+            cpu[name] += time.process_time() - cpu_start
+    return {
+        name: (statistics.median(seconds[name]), cpu[name] / (sum(seconds[name]) * CORES), losses[name])
+        for name, _ in runs
+    }
 
 
 def run_measurements(config: Config, size: int, batch: int, steps: int, connection) -> None:
     """In a child process: builds the training state, times its step and sends the results.
 
-    Sends ``("parameters", count)``, then for each step ``("phase", name)``
-    before timing it and ``("result", name, FLOPs, median seconds, CPU share,
-    peak resident GB, all losses finite)`` after.
+    Sends ``("parameters", count)``, then ``("phase", "timing")`` and, for
+    each timed step, ``("result", name, FLOPs, median seconds, CPU share,
+    peak resident GB, all losses finite)``.
     """
     strategy = train.setup_process(config)
-    state = train.create_train_state(config, strategy)
+    state = train_state.create_train_state(config, strategy)
     step = train.make_train_step(state, config, strategy)
     connection.send(("parameters", state.model.count_params()))
     flops = TRAIN_FLOPS_PER_FORWARD * batch * sum(conv_flops(state.model, size, size).values())
-    images, labels = random_batch(batch, size, config.data.num_classes, seed=size + batch)
+    images, labels = random_batch(batch, size, config.data.num_classes or 150, seed=size + batch)
     # Split the global batch over the strategy's replicas, as the training loop's input does.
     batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch, drop_remainder=True)
     images, labels = next(iter(strategy.experimental_distribute_dataset(batches)))
     writers = summaries.writers(config.logs_dir)
     try:
-        for name, timed in steps_to_time(config, state, step, writers["train"], images, labels):
-            connection.send(("phase", name))
-            losses = []
-            seconds, cpu_share = time_runs(lambda: losses.append(timed()), steps)
-            peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        runs = steps_to_time(config, state, strategy, step, writers["train"], images, labels)
+        connection.send(("phase", "timing " + ", ".join(name for name, _ in runs)))
+        timings = time_in_turns(runs, steps)
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        for name, (seconds, cpu_share, losses) in timings.items():
             connection.send(("result", name, flops, seconds, cpu_share, peak_gb, all(map(math.isfinite, losses))))
     finally:
         for writer in writers.values():
@@ -244,10 +280,27 @@ def measure(config: Config, size: int, batch: int, steps: int, memory_limit_gb: 
 # Main.
 
 
+def debug_ratios(rows, table_print: bool) -> list[tuple[str, str]]:
+    """The --debug run's other step and summary step over the plain step of the same process."""
+    seconds = {(size, batch, name): timing[0] for _, size, batch, name, _, timing in rows if not isinstance(timing, str)}
+    ratios = []
+    for (size, batch, name), value in seconds.items():
+        plain = seconds.get((size, batch, "train_step (debug False)"))
+        if plain and name.startswith("--debug"):
+            ratios.append((f"{name} / plain step, {size}x{size} batch {batch}", f"{value / plain:.2f}"))
+    if table_print and ratios:
+        print()
+        print_table(("same process, in turns", "ratio"), ratios)
+    return ratios
+
+
 def main(argv=None) -> None:
     """Runs the measurements and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="only 256x256 batch 8, without --debug")
+    parser.add_argument("--debug", action="store_true", help="only the --debug setting: the plain, other and summary steps in turns")
+    parser.add_argument("--smoke", action="store_true", help="32x32 batch 1, fc6/fc7 64 wide, --debug, one step (for the tests)")
+    parser.add_argument("--summary", help="write the headline ratios to this JSON file (bench/all.py)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per measurement, after one warm-up")
     parser.add_argument(
         "--strategy", nargs="+", choices=("default", "mirrored"), help="measure each of these strategies (train.strategy)"
@@ -268,9 +321,11 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     tf.get_logger().setLevel("ERROR")  # tf.profiler's v1 deprecation notices
+    if args.smoke:
+        args.steps = 1
     if args.steps < 1:
         parser.error("--steps must be at least 1")
-    shapes = SHAPES[:1] if args.quick else SHAPES
+    shapes = ((32, 1),) if args.smoke else SHAPES[:1] if args.quick else SHAPES
     if args.shape:
         try:
             shapes = tuple(tuple(int(n) for n in item.lower().split("x")) for item in args.shape)
@@ -281,14 +336,14 @@ def main(argv=None) -> None:
     options = setting_options(args)
     memory_limit_gb = min(args.max_memory_gb, MAX_MEMORY_FRACTION * available_gb())
 
-    load_at_start = os.getloadavg()[0]
+    load_at_start = common.load_average()
     check_flop_counter()
     # At the start and the end, as in bench/model.py, so one burst of other jobs does not set the yardstick.
     peaks = [measure_peak()]
     rows, notes = [], []
     parameters = 0
     with tempfile.TemporaryDirectory(prefix="fcn-bench-train-") as work_dir:
-        base = base_overrides(work_dir)
+        base = base_overrides(work_dir, 64 if args.smoke else 4096)
         for overrides in settings(options):
             config = load_config(None, base + list(overrides))  # a bad setting fails here, before any child
             for size, batch in shapes:
@@ -303,7 +358,7 @@ def main(argv=None) -> None:
                     rows.append((overrides, size, batch, status, 0, failure))
                     notes.append(f"{dict(overrides)} {size}x{size} batch {batch}: {failure}")
     peaks.append(measure_peak())
-    load_at_end = os.getloadavg()[0]
+    load_at_end = common.load_average()
 
     peak_rate = max(rate for rate, _, _ in peaks)
     peak_rate_per_cpu = max(rate / cpu_share for rate, _, cpu_share in peaks)
@@ -343,6 +398,12 @@ def main(argv=None) -> None:
          "GFLOP", "s/step", "images/s", "GFLOP/s", "/peak", "CPU", "/peak per CPU", "peak GB"),
         table,
     )
+    summary = debug_ratios(rows, table_print=True)
+    for overrides, size, batch, name, flops, timing in rows:
+        if name == "train_step" and not isinstance(timing, str):
+            summary.append((f"training step {size}x{size} batch {batch} {dict(overrides)} / 3x3 conv peak",
+                            f"{flops / timing[0] / 1e9 / peak_rate:.2f}"))
+    common.write_summary(args.summary, "train", summary)
     print()
     print_peaks(peaks, peak_rate, peak_rate_per_cpu)
     for note in notes:

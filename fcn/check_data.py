@@ -10,7 +10,7 @@ import tqdm
 from fcn import config as config_lib
 from fcn import datasets
 from fcn.datasets import ade20k, decode
-from fcn.datasets.classes import IGNORE_LABEL
+from fcn.datasets.classes import IGNORE_LABEL, read_label_png
 from fcn.datasets.files import SPLITS, decode_path, display_path
 
 
@@ -33,6 +33,8 @@ class SplitReport:
         which the pipeline refuses to choose between.
       entries_without_files: entries of a split list (VOC) with neither image
         nor annotation.
+      values_outside: image path -> the annotation values that are neither a
+        class nor ignored, for the pairs refused for them.
     """
 
     split: str
@@ -46,11 +48,17 @@ class SplitReport:
     unreadable: tuple[tuple[str, str], ...] = ()
     same_stem: tuple[tuple[str, ...], ...] = ()
     entries_without_files: tuple[str, ...] = ()
+    values_outside: dict = dataclasses.field(default_factory=dict)
 
     @property
     def no_pairs(self) -> bool:
         """No pairs, and no missing folder or listing problem that already explains why."""
         return self.pairs == 0 and not (self.missing_folders or self.unreadable or self.same_stem or self.entries_without_files)
+
+    @property
+    def nothing_labelled(self) -> bool:
+        """Pairs were read, but not one pixel of them is a class: nothing to learn from or to score."""
+        return self.pairs > 0 and len(self.problems) < self.pairs and int(self.label_pixels.sum()) == 0
 
     @property
     def error_count(self) -> int:
@@ -64,6 +72,7 @@ class SplitReport:
             + len(self.same_stem)
             + len(self.entries_without_files)
             + self.no_pairs
+            + self.nothing_labelled
         )
 
 
@@ -94,6 +103,7 @@ def check_split(root, split: str, num_classes: int = ade20k.NUM_CLASSES, progres
     report.same_stem = listing.same_stem
     if not listing.pairs:
         return report
+    annotations = dict(listing.pairs)
     paths = [os.fsencode(p) for pair in listing.pairs for p in pair]  # bytes: any file name, UTF-8 or not
     dataset = tf.data.Dataset.from_tensor_slices((paths[0::2], paths[1::2]))
     dataset = dataset.interleave(
@@ -108,10 +118,21 @@ def check_split(root, split: str, num_classes: int = ade20k.NUM_CLASSES, progres
     for path, error, counts, ignored in bar:
         if error != decode.ERROR_NONE:
             report.problems.append((decode_path(path), int(error)))
+            if error == decode.ERROR_LABEL_OUT_OF_RANGE:
+                report.values_outside[decode_path(path)] = _values_outside(annotations[decode_path(path)], classes)
         else:
             report.label_pixels += counts
             report.ignored_pixels += int(ignored)
     return report
+
+
+def _values_outside(annotation: str, classes) -> list[int]:
+    """The values of an annotation PNG that its class table does not know (at most 10)."""
+    try:
+        values = np.unique(read_label_png(annotation))
+    except Exception:  # noqa: BLE001  unreadable: the decoder already named the problem
+        return []
+    return [int(v) for v in values if classes.value_lookup()[v] < 0][:10]
 
 
 def check_dataset(root, num_classes: int = ade20k.NUM_CLASSES, progress: bool = True) -> list[SplitReport]:
@@ -164,9 +185,12 @@ def format_report(root: str, reports: list[SplitReport], limit: int = 20, classe
             f"{report.split}: {report.pairs} pairs, {report.pairs - len(report.problems)} usable, "
             f"{classes_present} classes present, {labelled} labelled and {report.ignored_pixels} ignored pixels"
         )
-        listing("missing folders", list(report.missing_folders))
+        listing("missing folders", [p for p in report.missing_folders if not os.path.splitext(p)[1]])
+        listing("missing split lists", [p for p in report.missing_folders if os.path.splitext(p)[1]])
         if report.no_pairs:
             lines.append("  no image/annotation pairs")
+        if report.nothing_labelled:
+            lines.append("  no labelled pixel: every pixel of the usable pairs is ignored, nothing to learn from or score")
         listing(
             "files that cannot be opened",
             [f"{display_path(path)}: {reason}" for path, reason in report.unreadable],
@@ -179,7 +203,8 @@ def format_report(root: str, reports: list[SplitReport], limit: int = 20, classe
         listing("images without annotation", list(report.images_without_annotation))
         listing("annotations without image", list(report.annotations_without_image))
         for code, message in decode.ERROR_MESSAGES.items():
-            listing(message, [path for path, error in report.problems if error == code])
+            listing(message, [path + (f" (values {report.values_outside[path]})" if report.values_outside.get(path) else "")
+                              for path, error in report.problems if error == code])  # fmt: skip
     errors = sum(r.error_count for r in reports)
     lines.append(f"{errors} problem(s) found" if errors else "no problems found")
     return "\n".join(lines)

@@ -26,6 +26,7 @@ best validation mean IoU). The rules, which every mode goes through:
 import dataclasses
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -210,6 +211,7 @@ def restore(
                 report(f"using {prefix}, the newest intact checkpoint")
             return prefix
         damaged.append(prefix)
+        _silence_unrestored_warnings()
         report(f"checkpoint {prefix} is damaged and was not used: {reason}")
         if found.named:
             break
@@ -225,18 +227,28 @@ def _read(checkpoint: tf.train.Checkpoint, prefix: str, partial: bool) -> str | 
     Raises:
       MismatchError: the files are intact but hold another model.
     """
+    status = None
     try:
         status = checkpoint.read(prefix)
         if partial:
             status.expect_partial()
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError) as error:
+        _quiet(status)
         raise MismatchError(f"cannot restore {prefix}: it holds another model ({_first_line(error)})") from None
     except tf.errors.DataLossError as error:
+        _quiet(status)
         return f"its data fails the checksum ({_first_line(error)})"
     except (tf.errors.OpError, IndexError, KeyError, OSError) as error:
+        _quiet(status)
         return f"it cannot be read ({_first_line(error)})"
     return None
+
+
+def _quiet(status) -> None:
+    """A refused read's status leaves without TensorFlow's warning per value not restored: one message says why."""
+    if status is not None:
+        status.expect_partial()
 
 
 def restore_model_weights(model, path: str, report: Callable[[str], None] = _stderr) -> str:
@@ -248,7 +260,27 @@ def restore_model_weights(model, path: str, report: Callable[[str], None] = _std
     Returns:
       The prefix restored.
     """
-    return restore(tf.train.Checkpoint(model=model), path, model.weights, partial=True, report=report)
+    try:
+        return restore(tf.train.Checkpoint(model=model), path, model.weights, partial=True, report=report)
+    except CheckpointError:
+        _silence_unrestored_warnings()
+        raise
+
+
+class _UnrestoredValues(logging.Filter):
+    """Drops TensorFlow's warnings about a checkpoint object deleted with values not restored."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(("Value in checkpoint could not be found", "Detecting that an object or model"))
+
+
+def _silence_unrestored_warnings() -> None:
+    """After a refused read, TensorFlow warns once per value when the checkpoint goes (about 100 lines for
+    FCN-8s, printed after fcn's own message); the error already said what was used and why."""
+    logger = tf.get_logger()
+    if not any(isinstance(f, _UnrestoredValues) for f in logger.filters):
+        logger.addFilter(_UnrestoredValues())
 
 
 def holds_layer_weights(prefix: str, names: frozenset[str]) -> bool:

@@ -57,10 +57,10 @@ class DataConfig:
       voc_download_url: where the VOC 2012 trainval tar is fetched from.
       voc_download_md5: its published MD5; a mismatch rejects the file.
       num_classes: the number of classes, which the dataset's class table
-        decides (ADE20K 150, VOC 21, a folder dataset its ``classes.csv``):
-        0 follows the table; any other value must equal it (a run is refused
-        otherwise). For ADE20K it may select the first classes (values
-        1..num_classes).
+        decides (ADE20K 150, VOC 21, Cityscapes 19, a folder dataset its
+        ``classes.csv``): 0 (the default) follows the table; any other value
+        must equal it (a run is refused otherwise). For ADE20K it may select
+        the first classes (values 1..num_classes).
       base_size: (long edge, short edge) the training image is fitted into
         before the random ratio is applied, as in the common recipe.
       ratio_range: (low, high) of the uniform random rescale ratio.
@@ -83,7 +83,7 @@ class DataConfig:
     download_sha1: str = ade20k.SHA1
     voc_download_url: str = voc.URL
     voc_download_md5: str = voc.MD5
-    num_classes: int = 150
+    num_classes: int = 0
     base_size: tuple[int, int] = (2048, 512)
     ratio_range: tuple[float, float] = (0.5, 2.0)
     crop_size: tuple[int, int] = (512, 512)
@@ -366,9 +366,25 @@ def load_config(path: str | None = None, overrides: typing.Sequence[tuple[str, t
         values = config_values.merge(values, config_values.nest(key, value))
         source = f"override {key}={value}"
         config_values.build(Config, values, "", source)  # so the error names this override
-    config = config_values.build(Config, values, "", source)
+    config = config_values.build(Config, _expand_home(values), "", source)
     check_values(config)
     return config
+
+
+# Keys that name files or folders: ``~`` in them is the home folder, as a shell would read it.
+PATH_KEYS = ("logs_dir", "data.data_dir", "model.model_dir", "model.pretrained_weights", "train.init_from")
+
+
+def _expand_home(values: dict) -> dict:
+    """The nested config values with a leading ``~`` of every path key expanded to the home folder."""
+    for key in PATH_KEYS:
+        *parents, name = key.split(".")
+        section = values
+        for parent in parents:
+            section = section.get(parent) if isinstance(section, dict) else None
+        if isinstance(section, dict) and isinstance(section.get(name), str) and section[name].startswith("~"):
+            section[name] = os.path.expanduser(section[name])
+    return values
 
 
 def check_values(config: Config) -> None:
@@ -465,6 +481,7 @@ def check_values(config: Config) -> None:
         problems.append(f"evaluate.max_pixels must be at least 1, got {e.max_pixels}")
     if min(e.scales) <= 0:
         problems.append(f"evaluate.scales must all be positive, got {list(e.scales)}")
+    problems += _size_problems(config)
     if e.mode not in EVALUATE_MODES:
         problems.append(f"evaluate.mode must be one of {', '.join(EVALUATE_MODES)}, got {e.mode!r}")
     if min(e.window) < 1 or min(e.stride) < 1:
@@ -474,6 +491,30 @@ def check_values(config: Config) -> None:
     problems += _folder_problems(config)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+MAX_SCALE = 8.0  # evaluate.scales above this make views no image needs, at 64x the pixels
+# The most pixels of one network input (a training crop, a validation batch image, a test view, a window): 0.4 G floats
+# per channel of the first convolutions already; a larger one fails deep inside TensorFlow for want of memory.
+MAX_INPUT_PIXELS = 100_000_000
+
+
+def _size_problems(config: Config) -> list[str]:
+    """Sizes whose tensors could never fit, refused with the limit named instead of failing inside TensorFlow."""
+    d, e = config.data, config.evaluate
+    problems = []
+    if max(e.scales) > MAX_SCALE:
+        problems.append(f"evaluate.scales must be at most {MAX_SCALE:g}, got {list(e.scales)}")
+    sizes = [("data.crop_size", d.crop_size), ("data.val_size", d.val_size), ("evaluate.window", e.window)]
+    test_size = e.resolved_test_size(d.base_size)
+    if test_size is not None:
+        scale = min(max(e.scales), MAX_SCALE)
+        sizes.append((f"evaluate.test_size at scale {scale:g}", (test_size[0] * scale, test_size[1] * scale)))
+    for key, (height, width) in sizes:
+        if height * width > MAX_INPUT_PIXELS:
+            problems.append(f"{key} makes network inputs of {height * width:,.0f} pixels, above the {MAX_INPUT_PIXELS:,} "
+                            "that fit in memory: lower it")  # fmt: skip
+    return problems
 
 
 def _non_finite(config, prefix: str = "") -> list[str]:

@@ -20,18 +20,15 @@ Conventions (shared by the filters, the layer and the tests):
   default parameters the self-weight is 1 / sum_j k_s(i, j) ~ 1/57 of the
   spatial normalisation and far less of the bilateral one, and a learned
   weight matrix absorbs it.
-- The layer filters both kernels on permutohedral lattices
-  (``fcn.permutohedral``), as the C++ DenseCRF does: the bilateral one on the
-  lattice of (x, y, r, g, b), built per image, and the spatial one on the
-  lattice of the pixel positions (``build_position_lattice``), built once per
-  image size and shared by the batch. Their errors are bounded in
-  tests/test_crf.py. On ADE_val_00000001 (683x512, C = 21) the position
-  lattice filtered 7x faster than the exact separable filter below, and its
-  normalised output differs from it by 0.002 on average (0.02 at most).
-- ``spatial_filter``, the exact reference, sums the kernel truncated to
-  |x_i - x_j| <= r and |y_i - y_j| <= r, r = ceil(4 theta_gamma) (the dropped
-  tail is exp(-8) = 3e-4 of the peak at the edge, 6e-5 of the 1-D mass).
-  Pixels outside the image contribute nothing.
+- The layer filters the bilateral kernel on the permutohedral lattice of
+  (x, y, r, g, b) (``fcn.permutohedral``), built once per image and call, as
+  the C++ DenseCRF does; its error is bounded in tests/test_crf.py. The
+  spatial kernel needs no lattice: it is separable, and ``spatial_filter``
+  computes it exactly as two depthwise 1-D convolutions, truncated to
+  |x_i - x_j| <= r and |y_i - y_j| <= r, r = ceil(4 theta_gamma) (the last
+  tap kept is exp(-8) = 3e-4 of the peak, the 1-D mass dropped 6e-5; against
+  the untruncated kernel the normalised output moves by 1.1e-5 at most,
+  tests/test_crf.py). Pixels outside the image contribute nothing.
 - The compatibility ``mu[l, l']`` is the cost of label l at pixel i next to
   label l' at pixel j, so a positive entry penalises the pair. It starts as
   the Potts model, 1 - identity, and the refined logits are
@@ -49,10 +46,11 @@ import tensorflow as tf
 
 from fcn import permutohedral
 
-# Gaussian taps beyond this many standard deviations are dropped (spatial filter).
+# Gaussian taps beyond this many standard deviations are dropped (spatial
+# filter): the last tap kept is exp(-8) = 3.4e-4 of the centre, and the 1-D
+# mass dropped 6e-5 of the whole (tests/test_crf.py bounds the error against
+# the untruncated kernel).
 SPATIAL_TRUNCATION = 4.0
-# Output rows per band-matrix product in the spatial filter.
-_SPATIAL_BLOCK = 64
 
 
 # ---------------------------------------------------------------------------
@@ -100,83 +98,41 @@ def build_image_lattice(image: tf.Tensor, theta_alpha: float, theta_beta: float)
     return permutohedral.build_lattice(bilateral_features(image, theta_alpha, theta_beta))
 
 
-def build_position_lattice(image: tf.Tensor, theta_gamma: float) -> permutohedral.Lattice:
-    """The lattice of the pixel positions of one (H, W) image, for the spatial kernel.
-
-    It depends on the image size only, so one lattice serves every image of
-    the batch (``shared_lattice_filter``). ``image``: (B, H, W, ...), only its
-    shape is used.
-    """
-    return permutohedral.build_lattice(spatial_features(image[:1], theta_gamma))
-
-
-def shared_lattice_filter(
-    lattice: permutohedral.Lattice, values: tf.Tensor, channel_weights: tf.Tensor = None
-) -> tf.Tensor:
-    """Filters each image of (B, H, W, C) values with the one lattice of a single image.
-
-    The batch is folded into the channels, (1, H * W, B * C), so that the
-    lattice is traversed once per call whatever the batch size.
-    ``channel_weights`` (L, C), optional, as in ``permutohedral.lattice_filter``:
-    the output is then (B, H, W, L).
-    """
-    shape = tf.shape(values)
-    batch, channels = values.shape[0], values.shape[-1]
-    folded_channels = batch * channels if batch is not None and channels is not None else shape[0] * shape[3]
-    folded = tf.transpose(tf.reshape(values, tf.stack([shape[0], -1, shape[3]])), [1, 0, 2])  # (H W, B, C)
-    folded = tf.reshape(folded, tf.stack([1, -1, folded_channels]))  # (1, H W, B C)
-    filtered = permutohedral.lattice_filter(lattice, folded, channel_weights=channel_weights)  # (1, H W, B L)
-    filtered = tf.transpose(tf.reshape(filtered, tf.stack([-1, shape[0], tf.shape(filtered)[-1] // shape[0]])), [1, 0, 2])
-    return tf.reshape(filtered, tf.concat([shape[:-1], [-1]], axis=0))  # (B, H, W, L)
-
-
 def spatial_radius(theta_gamma: float) -> int:
-    """Truncation radius of the spatial kernel, in pixels."""
+    """Truncation radius of the spatial kernel, in pixels: ``ceil(SPATIAL_TRUNCATION * theta_gamma)``."""
     return int(math.ceil(SPATIAL_TRUNCATION * theta_gamma))
 
 
-def _gaussian_band(theta_gamma: float, block: int) -> np.ndarray:
-    """(block, block + 2r): row i holds the Gaussian taps centred on column i + r."""
-    radius = spatial_radius(theta_gamma)
-    offsets = np.arange(-radius, radius + 1)
-    taps = np.exp(-(offsets**2) / (2.0 * theta_gamma**2))
-    band = np.zeros((block, block + 2 * radius))
-    for row in range(block):
-        band[row, row : row + 2 * radius + 1] = taps
-    return band
+def gaussian_taps(theta_gamma: float) -> np.ndarray:
+    """(2r + 1,) float64 taps exp(-k^2 / (2 theta_gamma^2)), k = -r..r, r = ``spatial_radius``."""
+    offsets = np.arange(-spatial_radius(theta_gamma), spatial_radius(theta_gamma) + 1)
+    return np.exp(-(offsets**2) / (2.0 * theta_gamma**2))
 
 
-def _gaussian_along_axis1(x: tf.Tensor, theta_gamma: float) -> tf.Tensor:
-    """Truncated Gaussian sum along axis 1 of (B, L, M), zeros outside.
+def _along_width(values: tf.Tensor, taps: tf.Tensor) -> tf.Tensor:
+    """(B, H, W, C) -> the same, each channel convolved with ``taps`` along W, zeros outside.
 
-    Blocks of ``_SPATIAL_BLOCK`` outputs are one product of a small band matrix
-    with the block's window (the block plus r rows either side): a GEMM instead
-    of 2r + 1 shifted copies, which is what makes it fast on a CPU.
+    A depthwise convolution with a (1, 2r + 1) kernel: along the innermost
+    spatial axis it is several times faster on a CPU than along H (measured with
+    oneDNN), so the H pass transposes instead.
     """
-    radius = spatial_radius(theta_gamma)
-    block = _SPATIAL_BLOCK
-    batch, length, width = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
-    num_blocks = (length + block - 1) // block
-    padded = tf.pad(x, [[0, 0], [radius, num_blocks * block - length + radius], [0, 0]])
-    window_rows = tf.range(num_blocks)[:, None] * block + tf.range(block + 2 * radius)[None, :]
-    windows = tf.gather(padded, tf.reshape(window_rows, [-1]), axis=1)
-    windows = tf.reshape(windows, (batch, num_blocks, block + 2 * radius, width))
-    band = tf.constant(_gaussian_band(theta_gamma, block), x.dtype)  # (block, block + 2r)
-    filtered = tf.matmul(band, windows)  # (B, num_blocks, block, M)
-    return tf.reshape(filtered, (batch, num_blocks * block, width))[:, :length]
+    kernel = tf.tile(tf.reshape(taps, (1, -1, 1, 1)), tf.stack([1, 1, tf.shape(values)[-1], 1]))  # (1, 2r + 1, C, 1)
+    return tf.nn.depthwise_conv2d(values, kernel, strides=[1, 1, 1, 1], padding="SAME")
 
 
-def _separable_gaussian(values: tf.Tensor, theta_gamma: float) -> tf.Tensor:
-    shape = tf.shape(values)  # (B, H, W, C)
-    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
-    rows = _gaussian_along_axis1(tf.reshape(values, (batch, height, -1)), theta_gamma)
-    columns = tf.transpose(tf.reshape(rows, shape), [0, 2, 1, 3])  # (B, W, H, C)
-    columns = _gaussian_along_axis1(tf.reshape(columns, (batch, width, -1)), theta_gamma)
-    return tf.transpose(tf.reshape(columns, (batch, width, height, channels)), [0, 2, 1, 3])
+def _separable_gaussian(values: tf.Tensor, taps: tf.Tensor) -> tf.Tensor:
+    rows = _along_width(values, taps)  # (B, H, W, C)
+    columns = _along_width(tf.transpose(rows, [0, 2, 1, 3]), taps)  # (B, W, H, C)
+    return tf.transpose(columns, [0, 2, 1, 3])
 
 
 def spatial_filter(values: tf.Tensor, theta_gamma: float) -> tf.Tensor:
     """Unnormalised spatial Gaussian filter, exact for the truncated kernel.
+
+    The kernel exp(-|p_i - p_j|^2 / (2 theta_gamma^2)) is the product of a
+    Gaussian along x and one along y, so the filter is two depthwise 1-D
+    convolutions (2r + 1 taps each, r = ``spatial_radius``), multithreaded on a
+    CPU and parallel on a GPU, with no lattice to build.
 
     Args:
       values: (B, H, W, C) float32 or float64.
@@ -184,20 +140,27 @@ def spatial_filter(values: tf.Tensor, theta_gamma: float) -> tf.Tensor:
 
     Returns:
       (B, H, W, C): sum_j exp(-|p_i - p_j|^2 / (2 theta_gamma^2)) values_j over
-      the pixels j of the same image with |x_i - x_j| <= r and |y_i - y_j| <= r,
-      r = ``spatial_radius(theta_gamma)``; j = i included.
+      the pixels j of the same image with |x_i - x_j| <= r and |y_i - y_j| <= r;
+      j = i included, pixels outside the image contribute nothing.
     """
+    values = tf.convert_to_tensor(values)
+    taps = tf.constant(gaussian_taps(theta_gamma), values.dtype)
 
     # The operator is symmetric (symmetric taps, zero padding): its gradient is
     # itself, and nothing needs to be kept for the backward pass.
-    def gaussian(x):
-        return permutohedral.in_channel_chunks(lambda part: _separable_gaussian(part, theta_gamma), x)
-
     @tf.custom_gradient
     def filtered(x):
-        return gaussian(x), gaussian
+        return _separable_gaussian(x, taps), lambda upstream: _separable_gaussian(upstream, taps)
 
-    return filtered(tf.convert_to_tensor(values))
+    return filtered(values)
+
+
+def spatial_message(values: tf.Tensor, theta_gamma: float, channel_weights: tf.Tensor = None) -> tf.Tensor:
+    """``spatial_filter`` followed by the channel product with (L, C) ``channel_weights`` when given: (B, H, W, L)."""
+    filtered = spatial_filter(values, theta_gamma)
+    if channel_weights is None:
+        return filtered
+    return tf.einsum("bhwc,lc->bhwl", filtered, tf.cast(channel_weights, filtered.dtype))
 
 
 # ---------------------------------------------------------------------------
@@ -217,10 +180,10 @@ def mean_field(
 
     Args:
       unaries: (B, H, W, C) unary logits U.
-      spatial: callable ``(values, weights)``: the unnormalised spatial filter
-        of (B, H, W, K) values, followed by the channel product with (L, K)
-        weights when they are not None: (B, H, W, L), out[..., l] =
-        sum_k weights[l, k] filtered[..., k].
+      spatial: callable ``(values, weights)``: the spatial filter of
+        (B, H, W, K) values divided, pixel by pixel, by the filter of ones,
+        followed by the channel product with (L, K) weights: (B, H, W, L),
+        out[..., l] = sum_k weights[l, k] filtered[..., k].
       bilateral: callable, the same for the bilateral kernel.
       spatial_kernel_weights: (C, C), message l from the filtered label k.
       bilateral_kernel_weights: (C, C).
@@ -230,22 +193,17 @@ def mean_field(
     Returns:
       (B, H, W, C) refined logits U - pairwise.
     """
-    # Built from the shape alone, so that no gradient is traced through the norms.
-    ones = tf.ones(tf.concat([tf.shape(unaries)[:-1], [1]], axis=0), unaries.dtype)  # (B, H, W, 1)
-    spatial_norm = spatial(ones, None)
-    bilateral_norm = bilateral(ones, None)
     # pairwise = mu W_s spatial(q) / spatial_norm + mu W_b bilateral(q) / bilateral_norm.
-    # The C x C products go into the filters, which apply them to the lattice
-    # vertices (fewer than the pixels: 141k and 45k for 350k on
-    # ADE_val_00000001), and each filter's output is divided by its norm
-    # afterwards (a per-pixel scale commutes with the channel product).
-    spatial_weights = tf.matmul(compatibility, spatial_kernel_weights)  # (C, C), l <- k
-    bilateral_weights = tf.matmul(compatibility, bilateral_kernel_weights)
+    # The C x C products go into the filters (the bilateral one applies its
+    # product to the lattice vertices, fewer than the pixels). The products are
+    # negated here, once, so that an iteration is one sum: U - pairwise in a
+    # single pass.
+    spatial_weights = -tf.matmul(compatibility, spatial_kernel_weights)  # (C, C), l <- k
+    bilateral_weights = -tf.matmul(compatibility, bilateral_kernel_weights)
     logits = unaries
     for _ in range(num_iterations):
         q = tf.nn.softmax(logits)  # (B, H, W, C)
-        pairwise = spatial(q, spatial_weights) / spatial_norm + bilateral(q, bilateral_weights) / bilateral_norm
-        logits = unaries - pairwise
+        logits = tf.add_n([unaries, spatial(q, spatial_weights), bilateral(q, bilateral_weights)])
     return logits
 
 
@@ -319,11 +277,15 @@ class CrfRnn(keras.layers.Layer):
     def call(self, inputs, num_iterations=None):
         unaries, image = inputs
         unaries = tf.cast(unaries, self.compute_dtype)  # (B, H, W, C)
-        lattice = build_image_lattice(image, self.theta_alpha, self.theta_beta)
-        positions = build_position_lattice(image, self.theta_gamma)
+        # Both norms once per call: the bilateral one folded into the lattice's
+        # slice, the spatial one a per-pixel scale (built from the shape alone,
+        # so no gradient is traced through it).
+        lattice = permutohedral.normalised(build_image_lattice(image, self.theta_alpha, self.theta_beta))
+        ones = tf.ones(tf.concat([tf.shape(unaries)[:-1], [1]], axis=0), unaries.dtype)  # (B, H, W, 1)
+        spatial_scale = 1.0 / spatial_filter(ones, self.theta_gamma)
         return mean_field(
             unaries,
-            spatial=lambda values, weights: shared_lattice_filter(positions, values, weights),
+            spatial=lambda values, weights: spatial_message(values, self.theta_gamma, weights) * spatial_scale,
             bilateral=lambda values, weights: permutohedral.lattice_filter(lattice, values, channel_weights=weights),
             spatial_kernel_weights=tf.convert_to_tensor(self.spatial_kernel_weights),
             bilateral_kernel_weights=tf.convert_to_tensor(self.bilateral_kernel_weights),

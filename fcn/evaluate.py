@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fcn import crfasrnn_keras, data, datasets, errors, inference, metrics
+from fcn import crfasrnn_keras, data, datasets, errors, inference, metrics, outputs
 from fcn.config import Config
 from fcn.datasets import decode
 from fcn.datasets.classes import ClassTable
@@ -55,6 +55,7 @@ from fcn.datasets.files import decode_path, display_path
 
 FIGURE_CLASSES = 30  # the confusion-matrix figure shows the most frequent classes only
 METRICS_FILE = "metrics.json"
+REPORT_FILES = (METRICS_FILE, "confusion_matrix.npy", "confusion_matrix.png")
 
 
 @dataclasses.dataclass
@@ -126,7 +127,12 @@ def evaluate_split(
     """
     classes = decode.as_class_table(num_classes)
     num_classes = classes.num_classes
-    pairs = datasets.usable_pairs(root, split)
+    dataset = datasets.as_dataset(root)
+    pairs = dataset.usable_pairs(split)
+    folder = None
+    if save_predictions:  # claimed before any image is scored: nothing is written over a file fcn did not write
+        folder = outputs.OutputFolder(save_predictions, "--save_predictions", writer="--mode=evaluate")
+        folder.claim({image: [_stem(image) + ".png"] for image, _ in pairs}, [p for pair in pairs for p in pair], dataset.root)
     too_large = {}
     if max_pixels is not None:
         for image_path, _ in pairs:
@@ -134,13 +140,16 @@ def evaluate_split(
             if refused:
                 too_large[image_path] = refused
         pairs = tuple(pair for pair in pairs if pair[0] not in too_large)
+        if not pairs:
+            raise errors.DataError(
+                f"every image of the {split} split has more than evaluate.max_pixels={max_pixels:,} pixels: nothing to "
+                "score; raise it with --set evaluate.max_pixels=N if the memory allows (see docs/evaluation.md)"
+            )
     count = len(pairs)
     dataset = native_resolution_dataset(root, split, classes, pairs)
     confusion = metrics.ConfusionMatrix(num_classes)
     fcn_confusion = None
     skipped = data.SkipReport()
-    if save_predictions:
-        os.makedirs(save_predictions, exist_ok=True)
     images = 0
     for example in tqdm.tqdm(dataset, total=count, desc=f"evaluating {split}", unit="image", disable=not progress, dynamic_ncols=True):
         if skipped.record(example):
@@ -153,9 +162,10 @@ def evaluate_split(
             fcn_confusion.update(example["label"], fcn_predictions)
         confusion.update(example["label"], predictions)
         images += 1
-        if save_predictions:
-            stem = os.path.splitext(os.path.basename(decode_path(example["path"][0])))[0]
-            inference.write_label_png(os.path.join(save_predictions, stem + ".png"), predictions[0].numpy(), classes)
+        if folder is not None:
+            name = _stem(decode_path(example["path"][0])) + ".png"
+            folder.record([name])
+            inference.write_label_png(os.path.join(folder.path, name), predictions[0].numpy(), classes)
     matrix = confusion.matrix
     names = list(classes.names)
     return EvaluationResult(
@@ -168,6 +178,17 @@ def evaluate_split(
         too_large=too_large,
         classes=classes,
     )
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _reports_folder(output_dir: str, root) -> outputs.OutputFolder:
+    """A user's ``--output`` folder, claimed for the reports before any work."""
+    folder = outputs.OutputFolder(output_dir, "--output", writer="--mode=evaluate")
+    folder.claim({"evaluate": REPORT_FILES}, dataset_root=datasets.as_dataset(root).root)
+    return folder
 
 
 def evaluate(
@@ -186,6 +207,7 @@ def evaluate(
     Raises:
       inference.InferenceError: no usable checkpoint.
     """
+    folder = _reports_folder(output_dir, root) if output_dir else None
     predictor, prefix = inference.predictor_from_config(config, checkpoint, with_fcn=config.evaluate.compare_fcn)
     dataset = datasets.dataset_for_run(root, config.data, predictor.classes)
     result = evaluate_split(
@@ -193,7 +215,7 @@ def evaluate(
         config.evaluate.max_pixels,
     )
     result.checkpoint = prefix
-    write_reports(result, output_dir or config.logs_dir, config)
+    write_reports(result, output_dir or config.logs_dir, config, folder)
     return result
 
 
@@ -226,6 +248,7 @@ def evaluate_pretrained(
     entry = crfasrnn_keras.entry_of(source)
     classes = crfasrnn_keras.class_table(entry)
     dataset = datasets.as_dataset(root, dataclasses.replace(config.data, num_classes=0))
+    folder = _reports_folder(output_dir, dataset) if output_dir else None
     if not dataset.classes.same_classes(classes):
         raise errors.ClassTableMismatchError(
             f"--pretrained {source} predicts {classes.describe()}, but {display_path(dataset.root)} has "
@@ -242,7 +265,7 @@ def evaluate_pretrained(
     )
     result.checkpoint = path
     result.protocol = crfasrnn_keras.protocol(entry)
-    write_reports(result, output_dir or pretrained_output_dir(config, source), config)
+    write_reports(result, output_dir or pretrained_output_dir(config, source), config, folder)
     return result
 
 
@@ -328,12 +351,17 @@ def _headline(scores: dict) -> dict:
     return {key: _json_number(scores[key]) for key in HEADLINE}
 
 
-def write_reports(result: EvaluationResult, output_dir: str, config: Config) -> dict[str, str]:
+def write_reports(result: EvaluationResult, output_dir: str, config: Config, folder: outputs.OutputFolder | None = None) -> dict[str, str]:
     """Writes ``metrics.json``, ``confusion_matrix.npy`` and ``confusion_matrix.png``.
+
+    Args:
+      folder: ``output_dir`` claimed for ``REPORT_FILES`` (a user's ``--output``), or None (the run directory).
 
     Returns:
       what -> path written.
     """
+    if folder is not None:
+        folder.record(REPORT_FILES)
     os.makedirs(output_dir, exist_ok=True)
     paths = {
         "metrics": os.path.join(output_dir, METRICS_FILE),
@@ -376,7 +404,7 @@ def confusion_figure(matrix, names, top: int = FIGURE_CLASSES, colours=None):
     image = axes.imshow(
         np.ma.masked_equal(normalised, 0.0), norm=colors.LogNorm(vmin=1e-4, vmax=1.0), cmap="viridis", interpolation="nearest"
     )
-    labels = [names[i] for i in shown]
+    labels = [inference.figure_text(names[i]) for i in shown]
     axes.set_xticks(range(len(shown)), labels, rotation=90, fontsize=8)
     axes.set_yticks(range(len(shown)), labels, fontsize=8)
     axes.set_xlabel("prediction")
@@ -417,12 +445,14 @@ def summary(result: EvaluationResult) -> str:
 def run(config: Config, args) -> int:
     """``--mode=evaluate``: scores a split of the dataset with a run's checkpoint or a released model."""
     progress = not args.no_progress
+    outputs.check_writable((args.output or config.logs_dir, "--output" if args.output else "--logs_dir"),
+                           *([(args.save_predictions, "--save_predictions")] if args.save_predictions else []))  # fmt: skip
     if args.pretrained:  # the released model's classes decide, not data.num_classes
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_classes=0))
     dataset = datasets.prepare_dataset(config.data, progress=progress)
     if args.pretrained:
         output = args.output or pretrained_output_dir(config, args.pretrained)
-        result = evaluate_pretrained(config, dataset, args.pretrained, output, args.save_predictions, progress)
+        result = evaluate_pretrained(config, dataset, args.pretrained, args.output, args.save_predictions, progress)
         print(f"model: {result.checkpoint}\nsplit: {config.evaluate.split} ({dataset.root})\n")
     else:
         output = args.output or config.logs_dir

@@ -13,7 +13,7 @@ interrupted export never leaves a half SavedModel that looks whole (the
 marked leftovers of a killed export are removed by the next one). A ``BASE``
 holding anything but version folders is refused before any work.
 
-Signatures, both taking
+Signatures, both taking (declared in the SavedModel, as ``saved_model_cli show --all`` prints it)
 
     images         uint8   (batch, height, width, 3)   RGB, any height and width
 
@@ -29,7 +29,7 @@ the network):
     probabilities  float32 (batch, height, width, C)   softmax class probabilities, channel c = train id c
 
 Both compute what ``--mode=evaluate`` computes, with the protocol of
-``config.evaluate`` (``fcn.predict.Predictor``): the image fitted into
+``config.evaluate`` (``fcn.inference.Predictor``): the image fitted into
 ``evaluate.test_size`` (by default the training scale ``data.base_size``),
 the ``scales`` and ``flip`` views, their logits resized back inside the
 signature, the labels at the input's own size. ``serving_default`` takes its
@@ -42,19 +42,34 @@ image, or more than ``evaluate.max_pixels`` pixels fail with an
     model = tf.saved_model.load("BASE/1")
     labels = model.signatures["serving_default"](images=tf.constant(batch))["labels"]   # batch: uint8 (B, H, W, 3)
 
+The SavedModel stores each weight once (``variables/`` is the size of the
+weights): see ``_ServingModule``.
+
+``--format tflite`` writes ``BASE/N/model.tflite`` instead (``BASE`` default
+``LOGS_DIR/export_tflite``): the ``serving_default`` computation in TensorFlow
+Lite's built-in ops, for uint8 (1, H, W, 3) images of one size (``tflite_model``)::
+
+    interpreter = tf.lite.Interpreter("BASE/1/model.tflite")   # or ai_edge_litert's Interpreter
+    interpreter.allocate_tensors()
+    images, labels = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.set_tensor(images["index"], image[None])         # image: uint8 (H, W, 3) of that size
+    interpreter.invoke()
+    values = interpreter.get_tensor(labels["index"])[0]         # uint8 (H, W) annotation values
+
 The class names, one per line in train-id order, are written beside the SavedModel as
 ``BASE/N/classes.txt``, and the whole class table (annotation value, name, colour, the
 ignored values) as ``BASE/N/classes.csv``.
 """
 
 import os
+import re
 import shutil
 import tempfile
 
-import keras
 import tensorflow as tf
+from tensorflow.python.framework import convert_to_constants
 
-from fcn import inference
+from fcn import inference, outputs
 from fcn.config import Config
 
 SIGNATURE = "serving_default"
@@ -63,6 +78,11 @@ SHAPE_MESSAGE = "images must be uint8 of shape (batch, height, width, 3): RGB, a
 # Marks a temporary folder being written by export, so that one left by a killed export can be removed.
 PARTIAL_MARKER = ".fcn_export_partial"
 PARTIAL_PREFIX = ".partial-"
+# The signatures' input, typed so that saved_model_cli and TF Serving show the contract.
+IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+FORMATS = ("saved_model", "tflite")
+TFLITE_FILE = "model.tflite"
+TFLITE_SIZE = (512, 512)  # (height, width) of --format tflite's input unless told otherwise
 
 
 def _versions(base: str) -> list[int]:
@@ -118,29 +138,98 @@ def checked_images(images, max_pixels: int):
     return tf.ensure_shape(images, [None, None, None, 3])
 
 
-def export_predictor(predictor: inference.Predictor, base: str, max_pixels: int) -> str:
+class _ServingModule(tf.Module):
+    """What the SavedModel holds: the model's weights, once, and the two signature functions.
+
+    ``keras.export.ExportArchive.track(model)`` also keeps Keras' own lists of
+    the variables (``_all_variables`` beside ``variables``), which the
+    SavedModel writer stores as second copies of every weight: an export twice
+    the size of the weights. A plain ``tf.Module`` tracking the variables in
+    one list stores each once.
+    """
+
+    def __init__(self, predictor: inference.Predictor, max_pixels: int):
+        super().__init__(name="fcn")
+        self.weights = list(predictor.model.weights)  # each once; the functions below capture exactly these
+        values = tf.constant(predictor.classes.ids, tf.uint8)  # train id -> annotation value
+
+        @tf.function(input_signature=[IMAGES_SPEC])
+        def serve_labels(images):
+            labels = predictor.labels(checked_images(images, max_pixels))  # (B, H, W) train ids
+            return {"labels": tf.gather(values, labels)}
+
+        @tf.function(input_signature=[IMAGES_SPEC])
+        def serve_probabilities(images):
+            probabilities = predictor.probabilities(checked_images(images, max_pixels))  # (B, H, W, C)
+            labels = tf.gather(values, tf.argmax(probabilities, axis=-1, output_type=tf.int32))
+            return {"labels": labels, "probabilities": probabilities}
+
+        self.serve_labels = serve_labels
+        self.serve_probabilities = serve_probabilities
+
+    def signatures(self) -> dict:
+        return {
+            SIGNATURE: self.serve_labels.get_concrete_function(),
+            PROBABILITIES_SIGNATURE: self.serve_probabilities.get_concrete_function(),
+        }
+
+
+def tflite_model(module: _ServingModule, size: tuple[int, int]) -> bytes:
+    """The labels signature as a TensorFlow Lite flat buffer of TFLite's built-in ops, for one input size.
+
+    TFLite needs the convolutions' input shapes known when it converts; the
+    network pads its input to a multiple of its stride with sizes computed
+    from the image, so the model is converted for ``size``: input ``images``
+    uint8 (1, height, width, 3), output ``labels`` uint8 (1, height, width),
+    annotation values as in the SavedModel. ``module`` is that of a
+    single-view ``Predictor`` at the image's own size (the band loop and the
+    resizing of the test protocol have no TFLite built-in ops): the caller
+    resizes its images to ``size``, the protocol's view of them. On an image
+    whose view is the image itself (e.g. 512 x 512 for the default
+    ``evaluate.test_size``) the labels are the SavedModel's.
+
+    Raises:
+      InferenceError: TensorFlow's converter refused the model (its message is kept).
+    """
+    spec = tf.TensorSpec([1, int(size[0]), int(size[1]), 3], tf.uint8, name="images")
+    fixed = tf.function(lambda images: module.serve_labels(images), input_signature=[spec]).get_concrete_function()
+    # The weights as constants: TFLite's built-in convolutions take constant filters.
+    frozen = convert_to_constants.convert_variables_to_constants_v2(fixed)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    try:
+        return converter.convert()
+    except Exception as error:  # the converter's errors have no common base class
+        text = str(error)
+        missing = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text))
+                         | set(re.findall(r"^\s*tf\.(\w+)\(", text, flags=re.MULTILINE)))
+        reason = f"no built-in op for {', '.join(missing)}" if missing else text.strip().splitlines()[-1][:500]
+        raise inference.InferenceError(
+            f"TensorFlow Lite cannot convert this model: {reason}; the SavedModel (--format saved_model) runs it (nothing was written)"
+        ) from None
+
+
+def export_predictor(predictor: inference.Predictor, base: str, max_pixels: int, format: str = "saved_model",
+                     tflite_size: tuple[int, int] = TFLITE_SIZE) -> str:
     """Writes ``predictor`` as the next version of ``base`` (see the module docstring).
+
+    Args:
+      format: ``saved_model``, or ``tflite`` (``model.tflite`` for images of ``tflite_size``, see ``tflite_model``).
 
     Returns:
       the version folder written, ``base/N``.
     """
-    input_signature = [tf.TensorSpec(None, tf.uint8, name="images")]
-
-    values = tf.constant(predictor.classes.ids, tf.uint8)  # train id -> annotation value
-
-    def serve_labels(images):
-        labels = predictor.labels(checked_images(images, max_pixels))  # (B, H, W) train ids
-        return {"labels": tf.gather(values, labels)}
-
-    def serve_probabilities(images):
-        probabilities = predictor.probabilities(checked_images(images, max_pixels))  # (B, H, W, C)
-        labels = tf.gather(values, tf.argmax(probabilities, axis=-1, output_type=tf.int32))
-        return {"labels": labels, "probabilities": probabilities}
-
-    archive = keras.export.ExportArchive()
-    archive.track(predictor.model)
-    archive.add_endpoint(SIGNATURE, serve_labels, input_signature=input_signature)
-    archive.add_endpoint(PROBABILITIES_SIGNATURE, serve_probabilities, input_signature=input_signature)
+    if format not in FORMATS:
+        raise inference.InferenceError(f"unknown export format {format!r}: {', '.join(FORMATS)}")
+    if format == "tflite":
+        if not predictor.single_view:
+            raise inference.InferenceError(
+                "--format tflite runs the network on one view: this config averages evaluate.scales / evaluate.flip "
+                "(pass --set evaluate.scales=1.0 --set evaluate.flip=false)"
+            )
+        # The network at its input's own size: the images are resized to it beforehand, by the caller.
+        predictor = inference.Predictor(predictor.model, classes=predictor.classes)
+    module = _ServingModule(predictor, max_pixels)
     # A symbolic link to a folder stays one: versions are written into the folder it points to.
     target = os.path.realpath(base)
     _check_base(target)
@@ -149,7 +238,17 @@ def export_predictor(predictor: inference.Predictor, base: str, max_pixels: int)
     temporary = tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=target)  # a new name: never a user's folder
     open(os.path.join(temporary, PARTIAL_MARKER), "w").close()
     model_dir = os.path.join(temporary, "model")
-    archive.write_out(model_dir, verbose=False)
+    try:
+        if format == "saved_model":
+            tf.saved_model.save(module, model_dir, signatures=module.signatures())
+        else:
+            flat_buffer = tflite_model(module, tflite_size)
+            os.makedirs(model_dir)
+            with open(os.path.join(model_dir, TFLITE_FILE), "wb") as f:
+                f.write(flat_buffer)
+    except inference.InferenceError:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     with open(os.path.join(model_dir, "classes.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(predictor.classes.names) + "\n")
     predictor.classes.write_csv(os.path.join(model_dir, "classes.csv"))
@@ -166,29 +265,39 @@ def export_predictor(predictor: inference.Predictor, base: str, max_pixels: int)
     return os.path.join(os.path.abspath(base), str(version))
 
 
-def export(config: Config, output_dir: str = "", checkpoint: str = "") -> tuple[str, str]:
+def export(config: Config, output_dir: str = "", checkpoint: str = "", format: str = "saved_model",
+           tflite_size: tuple[int, int] = TFLITE_SIZE) -> tuple[str, str]:
     """``--mode=export``: restores the run's model and exports it as the next version of ``output_dir``.
 
     Args:
       config: the run's config.
-      output_dir: ``BASE`` (default ``LOGS_DIR/export``).
+      output_dir: ``BASE`` (default ``LOGS_DIR/export``, or ``LOGS_DIR/export_tflite`` for TFLite).
       checkpoint: see ``inference.restore_model``.
+      format: ``saved_model`` or ``tflite`` (see ``export_predictor``).
+      tflite_size: (height, width) of the TFLite model's input.
 
     Returns:
       (the version folder written, the checkpoint prefix exported).
 
     Raises:
-      inference.InferenceError: no usable checkpoint, or a ``BASE`` that holds other files.
+      inference.InferenceError: no usable checkpoint, a ``BASE`` that holds other files, or a
+        model TensorFlow Lite cannot convert.
     """
-    base = output_dir or os.path.join(config.logs_dir, "export")
+    base = output_dir or os.path.join(config.logs_dir, "export" if format == "saved_model" else "export_tflite")
+    outputs.check_writable((base, "--output" if output_dir else "--logs_dir"))
     _check_base(os.path.realpath(base))  # before the work
     predictor, prefix = inference.predictor_from_config(config, checkpoint)
-    return export_predictor(predictor, base, config.evaluate.max_pixels), prefix
+    return export_predictor(predictor, base, config.evaluate.max_pixels, format, tflite_size), prefix
 
 
 def run(config: Config, args) -> int:
-    """``--mode=export``: a SavedModel of the run's predictor."""
-    path, checkpoint = export(config, args.output, args.checkpoint)
+    """``--mode=export``: a SavedModel of the run's predictor, or with ``--format tflite`` a TensorFlow Lite model."""
+    path, checkpoint = export(config, args.output, args.checkpoint, args.format, args.input_size)
+    if args.format == "tflite":
+        height, width = args.input_size
+        print(f"checkpoint: {checkpoint}\nTFLite: {os.path.join(path, TFLITE_FILE)} "
+              f"(uint8 images (1, {height}, {width}, 3) -> label values)")  # fmt: skip
+        return 0
     print(f"checkpoint: {checkpoint}\nSavedModel: {path} (signatures {SIGNATURE}: uint8 images -> label values; "
           f"{PROBABILITIES_SIGNATURE}: label values and class probabilities)")  # fmt: skip
     return 0

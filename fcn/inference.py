@@ -353,15 +353,16 @@ def too_large(path: str, max_pixels: int, size=None) -> str:
     cannot be read is left to the decoder to report.
     """
     if size is None:
+        bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # only the header is read: any size will do
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(path) as picture:
                     width, height = picture.size
-        except Image.DecompressionBombError:
-            width, height = Image.MAX_IMAGE_PIXELS, 2  # PIL refuses above twice its limit: the count is at least that
         except Exception:  # not an image PIL reads: the decoder names the problem
             return ""
+        finally:
+            Image.MAX_IMAGE_PIXELS = bomb_limit
     else:
         height, width = size
     if height * width <= max_pixels:
@@ -410,3 +411,8 @@ def overlay(image, train_ids, alpha: float = OVERLAY_ALPHA, classes: ClassTable 
         keep = (train_ids[rows] == IGNORE_LABEL)[..., None]
         result[rows] = np.round(np.where(keep, band, blended))
     return result
+
+
+def figure_text(text: str) -> str:
+    """``text`` as matplotlib draws it literally: a ``$`` would start mathtext (and a bad formula raises)."""
+    return text.replace("$", r"\$")

@@ -13,11 +13,15 @@ import sys
 
 import tqdm
 
-from fcn import crfasrnn_keras, errors
+from fcn import crfasrnn_keras, errors, outputs
 from fcn.config import Config
-from fcn.datasets.files import IMAGE_EXTENSIONS, display_path, scan_image_folder
+from fcn.datasets.files import display_path, scan_image_folder
 from fcn.errors import InferenceError
 from fcn.inference import overlay, predictor_from_config, read_image, too_large, write_label_png, write_rgb_png
+
+
+# What a folder given to --image is searched for: the formats the image reader decodes.
+PREDICT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 def list_images(paths) -> tuple[list[str], dict[str, str]]:
@@ -34,14 +38,16 @@ def list_images(paths) -> tuple[list[str], dict[str, str]]:
     files, unopenable = [], {}
     for path in paths:
         if os.path.isdir(path):
-            scan = scan_image_folder(path)
+            scan = scan_image_folder(path, PREDICT_EXTENSIONS)
             for entry, reason in scan.unreadable:
                 unopenable[entry] = f"{display_path(entry)}: {reason}"
             if not scan.files and not scan.unreadable:
-                raise InferenceError(f"{display_path(path)}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+                raise InferenceError(f"{display_path(path)}: no images ({', '.join(PREDICT_EXTENSIONS)}) in this folder")
             files.extend(scan.files)
         elif os.path.isfile(path):
             files.append(path)
+        elif os.path.exists(path):  # a pipe, a device: reported, and the other images are still segmented
+            unopenable[path] = f"{display_path(path)}: not a regular file (a pipe or a device): give an image file"
         else:
             raise InferenceError(f"--image {display_path(path)}: no such file or folder")
     stems = {}
@@ -69,48 +75,16 @@ OUTPUT_SUFFIXES = (".png", "_mask.png", "_overlay.png")
 OUTPUTS_LIST = ".fcn_predictions"
 
 
-def _outputs_of(path: str, output_dir: str) -> list[str]:
-    base = os.path.join(output_dir, _stem(path))
-    return [base + suffix for suffix in OUTPUT_SUFFIXES]
-
-
-def check_outputs(files: list[str], output_dir: str) -> set[str]:
-    """Refuses, before any work, to write over an input or over a file predict did not write.
-
-    Returns:
-      The names predict wrote into ``output_dir`` before.
+def output_folder(files: list[str], output_dir: str) -> outputs.OutputFolder:
+    """The output folder, claimed for every file's outputs before any work (``outputs.OutputFolder.claim``).
 
     Raises:
-      InferenceError: naming the file and the way out.
+      OutputError: an output would write over an input or a file predict did not write, or two inputs
+        would write the same file.
     """
-    listed = os.path.join(output_dir, OUTPUTS_LIST)
-    ours = set()
-    if os.path.isfile(listed):
-        with open(listed, encoding="utf-8", errors="surrogateescape") as f:
-            ours = {line.rstrip("\n") for line in f if line.strip()}
-    inputs = {os.path.realpath(path) for path in files}
-    for path in files:
-        for target in _outputs_of(path, output_dir):
-            if os.path.realpath(target) in inputs:
-                raise InferenceError(
-                    f"--output {display_path(output_dir)} would write over the input image {display_path(target)}: "
-                    "choose another --output folder (nothing was written)"
-                )
-            if os.path.lexists(target) and os.path.basename(target) not in ours:
-                raise InferenceError(
-                    f"{display_path(target)} exists and was not written by --mode=predict: choose another --output "
-                    "folder, or move the file away (nothing was written)"
-                )
-    return ours
-
-
-def _record_outputs(output_dir: str, ours: set[str], names: list[str]) -> None:
-    """Adds ``names`` to the folder's list of predict's files before they are written."""
-    new = [name for name in names if name not in ours]
-    if new:
-        with open(os.path.join(output_dir, OUTPUTS_LIST), "a", encoding="utf-8", errors="surrogateescape") as f:
-            f.writelines(name + "\n" for name in new)
-        ours.update(new)
+    folder = outputs.OutputFolder(output_dir, "--output", OUTPUTS_LIST, "--mode=predict")
+    folder.claim({path: [_stem(path) + suffix for suffix in OUTPUT_SUFFIXES] for path in files}, inputs=files)
+    return folder
 
 
 @dataclasses.dataclass
@@ -157,11 +131,11 @@ def predict_images(config: Config, paths, output_dir: str = "", checkpoint: str 
     """
     files, unopenable = list_images(paths)
     output_dir = output_dir or os.path.join(config.logs_dir, "predictions")
-    written_before = check_outputs(files, output_dir)
+    folder = output_folder(files, output_dir)
     predictor, prefix = predictor_from_config(config, checkpoint)
     result = PredictResult({}, dict(unopenable), prefix)
     labels_of = lambda image: predictor.labels(image[None])[0].numpy()  # noqa: E731  (H, W) train ids
-    write_predictions(files, output_dir, written_before, labels_of, predictor.classes, config.evaluate.max_pixels, result, progress)
+    write_predictions(files, folder, labels_of, predictor.classes, config.evaluate.max_pixels, result, progress)
     return result
 
 
@@ -174,24 +148,23 @@ def predict_pretrained(source: str, paths, output_dir: str, model_dir: str = "",
       InferenceError: a bad path, colliding names, or outputs that would write over other files.
     """
     files, unopenable = list_images(paths)
-    written_before = check_outputs(files, output_dir)
+    folder = output_folder(files, output_dir)
     path, entry = crfasrnn_keras.resolve(source, model_dir, progress)
     classes = crfasrnn_keras.class_table(entry)
     result = PredictResult({}, dict(unopenable), path)
-    write_predictions(files, output_dir, written_before, crfasrnn_keras.labeller(path, entry), classes, max_pixels, result, progress)
+    write_predictions(files, folder, crfasrnn_keras.labeller(path, entry), classes, max_pixels, result, progress)
     return result
 
 
-def write_predictions(files, output_dir: str, written_before: set[str], labels_of, classes, max_pixels: int, result: PredictResult,
+def write_predictions(files, folder: outputs.OutputFolder, labels_of, classes, max_pixels: int, result: PredictResult,
                       progress: bool = True) -> None:
     """The loop of ``predict_images`` for any model: ``labels_of(uint8 (H, W, 3)) -> train ids (H, W)``.
 
-    Checked ``files`` (``check_outputs`` gave ``written_before``) are read one
-    by one; each image's label PNG, mask and overlay in the colours of
-    ``classes`` go to ``output_dir``; refusals and unreadable images go to
-    ``result.failed`` and the next image is processed.
+    ``files`` (claimed in ``folder`` by ``output_folder``) are read one by one;
+    each image's label PNG, mask and overlay in the colours of ``classes`` go
+    to the folder; refusals and unreadable images go to ``result.failed`` and
+    the next image is processed.
     """
-    os.makedirs(output_dir, exist_ok=True)
     for path in tqdm.tqdm(files, desc="predicting", unit="image", disable=not progress, dynamic_ncols=True):
         refused = too_large(path, max_pixels)  # before decoding: bounds the memory of one image
         if refused:
@@ -207,8 +180,8 @@ def write_predictions(files, output_dir: str, written_before: set[str], labels_o
             result.failed[path] = refused
             continue
         train_ids = labels_of(image)
-        base = os.path.join(output_dir, _stem(path))
-        _record_outputs(output_dir, written_before, [os.path.basename(base + suffix) for suffix in OUTPUT_SUFFIXES])
+        base = os.path.join(folder.path, _stem(path))
+        folder.record([_stem(path) + suffix for suffix in OUTPUT_SUFFIXES])
         write_label_png(base + ".png", train_ids, classes)
         write_rgb_png(base + "_mask.png", classes.colourise(train_ids))
         write_rgb_png(base + "_overlay.png", overlay(image, train_ids, classes=classes))
@@ -220,6 +193,7 @@ def run(config: Config, args) -> int:
     if not args.image:
         raise errors.UsageError("--mode=predict needs --image PATH [PATH ...] (image files or folders)")
     progress = not args.no_progress
+    outputs.check_writable((args.output or os.path.join(config.logs_dir, "predictions"), "--output" if args.output else "--logs_dir"))
     if args.pretrained:
         output = args.output or os.path.join(config.logs_dir, "predictions")
         result = predict_pretrained(args.pretrained, args.image, output, config.model.model_dir,

@@ -1,8 +1,8 @@
 """What a training run tells about itself in its directory, readable without TensorBoard.
 
-- ``train.log``: the whole console output of every start of the run, appended,
-  each start opened by a header line (``console_log``); a progress bar's
-  redrawn line is kept once, as it last stood.
+- ``train.log``: the whole console output of every accepted start of the
+  run, appended, each start opened by a header line (``console_log``); a
+  progress bar's redrawn line is kept once, as it last stood.
 - ``history.jsonl``: one JSON line per training summary and per validation
   (``append_history``); a resumed run appends after it, and ``read_history``
   keeps, for each kind, the records of the latest start at each step.
@@ -28,10 +28,38 @@ CURVES_FILE = "curves.png"
 # The console, into train.log.
 
 
+class _LogFile:
+    """``train.log``, opened only once the run is accepted; what comes before is held until then."""
+
+    def __init__(self, path: str, header: str):
+        self.path, self.held, self.file = path, [header], None
+
+    def write(self, text: str) -> None:
+        if self.file is None:
+            self.held.append(text)
+        else:
+            self.file.write(text)
+
+    def open(self) -> None:
+        if self.file is None:
+            self.file = open(self.path, "a", encoding="utf-8")
+            self.file.write("".join(self.held))
+            self.held = []
+            self.file.flush()
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
 class _Tee:
     """A text stream that writes to ``stream`` and, by whole lines, to ``log``."""
 
-    def __init__(self, stream, log):
+    def __init__(self, stream, log: _LogFile):
         self.stream, self.log, self.pending = stream, log, ""
 
     def write(self, text: str) -> int:
@@ -58,37 +86,52 @@ class _Tee:
         return getattr(self.stream, name)
 
 
+_active: list[_LogFile] = []  # the log of the console_log in effect, if any
+
+
+def accept_console_log() -> None:
+    """The run is accepted: ``train.log`` is opened and gets the console so far (no-op outside ``console_log``).
+
+    Until then nothing is written, so that a refused run leaves its run
+    directory as it was.
+    """
+    if _active:
+        os.makedirs(os.path.dirname(_active[-1].path) or ".", exist_ok=True)
+        _active[-1].open()
+
+
 @contextlib.contextmanager
 def console_log(logs_dir: str, enabled: bool = True):
     """Within it, standard output and error are also appended to ``logs_dir/train.log``.
 
-    A header line names the start (time, command line). An error that ends
-    the start (an ``FcnError``, which ``FCN.py`` prints after this returns) is
-    written to the log too.
+    A header line names the start (time, command line). The file is written
+    from ``accept_console_log`` on (the console before it included). An error
+    that ends an accepted start (an ``FcnError``, which ``FCN.py`` prints after
+    this returns) is written to the log too.
     """
     if not enabled:
         yield
         return
-    os.makedirs(logs_dir, exist_ok=True)
-    with open(os.path.join(logs_dir, LOG_FILE), "a", encoding="utf-8") as log:
-        now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        log.write(f"==== {now} start: {' '.join(sys.argv) or 'python'} (pid {os.getpid()})\n")
-        log.flush()
-        out, err = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
-        previous = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = out, err
-        try:
-            yield
-        except Exception as error:
-            from fcn.errors import FcnError
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    log = _LogFile(os.path.join(logs_dir, LOG_FILE), f"==== {now} start: {' '.join(sys.argv) or 'python'} (pid {os.getpid()})\n")
+    out, err = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+    previous = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    _active.append(log)
+    try:
+        yield
+    except Exception as error:
+        from fcn.errors import FcnError
 
-            if isinstance(error, FcnError):
-                out.close_line(), err.close_line()
-                log.write(f"FCN.py: {error}\n")
-            raise
-        finally:
-            sys.stdout, sys.stderr = previous
+        if isinstance(error, FcnError):
             out.close_line(), err.close_line()
+            log.write(f"FCN.py: {error}\n")
+        raise
+    finally:
+        _active.pop()
+        sys.stdout, sys.stderr = previous
+        out.close_line(), err.close_line()
+        log.close()
 
 
 # ---------------------------------------------------------------------------

@@ -102,21 +102,36 @@ def histogram(tag: str, values, buckets: int = HISTOGRAM_BUCKETS) -> int:
     Returns:
       The number of NaN and infinite values.
     """
-    values = tf.reshape(tf.cast(values, tf.float32), [-1])
-    finite = tf.math.is_finite(values)
-    non_finite = int(tf.size(values)) - int(tf.math.count_nonzero(finite))
+    table, non_finite, finite = _histogram_table(tf.convert_to_tensor(values), buckets)
+    non_finite = int(non_finite)
     if non_finite:
         tf.summary.scalar(f"{tag}/non_finite_values", non_finite)
-    values = tf.boolean_mask(values, finite)
-    if tf.size(values) == 0:
-        return non_finite
-    low, high = tf.reduce_min(values), tf.reduce_max(values)
-    high = tf.where(high > low, high, low + 1.0)  # a constant tensor still gets one visible bucket
-    counts = tf.histogram_fixed_width(values, tf.stack([low, high]), nbins=buckets)
-    edges = tf.cast(tf.linspace(low, high, buckets + 1), tf.float64)
-    table = tf.stack([edges[:-1], edges[1:], tf.cast(counts, tf.float64)], axis=1)
-    tf.summary.write(tag, table, metadata=_histogram_metadata())
+    if int(finite):
+        tf.summary.write(tag, table, metadata=_histogram_metadata())
     return non_finite
+
+
+@tf.function(reduce_retracing=True)
+def _histogram_table(values, buckets: int):
+    """(buckets, 3) float64 [left, right, count] of the finite values, their count and the others'.
+
+    One compiled pass per tensor: an eager version (a masked copy of the
+    finite values, then min, max and the counts, op by op) made a summary
+    step of the full model several plain steps long.
+    """
+    values = tf.reshape(tf.cast(values, tf.float32), [-1])
+    is_finite = tf.math.is_finite(values)
+    finite = tf.reduce_sum(tf.cast(is_finite, tf.int64))
+    non_finite = tf.size(values, out_type=tf.int64) - finite
+    low = tf.reduce_min(tf.where(is_finite, values, np.inf))
+    high = tf.reduce_max(tf.where(is_finite, values, -np.inf))
+    low = tf.where(finite > 0, low, 0.0)  # nothing finite: any valid range, the table is not written
+    high = tf.where(high > low, high, low + 1.0)  # a constant tensor still gets one visible bucket
+    # Non-finite values are counted into the first bucket as `low`, then taken out of it again.
+    counts = tf.histogram_fixed_width(tf.where(is_finite, values, low), tf.stack([low, high]), nbins=buckets)
+    counts -= tf.cast(non_finite, counts.dtype) * tf.one_hot(0, buckets, dtype=counts.dtype)
+    edges = tf.cast(tf.linspace(low, high, buckets + 1), tf.float64)
+    return tf.stack([edges[:-1], edges[1:], tf.cast(counts, tf.float64)], axis=1), non_finite, finite
 
 
 def _histogram_metadata():

@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fcn import backbones, checkpoints, data, datasets, distribute, metrics, run_log, schedules, summaries
+from fcn import backbones, checkpoints, data, datasets, distribute, metrics, outputs, run_log, schedules, summaries
 from fcn import model as model_lib
 from fcn.config import Config, save_config
 from fcn.datasets.classes import IGNORE_LABEL
@@ -144,7 +144,13 @@ class StepOutput:
 
 
 def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.Strategy):
-    """The compiled training step: ``step(images, labels) -> StepOutput``.
+    """The compiled training step: ``step(images, labels, debug=config.train.debug) -> StepOutput``.
+
+    With ``--debug`` there are two compiled steps: ``debug=True`` also returns
+    the activations and gradients (for a summary step's histograms),
+    ``debug=False`` is the plain step, so that the other steps cost what a
+    plain step costs (returned activations stay alive and keep their buffers
+    from being reused).
 
     Each replica's loss is its summed pixel losses divided by the labelled
     pixels of the whole global batch; the optimizer sums the replicas'
@@ -170,10 +176,10 @@ def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.S
         total = tf.add_n([tf.reduce_sum(v) for v in checked])
         return 1.0 - tf.cast(tf.math.is_finite(total), tf.float32)
 
-    def replica_step(images, labels):
+    def replica_step(images, labels, debug):
         replica_context = tf.distribute.get_replica_context()
         with tf.GradientTape() as tape:
-            if probe is not None:
+            if debug:
                 logits, activations = probe(images, training=True)
             else:
                 logits, activations = model(images, training=True), {}
@@ -194,25 +200,31 @@ def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.S
             gradients = [tf.identity(g) for g in gradients]
         non_finite = update(gradients)
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        return loss, predictions, activations, gradients if train.debug else [], non_finite
-
-    compiled_replica_step = tf.function(replica_step, jit_compile=train.jit_compile or None)
+        return loss, predictions, activations, gradients if debug else [], non_finite
 
     def first(value):
         return strategy.experimental_local_results(value)[0]
 
-    @tf.function
-    def step(images, labels):
-        loss, predictions, activations, gradients, non_finite = strategy.run(compiled_replica_step, args=(images, labels))
-        return (
-            strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-            first(predictions),
-            {name: first(value) for name, value in activations.items()},
-            [first(g) for g in gradients],
-            strategy.reduce(tf.distribute.ReduceOp.SUM, non_finite, axis=None) == 0.0,
+    def compile_step(debug: bool):
+        compiled_replica_step = tf.function(
+            lambda images, labels: replica_step(images, labels, debug), jit_compile=train.jit_compile or None
         )
 
-    return lambda images, labels: StepOutput(*step(images, labels))
+        @tf.function
+        def step(images, labels):
+            loss, predictions, activations, gradients, non_finite = strategy.run(compiled_replica_step, args=(images, labels))
+            return (
+                strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                first(predictions),
+                {name: first(value) for name, value in activations.items()},
+                [first(g) for g in gradients],
+                strategy.reduce(tf.distribute.ReduceOp.SUM, non_finite, axis=None) == 0.0,
+            )
+
+        return step
+
+    steps = {debug: compile_step(debug) for debug in {False, train.debug}}
+    return lambda images, labels, debug=train.debug: StepOutput(*steps[bool(debug) and train.debug](images, labels))
 
 
 def make_eval_step(model: keras.Model, num_classes: int):
@@ -413,17 +425,24 @@ def train(config: Config, root: str, strategy: tf.distribute.Strategy | None = N
       progress: show a progress bar.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    # The dataset's class table decides the model's outputs; the run directory keeps it (classes.csv).
-    dataset = datasets.as_dataset(root, config.data)
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_classes=dataset.classes.num_classes))
-    if distribute.is_chief(strategy):
-        datasets.record_run_classes(config.logs_dir, dataset.classes)
-    run = _Run(config, dataset, strategy, progress)
-    try:
-        result = _loop(run)
-    finally:
-        run.close()
-    run.report(_summary(run, result))
+    chief = distribute.is_chief(strategy)
+    # One training run per run directory: a second one is refused before it changes anything.
+    with outputs.exclusive(config.logs_dir, "another training run", TrainingError) if chief else contextlib.nullcontext():
+        # The dataset's class table decides the model's outputs; the run directory keeps it (classes.csv).
+        dataset = datasets.as_dataset(root, config.data)
+        resolved = dataclasses.replace(config, data=dataclasses.replace(config.data, num_classes=dataset.classes.num_classes))
+        if chief and os.path.isfile(datasets.run_classes_path(config.logs_dir)):
+            datasets.record_run_classes(config.logs_dir, dataset.classes)  # refuses another class table
+        run = _Run(resolved, dataset, strategy, progress)
+        if chief:  # written once the run is accepted: a refused resume leaves the run directory as it was
+            datasets.record_run_classes(config.logs_dir, dataset.classes)
+            save_config(config, config.logs_dir)
+            run_log.accept_console_log()  # the run is accepted: LOGS_DIR/train.log gets its console
+        try:
+            result = _loop(run)
+        finally:
+            run.close()
+        run.report(_summary(run, result))
     if result.status == "finished":
         distribute.finish_together(strategy, report=run.report)
     return result
@@ -445,6 +464,8 @@ def _loop(run: _Run) -> TrainResult:
     status, last_validation = "finished", {}
     bar = tqdm.tqdm(total=train.max_steps, initial=start, unit="step", desc="training", disable=not run.progress, dynamic_ncols=True)
     timer_start, timer_images = time.perf_counter(), 0
+    # A training split whose every pixel is ignored (all annotations unusable, or all "other") teaches nothing.
+    split_size, labelled, examples = len(run.root.usable_pairs("training")), 0, 0
     with stop_requests() as stop, contextlib.closing(bar):
         try:
             if start == 0:
@@ -454,9 +475,18 @@ def _loop(run: _Run) -> TrainResult:
                 local_batch = {key: run.local(value) for key, value in batch.items()}
                 if run.skipped.record(local_batch):
                     run.report_skipped()
+                if not labelled:
+                    labelled = int(np.count_nonzero(np.asarray(local_batch["label"]) != IGNORE_LABEL))
+                    examples += train.batch_size
+                    if not labelled and examples >= split_size:
+                        raise TrainingError(
+                            f"a whole pass over the {split_size} training pairs met no labelled pixel: every annotation is "
+                            "unusable or all ignored, so there is nothing to learn from. --mode=check_data lists why"
+                        )
                 step = int(state.step) + 1
+                summary_step = step % train.summary_every == 0 or step == train.max_steps
                 set_learning_rate(state.optimizer, schedules.learning_rate(train, step))  # a function of the step alone
-                output = run.train_step(batch["image"], batch["label"])
+                output = run.train_step(batch["image"], batch["label"], debug=summary_step)
                 loss = float(output.loss)
                 if not math.isfinite(loss) or not bool(output.finite):
                     # Step s starts from the weights of step s - 1: a checkpoint of them is not a good one.
@@ -469,7 +499,7 @@ def _loop(run: _Run) -> TrainResult:
                 images_per_second = timer_images / max(time.perf_counter() - timer_start, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", images_per_s=f"{images_per_second:.2f}")
-                if step % train.summary_every == 0 or step == train.max_steps:
+                if summary_step:
                     run.write_train_summaries(step, output, local_batch, images_per_second)
                     timer_start, timer_images = time.perf_counter(), 0
                 if step % train.val_every == 0 or step == train.max_steps:
@@ -510,11 +540,15 @@ def _stopped_message(what: str, last_checkpoint: str) -> str:
 def run(config: Config, args) -> int:
     """``--mode=train``: trains (or resumes) the run of ``config``; exit status 1 when it stopped on a NaN loss."""
     progress = not args.no_progress
-    chief = distribute.is_chief_task(config)  # the other workers of a cluster neither write nor report
+    chief = distribute.is_chief_task(config)  # only the chief writes into the run directory, and reports
+    if chief:
+        logs = config.logs_dir
+        outputs.check_writable((logs, "--logs_dir"), (os.path.join(logs, checkpoints.CHECKPOINTS_DIR), "--logs_dir"),
+                               (os.path.join(logs, checkpoints.BEST_DIR), "--logs_dir"), error=TrainingError)  # fmt: skip
     with run_log.console_log(config.logs_dir, enabled=chief):  # the console, also in LOGS_DIR/train.log
         dataset = datasets.prepare_dataset(config.data, progress=progress)
         if chief:
-            path = save_config(config, config.logs_dir)
+            path = os.path.join(config.logs_dir, "config.yaml")
             print(f"dataset: {dataset.root}\nrun directory: {config.logs_dir} (config: {path})")
             print(f"TensorBoard: tensorboard --logdir {config.logs_dir}")
         strategy = setup_process(config)

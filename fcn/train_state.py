@@ -17,6 +17,7 @@ import tensorflow as tf
 from fcn import checkpoints, crfasrnn_keras, schedules, weights
 from fcn import model as model_lib
 from fcn.config import Config
+from fcn.datasets import ade20k
 from fcn.errors import TrainingError
 from fcn.optimizer import make_optimizer, set_learning_rate
 
@@ -54,9 +55,13 @@ def _dropout_layers(model):
 
 
 def create_train_state(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
-    """Builds the model (fresh weights), the optimizer with its slots, and the counters."""
+    """Builds the model (fresh weights), the optimizer with its slots, and the counters.
+
+    The model has ``data.num_classes`` outputs: ``train`` sets it from the
+    dataset's class table; left at 0, the default recipe's (ADE20K's 150).
+    """
     with strategy.scope():
-        model = model_lib.build_from_config(config.model, config.data.num_classes)
+        model = model_lib.build_from_config(config.model, config.data.num_classes or ade20k.NUM_CLASSES)
         optimizer = make_optimizer(config.train)
         if config.train.mixed_precision == "float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -136,8 +141,8 @@ def _initialise_from(model: keras.Model, source: str, report) -> None:
         prefix = checkpoints.restore_model_weights(fcn_view, source, report=report)
     except checkpoints.MismatchError as error:
         raise TrainingError(
-            f"--init_from {source}: its weights do not fit this model (data.num_classes, model.fc_channels must "
-            f"be those of its run): {error}"
+            f"--init_from {source}: its weights do not fit this model (data.num_classes, model.fc_channels and "
+            f"model.backbone must be those of its run): {error}"
         ) from None
     except checkpoints.CheckpointError as error:
         raise TrainingError(f"--init_from {source}: {error}") from None

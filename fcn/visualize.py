@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from fcn import datasets, errors, inference
+from fcn import datasets, errors, inference, outputs
 from fcn.config import Config
 from fcn.datasets import ade20k, decode
 from fcn.datasets.classes import DEFAULT_IGNORE_NAME, IGNORE_LABEL
@@ -73,10 +73,11 @@ def comparison_figure(images, labels, predictions, names=None, titles=None, fcn_
                 ax.text(0.5, 0.5, "no annotation", ha="center", va="center", transform=ax.transAxes)
                 continue
             ax.imshow(panel, interpolation="nearest")
-            ax.set_title(titles[row] if titles and column == 0 else heading, fontsize=9)
-    handles = [Patch(facecolor=classes.palette()[i] / 255.0, edgecolor="grey", label=names[i]) for i in present]
+            ax.set_title(inference.figure_text(titles[row]) if titles and column == 0 else heading, fontsize=9)
+    handles = [Patch(facecolor=classes.palette()[i] / 255.0, edgecolor="grey", label=inference.figure_text(names[i])) for i in present]
     named = sorted({classes.ignore_name(value) for value in classes.ignore_values} - {DEFAULT_IGNORE_NAME})
-    handles.append(Patch(facecolor="black", label=f"{' / '.join(named)} (ignored)" if named else DEFAULT_IGNORE_NAME))
+    ignored = f"{' / '.join(named)} (ignored)" if named else DEFAULT_IGNORE_NAME
+    handles.append(Patch(facecolor="black", label=inference.figure_text(ignored)))
     figure.legend(handles=handles, loc="outside lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
     return figure
 
@@ -112,13 +113,24 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
       inference.InferenceError: no usable checkpoint.
       errors.DataError: the split holds no pairs.
     """
+    folder = None
+    if output_dir:  # a user's folder: claimed before any work, nothing written over a file fcn did not write
+        names = [f"{kind}_{k}.png" for k in range(config.evaluate.visualize_images) for kind in ("inp", "gt", "pred", "pred_fcn")]
+        folder = outputs.OutputFolder(output_dir, "--output", writer="--mode=visualize")
+        folder.claim({"visualize": names + [FIGURE_FILE]}, dataset_root=datasets.as_dataset(root).root)
     predictor, prefix = inference.predictor_from_config(config, checkpoint, with_fcn=True)
     classes = predictor.classes
     dataset = datasets.dataset_for_run(root, config.data, classes)
     pairs = dataset.usable_pairs(config.evaluate.split)
     order = np.random.default_rng(config.train.seed).permutation(len(pairs))
     output_dir = output_dir or os.path.join(config.logs_dir, "visualize")
-    os.makedirs(output_dir, exist_ok=True)
+
+    def write(name, picture):
+        if folder is not None:
+            folder.record([name])
+        os.makedirs(output_dir, exist_ok=True)
+        inference.write_rgb_png(os.path.join(output_dir, name), picture)
+
     images, labels, predictions, fcn_predictions, shown, skipped = [], [], [], [], [], {}
     for index in order:  # draws on past unusable files until the batch is full
         if len(shown) == config.evaluate.visualize_images:
@@ -137,13 +149,13 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
         k = len(shown)
         if isinstance(prediction, (list, tuple)):
             fcn_prediction, prediction = (p[0].numpy() for p in prediction)
-            inference.write_rgb_png(os.path.join(output_dir, f"pred_fcn_{k}.png"), classes.colourise(fcn_prediction))
+            write(f"pred_fcn_{k}.png", classes.colourise(fcn_prediction))
             fcn_predictions.append(fcn_prediction)
         else:
             prediction = prediction[0].numpy()  # (H, W)
-        inference.write_rgb_png(os.path.join(output_dir, f"inp_{k}.png"), image)
-        inference.write_rgb_png(os.path.join(output_dir, f"gt_{k}.png"), classes.colourise(label))
-        inference.write_rgb_png(os.path.join(output_dir, f"pred_{k}.png"), classes.colourise(prediction))
+        write(f"inp_{k}.png", image)
+        write(f"gt_{k}.png", classes.colourise(label))
+        write(f"pred_{k}.png", classes.colourise(prediction))
         images.append(image)
         labels.append(label)
         predictions.append(prediction)
@@ -153,19 +165,26 @@ def visualize(config: Config, root: str, output_dir: str = "", checkpoint: str =
             images, labels, predictions, titles=[os.path.basename(p) for p in shown], fcn_predictions=fcn_predictions or None,
             classes=classes,
         )
+        if folder is not None:
+            folder.record([FIGURE_FILE])
         figure.savefig(os.path.join(output_dir, FIGURE_FILE), dpi=100)
     return VisualizeResult(shown, output_dir, skipped, prefix)
 
 
 def run(config: Config, args) -> int:
     """``--mode=visualize``: pictures of a random validation batch; exit status 1 when none could be shown."""
+    outputs.check_writable((args.output or os.path.join(config.logs_dir, "visualize"), "--output" if args.output else "--logs_dir"))
     dataset = datasets.prepare_dataset(config.data, progress=not args.no_progress)
     result = visualize(config, dataset, args.output, args.checkpoint)
     for reason in result.skipped.values():
         print(f"skipped {reason}", file=sys.stderr)
     print(f"checkpoint: {result.checkpoint}")
+    if not result.shown:
+        print(f"FCN.py: no image of the {config.evaluate.split} split could be shown (see above); nothing was written",
+              file=sys.stderr)  # fmt: skip
+        return 1
     for k, path in enumerate(result.shown):
         print(f"{k}: {path}")
     pictures = "inp,gt,pred_fcn,pred" if config.model.crf else "inp,gt,pred"
     print(f"written: {result.output_dir}/{{{pictures}}}_k.png and {FIGURE_FILE}")
-    return 0 if result.shown else 1
+    return 0

@@ -87,7 +87,7 @@ def save_run(logs_dir, data_dir, fixed_class=None, seed=0, fc_channels=16):
          ("model.vgg_weights", "none")],
     )
     keras.utils.set_random_seed(seed)
-    model = model_lib.build_fcn8s(config.data.num_classes, fc_channels=fc_channels)
+    model = model_lib.build_fcn8s(config.data.num_classes or 150, fc_channels=fc_channels)
     score = model.get_layer("score_fr")
     if fixed_class is None:
         kernel = np.random.default_rng(seed).normal(0, 1, score.kernel.shape).astype(np.float32)

@@ -9,6 +9,7 @@ from conftest import REPO
 
 import FCN
 from fcn import config as config_lib
+from fcn import datasets
 from fcn import errors
 
 
@@ -20,7 +21,8 @@ def write(tmp_path, text, name="config.yaml"):
 
 def test_defaults_are_the_full_ade20k_recipe():
     config = config_lib.Config()
-    assert config.data.num_classes == 150
+    assert config.data.num_classes == 0  # follows the class table: ADE20K's 150 classes
+    assert datasets.LAYOUTS["ade20k"].class_table("", config.data).num_classes == 150
     assert config.data.crop_size == (512, 512) and config.data.base_size == (2048, 512)
     assert config.data.ratio_range == (0.5, 2.0) and config.data.cat_max_ratio == 0.75
     assert config.model.vgg_weights == "imagenet" and config.model.fc_channels == 4096

@@ -188,7 +188,7 @@ def test_bilateral_filter_function_matches_brute_force(crops, theta_alpha, theta
 
 @pytest.mark.parametrize(
     "shape, theta_gamma",
-    [((CROP, CROP), 3.0), ((70, 9), 3.0), ((11, 31), 2.5)],  # 70 rows: two band blocks; 9 < radius
+    [((CROP, CROP), 3.0), ((70, 9), 3.0), ((11, 31), 2.5)],  # 9 < radius: taps beyond both edges
 )
 def test_spatial_filter_is_exact(shape, theta_gamma):
     values = np.random.default_rng(2).random((2,) + shape + (3,))
@@ -211,41 +211,38 @@ def test_spatial_features_are_scaled_pixel_positions():
     np.testing.assert_array_equal(bilateral[0, :, 2:], np.full((12, 3), 3.0))
 
 
-@pytest.mark.parametrize("shape", [(CROP, CROP), (40, 31)])
-def test_lattice_of_positions_approximates_the_spatial_filter(shape):
-    """The 2-D lattice of pixel positions (the layer's spatial filter) against the exact filter.
+def test_spatial_truncation_error_against_the_whole_gaussian():
+    """The truncated kernel (r = ceil(4 theta)) against the untruncated Gaussian sum, brute force.
 
-    Normalised outputs against the exact filter, white noise in [0, 1], theta_gamma 3:
-    measured mean error 0.0022, max 0.016, where the filter moves the values by 0.245.
+    Normalised outputs (the layer divides by the filtered ones), white noise in
+    [0, 1] on 40x40, theta_gamma 3 (r = 12): measured largest difference 1.06e-5,
+    where the filter moves the values by 0.25 on average. A radius one tap
+    shorter (r = 11) measured 4.3e-5, r = 9 (3 sigma) 4.2e-4: the bound pins the
+    radius down to the tap.
     """
-    values = np.random.default_rng(10).random((2,) + shape + (3,))
-    lattice = permutohedral.build_lattice(crf.spatial_features(tf.zeros((2,) + shape + (3,)), 3.0))
-    filtered = permutohedral.lattice_filter(lattice, tf.constant(values, tf.float32)).numpy()
-    norm = permutohedral.lattice_filter(lattice, tf.ones((2,) + shape + (1,))).numpy()
-    ones = tf.ones((2,) + shape + (1,), tf.float64)
-    exact = crf.spatial_filter(tf.constant(values), 3.0).numpy() / crf.spatial_filter(ones, 3.0).numpy()
-    error = np.abs(filtered / norm - exact)
-    assert error.mean() < 0.005 and error.max() < 0.04, (error.mean(), error.max())
+    values = np.random.default_rng(18).random((40, 40, 2))
+    rows, cols = np.mgrid[:40, :40]
+    squared = (cols.reshape(-1)[:, None] - cols.reshape(-1)[None]) ** 2 + (rows.reshape(-1)[:, None] - rows.reshape(-1)[None]) ** 2
+    kernel = np.exp(-squared / (2.0 * 3.0**2))  # no truncation
+    whole = (kernel @ values.reshape(1600, 2)) / kernel.sum(1, keepdims=True)
+    filtered = crf.spatial_filter(tf.constant(values[None]), 3.0).numpy()[0].reshape(1600, 2)
+    norm = crf.spatial_filter(tf.ones((1, 40, 40, 1), tf.float64), 3.0).numpy()[0].reshape(1600, 1)
+    error = np.abs(filtered / norm - whole).max()
+    assert error < 2.5e-5, error
+    assert crf.spatial_radius(3.0) == 12
 
 
-def test_position_lattice_is_shared_by_the_images_of_a_batch():
-    """``shared_lattice_filter`` (batch folded into channels) against each image filtered alone."""
+def test_spatial_message_of_a_batch_is_each_image_filtered_then_mixed():
+    """``spatial_message`` (filter, then the (L, C) channel product) against brute force, image by image."""
     rng = np.random.default_rng(14)
-    values = tf.constant(rng.random((3, 17, 23, 4)))
-    weights = tf.constant(rng.normal(size=(5, 4)))
-    positions = crf.build_position_lattice(tf.zeros((3, 17, 23, 3)), 3.0)
-    alone = permutohedral.build_lattice(crf.spatial_features(tf.zeros((1, 17, 23, 3)), 3.0))
-    shared = crf.shared_lattice_filter(positions, values).numpy()
-    mixed = crf.shared_lattice_filter(positions, values, weights).numpy()
+    values = rng.random((3, 17, 23, 4))
+    weights = rng.normal(size=(5, 4))
+    mixed = crf.spatial_message(tf.constant(values), 3.0, tf.constant(weights)).numpy()
     assert mixed.shape == (3, 17, 23, 5)
     for i in range(3):
-        expected = permutohedral.lattice_filter(alone, values[i : i + 1]).numpy()
-        np.testing.assert_allclose(shared[i : i + 1], expected, rtol=1e-12)
-        np.testing.assert_allclose(mixed[i : i + 1], expected @ weights.numpy().T, rtol=1e-9, atol=1e-12)
-    # Each image's own values: swapping them swaps the outputs.
-    swapped = crf.shared_lattice_filter(positions, values[::-1]).numpy()
-    np.testing.assert_allclose(swapped, shared[::-1], rtol=1e-12)
-    assert np.abs(shared[0] - shared[1]).max() > 0.1
+        np.testing.assert_allclose(mixed[i], brute_force_spatial(values[i], 3.0) @ weights.T, rtol=1e-10, atol=1e-12)
+    unmixed = crf.spatial_message(tf.constant(values), 3.0).numpy()
+    np.testing.assert_allclose(unmixed[1], brute_force_spatial(values[1], 3.0), rtol=1e-10)
 
 
 @pytest.mark.parametrize("groups", [1, 2])
@@ -316,6 +313,34 @@ def test_filter_gradients_are_the_transposed_filters(crops):
             output = tf.reduce_sum(apply(values) * upstream)
         gradient = tape.gradient(output, values).numpy().reshape(-1)
         np.testing.assert_allclose(gradient, matrix.T @ upstream.numpy().reshape(-1), rtol=1e-9, err_msg=name)
+
+
+def test_normalised_lattice_divides_by_the_filter_of_ones_gradient_included(crops):
+    """``permutohedral.normalised``: filter(v) / filter(1) point by point, and its gradient the transposed matrix."""
+    image = crops[1:3, :10, :9]  # two images: one lattice part each
+    lattice = crf.build_image_lattice(image, 5.0, 30.0)
+    normalised = permutohedral.normalised(lattice)
+    size = 10 * 9
+    identity = tf.reshape(tf.eye(size, dtype=tf.float64), (1, 10, 9, size))
+    upstream = tf.constant(np.random.default_rng(20).normal(size=(2, 10, 9, 1)))
+    for i in range(2):
+        alone = crf.build_image_lattice(image[i : i + 1], 5.0, 30.0)
+        norm = permutohedral.lattice_filter(alone, tf.ones((1, 10, 9, 1), tf.float64)).numpy().reshape(size, 1)
+        expected = tf.reshape(permutohedral.lattice_filter(alone, identity), (size, size)).numpy() / norm
+        values = tf.zeros((2, 10, 9, 1), tf.float64)
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            output = permutohedral.lattice_filter(normalised, values)
+            loss = tf.reduce_sum(output[i] * upstream[i])
+        batch_identity = tf.concat([identity, identity], axis=0)
+        matrix = tf.reshape(permutohedral.lattice_filter(normalised, batch_identity)[i], (size, size)).numpy()
+        # The scale is computed once in float32 (the lattice's dtype): agreement to its rounding.
+        np.testing.assert_allclose(matrix, expected, rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(matrix.sum(1), 1.0, rtol=1e-6)  # rows of a normalised filter sum to one
+        gradient = tape.gradient(loss, values).numpy()[i].reshape(-1)
+        np.testing.assert_allclose(gradient, expected.T @ upstream[i].numpy().reshape(-1), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="normalised"):
+        permutohedral.lattice_filter(normalised, tf.ones((2, 10, 9, 1)), transpose=True)
 
 
 # ---------------------------------------------------------------------------
@@ -404,16 +429,133 @@ def test_refinement_improves_noisy_blurred_unaries(samples):
     assert gains[:, 1].mean() > REFINE_MIN_MEAN_MIOU_GAIN, gains
 
 
-def test_num_iterations(crops):
-    unaries = np.random.default_rng(7).normal(0.0, 2.0, (1, CROP, CROP, 4)).astype(np.float32)
-    image = crops[:1]
-    layer = crf.CrfRnn(num_iterations=10)
-    ten = layer([unaries, image]).numpy()
-    np.testing.assert_allclose(unaries, layer([unaries, image], num_iterations=0))
-    five = layer([unaries, image], num_iterations=5).numpy()
-    assert np.abs(ten - five).max() > 1e-3
-    layer.num_iterations = 5
-    np.testing.assert_allclose(layer([unaries, image]), five, atol=1e-6)
+# The mean-field reference problem: an 8x8 crop, 3 labels, kernel widths that
+# make both kernels matter at this size, and parameters with no symmetry to hide
+# a mistake: distinct spatial and bilateral weight matrices and a
+# non-symmetric compatibility.
+REFERENCE_THETAS = dict(theta_alpha=4.0, theta_beta=20.0, theta_gamma=1.5)
+REFERENCE_ITERATIONS = 5
+
+
+def numpy_mean_field(unaries, image, spatial_weights, bilateral_weights, compatibility, num_iterations, thetas):
+    """Dense-CRF mean field in NumPy with brute-force kernels; every iterate, (H, W, C) each.
+
+    pairwise_i(l) = sum_l' mu[l, l'] (sum_k W_s[l', k] S(q)_i(k) / S(1)_i + sum_k W_b[l', k] B(q)_i(k) / B(1)_i)
+    and logits = U - pairwise, S and B the Gaussian sums with j = i included
+    (the conventions of the fcn/crf.py docstring), written out independently.
+    """
+    height, width, num_classes = unaries.shape
+    spatial = lambda v: brute_force_spatial(v, thetas["theta_gamma"])
+    bilateral = lambda v: brute_force_bilateral(v, image, thetas["theta_alpha"], thetas["theta_beta"])
+    ones = np.ones((height, width, 1))
+    spatial_norm, bilateral_norm = spatial(ones), bilateral(ones)
+    logits, iterates = unaries, [unaries]
+    for _ in range(num_iterations):
+        q = np.exp(logits - logits.max(-1, keepdims=True))
+        q /= q.sum(-1, keepdims=True)
+        messages = np.einsum("mk,hwk->hwm", spatial_weights, spatial(q) / spatial_norm)
+        messages += np.einsum("mk,hwk->hwm", bilateral_weights, bilateral(q) / bilateral_norm)
+        logits = unaries - np.einsum("lm,hwm->hwl", compatibility, messages)
+        iterates.append(logits)
+    return iterates
+
+
+@pytest.fixture(scope="module")
+def reference_problem(crops):
+    """(unaries, image, [W_s, W_b, mu], NumPy iterates 0..REFERENCE_ITERATIONS), float64."""
+    rng = np.random.default_rng(19)
+    image = crops[2, 4:12, 6:14]  # (8, 8, 3), a textured region
+    unaries = rng.normal(0.0, 1.5, (8, 8, 3))
+    # Weights that leave mean field moving at every iteration (larger ones converge
+    # within 3-4 iterations, where a count one short no longer shows).
+    spatial_weights = 1.5 * (np.diag([3.0, 2.0, 4.0]) + rng.normal(0.0, 0.5, (3, 3)))
+    bilateral_weights = 0.4 * (np.diag([6.0, 5.0, 7.0]) + rng.normal(0.0, 0.5, (3, 3)))
+    compatibility = 1.0 - np.eye(3) + np.array([[0.0, 0.8, -0.3], [0.1, 0.0, 0.9], [-0.4, 0.2, 0.0]])
+    weights = [spatial_weights, bilateral_weights, compatibility]
+    iterates = numpy_mean_field(unaries, image, *weights, REFERENCE_ITERATIONS, REFERENCE_THETAS)
+    return unaries, image, weights, iterates
+
+
+def test_mean_field_matches_the_numpy_reference_at_every_iteration_count(reference_problem):
+    """``crf.mean_field`` with exact filters against NumPy, iterations 0..N, to float64 rounding.
+
+    The spatial path is the layer's own (``spatial_message``, exact, divided by
+    the filter of ones); the bilateral filter is the brute-force normalised
+    Gaussian sum as a dense matrix, so any difference is mean field's. Measured on iterates 1-5: swapping the two
+    kernel weights moves the logits by 0.37 or more, transposing the
+    compatibility by 1.8 or more, one iteration too few by 0.90 or more;
+    asserted at 1e-9.
+    """
+    unaries, image, (spatial_weights, bilateral_weights, compatibility), iterates = reference_problem
+    kernel = brute_force_bilateral(np.eye(64).reshape(8, 8, 64), image, **{k: REFERENCE_THETAS[k] for k in ("theta_alpha", "theta_beta")})
+    kernel = kernel.reshape(64, 64)  # symmetric: row i holds pixel i's kernel
+    kernel = tf.constant(kernel / kernel.sum(1, keepdims=True))  # normalised
+    theta_gamma = REFERENCE_THETAS["theta_gamma"]
+    spatial_scale = 1.0 / crf.spatial_filter(tf.ones((1, 8, 8, 1), tf.float64), theta_gamma)
+
+    def bilateral(values, weights):  # (1, 8, 8, K) -> (1, 8, 8, L), exact
+        filtered = tf.reshape(tf.matmul(kernel, tf.reshape(values, (64, -1))), (1, 8, 8, -1))
+        return tf.einsum("bhwk,lk->bhwl", filtered, weights)
+
+    for count, expected in enumerate(iterates):
+        refined = crf.mean_field(
+            tf.constant(unaries[None]),
+            spatial=lambda values, weights: crf.spatial_message(values, theta_gamma, weights) * spatial_scale,
+            bilateral=bilateral,
+            spatial_kernel_weights=tf.constant(spatial_weights),
+            bilateral_kernel_weights=tf.constant(bilateral_weights),
+            compatibility=tf.constant(compatibility),
+            num_iterations=count,
+        ).numpy()[0]
+        np.testing.assert_allclose(refined, expected, rtol=1e-9, atol=1e-9, err_msg=f"{count} iterations")
+
+
+def reference_layer(weights, num_iterations=REFERENCE_ITERATIONS):
+    layer = crf.CrfRnn(num_iterations=num_iterations, dtype="float64", **REFERENCE_THETAS)
+    layer.build([(1, 8, 8, 3), (1, 8, 8, 3)])
+    for variable, value in zip(
+        (layer.spatial_kernel_weights, layer.bilateral_kernel_weights, layer.compatibility), weights
+    ):
+        variable.assign(value)
+    return layer
+
+
+def test_layer_matches_the_numpy_reference_within_the_lattice_error(reference_problem):
+    """The whole layer (bilateral filter on the lattice) against NumPy with brute-force kernels.
+
+    Measured largest difference 0.011-0.045 over iterates 1-5 (the lattice's
+    approximation of the bilateral kernel), asserted at 0.12; on the same
+    iterates, swapping the two kernel weights moves the reference by 0.37 or
+    more, transposing the compatibility by 1.8 or more, and successive
+    iterates differ by 0.90 or more.
+    """
+    unaries, image, weights, iterates = reference_problem
+    layer = reference_layer(weights)
+    for count, expected in enumerate(iterates):
+        refined = layer([unaries[None], image[None]], num_iterations=count).numpy()[0]
+        assert np.abs(refined - expected).max() < 0.12, (count, np.abs(refined - expected).max())
+
+
+def test_num_iterations_counts_iterations(reference_problem):
+    """The layer's iteration count, from the constructor and from the call, picks the NumPy iterate it is.
+
+    Each output is nearest (by a margin) to the reference iterate of its own
+    count among all iterates 0..N: one iteration too many or too few picks a
+    neighbour.
+    """
+    unaries, image, weights, iterates = reference_problem
+    inputs = [unaries[None], image[None]]
+    for count in range(REFERENCE_ITERATIONS + 1):
+        outputs = {
+            "constructor": reference_layer(weights, num_iterations=count)(inputs).numpy()[0],
+            "call": reference_layer(weights, num_iterations=7)(inputs, num_iterations=count).numpy()[0],
+        }
+        for how, refined in outputs.items():
+            distances = [np.abs(refined - iterate).max() for iterate in iterates]
+            nearest = int(np.argmin(distances))
+            assert nearest == count, (how, count, distances)
+            others = min(d for i, d in enumerate(distances) if i != count)
+            assert distances[count] < 0.5 * others, (how, count, distances)
 
 
 def test_get_config_round_trip():

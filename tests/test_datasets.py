@@ -557,11 +557,13 @@ def test_confusion_figure_shows_the_class_colours():
 
 
 @pytest.mark.slow  # a FCN.py subprocess
-def test_cli_refuses_a_num_classes_that_disagrees_with_the_voc_table(tmp_path):
+def test_cli_follows_the_voc_table_and_refuses_a_num_classes_that_disagrees(tmp_path):
     from conftest import run_fcn
 
     datasets.generate_sample_dataset(str(tmp_path / "VOCdevkit" / "VOC2012"), num_train=1, num_val=1, progress=False, layout="voc")
-    result = run_fcn("--mode=check_data", "--data_dir", str(tmp_path), "--no_progress")
+    result = run_fcn("--mode=check_data", "--data_dir", str(tmp_path), "--no_progress")  # no config: the table decides
+    assert result.returncode == 0 and "no problems found" in result.stdout, result.stderr
+    result = run_fcn("--mode=check_data", "--data_dir", str(tmp_path), "--no_progress", "--set", "data.num_classes=150")
     assert result.returncode == 2, result.stderr
     assert "data.num_classes is 150, but the class table (PASCAL VOC 2012) has 21 classes" in result.stderr
     assert "--set data.num_classes=21" in result.stderr and "Traceback" not in result.stderr

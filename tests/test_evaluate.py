@@ -98,7 +98,7 @@ def test_split_of_different_sizes_is_scored_at_full_resolution(tmp_path, rng):
         png = Image.open(os.path.join(submission, f"ADE_val_{k:08d}.png"))
         assert png.mode == "L" and png.size == (SIZES[k][1], SIZES[k][0])
         np.testing.assert_array_equal(np.asarray(png), prediction + 1)
-    assert sorted(os.listdir(submission)) == [f"ADE_val_{k:08d}.png" for k in range(len(SIZES))]
+    assert sorted(os.listdir(submission)) == [".fcn_outputs"] + [f"ADE_val_{k:08d}.png" for k in range(len(SIZES))]  # the list of fcn's own files
 
 
 def test_evaluate_averages_the_scales_and_flip_of_the_config(tmp_path, rng):

@@ -32,9 +32,8 @@ CHILD = """
 import json, sys
 sys.path.insert(0, {repo!r})
 import FCN
-from fcn import data, predict
-from fcn.datasets import voc
-from fcn import errors
+from fcn import datasets, errors, inference, predict
+from fcn.config import DataConfig
 
 root, folder, denied_image, voc_root = sys.argv[1:5]
 status = FCN.main(["--mode=check_data", "--data_dir", root, "--no_progress"])
@@ -43,7 +42,7 @@ try:
     listing = ""
 except errors.DataError as error:
     listing = str(error)
-voc = datasets.list_split(voc_root, "training", data.DataConfig(layout="voc", num_classes=0))
+voc = datasets.list_split(voc_root, "training", DataConfig(layout="voc", num_classes=0))
 files, unopenable = predict.list_images([folder])
 try:
     inference.read_image(denied_image)

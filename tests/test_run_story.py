@@ -121,11 +121,18 @@ def test_history_of_a_resumed_run_drops_what_came_after_its_checkpoint(tmp_path)
     assert json.loads(lines[0]) == {"kind": "train", "step": 1, "loss": 1.0}
 
 
+def test_a_refused_start_writes_no_log(tmp_path):
+    with run_log.console_log(str(tmp_path)):
+        print("refused before the run was accepted")
+    assert not os.path.exists(tmp_path / "train.log")
+
+
 def test_the_log_keeps_a_redrawn_progress_line_once(tmp_path, monkeypatch):
     console = io.StringIO()
     monkeypatch.setattr("sys.stdout", console)
     with run_log.console_log(str(tmp_path)):
         print("first line")
+        run_log.accept_console_log()
         print("\rtraining 1/3", end="")
         print("\rtraining 2/3", end="")
         print("\rtraining 3/3")

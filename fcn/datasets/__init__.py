@@ -212,7 +212,7 @@ def dataset_for_run(root, config, classes: ClassTable) -> Dataset:
     if not dataset.classes.same_classes(classes):
         raise ClassTableMismatchError(
             f"{display_path(dataset.root)} has {dataset.classes.describe()}, but the run was trained on "
-            f"{classes.describe()}: point --data_dir at the run's dataset"
+            f"{classes.describe()} ({dataset.classes.difference(classes)}): point --data_dir at the run's dataset"
         )
     return dataset
 
@@ -230,7 +230,7 @@ def record_run_classes(logs_dir: str, classes: ClassTable) -> str:
             return path
         raise ClassTableMismatchError(
             f"{path}: this run was trained on another class table ({recorded.describe()}) than the dataset's "
-            f"({classes.describe()}); train into another --logs_dir"
+            f"({classes.describe()}; {recorded.difference(classes)}); train into another --logs_dir"
         )
     os.makedirs(logs_dir, exist_ok=True)
     classes.write_csv(path)

@@ -15,13 +15,16 @@ import os
 import numpy as np
 from PIL import Image
 
-from fcn.datasets.files import display_path
+from fcn.datasets.files import display_path, visible
 from fcn.errors import DataError
 
 IGNORE_LABEL = 255
 CLASSES_FILE = "classes.csv"  # a folder dataset's class table, and a run's (in logs_dir)
 CLASSES_HEADER = ("id", "name", "r", "g", "b")
 DEFAULT_IGNORE_NAME = "ignored"  # an ignored value the class table gives no name
+# A spreadsheet takes a cell starting with one of these for a formula; in CSV files fcn writes, such a name gets a
+# leading quote, which reading drops again.
+_FORMULA_STARTS = ("=", "+", "-", "@")
 
 
 def voc_colormap(size: int = 256) -> np.ndarray:
@@ -87,6 +90,12 @@ class ClassTable:
             raise DataError(f"{where}class name {named[0]!r} is used more than once; names must be distinct")
         if any(not n.strip() for n in self.names):
             raise DataError(f"{where}a class has an empty name")
+        controlled = [n for n in self.names if any(ord(c) < 32 or ord(c) == 127 for c in n)]
+        if controlled:
+            raise DataError(
+                f"{where}class name {visible(controlled[0])} holds a control character (a line break, a tab, an escape): "
+                "names are one line of printable text"
+            )
         both = sorted(set(self.ids) & set(self.ignore_values))
         if both:
             raise DataError(f"{where}value {both[0]} is both a class and ignored")
@@ -123,6 +132,7 @@ class ClassTable:
         ignore_column = header.index("ignore") if "ignore" in header else None
         format_column = header.index("format") if "format" in header else None
         names, ids, colours, ignored, ignore_names, palette = [], [], [], [], [], None
+        lines_of = {}  # id or name -> the line that first gave it
         for number, row in enumerate(rows[1:], start=2):
             row = [cell.strip() for cell in row] + [""] * (len(header) - len(row))
             where = f"{path}, line {number}"
@@ -137,14 +147,25 @@ class ClassTable:
                 raise DataError(f"{where}: ignore must be 1/0 (or true/false), got {flag!r}")
             if format_column is not None and row[format_column]:
                 palette = row[format_column].lower() == "palette"
-            if flag in ("1", "true", "yes") or value == IGNORE_LABEL:
+            if value == IGNORE_LABEL and flag not in ("1", "true", "yes"):
+                raise DataError(
+                    f"{where}: {IGNORE_LABEL} is always ignored and cannot be the class {visible(row[1])}: give the class "
+                    f"another id in 0..254, or mark the row ignored (ignore column 1)"
+                )
+            if flag in ("1", "true", "yes"):
                 if value in ignored:
                     raise DataError(f"{where}: value {value} is listed more than once")
                 ignored.append(value)
-                if row[1] and row[1] != DEFAULT_IGNORE_NAME:
-                    ignore_names.append((value, row[1]))
+                ignore_name = row[1][1:] if row[1][:1] == "'" and row[1][1:2] in _FORMULA_STARTS else row[1]
+                if ignore_name and ignore_name != DEFAULT_IGNORE_NAME:
+                    ignore_names.append((value, ignore_name))
                 continue
-            names.append(row[1])
+            name = row[1][1:] if row[1][:1] == "'" and row[1][1:2] in _FORMULA_STARTS else row[1]
+            for key, what in (((("id", value)), f"class id {value}"), (("name", name), f"class name {visible(name)}")):
+                if key in lines_of:
+                    raise DataError(f"{where}: {what} is already given on line {lines_of[key]}; ids and names must be distinct")
+                lines_of[key] = number
+            names.append(name)
             ids.append(value)
             colours.append((r, g, b))
         if not names:
@@ -160,9 +181,9 @@ class ClassTable:
             writer.writerow([*CLASSES_HEADER, "ignore", "format"])
             label_format = "palette" if self.palette_png else "grey"
             for name, value, colour in zip(self.names, self.ids, self.colours):
-                writer.writerow([value, name, *colour, 0, label_format])
+                writer.writerow([value, _csv_text(name), *colour, 0, label_format])
             for value in self.ignore_values:
-                writer.writerow([value, self.ignore_name(value), 0, 0, 0, 1, label_format])
+                writer.writerow([value, _csv_text(self.ignore_name(value)), 0, 0, 0, 1, label_format])
         os.replace(temporary, path)
 
     # -- facts
@@ -189,6 +210,19 @@ class ClassTable:
 
     def describe(self) -> str:
         return f"{self.num_classes} classes ({self.source or 'class table'})"
+
+    def difference(self, other: "ClassTable") -> str:
+        """How this table reads annotations differently from ``other``, for messages (its side first)."""
+        if self.ids != other.ids:
+            if set(self.ids) == set(other.ids):
+                return f"the same ids in another order: {list(self.ids)[:10]} against {list(other.ids)[:10]}"
+            mine, theirs = sorted(set(self.ids) - set(other.ids)), sorted(set(other.ids) - set(self.ids))
+            return f"class ids {mine[:10]} only here, {theirs[:10]} only there" if mine and theirs else (
+                f"class ids {mine[:10]} only here" if mine else f"class ids {theirs[:10]} missing here")
+        if set(self.ignore_values) != set(other.ignore_values):
+            return f"ignored values {sorted(self.ignore_values)} against {sorted(other.ignore_values)}"
+        renamed = [(a, b) for a, b in zip(self.names, other.names) if a != b]
+        return "other names: " + ", ".join(f"{visible(a)} for {visible(b)}" for a, b in renamed[:5])
 
     # -- mappings
 
@@ -265,3 +299,8 @@ def read_label_png(path: str) -> np.ndarray:
         if picture.mode not in ("L", "P"):
             raise DataError(f"{display_path(path)}: a {picture.mode} image, not a greyscale or palette label PNG")
         return np.asarray(picture)
+
+
+def _csv_text(name: str) -> str:
+    """A class name as a CSV cell a spreadsheet shows as text, never runs as a formula."""
+    return "'" + name if name.startswith(_FORMULA_STARTS) else name

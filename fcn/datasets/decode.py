@@ -67,10 +67,10 @@ def path_tensor(paths):
 
 def decode_image(path):
     """Reads any image file as RGB uint8 (H, W, 3); returns (image, True). Raises on a corrupt file."""
-    return _decode_image_bytes(tf.io.read_file(path)), tf.constant(True)
+    return decode_image_bytes(tf.io.read_file(path)), tf.constant(True)
 
 
-def _decode_image_bytes(data):
+def decode_image_bytes(data):
     """JPEG, PNG, GIF or BMP file contents -> RGB uint8 (H, W, 3)."""
     # The accurate integer IDCT decodes JPEGs as PIL and OpenCV do; TensorFlow's
     # default fast IDCT is off by a grey level or two on many pixels.
@@ -102,7 +102,7 @@ def read_image_file(path: str) -> np.ndarray:
     except OSError as error:
         raise DataError(f"{display_path(path)}: cannot be read ({error.strerror})") from None
     try:
-        return _decode_image_bytes(tf.constant(contents)).numpy()
+        return decode_image_bytes(tf.constant(contents)).numpy()
     except tf.errors.OpError as error:
         raise DataError(
             f"{display_path(path)}: not an image it can read: {_decoder_reason(error)} (JPEG, PNG, GIF and BMP files are read)"

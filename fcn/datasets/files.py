@@ -8,17 +8,25 @@ from fcn.errors import DataError
 
 SPLITS = ("training", "validation")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# Control characters in a file name are printed as escapes: raw, an ESC sequence could retitle or clear the terminal.
+_CONTROL_ESCAPES = {chr(c): f"\\x{c:02x}" for c in (*range(32), 127)}
 
 
 def display_path(path) -> str:
-    """A path as text that can always be printed: undecodable name bytes appear as \\xNN escapes.
+    """A path as text that can always be printed: undecodable name bytes and control characters appear as \\xNN escapes.
 
     Args:
       path: str (possibly holding the surrogate escapes ``os`` functions return
         for non-UTF-8 names) or bytes (as in the ``path`` tensors).
     """
     raw = path if isinstance(path, bytes) else os.fsencode(path)
-    return raw.decode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(_CONTROL_ESCAPES.get(c, c) for c in text) if any(c in _CONTROL_ESCAPES for c in text) else text
+
+
+def visible(text: str) -> str:
+    """``text`` quoted, with control characters (line breaks, escapes) shown as escapes, never sent raw to a terminal."""
+    return repr(text)
 
 
 def decode_path(value) -> str:

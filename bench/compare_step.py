@@ -45,11 +45,15 @@ from common import conv_flops, measure_peak
 with tempfile.TemporaryDirectory() as work:
     from common import make_training_root
     root = make_training_root(os.path.join(work, "data"))
-    config = load_config(None, [("model.pretrained_weights", "none"), ("model.fc_channels", 4096), ("data.data_dir", root),
+    config = load_config(None, [("model.vgg_weights", "none"), ("model.fc_channels", 4096), ("data.data_dir", root),
                                 ("logs_dir", os.path.join(work, "logs"))] + [tuple(o) for o in overrides])
     strategy = train.setup_process(config)
     import tensorflow as tf
-    state = train_state.create_train_state(config, strategy)
+    try:  # the state moved to fcn/train_state.py; an older tree has it in fcn/train.py
+        from fcn.train_state import create_train_state
+    except ImportError:
+        create_train_state = train.create_train_state
+    state = create_train_state(config, strategy)
     step = train.make_train_step(state, config, strategy)
     rng = np.random.default_rng(size + batch)
     images = tf.constant(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))

@@ -506,8 +506,9 @@ def _size_problems(config: Config) -> list[str]:
     if max(e.scales) > MAX_SCALE:
         problems.append(f"evaluate.scales must be at most {MAX_SCALE:g}, got {list(e.scales)}")
     sizes = [("data.crop_size", d.crop_size), ("data.val_size", d.val_size), ("evaluate.window", e.window)]
-    test_size = e.resolved_test_size(d.base_size)
-    if test_size is not None:
+    test_size = None if isinstance(e.test_size, str) and e.test_size not in ("base_size", *OWN_SIZE) else (
+        e.resolved_test_size(d.base_size))  # a malformed one is reported by check_values already
+    if test_size is not None and all(isinstance(v, int) for v in test_size):
         scale = min(max(e.scales), MAX_SCALE)
         sizes.append((f"evaluate.test_size at scale {scale:g}", (test_size[0] * scale, test_size[1] * scale)))
     for key, (height, width) in sizes:

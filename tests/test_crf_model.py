@@ -230,7 +230,7 @@ def test_inference_modes_use_fcn_and_crf(crf_runs, tmp_path):
     result = run_fcn("--config", os.path.join(crf_run, "config.yaml"), "--no_progress", "--mode=visualize",
                      "--set", "evaluate.visualize_images=1", "--output", out)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(os.listdir(out)) == ["gt_0.png", "inp_0.png", "pred_0.png", "pred_fcn_0.png", "visualize.png"]
+    assert sorted(os.listdir(out)) == [".fcn_outputs", "gt_0.png", "inp_0.png", "pred_0.png", "pred_fcn_0.png", "visualize.png"]
     image = np.asarray(Image.open(os.path.join(out, "inp_0.png")))
     fcn_labels, crf_labels = (labels[0].numpy() for labels in both.labels(image[None]))
     np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(out, "pred_fcn_0.png"))), ade20k.class_table().colourise(fcn_labels))

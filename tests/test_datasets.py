@@ -116,8 +116,8 @@ def test_classes_csv_ids_in_any_order_and_declared_ignored_values(tmp_path):
     "text, message",
     [
         ("name,id,r,g,b\nsky,1,0,0,0\n", "header id,name,r,g,b"),
-        ("id,name,r,g,b\n1,sky,0,0,0\n1,road,1,1,1\n", "class id 1 is listed more than once"),
-        ("id,name,r,g,b\n1,sky,0,0,0\n2,sky,1,1,1\n", "'sky' is used more than once"),
+        ("id,name,r,g,b\n1,sky,0,0,0\n1,road,1,1,1\n", "line 3: class id 1 is already given on line 2"),
+        ("id,name,r,g,b\n1,sky,0,0,0\n2,sky,1,1,1\n", "line 3: class name 'sky' is already given on line 2"),
         ("id,name,r,g,b\n1,sky,0,0,300\n", "line 2"),
         ("id,name,r,g,b\nx,sky,0,0,0\n", "must be integers"),
         ("id,name,r,g,b,ignore\n0,unlabelled,0,0,0,1\n", "lists no class"),

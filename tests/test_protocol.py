@@ -151,7 +151,7 @@ def test_evaluate_predict_and_the_savedmodel_give_the_same_labels(tmp_path):
 
     message = "683x512 = 349,696 pixels, more than evaluate.max_pixels = 200,000: skipped"
     assert evaluated.images == 2 and list(evaluated.too_large) == [images[1]] and message in evaluated.too_large[images[1]]
-    assert sorted(os.listdir(tmp_path / "sub")) == ["ADE_val_00000002.png", "ADE_val_00000003.png"]
+    assert sorted(os.listdir(tmp_path / "sub")) == [".fcn_outputs", "ADE_val_00000002.png", "ADE_val_00000003.png"]
     assert list(predicted.failed) == [images[1]] and message in predicted.failed[images[1]]
     assert list(predicted.written) == [images[3]]  # the image after the refused one
     from_evaluate = np.asarray(Image.open(tmp_path / "sub" / "ADE_val_00000003.png"))

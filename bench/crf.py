@@ -155,7 +155,7 @@ def new_layer(num_classes: int) -> crf.CrfRnn:
 
 
 def fetch(structure):
-    return tf.nest.map_structure(lambda t: t.numpy(), structure, expand_composites=True)
+    return tf.nest.map_structure(lambda t: None if t is None else t.numpy(), structure, expand_composites=True)
 
 
 def timed(function, *args):
@@ -217,8 +217,8 @@ def parts(case_list, repeats: int) -> None:
         image_batch = tf.constant(image[None])
         values = tf.constant(rng.random((1,) + unaries.shape), tf.float32)
         @tf.function
-        def build(images):
-            return crf.build_image_lattice(images, THETA_ALPHA, THETA_BETA)
+        def build(images):  # as the layer builds it: with the norm folded into the slice
+            return permutohedral.normalised(crf.build_image_lattice(images, THETA_ALPHA, THETA_BETA))
 
         lattice = build(image_batch)
         part = lattice.parts[0]
@@ -235,7 +235,7 @@ def parts(case_list, repeats: int) -> None:
 
         splat = chunked(lambda x: tf.sparse.sparse_dense_matmul(part.splat, x))
         vertex_values = splat(flat)
-        scales = [tf.constant(1.0 / (rng.random((1,) + unaries.shape[:2] + (1,)) + 1.0), tf.float32) for _ in range(2)]
+        scales = [tf.constant(1.0 / (rng.random((1,) + unaries.shape[:2] + (1,)) + 1.0), tf.float32)]
 
         def bilateral_filter(x):
             return permutohedral.lattice_filter(lattice, x, channel_weights=weights)
@@ -243,8 +243,8 @@ def parts(case_list, repeats: int) -> None:
         def spatial_filter(x):
             return crf.spatial_message(x, THETA_GAMMA, weights)
 
-        def rest(logits, spatial, bilateral):  # as in crf.mean_field, with the filters' outputs given
-            return tf.add_n([logits, spatial * scales[0], bilateral * scales[1]]), tf.nn.softmax(logits)
+        def rest(logits, spatial, bilateral):  # as in crf.mean_field and the spatial norm, the filters' outputs given
+            return tf.add_n([logits, spatial * scales[0], bilateral]), tf.nn.softmax(logits)
 
         seconds = {
             "build": median_seconds(build, (image_batch,), repeats),

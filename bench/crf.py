@@ -22,11 +22,12 @@ Three parts, in one run:
    (``pip install pydensecrf2``); without it our side is timed alone.
 
 2. **Where the time goes**, per part of one forward pass, for each case: the
-   bilateral and the position lattice builds; splat, blur (all d + 1
-   directions) and slice of the bilateral lattice; each filter with its C x C
-   product; the rest of an iteration (softmax, norms, sums); each timed alone
-   on C channels (``tf.function``, median), and how many times a forward pass
-   runs it.
+   bilateral lattice build (with the norm folded into its slice); splat, blur
+   (all d + 1 directions) and slice of the bilateral lattice; each filter with
+   its C x C product (the spatial one exact, two depthwise 1-D convolutions);
+   the rest of an iteration (softmax, the spatial norm's scale, the sum) and
+   its ratio to the bilateral filter; each timed alone on C channels
+   (``tf.function``, median).
 
 3. **Training**: forward + backward (gradients for the unaries and the three
    C x C matrices) at C = 150, 500x375, batch 1 and 4, in seconds per image,
@@ -43,10 +44,11 @@ load average is printed at the start and at the end.
 Usage, from the repo root::
 
     pip install pydensecrf2   # optional, for the comparison
-    python bench/crf.py [--quick] [--no_training] [--repeats 3]
+    python bench/crf.py [--quick] [--no_training] [--parts_only] [--smoke] [--summary FILE] [--repeats 3]
 
 ``--quick``: part 1 and 2 on the C = 21 fixture case only, no training part;
-``--no_training``: parts 1 and 2 on every case.
+``--no_training``: parts 1 and 2 on every case; ``--smoke``: a 64x48 crop at
+C = 5, one repeat, no training part (for the tests).
 """
 
 import argparse

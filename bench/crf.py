@@ -22,11 +22,12 @@ Three parts, in one run:
    (``pip install pydensecrf2``); without it our side is timed alone.
 
 2. **Where the time goes**, per part of one forward pass, for each case: the
-   bilateral and the position lattice builds; splat, blur (all d + 1
-   directions) and slice of the bilateral lattice; each filter with its C x C
-   product; the rest of an iteration (softmax, norms, sums); each timed alone
-   on C channels (``tf.function``, median), and how many times a forward pass
-   runs it.
+   bilateral lattice build (with the norm folded into its slice); splat, blur
+   (all d + 1 directions) and slice of the bilateral lattice; each filter with
+   its C x C product (the spatial one exact, two depthwise 1-D convolutions);
+   the rest of an iteration (softmax, the spatial norm's scale, the sum) and
+   its ratio to the bilateral filter; each timed alone on C channels
+   (``tf.function``, median).
 
 3. **Training**: forward + backward (gradients for the unaries and the three
    C x C matrices) at C = 150, 500x375, batch 1 and 4, in seconds per image,
@@ -43,10 +44,11 @@ load average is printed at the start and at the end.
 Usage, from the repo root::
 
     pip install pydensecrf2   # optional, for the comparison
-    python bench/crf.py [--quick] [--no_training] [--repeats 3]
+    python bench/crf.py [--quick] [--no_training] [--parts_only] [--smoke] [--summary FILE] [--repeats 3]
 
 ``--quick``: part 1 and 2 on the C = 21 fixture case only, no training part;
-``--no_training``: parts 1 and 2 on every case.
+``--no_training``: parts 1 and 2 on every case; ``--smoke``: a 64x48 crop at
+C = 5, one repeat, no training part (for the tests).
 """
 
 import argparse
@@ -157,7 +159,7 @@ def new_layer(num_classes: int) -> crf.CrfRnn:
 
 
 def fetch(structure):
-    return tf.nest.map_structure(lambda t: t.numpy(), structure, expand_composites=True)
+    return tf.nest.map_structure(lambda t: None if t is None else t.numpy(), structure, expand_composites=True)
 
 
 def timed(function, *args):
@@ -219,8 +221,8 @@ def parts(case_list, repeats: int) -> None:
         image_batch = tf.constant(image[None])
         values = tf.constant(rng.random((1,) + unaries.shape), tf.float32)
         @tf.function
-        def build(images):
-            return crf.build_image_lattice(images, THETA_ALPHA, THETA_BETA)
+        def build(images):  # as the layer builds it: with the norm folded into the slice
+            return permutohedral.normalised(crf.build_image_lattice(images, THETA_ALPHA, THETA_BETA))
 
         lattice = build(image_batch)
         part = lattice.parts[0]
@@ -237,7 +239,7 @@ def parts(case_list, repeats: int) -> None:
 
         splat = chunked(lambda x: tf.sparse.sparse_dense_matmul(part.splat, x))
         vertex_values = splat(flat)
-        scales = [tf.constant(1.0 / (rng.random((1,) + unaries.shape[:2] + (1,)) + 1.0), tf.float32) for _ in range(2)]
+        scales = [tf.constant(1.0 / (rng.random((1,) + unaries.shape[:2] + (1,)) + 1.0), tf.float32)]
 
         def bilateral_filter(x):
             return permutohedral.lattice_filter(lattice, x, channel_weights=weights)
@@ -245,8 +247,8 @@ def parts(case_list, repeats: int) -> None:
         def spatial_filter(x):
             return crf.spatial_message(x, THETA_GAMMA, weights)
 
-        def rest(logits, spatial, bilateral):  # as in crf.mean_field, with the filters' outputs given
-            return tf.add_n([logits, spatial * scales[0], bilateral * scales[1]]), tf.nn.softmax(logits)
+        def rest(logits, spatial, bilateral):  # as in crf.mean_field and the spatial norm, the filters' outputs given
+            return tf.add_n([logits, spatial * scales[0], bilateral]), tf.nn.softmax(logits)
 
         seconds = {
             "build": median_seconds(build, (image_batch,), repeats),

@@ -92,6 +92,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.smoke:
         args.repeats = 1
+    print(device.describe(), flush=True)
     load_at_start = common.load_average()
     keras.utils.set_random_seed(0)
     num_classes, fc_channels = (5, 64) if args.smoke else (150, 4096)
@@ -115,7 +116,6 @@ def main(argv=None) -> None:
         summary.append((f"Predictor / forward alone, images/s, {protocol}, {views}", f"{ratio:.2f}"))
         summary.append((f"Predictor images/s, {protocol}, {views}", f"{predictor_rate:.3f}"))
         print(f"  {protocol}, {views}: predictor {predictor_rate:.3f} images/s, forward {forward_rate:.3f}", flush=True)
-    print(device.describe())
     print(f"FCN-8s ({num_classes} classes, fc6/fc7 {fc_channels}, random weights), {len(images)} fixture images "
           f"({', '.join(f'{i.shape[1]}x{i.shape[0]}' for i in images)}), one per call, median of {args.repeats} turns; "
           f"1-minute load average {load_at_start:.2f} at start, {common.load_average():.2f} at end")

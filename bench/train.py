@@ -7,9 +7,11 @@ of random uint8 images and labels, so the input pipeline is left out, at
 256x256 batch 8 and 512x512 batch 2:
 
 - ``debug False``: ``train_step``, the ordinary step;
-- ``debug True``: the step of a ``--debug`` run (it also returns the ReLU
-  activations and the gradients), alone and followed by
-  ``summaries.write_debug`` of their histograms to an event writer, flushed.
+- ``debug True`` (``--debug``): in turns in one process, the plain step of the
+  same state, the ``--debug`` run's ordinary step and its summary step (which
+  also returns the ReLU activations and the gradients) followed by
+  ``summaries.write_debug`` of their histograms to an event writer, flushed;
+  the last two are printed over the first.
 
 Each measurement is one warm-up (tracing) and ``--steps`` timed steps, whose
 median is reported. FLOPs come from ``bench/model.py``'s counter (training
@@ -29,7 +31,7 @@ taking it (or another job).
 
 Usage, from the repo root::
 
-    python bench/train.py [--quick] [--steps 2] [--max_memory_gb 10] [--shape 256x8 ...]
+    python bench/train.py [--quick] [--debug] [--smoke] [--summary FILE] [--steps 2] [--max_memory_gb 10] [--shape 256x8 ...]
 """
 
 import argparse

@@ -149,8 +149,8 @@ def make_train_step(state: TrainState, config: Config, strategy: tf.distribute.S
     With ``--debug`` there are two compiled steps: ``debug=True`` also returns
     the activations and gradients (for a summary step's histograms),
     ``debug=False`` is the plain step, so that the other steps cost what a
-    plain step costs (returned activations stay alive and keep their buffers
-    from being reused).
+    plain step costs (handing every activation and gradient of the full model
+    out of the step is memory and copies that only a summary step needs).
 
     Each replica's loss is its summed pixel losses divided by the labelled
     pixels of the whole global batch; the optimizer sums the replicas'

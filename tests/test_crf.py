@@ -390,7 +390,7 @@ def test_batch_of_different_images_matches_single_images(samples):
 
 
 def test_layer_with_unknown_batch_and_image_size_matches_eager(crops):
-    """As in a Keras model graph: no static batch, height, width (the position lattice folds the batch)."""
+    """As in a Keras model graph: no static batch, height, width."""
     rng = np.random.default_rng(17)
     unaries = rng.normal(0.0, 2.0, (2, 9, 11, 4)).astype(np.float32)
     images = crops[:2, :9, :11]

@@ -74,7 +74,7 @@ from fcn.config import Config
 
 SIGNATURE = "serving_default"
 PROBABILITIES_SIGNATURE = "probabilities"
-SHAPE_MESSAGE = "images must be uint8 of shape (batch, height, width, 3): RGB, at least 1 x 1 pixels; got shape"
+SHAPE_MESSAGE = "images must be uint8 of shape (batch, height, width, 3): RGB, at least one image of 1 x 1 pixels; got shape"
 # Marks a temporary folder being written by export, so that one left by a killed export can be removed.
 PARTIAL_MARKER = ".fcn_export_partial"
 PARTIAL_PREFIX = ".partial-"
@@ -126,7 +126,8 @@ def checked_images(images, max_pixels: int):
     """``images`` of any shape, checked: uint8 (B, H, W, 3) with H x W <= max_pixels, else InvalidArgumentError."""
     shape = tf.shape(images)
     padded = tf.concat([shape, tf.ones([4], tf.int32)], 0)  # indexable whatever the rank
-    good_shape = tf.reduce_all([tf.equal(tf.rank(images), 4), tf.equal(padded[3], 3), padded[1] >= 1, padded[2] >= 1])
+    good_shape = tf.reduce_all([tf.equal(tf.rank(images), 4), tf.equal(padded[3], 3), padded[0] >= 1, padded[1] >= 1,
+                                padded[2] >= 1])  # at least one image: an empty batch failed deep in the convolutions
     pixels = tf.cast(padded[1], tf.int64) * tf.cast(padded[2], tf.int64)
     with tf.control_dependencies([tf.debugging.Assert(good_shape, [SHAPE_MESSAGE, shape])]):
         small_enough = tf.debugging.Assert(

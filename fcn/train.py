@@ -512,7 +512,7 @@ def _loop(run: _Run) -> TrainResult:
                     break
         except (NonFiniteLoss, checkpoints.NonFiniteError) as error:
             status = "non_finite"
-            run.report(_stopped_message(str(error), run.last_checkpoint))
+            run.report(_stopped_message(str(error), run.last_checkpoint, train))
     if run.skipped:
         run.report(run.skipped.summary())
     return TrainResult(int(state.step), status, last_validation, dict(run.skipped.skipped), run.last_checkpoint)
@@ -529,11 +529,16 @@ def _summary(run: _Run, result: TrainResult) -> str:
     )  # fmt: skip
 
 
-def _stopped_message(what: str, last_checkpoint: str) -> str:
+# Above this, weight decay alone can make the loss overflow: the advice names it rather than the learning rate.
+LARGE_WEIGHT_DECAY = 0.01
+
+
+def _stopped_message(what: str, last_checkpoint: str, train) -> str:
+    cause = (f"a lower train.weight_decay (it is {train.weight_decay:g}; the usual values are 1e-4 to 5e-4)"
+             if train.weight_decay > LARGE_WEIGHT_DECAY else "a lower --learning_rate")  # fmt: skip
     return (
         f"training stopped: {what}; nothing was saved after it. "
-        f"The last good checkpoint is {last_checkpoint or '(none)'}; try a lower --learning_rate "
-        "(a rerun resumes from that checkpoint)."
+        f"The last good checkpoint is {last_checkpoint or '(none)'}; try {cause} (a rerun resumes from that checkpoint)."
     )
 
 

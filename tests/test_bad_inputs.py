@@ -153,3 +153,25 @@ def test_training_on_a_split_with_nothing_to_learn_from_stops_saying_why(tmp_pat
                      "--set", "model.fc_channels=8", "--crop_size", "32", "--batch_size", "2", "--max_steps", "3",
                      "--set", "train.val_every=100", "--no_progress")  # fmt: skip
     assert result.returncode == 1 and "met no labelled pixel" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_empty_batch_is_refused_by_the_exported_signature():
+    import tensorflow as tf
+
+    from fcn import export
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least one image"):
+        export.checked_images(tf.zeros([0, 8, 8, 3], tf.uint8), 100)  # a filter-depth error deep in the network before
+    assert export.checked_images(tf.zeros([1, 8, 8, 3], tf.uint8), 100).shape == (1, 8, 8, 3)
+
+
+def test_a_loss_overflowing_from_weight_decay_names_weight_decay(tmp_path):
+    from fcn import datasets
+
+    data = str(tmp_path / "ADEChallengeData2016")
+    datasets.generate_sample_dataset(data, num_train=2, num_val=1, min_size=48, max_size=64, progress=False)
+    result = run_fcn("--mode=train", "--data_dir", data, "--logs_dir", str(tmp_path / "run"), "--pretrained_weights", "none",
+                     "--set", "model.fc_channels=8", "--crop_size", "32", "--batch_size", "1", "--max_steps", "2",
+                     "--set", "train.weight_decay=1e30", "--no_progress")  # fmt: skip
+    assert result.returncode == 1
+    assert "try a lower train.weight_decay (it is 1e+30" in result.stdout + result.stderr  # it advised the learning rate

@@ -11,7 +11,6 @@ overrides, the dedicated flags (``--batch_size`` and friends).
 
 import dataclasses
 import difflib
-import math
 import os
 import typing
 
@@ -389,7 +388,7 @@ def _expand_home(values: dict) -> dict:
 
 def check_values(config: Config) -> None:
     """Checks ranges that types alone do not catch."""
-    problems = _non_finite(config)
+    problems = config_values.non_finite(config)
     if problems:  # NaN passes every comparison below (NaN <= 0 is false): stop here
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     d, m, t, e = config.data, config.model, config.train, config.evaluate
@@ -518,20 +517,6 @@ def _size_problems(config: Config) -> list[str]:
     return problems
 
 
-def _non_finite(config, prefix: str = "") -> list[str]:
-    """One message per float value (alone or in a tuple) that is NaN or infinite."""
-    problems = []
-    for field in dataclasses.fields(config):
-        key, value = prefix + field.name, getattr(config, field.name)
-        if dataclasses.is_dataclass(value):
-            problems += _non_finite(value, key + ".")
-            continue
-        items = value if isinstance(value, tuple) else (value,)
-        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
-            problems.append(f"{key} must be a finite number, got {list(value) if isinstance(value, tuple) else value}")
-    return problems
-
-
 def _folder_problems(config: Config) -> list[str]:
     """Folders that can never be used: empty names, or an existing file in their path."""
     problems = []
@@ -539,24 +524,11 @@ def _folder_problems(config: Config) -> list[str]:
         if not path.strip():
             problems.append(f"{key} must name a folder, got an empty value")
             continue
-        blocker = _existing_non_folder(path)
+        blocker = config_values.existing_non_folder(path)
         if blocker:
             what = "is a file" if blocker == path else f"lies under {blocker}, which is a file"
             problems.append(f"{key} {path} {what}, not a folder: choose another --{key.split('.')[-1]}")
     return problems
-
-
-def _existing_non_folder(path: str) -> str:
-    """``path`` or its nearest existing ancestor when that is not a folder, else ""."""
-    current = os.path.abspath(path)
-    while not os.path.exists(current):
-        parent = os.path.dirname(current)
-        if parent == current:
-            return ""
-        current = parent
-    if os.path.isdir(current):
-        return ""
-    return path if current == os.path.abspath(path) else current
 
 
 def to_dict(config) -> dict:
@@ -609,32 +581,3 @@ def key_sources(path: str | None, overrides: typing.Sequence[tuple[str, typing.A
     for key, _, label in overrides:
         sources[KEY_ALIASES.get(key, key)] = label
     return sources
-
-
-def _yaml_value(value) -> str:
-    """One value as YAML flow text on one line (``[512, 512]``, ``0.0001``, ``''``)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf")).strip()
-    return text[: -len("...")].strip() if text.endswith("...") else text
-
-
-def format_config(config: Config, sources: dict[str, str] | None = None) -> str:
-    """The whole config as YAML, every key, each value that differs from the default followed by what set it.
-
-    ``yaml.safe_load`` of the text gives ``to_dict(config)``.
-    """
-    sources = sources or {}
-    lines = []
-
-    def emit(values, defaults, prefix, indent):
-        for name, value in values.items():
-            if isinstance(value, dict):
-                lines.append(f"{indent}{name}:")
-                emit(value, defaults[name], f"{prefix}{name}.", indent + "  ")
-                continue
-            line = f"{indent}{name}: {_yaml_value(value)}"
-            if value != defaults[name]:
-                line += f"  # {sources.get(prefix + name, 'set')}"
-            lines.append(line)
-
-    emit(to_dict(config), to_dict(Config()), "", "")
-    return "\n".join(lines) + "\n"

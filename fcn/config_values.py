@@ -7,6 +7,8 @@ type or refused naming the key, the source and the expected type.
 """
 
 import dataclasses
+import math
+import os
 import types
 import typing
 
@@ -156,3 +158,30 @@ def nest(dotted_key: str, value) -> dict:
     for part in reversed(dotted_key.split(".")):
         node = {part: node}
     return node
+
+
+def non_finite(config, prefix: str = "") -> list[str]:
+    """One message per float value (alone or in a tuple) that is NaN or infinite."""
+    problems = []
+    for field in dataclasses.fields(config):
+        key, value = prefix + field.name, getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            problems += non_finite(value, key + ".")
+            continue
+        items = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            problems.append(f"{key} must be a finite number, got {list(value) if isinstance(value, tuple) else value}")
+    return problems
+
+
+def existing_non_folder(path: str) -> str:
+    """``path`` or its nearest existing ancestor when that is not a folder, else ""."""
+    current = os.path.abspath(path)
+    while not os.path.exists(current):
+        parent = os.path.dirname(current)
+        if parent == current:
+            return ""
+        current = parent
+    if os.path.isdir(current):
+        return ""
+    return path if current == os.path.abspath(path) else current

@@ -301,6 +301,7 @@ def build_fcn8s(
     name: str = "fcn8s",
     crf: dict | None = None,
     backbone: str = "vgg16",
+    width: float = 1.0,
 ) -> keras.Model:
     """Builds FCN-8s on VGG16 or VGG19, with freshly initialised weights (see ``fcn.weights`` for pretrained ones).
 
@@ -317,6 +318,10 @@ def build_fcn8s(
         block4_conv4 and block5_conv4). Layer names are Keras' VGG names for
         both, and a VGG16 model has the layers (and layer order) it always had,
         so existing checkpoints restore.
+      width: multiplies the channels of every trunk convolution (rounded, at
+        least 1). 1 is VGG's trunk, the only width pretrained weights fit; a
+        narrow trunk (e.g. 0.125) is the same network at a fraction of the
+        arithmetic, for tests.
 
     Returns:
       A Keras model: images (B, H, W, 3) RGB 0..255 -> float32 logits
@@ -331,7 +336,8 @@ def build_fcn8s(
     for block, convolutions, filters in VGG_BLOCKS[backbone]:
         for i in range(1, convolutions + 1):
             x = keras.layers.Conv2D(
-                filters, 3, padding="same", activation="relu", kernel_initializer="he_normal", name=f"block{block}_conv{i}"
+                max(1, round(filters * width)), 3, padding="same", activation="relu", kernel_initializer="he_normal",
+                name=f"block{block}_conv{i}",
             )(x)
         x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
         pools[block] = x
@@ -387,7 +393,8 @@ def build_from_config(model_config, num_classes: int, crf_iterations: int | None
             num_iterations=model_config.crf_iterations if crf_iterations is None else crf_iterations,
         )
     return build_fcn8s(
-        num_classes, fc_channels=model_config.fc_channels, dropout=model_config.dropout, crf=crf, backbone=model_config.backbone
+        num_classes, fc_channels=model_config.fc_channels, dropout=model_config.dropout, crf=crf, backbone=model_config.backbone,
+        width=model_config.width,
     )
 
 

@@ -254,6 +254,17 @@ def test_parameter_count_and_zero_logits_at_initialisation(full_fcn8s):
     assert float(tf.reduce_max(tf.abs(logits))) == 0.0
 
 
+def test_width_scales_every_trunk_convolution_and_nothing_else():
+    narrow = model_lib.build_fcn8s(150, fc_channels=16, width=0.125)
+    for block, convolutions, filters in model_lib.VGG16_BLOCKS:
+        for i in range(1, convolutions + 1):
+            assert narrow.get_layer(f"block{block}_conv{i}").filters == filters // 8
+    assert narrow.get_layer("fc6").kernel.shape == (7, 7, 64, 16)  # 512 / 8 channels of pool5, 7 x 7
+    assert narrow.get_layer("score_pool4").kernel.shape == (1, 1, 64, 150)
+    assert narrow.get_layer("score_pool3").kernel.shape == (1, 1, 32, 150)
+    assert tuple(narrow(np.zeros((1, 33, 65, 3), np.uint8)).shape) == (1, 33, 65, 150)
+
+
 @pytest.mark.parametrize("height, width", [(97, 131), (375, 500), (32, 32), (33, 65)])
 def test_output_has_the_input_size(full_fcn8s, height, width):
     logits = full_fcn8s(np.zeros((1, height, width, 3), np.uint8))

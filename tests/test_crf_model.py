@@ -9,15 +9,15 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import SAMPLE_ROOT, bilinear_resize, run_fcn
+from conftest import NARROW_FLAGS, SAMPLE_ROOT, bilinear_resize, narrow_fcn8s, run_fcn
 from test_evaluate import official_scores
 from test_protocol import fit_factor
 from fcn import ade20k, checkpoints, crf, data, metrics, predict, sample_data, summaries
 from fcn import config as config_lib
 from fcn import model as model_lib
 
-TINY = ["--config", "configs/sample.yaml", "--no_progress", "--crop_size", "32", "--batch_size", "2",
-        "--set", "model.fc_channels=16", "--set", "train.val_images=2", "--set", "data.val_size=48"]
+TINY = ["--config", "configs/sample.yaml", "--no_progress", "--crop_size", "32", "--batch_size", "2", *NARROW_FLAGS,
+        "--set", "train.val_images=2", "--set", "data.val_size=48"]
 CRF = ["--crf", "--set", "model.crf_iterations=2", "--set", "model.crf_test_iterations=3"]
 
 
@@ -203,8 +203,8 @@ def test_inference_modes_use_fcn_and_crf(crf_runs, tmp_path):
     # And against a computation that shares none of that code: the checkpoint read with TensorFlow's own
     # API into a fresh model, run eagerly on each image fitted into the test size (numpy resizes, as in
     # tests/test_protocol.py), its logits resized back, scored pixel by pixel with the official formula.
-    fresh = model_lib.build_fcn8s(
-        150, fc_channels=16, crf=dict(num_iterations=3, theta_alpha=config.model.crf_theta_alpha,
+    fresh = narrow_fcn8s(
+        150, crf=dict(num_iterations=3, theta_alpha=config.model.crf_theta_alpha,
                                       theta_beta=config.model.crf_theta_beta, theta_gamma=config.model.crf_theta_gamma)
     )
     tf.train.Checkpoint(model=fresh).restore(tf.train.latest_checkpoint(os.path.join(crf_run, "checkpoints"))).expect_partial()

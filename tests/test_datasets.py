@@ -395,7 +395,7 @@ def _train_tiny_run(tmp_path_factory, layout):
     config = config_lib.load_config(
         os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "sample.yaml"),
         [("data.data_dir", data_dir), ("logs_dir", str(base / "run")), ("data.layout", layout), ("data.num_classes", 0),
-         ("data.crop_size", "32"), ("data.val_size", "48"), ("train.batch_size", 2), ("model.fc_channels", 8),
+         ("data.crop_size", "32"), ("data.val_size", "48"), ("train.batch_size", 2), ("model.fc_channels", 8), ("model.width", 0.125),
          ("train.max_steps", 2), ("train.val_every", 2), ("train.summary_every", 1), ("train.val_images", 2),
          ("train.checkpoint_every", 2)],
     )  # fmt: skip

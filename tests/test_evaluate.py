@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import SAMPLE_ROOT, clear_argmax, multi_scale_probabilities, run_fcn, save_run, write_pair
+from conftest import NARROW_FLAGS, SAMPLE_ROOT, clear_argmax, multi_scale_probabilities, run_fcn, save_run, write_pair
 from fcn import ade20k, config as config_lib, evaluate
 
 SIZES = ((37, 53), (64, 48), (20, 90))  # (H, W): no two alike, none a multiple of 32
@@ -180,7 +180,7 @@ def test_cli_evaluates_real_images_of_different_sizes(tmp_path):
     save_run(logs, root, fixed_class=sky)
     output, submission = tmp_path / "out", tmp_path / "submission"
 
-    result = run_fcn("--mode=evaluate", "--data_dir", root, "--logs_dir", str(logs), "--set", "model.fc_channels=16",
+    result = run_fcn("--mode=evaluate", "--data_dir", root, "--logs_dir", str(logs), *NARROW_FLAGS,
                      "--output", str(output), "--save_predictions", str(submission), "--no_progress")
 
     assert result.returncode == 0, result.stderr[-3000:]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SAMPLE_ROOT, bilinear_resize, clear_argmax, multi_scale_probabilities, save_run
+from conftest import NARROW_OVERRIDES, SAMPLE_ROOT, bilinear_resize, clear_argmax, multi_scale_probabilities, save_run
 from fcn import config as config_lib
 from fcn import data, predict
 
@@ -96,7 +96,7 @@ def test_scales_and_flip_are_relative_to_the_test_size(tiny_model, fixture_image
 
 def test_own_size_keeps_whole_image_inference(tiny_model):
     images = np.random.default_rng(0).integers(0, 256, (1, 37, 53, 3)).astype(np.uint8)
-    config = config_lib.load_config(None, [("evaluate.test_size", "none"), ("model.fc_channels", 16)])
+    config = config_lib.load_config(None, [("evaluate.test_size", "none"), *NARROW_OVERRIDES])
     predictor = predict.make_predictor(tiny_model, config)
     assert predictor.test_size is None
     np.testing.assert_array_equal(predictor.labels(images).numpy(), tiny_model(images).numpy().argmax(-1))
@@ -219,7 +219,7 @@ def test_a_model_trained_at_one_scale_scores_higher_on_half_size_images_with_the
     config = config_lib.load_config(None, [
         ("data.data_dir", str(root)), ("logs_dir", str(tmp_path / "run")), ("data.base_size", "96,96"),
         ("data.ratio_range", "1,1"), ("data.crop_size", "64,64"), ("data.val_size", "96,96"), ("data.photometric", "false"),
-        ("model.vgg_weights", "none"), ("model.fc_channels", 16), ("train.batch_size", 4), ("train.learning_rate", 1e-3),
+        *NARROW_OVERRIDES, ("train.batch_size", 4), ("train.learning_rate", 1e-3),
         ("train.max_steps", 60), ("train.val_every", 100000), ("train.summary_every", 1000), ("train.val_images", 4),
     ])
     assert config.evaluate.resolved_test_size(config.data.base_size) == (96, 96)  # the protocol's default: the training scale

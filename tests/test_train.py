@@ -11,19 +11,18 @@ import pytest
 import tensorflow as tf
 
 import forkserver
-from conftest import REPO, run_fcn
+from conftest import NARROW_FLAGS, NARROW_OVERRIDES, REPO, run_fcn
 from fcn import checkpoints, sample_data, summaries, train
 from fcn import config as config_lib
 
 # A small model and tiny crops keep each step well under a second on 2 CPU cores.
 TINY = [
     "--config", "configs/sample.yaml", "--no_progress",
-    "--crop_size", "32", "--batch_size", "2",
-    "--set", "model.fc_channels=16", "--set", "train.val_images=4", "--set", "data.val_size=48",
+    "--crop_size", "32", "--batch_size", "2", *NARROW_FLAGS,
+    "--set", "train.val_images=4", "--set", "data.val_size=48",
 ]
 TINY_OVERRIDES = [
-    ("data.crop_size", "32"), ("train.batch_size", 2), ("model.fc_channels", 16), ("train.val_images", 4),
-    ("data.val_size", "48"),
+    ("data.crop_size", "32"), ("train.batch_size", 2), *NARROW_OVERRIDES, ("train.val_images", 4), ("data.val_size", "48"),
 ]
 # A checkpoint at every step, the last two kept, no validation.
 CHECKPOINTED = [("train.checkpoint_every", 1), ("train.keep_checkpoints", 2), ("train.val_every", 100000)]

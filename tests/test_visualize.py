@@ -10,17 +10,16 @@ import tensorflow as tf
 from nbclient import NotebookClient
 from PIL import Image
 
-from conftest import REPO, SAMPLE_ROOT, clear_argmax, multi_scale_probabilities, run_fcn, save_run, write_pair
+from conftest import NARROW_FLAGS, REPO, SAMPLE_ROOT, clear_argmax, multi_scale_probabilities, narrow_fcn8s, run_fcn, save_run, write_pair
 from fcn import ade20k, data, evaluate, metrics, sample_data, visualize
 from fcn import config as config_lib
-from fcn import model as model_lib
 from test_protocol import protocol_logits
 
 SAMPLE_TEST_SIZE = (160, 96)  # configs/sample.yaml: evaluate.test_size, its data.base_size
 
 NOTEBOOK = os.path.join(REPO, "notebooks", "colormap.ipynb")
-TINY = ["--config", "configs/sample.yaml", "--no_progress", "--crop_size", "32", "--batch_size", "2",
-        "--set", "model.fc_channels=16", "--set", "train.val_images=2", "--set", "data.val_size=48"]
+TINY = ["--config", "configs/sample.yaml", "--no_progress", "--crop_size", "32", "--batch_size", "2", *NARROW_FLAGS,
+        "--set", "train.val_images=2", "--set", "data.val_size=48"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,7 @@ def restored_model(run_dir):
 
     Independent of the package's restoring code, so that expectations do not share it.
     """
-    model = model_lib.build_fcn8s(ade20k.NUM_CLASSES, fc_channels=16)
+    model = narrow_fcn8s(ade20k.NUM_CLASSES)
     prefix = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
     return model

@@ -213,6 +213,28 @@ def test_saving_refuses_non_finite_variables(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+def test_restore_refuses_a_non_finite_checkpoint_written_behind_saves_back(tmp_path, capsys):
+    """``save`` never writes NaN; a checkpoint holding one anyway (another tool, a bad disk) is not restored."""
+    directory = str(tmp_path / "checkpoints")
+    weights = tf.Variable(np.arange(4, dtype=np.float32), name="weights")
+    checkpoint = tf.train.Checkpoint(weights=weights)
+    checkpoints.save(checkpoint, directory, 1, 3, [weights])  # intact
+    weights.assign([0.0, np.nan, 2.0, 3.0])
+    checkpoint.write(os.path.join(directory, "ckpt-2"))  # TensorFlow's own write: no check
+    assert np.isnan(tf.train.load_checkpoint(os.path.join(directory, "ckpt-2")).get_tensor("weights/.ATTRIBUTES/VARIABLE_VALUE")[1])
+
+    weights.assign([9.0, 9.0, 9.0, 9.0])
+    assert checkpoints.restore(checkpoint, directory, [weights]).endswith("ckpt-1")  # the newest finite one
+    np.testing.assert_array_equal(weights.numpy(), [0.0, 1.0, 2.0, 3.0])
+    assert "ckpt-2 is damaged and was not used: it holds NaN or Inf in weights" in capsys.readouterr().err
+    # Named alone, or the only one left: an error, never NaN weights.
+    with pytest.raises(checkpoints.DamagedCheckpointError):
+        checkpoints.restore(checkpoint, os.path.join(directory, "ckpt-2"), [weights])
+    os.remove(os.path.join(directory, "ckpt-1.index"))
+    with pytest.raises(checkpoints.DamagedCheckpointError):
+        checkpoints.restore(checkpoint, directory, [weights])
+
+
 @pytest.fixture(scope="module")
 def trained_with_checkpoints(tmp_path_factory, sample_root):
     """A run directory with the checkpoints of steps 2 and 3 (trained once per module)."""

@@ -91,6 +91,27 @@ def rng():
     return np.random.default_rng(1234)
 
 
+# The sample config on tiny crops, for training through the command line.
+TINY_TRAINING = ["--config", "configs/sample.yaml", "--no_progress", "--crop_size", "32", "--batch_size", "2", *NARROW_FLAGS,
+                 "--set", "train.val_images=2", "--set", "data.val_size=48"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """(dataset root, run directory) after a 1-step sample training through the CLI (``TINY_TRAINING``).
+
+    Trained once per test process, for the tests that only read a run: they must not change it.
+    """
+    from fcn import sample_data
+
+    root = str(tmp_path_factory.mktemp("sample") / "ADEChallengeData2016")
+    sample_data.generate_sample_dataset(root, num_train=8, num_val=6, progress=False)
+    logs = str(tmp_path_factory.mktemp("trained_run"))
+    result = run_fcn(*TINY_TRAINING, "--data_dir", root, "--logs_dir", logs, "--max_steps", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, logs
+
+
 def narrow_fcn8s(num_classes=150, **kwargs):
     """``build_fcn8s`` with the tests' narrow trunk (``NARROW_OVERRIDES``)."""
     from fcn import model as model_lib

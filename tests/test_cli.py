@@ -41,6 +41,7 @@ def test_bad_config_fails_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # starts a Python that imports TensorFlow
 def test_train_without_dataset_explains_the_ways_out(tmp_path):
     result = run("--mode=train", "--data_dir", str(tmp_path / "nowhere"), "--logs_dir", str(tmp_path / "run"))
     assert result.returncode == FCN.EXIT_FAILED
@@ -49,6 +50,7 @@ def test_train_without_dataset_explains_the_ways_out(tmp_path):
     assert "--download" in result.stderr and "--config configs/sample.yaml" in result.stderr
 
 
+@pytest.mark.slow  # starts a process
 def test_check_data_reports_each_problem_and_fails(tmp_path, rng):
     root = str(tmp_path)
     image = rng.integers(0, 255, (32, 40, 3)).astype(np.uint8)
@@ -75,6 +77,7 @@ def test_check_data_reports_each_problem_and_fails(tmp_path, rng):
     assert "checking training" in result.stderr  # the progress bar
 
 
+@pytest.mark.slow  # starts a process
 def test_check_data_on_the_real_samples(tmp_path):
     # The fixture holds only the validation split: the missing training folders are reported.
     result = run("--mode=check_data", "--data_dir", SAMPLE_ROOT, "--no_progress", forked=True)
@@ -84,6 +87,7 @@ def test_check_data_on_the_real_samples(tmp_path):
     assert "2 problem(s) found" in result.stdout  # as many as listed
 
 
+@pytest.mark.slow  # starts two processes
 def test_download_flag_fetches_and_checks_the_dataset(tmp_path, rng):
     import threading
 
@@ -234,6 +238,7 @@ def test_ctrl_c_in_the_first_moments_never_prints_a_traceback(tmp_path):
         assert "FCN.py: interrupted" in stderr and "no ADE20K dataset" not in stderr
 
 
+@pytest.mark.slow  # starts a Python that imports TensorFlow
 def test_check_data_creates_nothing(tmp_path):
     typo = tmp_path / "typo"
     result = run("--mode=check_data", "--config", "configs/sample.yaml", "--data_dir", str(typo), "--no_progress", forked=True)

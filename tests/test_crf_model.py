@@ -126,6 +126,7 @@ def crf_runs(tmp_path_factory):
     return root, fcn_run, crf_run
 
 
+@pytest.mark.slow  # trains an FCN run, then an FCN + CRF run from it (crf_runs)
 def test_fine_tuning_with_crf_starts_from_the_fcn_run(crf_runs):
     root, fcn_run, crf_run = crf_runs
     source, target = restored_layers(fcn_run), restored_layers(crf_run)
@@ -149,6 +150,7 @@ def test_fine_tuning_with_crf_starts_from_the_fcn_run(crf_runs):
     assert "crf/compatibility" in scalars  # the matrix as an image and a histogram (same tag, two plugins)
 
 
+@pytest.mark.slow  # trains FCN + CRF runs (crf_runs)
 def test_crf_is_trained_end_to_end_and_resumes(crf_runs):
     """Resuming the CRF run at a real learning rate moves both the FCN and the CRF weights."""
     root, _, crf_run = crf_runs
@@ -163,6 +165,7 @@ def test_crf_is_trained_end_to_end_and_resumes(crf_runs):
     assert not np.array_equal(before["fc6"][0], after["fc6"][0])  # and the FCN below them
 
 
+@pytest.mark.slow  # trains FCN + CRF runs (crf_runs), then every inference mode
 def test_inference_modes_use_fcn_and_crf(crf_runs, tmp_path):
     root, fcn_run, crf_run = crf_runs
     config = config_lib.load_config(os.path.join(crf_run, "config.yaml"))

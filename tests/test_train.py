@@ -156,6 +156,7 @@ def test_no_histograms_without_debug(tmp_path, sample_root):
 # Resume and determinism.
 
 
+@pytest.mark.slow  # trains 12 steps of a 256-wide model
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, sample_root):
     """A run stopped and resumed ends bit for bit where the uninterrupted run ends.
 
@@ -186,6 +187,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, sample_
 # Checkpoints that cannot lie (the reproductions of the training-core issue).
 
 
+@pytest.mark.slow  # trains up to 9 steps
 def test_non_finite_weights_are_never_saved_and_a_rerun_recovers(tmp_path, sample_root):
     logs = tmp_path / "run"
     # Adam's first step moves every weight by about the learning rate: 1e30 gives a finite loss at
@@ -264,6 +266,7 @@ def resume_to(logs, sample_root, steps, capsys):
     return result, capsys.readouterr()
 
 
+@pytest.mark.slow  # trains, damages a checkpoint, trains on
 def test_truncated_newest_checkpoint_is_named_and_the_older_one_used(run_with_checkpoints, sample_root, capsys):
     from fcn import predict
 
@@ -281,6 +284,7 @@ def test_truncated_newest_checkpoint_is_named_and_the_older_one_used(run_with_ch
     assert result.step == 4
 
 
+@pytest.mark.slow  # trains, damages a checkpoint, trains on
 def test_corrupt_checkpoint_data_fails_its_checksum_and_is_not_another_configuration(run_with_checkpoints, sample_root, capsys):
     logs, _ = run_with_checkpoints
     path = data_file(logs, 3)
@@ -294,6 +298,7 @@ def test_corrupt_checkpoint_data_fails_its_checksum_and_is_not_another_configura
     assert "ckpt-2 at step 2" in output.out and result.step == 4
 
 
+@pytest.mark.slow  # trains, damages a checkpoint, trains on
 def test_missing_newest_index_never_restarts_from_step_0(run_with_checkpoints, sample_root, capsys):
     logs, _ = run_with_checkpoints
     os.remove(logs / "checkpoints" / "ckpt-3.index")
@@ -302,6 +307,7 @@ def test_missing_newest_index_never_restarts_from_step_0(run_with_checkpoints, s
     assert "ckpt-2 at step 2" in output.out and result.step == 4
 
 
+@pytest.mark.slow  # trains, damages a checkpoint, trains on
 def test_garbage_checkpoint_index_file_does_not_lose_the_run(run_with_checkpoints, sample_root, capsys):
     logs, _ = run_with_checkpoints
     (logs / "checkpoints" / "checkpoint").write_bytes(b"\x00garbage{{{")
@@ -310,6 +316,7 @@ def test_garbage_checkpoint_index_file_does_not_lose_the_run(run_with_checkpoint
     assert latest(logs).endswith("ckpt-4")  # the index file is written anew
 
 
+@pytest.mark.slow  # trains, then damages every checkpoint
 def test_no_intact_checkpoint_is_an_error_not_a_new_run(run_with_checkpoints, sample_root, capsys):
     logs, config = run_with_checkpoints
     for step in (2, 3):
@@ -324,6 +331,7 @@ def test_no_intact_checkpoint_is_an_error_not_a_new_run(run_with_checkpoints, sa
     assert result.returncode == 1 and "no intact checkpoint" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # trains in a child process
 def test_another_configuration_is_named_as_such(run_with_checkpoints, sample_root):
     logs, _ = run_with_checkpoints
     other = tiny_config(logs, sample_root, ("train.max_steps", 4), ("model.fc_channels", 8))
@@ -331,6 +339,7 @@ def test_another_configuration_is_named_as_such(run_with_checkpoints, sample_roo
         train_here(other, sample_root)
 
 
+@pytest.mark.slow  # trains, then trains on over the leftovers
 def test_leftovers_of_killed_saves_are_removed_at_the_next_save(run_with_checkpoints, sample_root, capsys):
     logs, _ = run_with_checkpoints
     folder = logs / "checkpoints"
@@ -432,6 +441,7 @@ def test_kill_9_during_saves_always_resumes_to_the_uninterrupted_weights(tmp_pat
 # Starting from another run, and learning.
 
 
+@pytest.mark.slow  # trains two runs
 def test_init_from_starts_from_another_runs_weights(tmp_path, sample_root, trained_with_checkpoints):
     source = trained_with_checkpoints
     target = tmp_path / "target"

@@ -10,27 +10,15 @@ import tensorflow as tf
 from nbclient import NotebookClient
 from PIL import Image
 
-from conftest import NARROW_FLAGS, REPO, SAMPLE_ROOT, clear_argmax, multi_scale_probabilities, narrow_fcn8s, run_fcn, save_run, write_pair
-from fcn import ade20k, data, evaluate, metrics, sample_data, visualize
+from conftest import TINY_TRAINING, REPO, SAMPLE_ROOT, clear_argmax, multi_scale_probabilities, narrow_fcn8s, run_fcn, save_run, write_pair
+from fcn import ade20k, data, evaluate, metrics, visualize
 from fcn import config as config_lib
 from test_protocol import protocol_logits
 
 SAMPLE_TEST_SIZE = (160, 96)  # configs/sample.yaml: evaluate.test_size, its data.base_size
 
 NOTEBOOK = os.path.join(REPO, "notebooks", "colormap.ipynb")
-TINY = ["--config", "configs/sample.yaml", "--no_progress", "--crop_size", "32", "--batch_size", "2", *NARROW_FLAGS,
-        "--set", "train.val_images=2", "--set", "data.val_size=48"]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """(dataset root, run directory) after a 1-step sample training through the CLI."""
-    root = str(tmp_path_factory.mktemp("sample") / "ADEChallengeData2016")
-    sample_data.generate_sample_dataset(root, num_train=8, num_val=6, progress=False)
-    logs = str(tmp_path_factory.mktemp("run"))
-    result = run_fcn(*TINY, "--data_dir", root, "--logs_dir", logs, "--max_steps", "1")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root, logs
+TINY = TINY_TRAINING
 
 
 def restored_model(run_dir):
@@ -145,8 +133,13 @@ def expected_accuracies(root, predict_fn) -> dict:
     return expected
 
 
-def test_notebook_shows_a_trained_runs_predictions_and_evaluation(trained_run, monkeypatch):
-    root, logs = trained_run
+@pytest.mark.slow  # starts a Jupyter kernel (a process importing TensorFlow)
+def test_notebook_shows_a_trained_runs_predictions_and_evaluation(trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    root, shared = trained_run
+    logs = str(tmp_path / "run")
+    shutil.copytree(shared, logs)  # the reports below are written into the run directory
     # The reports of --mode=evaluate, from a confusion matrix small enough to score by hand:
     # wall 6 right, 2 as building; building 3 right; sky 9 right, 1 as wall.
     matrix = np.zeros((ade20k.NUM_CLASSES, ade20k.NUM_CLASSES), np.int64)
@@ -174,6 +167,7 @@ def test_notebook_shows_a_trained_runs_predictions_and_evaluation(trained_run, m
     assert pictures == 3  # the palette, the predictions, the confusion matrix
 
 
+@pytest.mark.slow  # starts a Jupyter kernel (a process importing TensorFlow)
 def test_notebook_without_a_trained_run_shows_the_untrained_models_output(tmp_path, monkeypatch):
     run_dir = str(tmp_path / "no_run")
     text, pictures = execute_notebook(run_dir, monkeypatch)

@@ -479,8 +479,12 @@ def test_training_learns_the_sample_data(tmp_path):
                      "--logs_dir", logs, "--max_steps", "80", "--set", "train.val_every=80", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tensorboard --logdir" in result.stdout
-    assert os.path.exists(os.path.join(logs, "config.yaml"))
-    assert os.path.exists(os.path.join(logs, "checkpoints", "checkpoint"))
+    # The resolved config is written into the run directory, and the last checkpoint is of step 80.
+    written = config_lib.load_config(os.path.join(logs, "config.yaml"))
+    assert written.train.max_steps == 80 and written.train.val_every == 80 and written.data.data_dir == str(data_dir)
+    assert written.model.fc_channels == 256 and written.data.crop_size == (64, 64)  # configs/sample.yaml's
+    step = tf.train.load_checkpoint(latest(logs)).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")
+    assert latest(logs).endswith("ckpt-80") and step == 80
     assert len(os.listdir(data_dir / "ADEChallengeData2016" / "images" / "training")) == 64
     validation = read_events(os.path.join(logs, "validation"))
     (start_step, _, start_iou), (end_step, _, end_iou) = validation[MEAN_IOU]

@@ -62,8 +62,21 @@ def test_visualize_writes_coloured_images_of_a_seeded_batch(trained_run):
         expected, clear = clear_argmax(protocol_logits(model, image[None], SAMPLE_TEST_SIZE)[0], margin=2e-5, min_clear=0.5)
         np.testing.assert_array_equal(prediction[clear], ade20k.colorize(expected)[clear])
         assert np.mean(expected != label) > 0.5  # a prediction unlike the ground truth
-    figure = Image.open(os.path.join(output, "visualize.png"))
-    assert figure.size[0] >= 800
+    # visualize.png is the comparison figure of exactly those pictures, in that order, pixel for pixel
+    # (comparison_figure's own layout is not what this checks).
+    import io
+
+    from fcn import datasets
+
+    palette = datasets.ClassTable.ade20k().palette()  # (150, 3)
+    train_id_of = {tuple(int(v) for v in colour): k for k, colour in enumerate(palette)}
+    examples = [data.load_example(path, pairs[path]) for path in shown]
+    predictions = [np.vectorize(lambda r, g, b: train_id_of[(r, g, b)])(*np.moveaxis(
+        np.asarray(Image.open(os.path.join(output, f"pred_{k}.png"))).astype(int), -1, 0)) for k in range(len(shown))]
+    expected = io.BytesIO()
+    visualize.comparison_figure([image for image, _ in examples], [label for _, label in examples], predictions,
+                                titles=[os.path.basename(path) for path in shown]).savefig(expected, dpi=100)
+    np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(output, "visualize.png"))), np.asarray(Image.open(expected)))
     # The same seed draws the same batch.
     again = run_fcn(*args, "--seed", "3", "--output", os.path.join(logs, "again"))
     assert again.returncode == 0

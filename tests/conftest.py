@@ -98,7 +98,8 @@ TINY_TRAINING = ["--config", "configs/sample.yaml", "--no_progress", "--crop_siz
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """(dataset root, run directory) after a 1-step sample training through the CLI (``TINY_TRAINING``).
+    """(dataset root, run directory) after a 1-step sample training through the CLI (``TINY_TRAINING``, summaries
+    at every step, no --debug).
 
     Trained once per test process, for the tests that only read a run: they must not change it.
     """
@@ -107,7 +108,7 @@ def trained_run(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("sample") / "ADEChallengeData2016")
     sample_data.generate_sample_dataset(root, num_train=8, num_val=6, progress=False)
     logs = str(tmp_path_factory.mktemp("trained_run"))
-    result = run_fcn(*TINY_TRAINING, "--data_dir", root, "--logs_dir", logs, "--max_steps", "1")
+    result = run_fcn(*TINY_TRAINING, "--data_dir", root, "--logs_dir", logs, "--max_steps", "1", "--set", "train.summary_every=1")
     assert result.returncode == 0, result.stderr[-3000:]
     return root, logs
 

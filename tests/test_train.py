@@ -144,10 +144,9 @@ def test_debug_run_writes_scalars_images_and_histograms(tmp_path, sample_root):
     assert checkpoints.step_of(latest(logs, "best")) == best_step
 
 
-def test_no_histograms_without_debug(tmp_path, sample_root):
-    logs = tmp_path / "run"
-    train_here(tiny_config(logs, sample_root, ("train.max_steps", 2), ("train.summary_every", 1)), sample_root)
-    events_train = read_events(logs / "train")
+def test_no_histograms_without_debug(trained_run):
+    _, logs = trained_run  # trained without --debug, summaries at every step
+    events_train = read_events(os.path.join(logs, "train"))
     assert LOSS in events_train and "prediction" in events_train
     assert not [tag for tag, values in events_train.items() if values[0][1] == "histograms"]
 

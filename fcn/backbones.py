@@ -32,10 +32,12 @@ class Backbone:
 
     Attributes:
       name: the value of ``model.backbone``.
-      build: ``build(x) -> {"pool3": ..., "pool4": ..., "top": ...}``: Keras
-        layers applied to the preprocessed input ``x`` (B, H, W, 3), H and W
-        multiples of ``STRIDE``; the taps at 1/8, 1/16 and 1/32 of its size.
-        fc6 and fc7 follow ``top`` in ``fcn/model.py``.
+      build: ``build(x, width) -> {"pool3": ..., "pool4": ..., "top": ...}``:
+        Keras layers applied to the preprocessed input ``x`` (B, H, W, 3), H
+        and W multiples of ``STRIDE``; the taps at 1/8, 1/16 and 1/32 of its
+        size. ``width`` (``model.width``) multiplies its channels: 1 is the
+        trunk itself, the one pretrained weights fit. fc6 and fc7 follow
+        ``top`` in ``fcn/model.py``.
       layers: names of its layers that pretrained weights fill, in order.
       mean_bgr: its preprocessing: RGB 0..255 -> BGR minus this mean.
       keras_weights: ``imagenet`` / ``imagenet_notop`` -> (file name, MD5) of
@@ -59,14 +61,14 @@ def vgg_layer_names(blocks) -> tuple[str, ...]:
 def vgg_trunk(blocks) -> Callable:
     """The ``build`` of a VGG trunk: 3x3 ReLU convolutions and 2x2 max-pooling per block, Keras' layer names."""
 
-    def build(x) -> dict:
+    def build(x, width: float = 1.0) -> dict:
         import keras  # here, not at the top: the config reads this module without TensorFlow
 
         pools = {}
         for block, convolutions, filters in blocks:
             for i in range(1, convolutions + 1):
-                x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer="he_normal",
-                                        name=f"block{block}_conv{i}")(x)  # fmt: skip
+                x = keras.layers.Conv2D(max(1, round(filters * width)), 3, padding="same", activation="relu",
+                                        kernel_initializer="he_normal", name=f"block{block}_conv{i}")(x)  # fmt: skip
             x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
             pools[block] = x
         return {"pool3": pools[3], "pool4": pools[4], "top": pools[5]}

@@ -109,6 +109,9 @@ class ModelConfig:
         of FCN.tensorflow's ``--model_dir``).
       fc_channels: width of fc6 and fc7 (4096 in VGG16; smaller values make a
         cheap model for tests and the sample data, without pretrained fc6/fc7).
+      width: multiplies the channels of the backbone's convolutions (1: VGG's
+        own, the only width pretrained weights fit; 0.125 makes the cheap
+        model the fast tests train and run).
       dropout: dropout rate after fc6 and fc7.
       crf: append the CRF-RNN refinement stage (``fcn/crf.py``) to FCN-8s,
         trained end to end with it; usually fine-tuned from a trained FCN run
@@ -126,6 +129,7 @@ class ModelConfig:
     pretrained_weights: str = "imagenet"
     model_dir: str = "data/models"
     fc_channels: int = 4096
+    width: float = 1.0
     dropout: float = 0.5
     crf: bool = False
     crf_iterations: int = 5
@@ -415,6 +419,10 @@ def check_values(config: Config) -> None:
         problems.append(f"model.dropout must be in [0, 1), got {m.dropout}")
     if m.fc_channels < 1:
         problems.append(f"model.fc_channels must be positive, got {m.fc_channels}")
+    if not 0 < m.width <= 1:
+        problems.append(f"model.width must be in (0, 1], got {m.width}")
+    elif m.width != 1 and m.pretrained_weights != "none":
+        problems.append(f"model.width={m.width}: pretrained weights fit width 1 only; set model.pretrained_weights=none")
     if m.crf_iterations < 0 or m.crf_test_iterations < 0:
         problems.append("model.crf_iterations and model.crf_test_iterations must not be negative")
     if min(m.crf_theta_alpha, m.crf_theta_beta, m.crf_theta_gamma) <= 0:

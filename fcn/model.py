@@ -286,6 +286,7 @@ def build_fcn8s(
     name: str = "fcn8s",
     crf: dict | None = None,
     backbone: str = "vgg16",
+    width: float = 1.0,
 ) -> keras.Model:
     """Builds FCN-8s on a backbone of ``BACKBONES``, with fresh weights (see ``fcn.weights`` for pretrained ones).
 
@@ -303,6 +304,10 @@ def build_fcn8s(
         block5_conv4). Layer names are Keras' VGG names for both, and a VGG16
         model has the layers (and layer order) it always had, so existing
         checkpoints restore.
+      width: multiplies the channels of every trunk convolution (rounded, at
+        least 1). 1 is the trunk itself, the only width pretrained weights fit;
+        a narrow trunk (e.g. 0.125) is the same network at a fraction of the
+        arithmetic, for tests.
 
     Returns:
       A Keras model: images (B, H, W, 3) RGB 0..255 -> float32 logits
@@ -314,7 +319,7 @@ def build_fcn8s(
     images = keras.Input((None, None, 3), name="image")
     x = VggPreprocess(trunk.mean_bgr, name="preprocess")(images)
     x = PadToMultiple(STRIDE, name="pad")(x)
-    taps = trunk.build(x)  # pool3 (1/8), pool4 (1/16), top (1/32)
+    taps = trunk.build(x, width)  # pool3 (1/8), pool4 (1/16), top (1/32)
     x = PatchConv2D(fc_channels, 7, activation="relu", kernel_initializer="he_normal", name="fc6")(taps["top"])
     x = keras.layers.Dropout(dropout, name="drop6")(x)
     # fc7 is a 1x1 convolution: as a PatchConv2D it is one matrix product (same weights, same checkpoints).
@@ -367,7 +372,8 @@ def build_from_config(model_config, num_classes: int, crf_iterations: int | None
             num_iterations=model_config.crf_iterations if crf_iterations is None else crf_iterations,
         )
     return build_fcn8s(
-        num_classes, fc_channels=model_config.fc_channels, dropout=model_config.dropout, crf=crf, backbone=model_config.backbone
+        num_classes, fc_channels=model_config.fc_channels, dropout=model_config.dropout, crf=crf, backbone=model_config.backbone,
+        width=model_config.width,
     )
 
 

@@ -9,12 +9,43 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fcn import datasets
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Two logical CPU devices in every process that runs tests, so that a MirroredStrategy of two replicas runs
+# in-process (``two_replicas``). Devices can be split only before TensorFlow first uses them, hence before
+# collection. Ops without a device still run on the first; the two share the process's thread pools.
+CPU_REPLICAS = ("/cpu:0", "/cpu:1")
+
+
+def pytest_configure(config):
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return  # the pytest-xdist controller runs no test: it need not import TensorFlow
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * len(CPU_REPLICAS))
+
+
+@pytest.fixture
+def two_replicas():
+    """A MirroredStrategy over the two logical CPU devices."""
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy(list(CPU_REPLICAS))
+
 # Three real ADE20K validation pairs, copied from the SceneParsing sample data.
 SAMPLE_ROOT = os.path.join(REPO, "tests", "fixtures", "ADEChallengeData2016")
+
+# The model the tests train and run: FCN-8s with an eighth of VGG16's channels and 16-wide fc6/fc7,
+# from random weights. The same network as the full one at about 1/64 of its arithmetic.
+NARROW_WIDTH = 0.125
+NARROW_FC = 16
+NARROW_OVERRIDES = [("model.fc_channels", NARROW_FC), ("model.width", NARROW_WIDTH), ("model.vgg_weights", "none")]
+NARROW_FLAGS = [flag for key, value in NARROW_OVERRIDES for flag in ("--set", f"{key}={value}")]
 
 
 def write_pair(root, split, stem, image, label, image_format="JPEG", image_mode=None):
@@ -61,7 +92,35 @@ def rng():
     return np.random.default_rng(1234)
 
 
-def save_run(logs_dir, data_dir, fixed_class=None, seed=0, fc_channels=16):
+# The sample config on tiny crops, for training through the command line.
+TINY_TRAINING = ["--config", "configs/sample.yaml", "--no_progress", "--crop_size", "32", "--batch_size", "2", *NARROW_FLAGS,
+                 "--set", "train.val_images=2", "--set", "data.val_size=48"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """(dataset root, run directory) after a 1-step sample training through the CLI (``TINY_TRAINING``, summaries
+    at every step, no --debug).
+
+    Trained once per test process, for the tests that only read a run: they must not change it.
+    """
+
+    root = str(tmp_path_factory.mktemp("sample") / "ADEChallengeData2016")
+    datasets.generate_sample_dataset(root, num_train=8, num_val=6, progress=False)
+    logs = str(tmp_path_factory.mktemp("trained_run"))
+    result = run_fcn(*TINY_TRAINING, "--data_dir", root, "--logs_dir", logs, "--max_steps", "1", "--set", "train.summary_every=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, logs
+
+
+def narrow_fcn8s(num_classes=150, **kwargs):
+    """``build_fcn8s`` with the tests' narrow trunk (``NARROW_OVERRIDES``)."""
+    from fcn import model as model_lib
+
+    return model_lib.build_fcn8s(num_classes, **{"fc_channels": NARROW_FC, "width": NARROW_WIDTH, **kwargs})
+
+
+def save_run(logs_dir, data_dir, fixed_class=None, seed=0, fc_channels=NARROW_FC):
     """A run directory with a tiny FCN-8s checkpoint, as inference modes find it.
 
     Writes ``logs_dir/config.yaml`` and ``logs_dir/checkpoints/ckpt-1`` holding
@@ -83,11 +142,10 @@ def save_run(logs_dir, data_dir, fixed_class=None, seed=0, fc_channels=16):
 
     config = config_lib.load_config(
         None,
-        [("logs_dir", str(logs_dir)), ("data.data_dir", str(data_dir)), ("model.fc_channels", fc_channels),
-         ("model.vgg_weights", "none")],
+        [("logs_dir", str(logs_dir)), ("data.data_dir", str(data_dir)), *NARROW_OVERRIDES, ("model.fc_channels", fc_channels)],
     )
     keras.utils.set_random_seed(seed)
-    model = model_lib.build_fcn8s(config.data.num_classes or 150, fc_channels=fc_channels)
+    model = model_lib.build_from_config(config.model, config.data.num_classes)
     score = model.get_layer("score_fr")
     if fixed_class is None:
         kernel = np.random.default_rng(seed).normal(0, 1, score.kernel.shape).astype(np.float32)

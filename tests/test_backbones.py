@@ -12,11 +12,11 @@ from fcn import config as config_lib
 from fcn import model as model_lib
 
 
-def toy_trunk(x):
-    """Five stride-2 stages of 4 channels: the taps at 1/8, 1/16 and 1/32, like VGG's pool3, pool4 and pool5."""
+def toy_trunk(x, width=1.0):
+    """Five stride-2 stages of 4 channels (times ``width``): the taps at 1/8, 1/16 and 1/32, like VGG's pools."""
     taps = []
     for stage in range(1, 6):
-        x = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name=f"toy_conv{stage}")(x)
+        x = keras.layers.Conv2D(max(1, round(4 * width)), 3, strides=2, padding="same", activation="relu", name=f"toy_conv{stage}")(x)
         taps.append(x)
     return {"pool3": taps[2], "pool4": taps[3], "top": taps[4]}
 

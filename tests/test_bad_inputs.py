@@ -8,7 +8,6 @@ import pytest
 from conftest import SAMPLE_ROOT, run_fcn, save_run
 from PIL import Image
 
-from fcn import config as config_lib
 from fcn import evaluate, visualize
 from fcn.datasets.classes import ClassTable
 

@@ -7,6 +7,7 @@ import sys
 
 import forkserver
 import numpy as np
+import pytest
 from conftest import REPO, SAMPLE_ROOT, write_pair
 
 import FCN
@@ -40,6 +41,7 @@ def test_bad_config_fails_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # starts a Python that imports TensorFlow
 def test_train_without_dataset_explains_the_ways_out(tmp_path):
     result = run("--mode=train", "--data_dir", str(tmp_path / "nowhere"), "--logs_dir", str(tmp_path / "run"))
     assert result.returncode == FCN.EXIT_FAILED
@@ -48,6 +50,7 @@ def test_train_without_dataset_explains_the_ways_out(tmp_path):
     assert "--download" in result.stderr and "--config configs/sample.yaml" in result.stderr
 
 
+@pytest.mark.slow  # starts a process
 def test_check_data_reports_each_problem_and_fails(tmp_path, rng):
     root = str(tmp_path)
     image = rng.integers(0, 255, (32, 40, 3)).astype(np.uint8)
@@ -74,6 +77,7 @@ def test_check_data_reports_each_problem_and_fails(tmp_path, rng):
     assert "checking training" in result.stderr  # the progress bar
 
 
+@pytest.mark.slow  # starts a process
 def test_check_data_on_the_real_samples(tmp_path):
     # The fixture holds only the validation split: the missing training folders are reported.
     result = run("--mode=check_data", "--data_dir", SAMPLE_ROOT, "--no_progress", forked=True)
@@ -83,6 +87,7 @@ def test_check_data_on_the_real_samples(tmp_path):
     assert "2 problem(s) found" in result.stdout  # as many as listed
 
 
+@pytest.mark.slow  # starts two processes
 def test_download_flag_fetches_and_checks_the_dataset(tmp_path, rng):
     import threading
 
@@ -159,59 +164,81 @@ def test_bad_configurations_exit_2_with_a_message(tmp_path):
     assert a_file.read_text() == "keep"
 
 
-def test_ctrl_c_while_starting_is_one_line_and_status_130(tmp_path):
-    import signal
-    import time
+# Starts Python as a shell in a terminal does: Ctrl-C at its default disposition. A test run started in the
+# background (``pytest &`` in a script, some CI runners) ignores SIGINT, every child inherits that, and a
+# Python started so never sees a Ctrl-C; this resets it, then becomes the interpreter the test asked for.
+TERMINAL_LAUNCHER = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
 
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    process = subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "FCN.py"), "--mode=check_data", "--data_dir", str(tmp_path), "--no_progress"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )
+
+def start_importing(tmp_path):
+    """``python -X importtime FCN.py --mode=check_data`` on an empty folder, started as from a terminal.
+
+    ``-X importtime`` writes a line to the pipe of standard error as each module is imported; a reader that
+    stops reading holds the program there once the pipe is full (64 KiB, a few hundred lines), long before
+    the ~3,600 lines of TensorFlow's import end. So a test that reads up to a module and then interrupts
+    knows the program is still importing, whatever the load of the machine.
+    """
+    return subprocess.Popen(
+        [sys.executable, "-c", TERMINAL_LAUNCHER, "-X", "importtime", os.path.join(REPO, "FCN.py"), "--mode=check_data",
+         "--data_dir", str(tmp_path), "--no_progress"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )  # fmt: skip
+
+
+def read_until_imported(process, module):
+    """Reads the program's standard error up to the line reporting ``module`` imported; returns the lines read."""
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if line.startswith("import time:") and line.rsplit("|", 1)[-1].strip() == module:
+            return lines
+    raise AssertionError(f"the program ended before importing {module}: {''.join(lines[-20:])}")
+
+
+def interrupt_and_wait(process):
+    """Sends SIGINT; returns the rest of standard error once the program has ended."""
     try:
-        # Interrupt once TensorFlow's library is being loaded: the slow part of starting.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            with open(f"/proc/{process.pid}/maps") as maps:
-                if "tensorflow" in maps.read():
-                    break
-            time.sleep(0.02)
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=120)
+        _, stderr = process.communicate(timeout=300)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == FCN.EXIT_INTERRUPTED, stderr
-    assert "Traceback" not in stderr and "FCN.py: interrupted" in stderr
+    return stderr
 
 
+@pytest.mark.slow  # starts a Python that imports TensorFlow
+def test_ctrl_c_while_starting_is_one_line_and_status_130(tmp_path):
+    process = start_importing(tmp_path)
+    # Interrupt once TensorFlow's native library is loaded: the slow part of starting.
+    read_until_imported(process, "tensorflow.python.pywrap_tensorflow")
+    stderr = interrupt_and_wait(process)
+    assert process.returncode == FCN.EXIT_INTERRUPTED, stderr[-3000:]
+    assert "Traceback" not in stderr and "FCN.py: interrupted while starting" in stderr
+    assert "no ADE20K dataset" not in stderr  # the work never started
+
+
+@pytest.mark.slow  # starts six Pythons
 def test_ctrl_c_in_the_first_moments_never_prints_a_traceback(tmp_path):
     """Seeded moments from FCN.py's first import (``-X importtime`` reports ``argparse``; before it the
     interpreter is still starting or compiling the script) to well into the imports: a message, never a
-    traceback."""
+    traceback. Whatever the delay, the program is still importing (``start_importing``)."""
     import time
 
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     rng = np.random.default_rng(0)
     for delay in sorted(rng.uniform(0.0, 0.5, size=6)):
-        process = subprocess.Popen(
-            [sys.executable, "-X", "importtime", os.path.join(REPO, "FCN.py"), "--mode=check_data", "--data_dir", str(tmp_path),
-             "--no_progress"],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )
-        startup = []
-        for line in process.stderr:
-            startup.append(line)
-            if line.rstrip().endswith("| argparse"):
-                break
+        process = start_importing(tmp_path)
+        read_until_imported(process, "argparse")
         time.sleep(delay)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=120)
+        stderr = interrupt_and_wait(process)
         assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, (delay, stderr[-3000:])
         assert process.returncode == FCN.EXIT_INTERRUPTED, (delay, process.returncode, stderr[-3000:])
-        assert "FCN.py: interrupted" in stderr
+        assert "FCN.py: interrupted" in stderr and "no ADE20K dataset" not in stderr
 
 
+@pytest.mark.slow  # starts a Python that imports TensorFlow
 def test_check_data_creates_nothing(tmp_path):
     typo = tmp_path / "typo"
     result = run("--mode=check_data", "--config", "configs/sample.yaml", "--data_dir", str(typo), "--no_progress", forked=True)

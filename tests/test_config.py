@@ -9,8 +9,7 @@ from conftest import REPO
 
 import FCN
 from fcn import config as config_lib
-from fcn import datasets
-from fcn import errors
+from fcn import datasets, errors
 
 
 def write(tmp_path, text, name="config.yaml"):
@@ -75,6 +74,13 @@ def test_value_ranges_are_checked():
         config_lib.load_config(None, [("data.ratio_range", "2,1")])
     with pytest.raises(errors.ConfigError, match="num_classes"):
         config_lib.load_config(None, [("data.num_classes", "255")])
+    for width in ("0", "1.5"):
+        with pytest.raises(config_lib.ConfigError, match=r"model.width must be in \(0, 1\]"):
+            config_lib.load_config(None, [("model.width", width), ("model.vgg_weights", "none")])
+    # A narrow trunk has no pretrained weights: asking for them is refused before any work.
+    with pytest.raises(config_lib.ConfigError, match="model.width=0.5: pretrained weights fit width 1 only"):
+        config_lib.load_config(None, [("model.width", "0.5")])
+    assert config_lib.load_config(None, [("model.width", "0.5"), ("model.vgg_weights", "none")]).model.width == 0.5
 
 
 def test_values_are_coerced_from_strings_and_yaml():

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SAMPLE_ROOT, bilinear_resize, run_fcn
+from conftest import NARROW_FLAGS, SAMPLE_ROOT, bilinear_resize, narrow_fcn8s, run_fcn
 from PIL import Image
 from test_evaluate import official_scores
 from test_protocol import fit_factor
@@ -17,8 +17,8 @@ from fcn import config as config_lib
 from fcn import model as model_lib
 from fcn.datasets import ade20k, decode
 
-TINY = ["--config", "configs/sample.yaml", "--no_progress", "--crop_size", "32", "--batch_size", "2",
-        "--set", "model.fc_channels=16", "--set", "train.val_images=2", "--set", "data.val_size=48"]
+TINY = ["--config", "configs/sample.yaml", "--no_progress", "--crop_size", "32", "--batch_size", "2", *NARROW_FLAGS,
+        "--set", "train.val_images=2", "--set", "data.val_size=48"]
 CRF = ["--crf", "--set", "model.crf_iterations=2", "--set", "model.crf_test_iterations=3"]
 
 
@@ -127,6 +127,7 @@ def crf_runs(tmp_path_factory):
     return root, fcn_run, crf_run
 
 
+@pytest.mark.slow  # trains an FCN run, then an FCN + CRF run from it (crf_runs)
 def test_fine_tuning_with_crf_starts_from_the_fcn_run(crf_runs):
     root, fcn_run, crf_run = crf_runs
     source, target = restored_layers(fcn_run), restored_layers(crf_run)
@@ -150,6 +151,7 @@ def test_fine_tuning_with_crf_starts_from_the_fcn_run(crf_runs):
     assert "crf/compatibility" in scalars  # the matrix as an image and a histogram (same tag, two plugins)
 
 
+@pytest.mark.slow  # trains FCN + CRF runs (crf_runs)
 def test_crf_is_trained_end_to_end_and_resumes(crf_runs):
     """Resuming the CRF run at a real learning rate moves both the FCN and the CRF weights."""
     root, _, crf_run = crf_runs
@@ -164,6 +166,7 @@ def test_crf_is_trained_end_to_end_and_resumes(crf_runs):
     assert not np.array_equal(before["fc6"][0], after["fc6"][0])  # and the FCN below them
 
 
+@pytest.mark.slow  # trains FCN + CRF runs (crf_runs), then every inference mode
 def test_inference_modes_use_fcn_and_crf(crf_runs, tmp_path):
     root, fcn_run, crf_run = crf_runs
     config = config_lib.load_config(os.path.join(crf_run, "config.yaml"))
@@ -204,8 +207,8 @@ def test_inference_modes_use_fcn_and_crf(crf_runs, tmp_path):
     # And against a computation that shares none of that code: the checkpoint read with TensorFlow's own
     # API into a fresh model, run eagerly on each image fitted into the test size (numpy resizes, as in
     # tests/test_protocol.py), its logits resized back, scored pixel by pixel with the official formula.
-    fresh = model_lib.build_fcn8s(
-        150, fc_channels=16, crf=dict(num_iterations=3, theta_alpha=config.model.crf_theta_alpha,
+    fresh = narrow_fcn8s(
+        150, crf=dict(num_iterations=3, theta_alpha=config.model.crf_theta_alpha,
                                       theta_beta=config.model.crf_theta_beta, theta_gamma=config.model.crf_theta_gamma)
     )
     tf.train.Checkpoint(model=fresh).restore(tf.train.latest_checkpoint(os.path.join(crf_run, "checkpoints"))).expect_partial()

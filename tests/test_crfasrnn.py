@@ -630,7 +630,7 @@ def test_training_with_init_from_the_release_file_starts_from_its_weights(releas
     expected = expected_fcn8s_weights(path)
     root = voc_sample(str(tmp_path / "data"), num_val=1)
     config = tiny_config(tmp_path / "run", root, ("data.layout", "voc"), ("data.num_classes", 0), ("model.fc_channels", FC),
-                         ("model.crf", True), ("model.crf_iterations", 1), ("train.max_steps", 1), ("train.init_from", path),
+                         ("model.width", 1.0), ("model.crf", True), ("model.crf_iterations", 1), ("train.max_steps", 1), ("train.init_from", path),
                          ("train.learning_rate", 1e-30), ("data.val_size", "32"), ("train.val_images", 1))  # fmt: skip
     result = train_here(config, root)
     assert result.step == 1

@@ -132,6 +132,27 @@ def test_augment_geometry_matches_brute_force_at_ratio_one(rng):
     assert 0 < flips < 8
 
 
+def test_resized_labels_hold_only_values_of_the_source(rng):
+    """Labels are resized by nearest neighbour: no class appears that the source lacks.
+
+    The values are far apart, so any blend of two neighbours (a bilinear label) is a value absent from the
+    source; the training transform (random rescale) and the validation one (fit) both resize here.
+    """
+    train_ids = np.array([9, 59, 109, 149])
+    label = np.kron(rng.choice(train_ids, size=(8, 10)), np.ones((9, 9), np.int64))[:70, :87].astype(np.uint8)
+    example = {"image": tf.zeros((70, 87, 3), tf.uint8), "label": tf.constant(label)}
+    allowed = set(train_ids.tolist()) | {255}
+    config = data_config(base_size=(87, 70), ratio_range=(0.6, 1.7), crop_size=(48, 48), cat_max_ratio=1.0,
+                         photometric=False)  # fmt: skip
+    augment = tf.function(lambda seed: data.augment(example, config, seed)["label"])  # as tf.data runs it
+    for k in range(6):
+        values = set(np.unique(augment(tf.constant([4, k], tf.int64)).numpy()).tolist())
+        assert values <= allowed, (k, sorted(values - allowed))
+    for size in ((37, 53), (150, 190)):  # shrunk and enlarged
+        fitted = data.fit_and_pad(example, size)["label"].numpy()
+        assert set(np.unique(fitted).tolist()) <= allowed, (size, sorted(set(np.unique(fitted).tolist()) - allowed))
+
+
 def test_cat_max_ratio_redraws_dominated_crops():
     # Class 1 everywhere but a 30x30 patch of class 2 in one corner.
     label = np.zeros((100, 100), np.uint8)
@@ -314,7 +335,9 @@ def test_validation_batches_fit_and_pad_the_samples():
     label = first[0]["label"][0]
     assert (label[:120] != 255).mean() > 0.95 and (label[120:] == 255).all()
     _, full_label = decode.load_example(*datasets.list_split(SAMPLE_ROOT, "validation").pairs[0])
-    # Nearest-neighbour resizing keeps class proportions (wall, train id 0: 2.8 % of the labelled pixels).
+    # Nearest-neighbour resizing: only classes of the source (a blend of 9 and 17 would be 10..16, absent),
+    # in about their proportions (wall, train id 0: 2.8 % of the labelled pixels).
+    assert set(np.unique(label).tolist()) <= set(np.unique(full_label).tolist())
     share = lambda l, c: (l == c).sum() / (l != 255).sum()
     for class_id in (0, 1, 2, 9):
         assert abs(share(label, class_id) - share(full_label, class_id)) < 0.01

@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 
-from fcn import data, evaluate, metrics, visualize
 from fcn import config as config_lib
+from fcn import data, evaluate, metrics, visualize
 from fcn.datasets import ade20k
 from fcn.datasets.classes import ClassTable
 

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_ROOT, write_pair
+from conftest import SAMPLE_ROOT, clear_argmax, write_pair
 from PIL import Image
 
 from fcn import check_data, data, datasets, errors, inference
@@ -400,7 +400,7 @@ def _train_tiny_run(tmp_path_factory, layout):
     config = config_lib.load_config(
         os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "sample.yaml"),
         [("data.data_dir", data_dir), ("logs_dir", str(base / "run")), ("data.layout", layout), ("data.num_classes", 0),
-         ("data.crop_size", "32"), ("data.val_size", "48"), ("train.batch_size", 2), ("model.fc_channels", 8),
+         ("data.crop_size", "32"), ("data.val_size", "48"), ("train.batch_size", 2), ("model.fc_channels", 8), ("model.width", 0.125),
          ("train.max_steps", 2), ("train.val_every", 2), ("train.summary_every", 1), ("train.val_images", 2),
          ("train.checkpoint_every", 2)],
     )  # fmt: skip
@@ -424,13 +424,43 @@ def folder_run(tmp_path_factory):
     return _train_tiny_run(tmp_path_factory, "folder")
 
 
-def _colours_of(picture_path):
-    with Image.open(picture_path) as picture:
-        return {tuple(c) for c in np.asarray(picture.convert("RGB")).reshape(-1, 3)}
+def _recorded_table(logs_dir):
+    """(annotation value, RGB colour) of each train id, read from the run's classes.csv with the csv module.
+
+    Rows: value, name, red, green, blue, ignore, format; classes in train-id order, then the ignored values.
+    """
+    import csv
+
+    with open(os.path.join(logs_dir, "classes.csv"), newline="", encoding="utf-8") as f:
+        rows = [row for row in csv.reader(f)][1:]
+    classes = [row for row in rows if row[5].strip() == "0"]
+    return np.array([int(row[0]) for row in classes]), np.array([[int(v) for v in row[2:5]] for row in classes], np.uint8)
+
+
+def _expected_labels(config, checkpoint, image, num_classes):
+    """The protocol computed in numpy, on the checkpoint read into a fresh model with TensorFlow's own API.
+
+    Returns:
+      (train ids (H, W), where the best class is clear of float32's rounding, probabilities (H, W, C)).
+    """
+    import tensorflow as tf
+    from test_protocol import protocol_logits, protocol_probabilities
+
+    from fcn import model as model_lib
+
+    model = model_lib.build_from_config(config.model, num_classes)
+    tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(checkpoint)).expect_partial()
+    test_size = config.evaluate.resolved_test_size(config.data.base_size)
+    logits = protocol_logits(model, image[None], test_size)[0]
+    train_ids, clear = clear_argmax(logits, margin=1e-5 * np.abs(logits).max(), min_clear=0.9)
+    return train_ids, clear, protocol_probabilities(model, image[None], test_size)[0]
 
 
 def _check_outputs(config, root, checkpoint, tmp_path, inference_config=None):
-    """Every output of the run follows the dataset's class table.
+    """Every output of the run follows the dataset's class table, and shows the labels of the numpy protocol.
+
+    Expectations come from the run's classes.csv read with the csv module and from ``_expected_labels``,
+    not from the package's class table or predictor.
 
     ``inference_config``: the config predict and export get (e.g. one whose
     data_dir holds no dataset); default ``config``.
@@ -444,10 +474,16 @@ def _check_outputs(config, root, checkpoint, tmp_path, inference_config=None):
 
     dataset = datasets.find_dataset(config.data)
     classes = dataset.classes
+    values, colours = _recorded_table(config.logs_dir)  # by train id
+    lookup = np.zeros((256, 3), np.uint8)  # train id -> colour; 255 (ignored) black
+    lookup[: len(colours)] = colours
     # Training recorded the table; its TensorBoard images are in the table's colours.
-    recorded = ClassTable.read_csv(os.path.join(config.logs_dir, "classes.csv"))
-    assert recorded.names == classes.names and recorded.ids == classes.ids and recorded.colours == classes.colours
-    np.testing.assert_array_equal(summaries.colorize(tf.constant([[0, 1, 255]]), classes).numpy()[0], [*classes.palette()[:2], (0, 0, 0)])
+    assert list(values) == list(classes.ids) and [tuple(c) for c in colours] == [tuple(c) for c in classes.colours]
+    np.testing.assert_array_equal(summaries.colorize(tf.constant([[0, 1, 255]]), classes).numpy()[0], lookup[[0, 1, 255]])
+    expected = {}
+    for image_path, annotation_path in dataset.usable_pairs("validation"):
+        image, _ = decode.load_example(image_path, annotation_path, classes)
+        expected[image_path] = _expected_labels(config, checkpoint, image, len(values))
 
     # evaluate: names in metrics.json, label values in the submission PNGs.
     submission = str(tmp_path / "submission")
@@ -455,17 +491,14 @@ def _check_outputs(config, root, checkpoint, tmp_path, inference_config=None):
     with open(tmp_path / "eval" / "metrics.json") as f:
         metrics = json.load(f)
     assert list(metrics["per_class_iou"]) == list(classes.names)
-    predictor, _ = inference.predictor_from_config(config, checkpoint)
     values_seen = set()
-    for image_path, annotation_path in dataset.usable_pairs("validation"):
-        image, _ = decode.load_example(image_path, annotation_path, classes)
-        expected = classes.to_values(predictor.labels(image[None])[0].numpy())
+    for image_path, (train_ids, clear, _) in expected.items():
         stem = os.path.splitext(os.path.basename(image_path))[0]
         with Image.open(os.path.join(submission, stem + ".png")) as picture:
             assert picture.mode == ("P" if classes.palette_png else "L")
-            np.testing.assert_array_equal(np.asarray(picture), expected)
-        values_seen |= set(np.unique(expected).tolist())
-    assert len(values_seen) > 1 and values_seen <= set(classes.ids)
+            np.testing.assert_array_equal(np.asarray(picture)[clear], values[train_ids][clear], err_msg=stem)
+        values_seen |= set(np.unique(values[train_ids][clear]).tolist())
+    assert len(values_seen) > 1 and values_seen <= set(values.tolist())
     assert result.images == 3
 
     # visualize: ground truth and predictions in the table's colours.
@@ -473,31 +506,35 @@ def _check_outputs(config, root, checkpoint, tmp_path, inference_config=None):
     pairs = dict(dataset.usable_pairs("validation"))
     for k, image_path in enumerate(shown.shown):
         _, label = decode.load_example(image_path, pairs[image_path], classes)
+        train_ids, clear, _ = expected[image_path]
         with Image.open(tmp_path / "vis" / f"gt_{k}.png") as picture:
-            np.testing.assert_array_equal(np.asarray(picture), classes.colourise(label))
-        assert _colours_of(tmp_path / "vis" / f"pred_{k}.png") <= {tuple(int(v) for v in c) for c in classes.palette()}
+            np.testing.assert_array_equal(np.asarray(picture), lookup[label])
+        with Image.open(tmp_path / "vis" / f"pred_{k}.png") as picture:
+            np.testing.assert_array_equal(np.asarray(picture)[clear], lookup[train_ids][clear])
 
     # predict: the label PNG holds the table's values, the mask its colours.
     image_path = dataset.usable_pairs("validation")[0][0]
+    train_ids, clear, probabilities = expected[image_path]
     written = predict.predict_images(inference_config, [image_path], str(tmp_path / "pred"), checkpoint, progress=False)
-    image = decode.read_image_file(image_path)
-    train_ids = predictor.labels(image[None])[0].numpy()
-    np.testing.assert_array_equal(read_label_png(written.written[image_path]), classes.to_values(train_ids))
+    np.testing.assert_array_equal(read_label_png(written.written[image_path])[clear], values[train_ids][clear])
     with Image.open(written.written[image_path]) as picture:
         assert picture.mode == ("P" if classes.palette_png else "L")
         if classes.palette_png:  # the class colours at their values (for VOC, the VOC colour map)
-            np.testing.assert_array_equal(np.asarray(picture.getpalette(), np.uint8).reshape(-1, 3)[:256], classes.png_palette())
+            palette = np.asarray(picture.getpalette(), np.uint8).reshape(-1, 3)
+            np.testing.assert_array_equal(palette[values], colours)
     stem = os.path.splitext(os.path.basename(image_path))[0]
     with Image.open(tmp_path / "pred" / f"{stem}_mask.png") as picture:
-        np.testing.assert_array_equal(np.asarray(picture), classes.colourise(train_ids))
+        np.testing.assert_array_equal(np.asarray(picture)[clear], lookup[train_ids][clear])
 
-    # export: the SavedModel's labels are the table's values; classes.txt and classes.csv beside it.
+    # export: the SavedModel's labels are the table's values and its probabilities the protocol's;
+    # classes.txt and classes.csv beside it.
+    image = decode.read_image_file(image_path)
     export_dir, _ = export.export(inference_config, str(tmp_path / "export"), checkpoint)
     signatures = tf.saved_model.load(export_dir).signatures
     labels = signatures["serving_default"](images=tf.constant(image[None]))["labels"].numpy()[0]
     outputs = signatures["probabilities"](images=tf.constant(image[None]))
-    np.testing.assert_array_equal(outputs["labels"].numpy()[0], classes.to_values(outputs["probabilities"].numpy()[0].argmax(-1)))
-    np.testing.assert_array_equal(labels, classes.to_values(train_ids))
+    np.testing.assert_array_equal(labels[clear], values[train_ids][clear])
+    np.testing.assert_allclose(outputs["probabilities"].numpy()[0][clear], probabilities[clear], atol=2e-4)
     np.testing.assert_array_equal(outputs["labels"].numpy()[0], labels)
     assert open(os.path.join(export_dir, "classes.txt")).read().splitlines() == list(classes.names)
     assert ClassTable.read_csv(os.path.join(export_dir, "classes.csv")).ids == classes.ids

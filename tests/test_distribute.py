@@ -130,6 +130,7 @@ def losses_of(logs_dir):
     return [float(v) for _, _, v in read_events(os.path.join(str(logs_dir), "train"))[LOSS]]
 
 
+@pytest.mark.slow  # trains two 3-step runs
 def test_bfloat16_takes_effect_in_the_trainer_and_tracks_float32(tmp_path, sample_root, one_device):
     config = tiny_config(tmp_path / "bf16", sample_root, *COMMON_OVERRIDES, ("train.mixed_precision", "bfloat16"))
     strategy = train.setup_process(config)
@@ -148,6 +149,7 @@ def test_bfloat16_takes_effect_in_the_trainer_and_tracks_float32(tmp_path, sampl
     assert all(w.dtype == np.float32 for w in model_weights(tmp_path / "bf16").values())
 
 
+@pytest.mark.slow  # trains in a child process, and the 3-step run it is compared with
 def test_xla_step_takes_effect_and_matches_the_plain_step(tmp_path, sample_root, one_device):
     # A child process: op determinism, which other tests may have switched on in this one for good, makes XLA
     # refuse the max-pool gradient.

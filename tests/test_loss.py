@@ -50,38 +50,23 @@ def test_masked_cross_entropy_matches_numpy_value_and_gradient(batch):
     assert np.all(gradient[labels == 255] == 0)  # ignored pixels give nothing, not class 0's gradient
 
 
-def test_replicas_sum_to_the_mean_over_the_labelled_pixels_of_the_global_batch(batch):
-    """Each replica divides its summed losses by the global count: their sum is the global mean, and so is the gradient."""
-    labels, logits = batch
-    expected, expected_gradient, _ = numpy_loss(labels, logits)
-    halves = [(tf.constant(labels[i : i + 2]), tf.constant(logits[i : i + 2])) for i in (0, 2)]
-    with tf.GradientTape(persistent=True) as tape:
-        for _, part in halves:
-            tape.watch(part)
-        sums, counts = zip(*(train.masked_cross_entropy_sum(l, g) for l, g in halves))
-        global_count = tf.add_n(counts)
-        replica_losses = [s / global_count for s in sums]
-    assert counts[0] != counts[1]  # a per-replica mean would weigh the halves wrongly
-    np.testing.assert_allclose(float(tf.add_n(replica_losses)), expected, rtol=1e-6)
-    gradient = np.concatenate([tape.gradient(loss, part).numpy() for loss, (_, part) in zip(replica_losses, halves)])
-    np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-5, atol=1e-9)
-    # The mean of the per-replica means is another number: the test above tells them apart.
-    per_replica_means = np.mean([float(s / c) for s, c in zip(sums, counts)])
-    assert abs(per_replica_means - expected) > 1e-3
+def tiny_state(*overrides, strategy=None):
+    """A narrow FCN-8s, its Adam and a config, under ``strategy`` (default: one device).
 
-
-def tiny_state(*overrides):
+    Every weight is random and non-zero (score layers and biases included), so that the logits depend on
+    every layer, the loss is not flat, and a decay of the biases would move them.
+    """
     config = config_lib.load_config(
         f"{REPO}/configs/sample.yaml",
-        [("model.fc_channels", 8), ("model.dropout", 0.0), ("data.data_dir", "unused"), *overrides],
+        [("model.fc_channels", 8), ("model.width", 0.125), ("model.dropout", 0.0), ("data.data_dir", "unused"), *overrides],
     )
-    strategy = tf.distribute.get_strategy()
+    strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(3)
     state = train_state.create_train_state(config, strategy)
-    # Random score layers, so that the logits depend on every layer and the loss is not flat.
-    for layer in state.model.layers:
-        if layer.name.startswith("score"):
-            layer.kernel.assign(np.random.default_rng(4).normal(0, 0.1, layer.kernel.shape).astype(np.float32))
+    rng = np.random.default_rng(4)
+    for variable in state.model.trainable_variables:
+        if variable.path.endswith("bias") or variable.path.split("/")[0].startswith("score"):
+            variable.assign(rng.normal(0, 0.1, variable.shape).astype(np.float32))
     return config, strategy, state
 
 
@@ -96,6 +81,41 @@ def test_the_train_step_reports_the_numpy_loss_of_its_logits(batch):
     output = train.make_train_step(state, config, strategy)(images, tf.constant(labels))
     np.testing.assert_allclose(float(output.loss), expected, rtol=1e-5)
     assert bool(output.finite) and output.predictions.shape == (2, 32, 32)
+
+
+def test_two_replicas_report_the_mean_over_the_labelled_pixels_of_the_global_batch(two_replicas):
+    """``make_train_step`` on two replicas: each divides by the global count of labelled pixels.
+
+    The halves have different numbers of labelled pixels, so a per-replica mean (or the mean of the two)
+    is another number. The update is the one a single device makes on the whole batch.
+    """
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    labels = rng.integers(0, 150, (4, 32, 32)).astype(np.int32)
+    labels[0, :24] = 255  # replica 0 (examples 0, 1) has far fewer labelled pixels than replica 1
+    labels[1] = 255
+    labels[3, :, :5] = 255
+    counts = [(labels[k : k + 2] != 255).sum() for k in (0, 2)]
+    assert counts[0] < counts[1] / 2
+    config, strategy, state = tiny_state(strategy=two_replicas)
+    logits = state.model(images, training=True).numpy()  # no dropout: the step's own logits
+    expected, _, _ = numpy_loss(labels, logits)
+    per_replica_means = [numpy_loss(labels[k : k + 2], logits[k : k + 2])[0] for k in (0, 2)]
+    assert min(abs(sum(per_replica_means) - expected), abs(np.mean(per_replica_means) - expected)) > 0.01
+
+    def halves(array):
+        return strategy.experimental_distribute_values_from_function(
+            lambda context: tf.constant(array[2 * context.replica_id_in_sync_group : 2 * context.replica_id_in_sync_group + 2])
+        )
+
+    output = train.make_train_step(state, config, strategy)(halves(images), halves(labels))
+    assert strategy.num_replicas_in_sync == 2
+    np.testing.assert_allclose(float(output.loss), expected, rtol=1e-5)
+    # The gradient of the global mean: the weights after the step are those of one device on the whole batch.
+    config, one_device, single = tiny_state()
+    train.make_train_step(single, config, one_device)(tf.constant(images), tf.constant(labels))
+    for mirrored, plain in zip(state.model.trainable_variables, single.model.trainable_variables):
+        np.testing.assert_allclose(mirrored.numpy(), plain.numpy(), rtol=1e-4, atol=1e-6, err_msg=plain.path)
 
 
 def test_weight_decay_pulls_every_kernel_towards_zero_and_leaves_biases():
@@ -118,7 +138,8 @@ def test_weight_decay_pulls_every_kernel_towards_zero_and_leaves_biases():
         biases_after[decay] = {name: value for name, value in after.items() if name.endswith("bias")}
     assert shrunk[1e4] > 0.999
     assert shrunk[0.0] < 0.7  # without decay: the data gradient's signs, no pull towards zero
-    # Biases are not decayed: the same start and batch move them exactly as without decay.
+    # Biases are not decayed: from the same non-zero start and batch they move exactly as without decay.
+    assert min(np.abs(v).min() for v in biases_after[0.0].values()) > 0
     for name, value in biases_after[0.0].items():
         np.testing.assert_allclose(biases_after[1e4][name], value, rtol=1e-6, atol=1e-9, err_msg=name)
     # The decay term itself: weight_decay x k is its gradient.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.io
 import tensorflow as tf
-from conftest import SAMPLE_ROOT
+from conftest import SAMPLE_ROOT, narrow_fcn8s
 
 from fcn import backbones, checkpoints, datasets, weights
 from fcn import model as model_lib
@@ -73,6 +73,7 @@ def assert_matches_keras(fcn, sample_crop, keras_reference):
     assert relative_error(fc7[:, 3, 3, :], reference_fc2) < 1e-5
 
 
+@pytest.mark.slow  # Keras' full VGG16 (138 M weights) written to a file and read back
 def test_keras3_weights_file_gives_keras_activations(tmp_path, keras_vgg16, sample_crop, keras_reference):
     path = str(tmp_path / "vgg16.weights.h5")
     keras_vgg16.save_weights(path)
@@ -94,6 +95,7 @@ def write_legacy_h5(path, vgg16, include_top=True):
             group.create_dataset(weight_names[1].decode(), data=bias)
 
 
+@pytest.mark.slow  # Keras' full VGG16 (138 M weights) written to a file and read back
 def test_legacy_keras_h5_gives_keras_activations(tmp_path, keras_vgg16, sample_crop, keras_reference):
     path = str(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels.h5")
     write_legacy_h5(path, keras_vgg16)
@@ -129,6 +131,7 @@ def write_matconvnet(path, vgg16):
     scipy.io.savemat(path, {"layers": layers, "normalization": normalization})
 
 
+@pytest.mark.slow  # Keras' full VGG16 (138 M weights) written to a .mat and read back
 def test_matconvnet_file_gives_keras_activations(tmp_path, keras_vgg16, sample_crop, keras_reference):
     path = str(tmp_path / "imagenet-vgg-verydeep-16.mat")
     write_matconvnet(path, keras_vgg16)
@@ -136,6 +139,7 @@ def test_matconvnet_file_gives_keras_activations(tmp_path, keras_vgg16, sample_c
     assert_matches_keras(fcn, sample_crop, keras_reference)
 
 
+@pytest.mark.slow  # Keras' full VGG16 (138 M weights) written to a file and read back
 def test_notop_weights_fill_the_convolutions_only(tmp_path, keras_vgg16, sample_crop, keras_reference):
     path = str(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
     write_legacy_h5(path, keras_vgg16, include_top=False)
@@ -210,6 +214,7 @@ class _FileHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow  # Keras' full VGG16 (138 M weights) written to a file and read back
 def test_imagenet_weights_are_fetched_verified_and_cached(tmp_path, monkeypatch, keras_vgg16, sample_crop, keras_reference):
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
@@ -243,6 +248,7 @@ def full_fcn8s():
     return model_lib.build_fcn8s(150)
 
 
+@pytest.mark.slow  # builds the full 135 M-weight FCN-8s
 def test_parameter_count_and_zero_logits_at_initialisation(full_fcn8s):
     trainable = sum(int(np.prod(v.shape)) for v in full_fcn8s.trainable_weights)
     frozen = sum(int(np.prod(v.shape)) for v in full_fcn8s.non_trainable_weights)
@@ -253,9 +259,24 @@ def test_parameter_count_and_zero_logits_at_initialisation(full_fcn8s):
     assert float(tf.reduce_max(tf.abs(logits))) == 0.0
 
 
+@pytest.fixture(scope="module")
+def narrow():
+    return narrow_fcn8s(150)  # the geometry of the full model at a fraction of its arithmetic
+
+
+def test_width_scales_every_trunk_convolution_and_nothing_else(narrow):
+    for block, convolutions, filters in model_lib.VGG16_BLOCKS:
+        for i in range(1, convolutions + 1):
+            assert narrow.get_layer(f"block{block}_conv{i}").filters == filters // 8
+    assert narrow.get_layer("fc6").kernel.shape == (7, 7, 64, 16)  # 512 / 8 channels of pool5, 7 x 7
+    assert narrow.get_layer("score_pool4").kernel.shape == (1, 1, 64, 150)
+    assert narrow.get_layer("score_pool3").kernel.shape == (1, 1, 32, 150)
+    assert tuple(narrow(np.zeros((1, 33, 65, 3), np.uint8)).shape) == (1, 33, 65, 150)
+
+
 @pytest.mark.parametrize("height, width", [(97, 131), (375, 500), (32, 32), (33, 65)])
-def test_output_has_the_input_size(full_fcn8s, height, width):
-    logits = full_fcn8s(np.zeros((1, height, width, 3), np.uint8))
+def test_output_has_the_input_size(narrow, height, width):
+    logits = narrow(np.zeros((1, height, width, 3), np.uint8))
     assert tuple(logits.shape) == (1, height, width, 150)
 
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import clear_argmax, multi_scale_probabilities, run_fcn, save_run
+from conftest import NARROW_FLAGS, clear_argmax, multi_scale_probabilities, run_fcn, save_run
 from PIL import Image
 
 from fcn import config as config_lib
@@ -108,7 +108,7 @@ def test_predict_on_a_folder_of_images_of_different_sizes(tmp_path, tiny_run):
     (folder / "notes.txt").write_text("not an image")
     output = tmp_path / "out"
 
-    result = run_fcn("--mode=predict", "--logs_dir", str(logs), "--set", "model.fc_channels=16", "--image", str(folder),
+    result = run_fcn("--mode=predict", "--logs_dir", str(logs), *NARROW_FLAGS, "--image", str(folder),
                      "--output", str(output), "--no_progress", "--set", "evaluate.test_size=none")
 
     assert result.returncode == 1 and "Traceback" not in result.stderr  # one image could not be read
@@ -135,7 +135,7 @@ def test_export_round_trip_reproduces_the_keras_model(tmp_path, tiny_run):
     logs, _, model = tiny_run
     export_dir = tmp_path / "export"
 
-    result = run_fcn("--mode=export", "--logs_dir", str(logs), "--set", "model.fc_channels=16", "--output", str(export_dir),
+    result = run_fcn("--mode=export", "--logs_dir", str(logs), *NARROW_FLAGS, "--output", str(export_dir),
                      "--set", "evaluate.test_size=none")
 
     assert result.returncode == 0, result.stderr[-3000:]
@@ -155,14 +155,14 @@ def test_export_round_trip_reproduces_the_keras_model(tmp_path, tiny_run):
         np.testing.assert_array_equal(both["labels"].numpy(), outputs["labels"].numpy())
         np.testing.assert_allclose(both["probabilities"].numpy(), tf.nn.softmax(logits).numpy(), atol=1e-6)
     # An existing folder of other files is never written into.
-    refused = run_fcn("--mode=export", "--logs_dir", str(logs), "--set", "model.fc_channels=16", "--output", str(logs))
+    refused = run_fcn("--mode=export", "--logs_dir", str(logs), *NARROW_FLAGS, "--output", str(logs))
     assert refused.returncode == 1 and "holds files that are not export versions (checkpoints, config.yaml)" in refused.stderr
     assert (logs / "config.yaml").exists()
 
 
 def test_checkpoint_of_another_model_names_the_fix(tmp_path, tiny_run):
     logs, _, _ = tiny_run
-    result = run_fcn("--mode=export", "--logs_dir", str(logs), "--set", "model.fc_channels=8", "--output", str(tmp_path / "x"))
+    result = run_fcn("--mode=export", "--logs_dir", str(logs), *NARROW_FLAGS, "--set", "model.fc_channels=8", "--output", str(tmp_path / "x"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "cannot restore" in result.stderr and "--config LOGS_DIR/config.yaml" in result.stderr
 

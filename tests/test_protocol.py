@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SAMPLE_ROOT, bilinear_resize, clear_argmax, multi_scale_probabilities, save_run
+from conftest import NARROW_OVERRIDES, SAMPLE_ROOT, bilinear_resize, clear_argmax, multi_scale_probabilities, save_run
 
 from fcn import config as config_lib
 from fcn import datasets, errors, inference, predict
@@ -80,6 +80,8 @@ def test_single_view_is_resize_to_the_test_size_run_resize_back_softmax(tiny_mod
 
 
 def test_scales_and_flip_are_relative_to_the_test_size(tiny_model, fixture_image):
+    fixture_image = fixture_image[:, :150, :200]  # a quarter of the pixels to compare; fitted as 96 x 128 all the same
+    assert fit_factor(150, 200, TEST_SIZE) == 96 / 150
     scales = (0.75, 1.25)
     predictor = inference.Predictor(tiny_model, scales=scales, flip=True, test_size=TEST_SIZE)
 
@@ -89,15 +91,15 @@ def test_scales_and_flip_are_relative_to_the_test_size(tiny_model, fixture_image
     expected = protocol_probabilities(tiny_model, fixture_image, TEST_SIZE, scales, flip=True)
     np.testing.assert_allclose(probabilities, expected, atol=2e-4)
     best, clear = clear_argmax(expected, margin=4e-4, min_clear=0.5)
-    assert labels.shape == (1, 300, 400)
+    assert labels.shape == (1, 150, 200)
     np.testing.assert_array_equal(labels[clear], best[clear])
     # The network ran at round(96 x 0.75) x round(128 x 0.75) and round(96 x 1.25) x round(128 x 1.25).
-    assert [tuple(predictor.view_size((300, 400), s).numpy()) for s in scales] == [(72, 96), (120, 160)]
+    assert [tuple(predictor.view_size((150, 200), s).numpy()) for s in scales] == [(72, 96), (120, 160)]
 
 
 def test_own_size_keeps_whole_image_inference(tiny_model):
     images = np.random.default_rng(0).integers(0, 256, (1, 37, 53, 3)).astype(np.uint8)
-    config = config_lib.load_config(None, [("evaluate.test_size", "none"), ("model.fc_channels", 16)])
+    config = config_lib.load_config(None, [("evaluate.test_size", "none"), *NARROW_OVERRIDES])
     predictor = inference.make_predictor(tiny_model, config)
     assert predictor.test_size is None
     np.testing.assert_array_equal(predictor.labels(images).numpy(), tiny_model(images).numpy().argmax(-1))
@@ -127,9 +129,11 @@ def test_the_config_default_follows_data_base_size():
             config_lib.load_config(None, [("evaluate.test_size", bad)])
 
 
-def test_evaluate_predict_and_the_savedmodel_give_the_same_labels(tmp_path):
-    """The three modes on the real fixture images; the largest is above evaluate.max_pixels and is refused by each mode,
-    which goes on with the next image."""
+def test_evaluate_predict_and_the_savedmodel_run_the_configs_test_size(tmp_path):
+    """The three modes on the real fixture images, each against the protocol computed in numpy at the config's
+    test size (160 x 96, not the images' own). The largest image is above evaluate.max_pixels and is refused by
+    each mode, which goes on with the next image."""
+    import json
     import shutil
 
     from PIL import Image
@@ -139,7 +143,7 @@ def test_evaluate_predict_and_the_savedmodel_give_the_same_labels(tmp_path):
     root = str(tmp_path / "ADEChallengeData2016")
     shutil.copytree(SAMPLE_ROOT, root)
     logs = tmp_path / "run"
-    save_run(logs, root)
+    _, model = save_run(logs, root)
     # 683 x 512 = 349,696 pixels is above the limit; 500 x 364 and 400 x 300 are below.
     config = config_lib.load_config(str(logs / "config.yaml"), [("evaluate.test_size", "160,96"), ("evaluate.max_pixels", 200_000)])
     images = {k: os.path.join(root, "images", "validation", f"ADE_val_0000000{k}.jpg") for k in (1, 2, 3)}
@@ -148,24 +152,40 @@ def test_evaluate_predict_and_the_savedmodel_give_the_same_labels(tmp_path):
                                   progress=False)
     predicted = predict.predict_images(config, [images[1], images[3]], str(tmp_path / "pred"), progress=False)
     version, _ = export.export(config, str(tmp_path / "export"))
+    serving = tf.saved_model.load(version).signatures["serving_default"]
 
     message = "683x512 = 349,696 pixels, more than evaluate.max_pixels = 200,000: skipped"
     assert evaluated.images == 2 and list(evaluated.too_large) == [images[1]] and message in evaluated.too_large[images[1]]
     assert sorted(os.listdir(tmp_path / "sub")) == [".fcn_outputs", "ADE_val_00000002.png", "ADE_val_00000003.png"]
     assert list(predicted.failed) == [images[1]] and message in predicted.failed[images[1]]
     assert list(predicted.written) == [images[3]]  # the image after the refused one
-    from_evaluate = np.asarray(Image.open(tmp_path / "sub" / "ADE_val_00000003.png"))
-    from_predict = np.asarray(Image.open(tmp_path / "pred" / "ADE_val_00000003.png"))
-    serving = tf.saved_model.load(version).signatures["serving_default"]
-    from_export = serving(images=tf.constant(decode.read_image_file(images[3])[None]))["labels"].numpy()[0]
-    assert from_evaluate.shape == (300, 400) and len(np.unique(from_evaluate)) > 3
-    np.testing.assert_array_equal(from_predict, from_evaluate)
-    np.testing.assert_array_equal(from_export, from_evaluate)
-    with open(tmp_path / "out" / "metrics.json") as f:
-        written = __import__("json").load(f)
-    assert written["test_size"] == [160, 96] and message in written["skipped"][images[1]]
     with pytest.raises(tf.errors.InvalidArgumentError, match="more than evaluate.max_pixels = 200,000|more than evaluate.max_pixels = 200000"):
         serving(images=tf.constant(decode.read_image_file(images[1])[None]))
+
+    for k in (2, 3):
+        image = decode.read_image_file(images[k])[None]  # (1, H, W, 3)
+        # Labels are the argmax of the resized logits (here ~1e3): compared where float32's rounding cannot swap
+        # the best two.
+        logits = protocol_logits(model, image, TEST_SIZE)[0]
+        expected, clear = clear_argmax(logits, margin=1e-5 * np.abs(logits).max(), min_clear=0.9)
+        # The test size is what decides: the model at the image's own size disagrees on most pixels.
+        assert np.mean(tiny_model_labels(model, image)[clear] != expected[clear]) > 0.3
+        stem = f"ADE_val_0000000{k}"
+        outputs = {"evaluate": np.asarray(Image.open(tmp_path / "sub" / f"{stem}.png")).astype(int) - 1}  # values 1..150
+        if k == 3:
+            outputs["predict"] = np.asarray(Image.open(tmp_path / "pred" / f"{stem}.png")).astype(int) - 1
+        outputs["export"] = serving(images=tf.constant(image))["labels"].numpy()[0].astype(int) - 1
+        for mode, labels in outputs.items():
+            assert labels.shape == expected.shape, mode
+            np.testing.assert_array_equal(labels[clear], expected[clear], err_msg=f"{mode}, {stem}")
+    with open(tmp_path / "out" / "metrics.json") as f:
+        written = json.load(f)
+    assert written["test_size"] == [160, 96] and message in written["skipped"][images[1]]
+
+
+def tiny_model_labels(model, images):
+    """The model's labels at the images' own size (no protocol)."""
+    return np.asarray(model(images, training=False)).argmax(-1)[0]
 
 
 # ---------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import tensorflow as tf
 from conftest import REPO
 from test_train import checkpoint_weights, latest, read_events, tiny_config, train_here
 
-from fcn import config as config_lib
 from fcn import checkpoints, datasets, schedules, summaries
+from fcn import config as config_lib
 from fcn.errors import ConfigError
 from fcn.optimizer import FusedAdam, make_optimizer
 

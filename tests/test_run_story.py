@@ -71,7 +71,7 @@ def test_finished_then_resumed_run_tells_its_story(tmp_path, sample_root):
 
     resumed = run_fcn(*TINY, *STORY, "--data_dir", sample_root, "--logs_dir", logs, "--max_steps", "6")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"finished at step 6 of 6" in resumed.stdout and "this start: steps 4 -> 6 in " in resumed.stdout
+    assert "finished at step 6 of 6" in resumed.stdout and "this start: steps 4 -> 6 in " in resumed.stdout
     best, best_step = best_validation(logs)
     assert f"best validation mean IoU: {best:.4f} at step {best_step}, checkpoint {best_dir}" in resumed.stdout
     text = log_text(logs)

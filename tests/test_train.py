@@ -10,7 +10,7 @@ import forkserver
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, run_fcn
+from conftest import NARROW_FLAGS, NARROW_OVERRIDES, REPO, run_fcn
 
 from fcn import checkpoints, datasets, inference, summaries, train
 from fcn import config as config_lib
@@ -18,12 +18,11 @@ from fcn import config as config_lib
 # A small model and tiny crops keep each step well under a second on 2 CPU cores.
 TINY = [
     "--config", "configs/sample.yaml", "--no_progress",
-    "--crop_size", "32", "--batch_size", "2",
-    "--set", "model.fc_channels=16", "--set", "train.val_images=4", "--set", "data.val_size=48",
+    "--crop_size", "32", "--batch_size", "2", *NARROW_FLAGS,
+    "--set", "train.val_images=4", "--set", "data.val_size=48",
 ]
 TINY_OVERRIDES = [
-    ("data.crop_size", "32"), ("train.batch_size", 2), ("model.fc_channels", 16), ("train.val_images", 4),
-    ("data.val_size", "48"),
+    ("data.crop_size", "32"), ("train.batch_size", 2), *NARROW_OVERRIDES, ("train.val_images", 4), ("data.val_size", "48"),
 ]
 # A checkpoint at every step, the last two kept, no validation.
 CHECKPOINTED = [("train.checkpoint_every", 1), ("train.keep_checkpoints", 2), ("train.val_every", 100000)]
@@ -145,10 +144,9 @@ def test_debug_run_writes_scalars_images_and_histograms(tmp_path, sample_root):
     assert checkpoints.step_of(latest(logs, "best")) == best_step
 
 
-def test_no_histograms_without_debug(tmp_path, sample_root):
-    logs = tmp_path / "run"
-    train_here(tiny_config(logs, sample_root, ("train.max_steps", 2), ("train.summary_every", 1)), sample_root)
-    events_train = read_events(logs / "train")
+def test_no_histograms_without_debug(trained_run):
+    _, logs = trained_run  # trained without --debug, summaries at every step
+    events_train = read_events(os.path.join(logs, "train"))
     assert LOSS in events_train and "prediction" in events_train
     assert not [tag for tag, values in events_train.items() if values[0][1] == "histograms"]
 
@@ -157,6 +155,7 @@ def test_no_histograms_without_debug(tmp_path, sample_root):
 # Resume and determinism.
 
 
+@pytest.mark.slow  # trains 12 steps of a 256-wide model
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, sample_root):
     """A run stopped and resumed ends bit for bit where the uninterrupted run ends.
 
@@ -187,6 +186,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, sample_
 # Checkpoints that cannot lie (the reproductions of the training-core issue).
 
 
+@pytest.mark.slow  # trains up to 9 steps
 def test_non_finite_weights_are_never_saved_and_a_rerun_recovers(tmp_path, sample_root):
     logs = tmp_path / "run"
     # Adam's first step moves every weight by about the learning rate: 1e30 gives a finite loss at
@@ -212,6 +212,28 @@ def test_saving_refuses_non_finite_variables(tmp_path):
     with pytest.raises(checkpoints.NonFiniteError, match=r"step 7: 1 variables hold NaN or Inf \(bad"):
         checkpoints.save(checkpoint, str(tmp_path), 7, 3, [good, bad])
     assert not os.listdir(tmp_path)
+
+
+def test_restore_refuses_a_non_finite_checkpoint_written_behind_saves_back(tmp_path, capsys):
+    """``save`` never writes NaN; a checkpoint holding one anyway (another tool, a bad disk) is not restored."""
+    directory = str(tmp_path / "checkpoints")
+    weights = tf.Variable(np.arange(4, dtype=np.float32), name="weights")
+    checkpoint = tf.train.Checkpoint(weights=weights)
+    checkpoints.save(checkpoint, directory, 1, 3, [weights])  # intact
+    weights.assign([0.0, np.nan, 2.0, 3.0])
+    checkpoint.write(os.path.join(directory, "ckpt-2"))  # TensorFlow's own write: no check
+    assert np.isnan(tf.train.load_checkpoint(os.path.join(directory, "ckpt-2")).get_tensor("weights/.ATTRIBUTES/VARIABLE_VALUE")[1])
+
+    weights.assign([9.0, 9.0, 9.0, 9.0])
+    assert checkpoints.restore(checkpoint, directory, [weights]).endswith("ckpt-1")  # the newest finite one
+    np.testing.assert_array_equal(weights.numpy(), [0.0, 1.0, 2.0, 3.0])
+    assert "ckpt-2 is damaged and was not used: it holds NaN or Inf in weights" in capsys.readouterr().err
+    # Named alone, or the only one left: an error, never NaN weights.
+    with pytest.raises(checkpoints.DamagedCheckpointError):
+        checkpoints.restore(checkpoint, os.path.join(directory, "ckpt-2"), [weights])
+    os.remove(os.path.join(directory, "ckpt-1.index"))
+    with pytest.raises(checkpoints.DamagedCheckpointError):
+        checkpoints.restore(checkpoint, directory, [weights])
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +265,7 @@ def resume_to(logs, sample_root, steps, capsys):
     return result, capsys.readouterr()
 
 
+@pytest.mark.slow  # trains, damages a checkpoint, trains on
 def test_truncated_newest_checkpoint_is_named_and_the_older_one_used(run_with_checkpoints, sample_root, capsys):
 
     logs, config = run_with_checkpoints
@@ -259,6 +282,7 @@ def test_truncated_newest_checkpoint_is_named_and_the_older_one_used(run_with_ch
     assert result.step == 4
 
 
+@pytest.mark.slow  # trains, damages a checkpoint, trains on
 def test_corrupt_checkpoint_data_fails_its_checksum_and_is_not_another_configuration(run_with_checkpoints, sample_root, capsys):
     logs, _ = run_with_checkpoints
     path = data_file(logs, 3)
@@ -272,6 +296,7 @@ def test_corrupt_checkpoint_data_fails_its_checksum_and_is_not_another_configura
     assert "ckpt-2 at step 2" in output.out and result.step == 4
 
 
+@pytest.mark.slow  # trains, damages a checkpoint, trains on
 def test_missing_newest_index_never_restarts_from_step_0(run_with_checkpoints, sample_root, capsys):
     logs, _ = run_with_checkpoints
     os.remove(logs / "checkpoints" / "ckpt-3.index")
@@ -280,6 +305,7 @@ def test_missing_newest_index_never_restarts_from_step_0(run_with_checkpoints, s
     assert "ckpt-2 at step 2" in output.out and result.step == 4
 
 
+@pytest.mark.slow  # trains, damages a checkpoint, trains on
 def test_garbage_checkpoint_index_file_does_not_lose_the_run(run_with_checkpoints, sample_root, capsys):
     logs, _ = run_with_checkpoints
     (logs / "checkpoints" / "checkpoint").write_bytes(b"\x00garbage{{{")
@@ -288,6 +314,7 @@ def test_garbage_checkpoint_index_file_does_not_lose_the_run(run_with_checkpoint
     assert latest(logs).endswith("ckpt-4")  # the index file is written anew
 
 
+@pytest.mark.slow  # trains, then damages every checkpoint
 def test_no_intact_checkpoint_is_an_error_not_a_new_run(run_with_checkpoints, sample_root, capsys):
     logs, config = run_with_checkpoints
     for step in (2, 3):
@@ -302,6 +329,7 @@ def test_no_intact_checkpoint_is_an_error_not_a_new_run(run_with_checkpoints, sa
     assert result.returncode == 1 and "no intact checkpoint" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # trains in a child process
 def test_another_configuration_is_named_as_such(run_with_checkpoints, sample_root):
     logs, _ = run_with_checkpoints
     other = tiny_config(logs, sample_root, ("train.max_steps", 4), ("model.fc_channels", 8))
@@ -309,6 +337,7 @@ def test_another_configuration_is_named_as_such(run_with_checkpoints, sample_roo
         train_here(other, sample_root)
 
 
+@pytest.mark.slow  # trains, then trains on over the leftovers
 def test_leftovers_of_killed_saves_are_removed_at_the_next_save(run_with_checkpoints, sample_root, capsys):
     logs, _ = run_with_checkpoints
     folder = logs / "checkpoints"
@@ -374,7 +403,8 @@ def test_kill_9_during_saves_always_resumes_to_the_uninterrupted_weights(tmp_pat
     steps = 10
     args = [*TINY, "--data_dir", sample_root, "--max_steps", str(steps), "--set", "train.deterministic=true",
             "--set", "train.checkpoint_every=1", "--set", "train.keep_checkpoints=2", "--set", "train.val_every=100000",
-            "--set", "model.dropout=0"]
+            "--set", "model.dropout=0",
+            "--set", "model.width=1"]  # VGG16's trunk: checkpoints large enough that kills land in their writes
     reference = str(tmp_path / "reference")
     assert run(*args, "--logs_dir", reference).returncode == 0
     logs = str(tmp_path / "killed")
@@ -410,6 +440,7 @@ def test_kill_9_during_saves_always_resumes_to_the_uninterrupted_weights(tmp_pat
 # Starting from another run, and learning.
 
 
+@pytest.mark.slow  # trains two runs
 def test_init_from_starts_from_another_runs_weights(tmp_path, sample_root, trained_with_checkpoints):
     source = trained_with_checkpoints
     target = tmp_path / "target"
@@ -447,8 +478,12 @@ def test_training_learns_the_sample_data(tmp_path):
                      "--logs_dir", logs, "--max_steps", "80", "--set", "train.val_every=80", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tensorboard --logdir" in result.stdout
-    assert os.path.exists(os.path.join(logs, "config.yaml"))
-    assert os.path.exists(os.path.join(logs, "checkpoints", "checkpoint"))
+    # The resolved config is written into the run directory, and the last checkpoint is of step 80.
+    written = config_lib.load_config(os.path.join(logs, "config.yaml"))
+    assert written.train.max_steps == 80 and written.train.val_every == 80 and written.data.data_dir == str(data_dir)
+    assert written.model.fc_channels == 256 and written.data.crop_size == (64, 64)  # configs/sample.yaml's
+    step = tf.train.load_checkpoint(latest(logs)).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")
+    assert latest(logs).endswith("ckpt-80") and step == 80
     assert len(os.listdir(data_dir / "ADEChallengeData2016" / "images" / "training")) == 64
     validation = read_events(os.path.join(logs, "validation"))
     (start_step, _, start_iou), (end_step, _, end_iou) = validation[MEAN_IOU]

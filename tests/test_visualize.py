@@ -7,33 +7,30 @@ import nbformat
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, SAMPLE_ROOT, clear_argmax, multi_scale_probabilities, run_fcn, save_run, write_pair
+from conftest import (
+    REPO,
+    SAMPLE_ROOT,
+    TINY_TRAINING,
+    clear_argmax,
+    multi_scale_probabilities,
+    narrow_fcn8s,
+    run_fcn,
+    save_run,
+    write_pair,
+)
 from nbclient import NotebookClient
 from PIL import Image
 from test_protocol import protocol_logits
 
 from fcn import config as config_lib
 from fcn import data, datasets, evaluate, metrics, visualize
-from fcn import model as model_lib
 from fcn.datasets import ade20k, decode
 from fcn.datasets.classes import IGNORE_LABEL
 
 SAMPLE_TEST_SIZE = (160, 96)  # configs/sample.yaml: evaluate.test_size, its data.base_size
 
 NOTEBOOK = os.path.join(REPO, "notebooks", "colormap.ipynb")
-TINY = ["--config", "configs/sample.yaml", "--no_progress", "--crop_size", "32", "--batch_size", "2",
-        "--set", "model.fc_channels=16", "--set", "train.val_images=2", "--set", "data.val_size=48"]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """(dataset root, run directory) after a 1-step sample training through the CLI."""
-    root = str(tmp_path_factory.mktemp("sample") / "ADEChallengeData2016")
-    datasets.generate_sample_dataset(root, num_train=8, num_val=6, progress=False)
-    logs = str(tmp_path_factory.mktemp("run"))
-    result = run_fcn(*TINY, "--data_dir", root, "--logs_dir", logs, "--max_steps", "1")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root, logs
+TINY = TINY_TRAINING
 
 
 def restored_model(run_dir):
@@ -41,7 +38,7 @@ def restored_model(run_dir):
 
     Independent of the package's restoring code, so that expectations do not share it.
     """
-    model = model_lib.build_fcn8s(ade20k.NUM_CLASSES, fc_channels=16)
+    model = narrow_fcn8s(ade20k.NUM_CLASSES)
     prefix = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
     return model
@@ -77,8 +74,20 @@ def test_visualize_writes_coloured_images_of_a_seeded_batch(trained_run):
         expected, clear = clear_argmax(protocol_logits(model, image[None], SAMPLE_TEST_SIZE)[0], margin=2e-5, min_clear=0.5)
         np.testing.assert_array_equal(prediction[clear], ade20k.class_table().colourise(expected)[clear])
         assert np.mean(expected != label) > 0.5  # a prediction unlike the ground truth
-    figure = Image.open(os.path.join(output, "visualize.png"))
-    assert figure.size[0] >= 800
+    # visualize.png is the comparison figure of exactly those pictures, in that order, pixel for pixel
+    # (comparison_figure's own layout is not what this checks).
+    import io
+
+
+    palette = ade20k.class_table().palette()  # (150, 3)
+    train_id_of = {tuple(int(v) for v in colour): k for k, colour in enumerate(palette)}
+    examples = [decode.load_example(path, pairs[path]) for path in shown]
+    predictions = [np.vectorize(lambda r, g, b: train_id_of[(r, g, b)])(*np.moveaxis(
+        np.asarray(Image.open(os.path.join(output, f"pred_{k}.png"))).astype(int), -1, 0)) for k in range(len(shown))]
+    expected = io.BytesIO()
+    visualize.comparison_figure([image for image, _ in examples], [label for _, label in examples], predictions,
+                                titles=[os.path.basename(path) for path in shown]).savefig(expected, dpi=100)
+    np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(output, "visualize.png"))), np.asarray(Image.open(expected)))
     # The same seed draws the same batch.
     again = run_fcn(*args, "--seed", "3", "--output", os.path.join(logs, "again"))
     assert again.returncode == 0
@@ -148,8 +157,13 @@ def expected_accuracies(root, predict_fn) -> dict:
     return expected
 
 
-def test_notebook_shows_a_trained_runs_predictions_and_evaluation(trained_run, monkeypatch):
-    root, logs = trained_run
+@pytest.mark.slow  # starts a Jupyter kernel (a process importing TensorFlow)
+def test_notebook_shows_a_trained_runs_predictions_and_evaluation(trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    root, shared = trained_run
+    logs = str(tmp_path / "run")
+    shutil.copytree(shared, logs)  # the reports below are written into the run directory
     # The reports of --mode=evaluate, from a confusion matrix small enough to score by hand:
     # wall 6 right, 2 as building; building 3 right; sky 9 right, 1 as wall.
     matrix = np.zeros((ade20k.NUM_CLASSES, ade20k.NUM_CLASSES), np.int64)
@@ -177,6 +191,7 @@ def test_notebook_shows_a_trained_runs_predictions_and_evaluation(trained_run, m
     assert pictures == 3  # the palette, the predictions, the confusion matrix
 
 
+@pytest.mark.slow  # starts a Jupyter kernel (a process importing TensorFlow)
 def test_notebook_without_a_trained_run_shows_the_untrained_models_output(tmp_path, monkeypatch):
     run_dir = str(tmp_path / "no_run")
     text, pictures = execute_notebook(run_dir, monkeypatch)

@@ -274,11 +274,11 @@ def test_checkpoint_of_one_backbone_is_refused_by_the_other(tmp_path, saved, res
 
     from fcn import checkpoints
 
-    source = model_lib.build_fcn8s(5, fc_channels=8, backbone=saved)
+    source = model_lib.build_fcn8s(5, fc_channels=8, backbone=saved, width=0.125)  # the layers decide, not their width
     tf.train.CheckpointManager(tf.train.Checkpoint(model=source), str(tmp_path / "checkpoints"), 1).save(checkpoint_number=1)
     with pytest.raises(checkpoints.MismatchError, match="it holds another model"):
-        checkpoints.restore_model_weights(model_lib.build_fcn8s(5, fc_channels=8, backbone=restored), str(tmp_path))
-    same = model_lib.build_fcn8s(5, fc_channels=8, backbone=saved)
+        checkpoints.restore_model_weights(model_lib.build_fcn8s(5, fc_channels=8, backbone=restored, width=0.125), str(tmp_path))
+    same = model_lib.build_fcn8s(5, fc_channels=8, backbone=saved, width=0.125)
     checkpoints.restore_model_weights(same, str(tmp_path))
     for a, b in zip(same.weights, source.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -145,7 +145,7 @@ def save_run(logs_dir, data_dir, fixed_class=None, seed=0, fc_channels=NARROW_FC
         [("logs_dir", str(logs_dir)), ("data.data_dir", str(data_dir)), *NARROW_OVERRIDES, ("model.fc_channels", fc_channels)],
     )
     keras.utils.set_random_seed(seed)
-    model = model_lib.build_from_config(config.model, config.data.num_classes)
+    model = model_lib.build_from_config(config.model, config.data.num_classes or 150)
     score = model.get_layer("score_fr")
     if fixed_class is None:
         kernel = np.random.default_rng(seed).normal(0, 1, score.kernel.shape).astype(np.float32)

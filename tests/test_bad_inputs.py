@@ -5,7 +5,7 @@ import os
 import matplotlib
 import numpy as np
 import pytest
-from conftest import SAMPLE_ROOT, run_fcn, save_run
+from conftest import NARROW_FLAGS, SAMPLE_ROOT, run_fcn, save_run
 from PIL import Image
 
 from fcn import evaluate, visualize
@@ -45,7 +45,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_evaluate_with_every_image_too_large_says_so(tiny_run):
-    result = run_fcn("--mode=evaluate", "--logs_dir", tiny_run, "--data_dir", SAMPLE_ROOT, "--set", "model.fc_channels=16",
+    result = run_fcn("--mode=evaluate", "--logs_dir", tiny_run, "--data_dir", SAMPLE_ROOT, *NARROW_FLAGS,
                      "--set", "evaluate.max_pixels=1", "--no_progress")  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "every image of the validation split has more than evaluate.max_pixels=1 pixels" in result.stderr
@@ -61,7 +61,7 @@ def test_predict_reads_every_format_in_a_folder_and_reports_a_pipe_without_stopp
     os.mkfifo(fifo)
     out = tmp_path / "out"
     result = run_fcn("--mode=predict", "--logs_dir", tiny_run, "--image", str(folder), str(fifo), "--output", str(out),
-                     "--set", "model.fc_channels=16", "--no_progress")  # fmt: skip
+                     *NARROW_FLAGS, "--no_progress")  # fmt: skip
     assert result.returncode == 1 and "pipe.jpg: not a regular file" in result.stderr and "Traceback" not in result.stderr
     labels = sorted(n for n in os.listdir(out) if n.count("_") == 1 and not n.startswith("."))  # photo_EXT.png only
     assert labels == [f"photo_{e}.png" for e in ("bmp", "gif", "jpg", "png", "webp")]

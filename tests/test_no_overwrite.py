@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, SAMPLE_ROOT, run_fcn, save_run
+from conftest import NARROW_FLAGS, REPO, SAMPLE_ROOT, run_fcn, save_run
 from PIL import Image
 
 from fcn import errors, outputs
@@ -39,7 +39,7 @@ def run_and_data(tmp_path_factory):
 
 
 def common(logs, data):
-    return ["--data_dir", data, "--logs_dir", logs, "--set", "model.fc_channels=16", "--no_progress"]
+    return ["--data_dir", data, "--logs_dir", logs, *NARROW_FLAGS, "--no_progress"]
 
 
 def test_evaluate_never_writes_predictions_over_the_ground_truth(run_and_data):

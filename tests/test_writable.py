@@ -7,7 +7,7 @@ import tempfile
 
 import numpy as np
 import pytest
-from conftest import REPO, SAMPLE_ROOT, save_run
+from conftest import NARROW_FLAGS, REPO, SAMPLE_ROOT, save_run
 from PIL import Image
 from test_permissions import _run_stopped_by_permissions
 
@@ -57,7 +57,7 @@ def test_read_only_folders_are_refused_in_every_mode_before_any_work(home):
             os.chmod(os.path.join(parent, name), 0o644)
     os.chmod(locked, 0o555)
     os.chmod(os.path.join(run, "checkpoints"), 0o555)  # the run itself is writable, its checkpoints are not
-    common = ["--data_dir", data, "--set", "model.fc_channels=16", "--no_progress"]
+    common = ["--data_dir", data, *NARROW_FLAGS, "--no_progress"]
     cases = [
         (["--mode=train", "--logs_dir", run, "--max_steps", "2"], "checkpoints is not writable"),
         (["--mode=evaluate", "--logs_dir", run, "--output", locked], "locked is not writable"),

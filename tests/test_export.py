@@ -74,8 +74,10 @@ def test_tflite_labels_equal_the_saved_models_on_the_fixture_images(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     tflite = logs / "export_tflite" / "1" / export.TFLITE_FILE
     assert f"TFLite: {tflite} (uint8 images (1, 96, 128, 3) -> label values)" in result.stdout
-    parameter_bytes = sum(int(np.prod(w.shape)) * 4 for w in model.weights)
-    assert 0.95 * parameter_bytes < os.path.getsize(tflite) < 1.02 * parameter_bytes  # the weights, once
+    # TFLite stores identical buffers once: the untrained upscore2 and upscore_pool4 kernels are the same bilinear one.
+    parameter_bytes = sum(len(blob) for blob in {np.asarray(w, np.float32).tobytes() for w in model.weights})
+    # The weights, once, and the graph (about 60 kB for this small model): a second copy of any kernel would exceed it.
+    assert 0.95 * parameter_bytes < os.path.getsize(tflite) < 1.02 * parameter_bytes + 200_000
     assert run_fcn("--mode=export", *flags).returncode == 0
     serving = tf.saved_model.load(str(logs / "export" / "1")).signatures["serving_default"]
 

@@ -207,6 +207,9 @@ def mean_field(
     return logits
 
 
+SPATIAL_KERNELS = ("exact", "lattice")
+
+
 def _potts(shape, dtype=None):
     return keras.ops.ones(shape, dtype) - keras.ops.eye(shape[0], dtype=dtype)
 
@@ -218,9 +221,8 @@ class CrfRnn(keras.layers.Layer):
     Call on ``[unary_logits (B, H, W, C), image (B, H, W, 3) RGB 0..255]``;
     returns refined logits (B, H, W, C), float32. Computes in float32 even under
     a mixed-precision policy (pass ``dtype="float64"`` for numerical checks).
-    The bilateral lattice of each image and the lattice of the pixel positions
-    are built once per call and reused by every channel and iteration; images
-    of a batch are filtered independently.
+    The bilateral lattice of each image is built once per call and reused by
+    every channel and iteration; images of a batch are filtered independently.
 
     Trainable weights: ``spatial_kernel_weights`` and ``bilateral_kernel_weights``
     (C x C, identity x ``spatial_weight`` / ``bilateral_weight`` at
@@ -234,6 +236,10 @@ class CrfRnn(keras.layers.Layer):
         argument overrides it for one call (e.g. 10 at test time).
       spatial_weight: initial diagonal of ``spatial_kernel_weights``.
       bilateral_weight: initial diagonal of ``bilateral_kernel_weights``.
+      spatial_kernel: ``exact`` (the separable Gaussian, ``spatial_filter``)
+        or ``lattice`` (a permutohedral lattice of the pixel positions, as the
+        C++ DenseCRF and crfasrnn_keras's op filter it: an approximation, kept
+        so that crfasrnn_keras's released model gives its own outputs).
     """
 
     def __init__(
@@ -244,8 +250,11 @@ class CrfRnn(keras.layers.Layer):
         num_iterations: int = 5,
         spatial_weight: float = 3.0,
         bilateral_weight: float = 5.0,
+        spatial_kernel: str = "exact",
         **kwargs,
     ):
+        if spatial_kernel not in SPATIAL_KERNELS:
+            raise ValueError(f"spatial_kernel must be one of {', '.join(SPATIAL_KERNELS)}, got {spatial_kernel!r}")
         if kwargs.get("dtype") is None:
             kwargs["dtype"] = "float32"  # not the global (possibly mixed) policy
         super().__init__(autocast=False, **kwargs)
@@ -255,6 +264,7 @@ class CrfRnn(keras.layers.Layer):
         self.num_iterations = int(num_iterations)
         self.spatial_weight = float(spatial_weight)
         self.bilateral_weight = float(bilateral_weight)
+        self.spatial_kernel = spatial_kernel
         self.supports_jit = False  # tf.unique in the lattice build has a data-dependent shape
 
     def build(self, input_shape):
@@ -281,11 +291,16 @@ class CrfRnn(keras.layers.Layer):
         # slice, the spatial one a per-pixel scale (built from the shape alone,
         # so no gradient is traced through it).
         lattice = permutohedral.normalised(build_image_lattice(image, self.theta_alpha, self.theta_beta))
-        ones = tf.ones(tf.concat([tf.shape(unaries)[:-1], [1]], axis=0), unaries.dtype)  # (B, H, W, 1)
-        spatial_scale = 1.0 / spatial_filter(ones, self.theta_gamma)
+        if self.spatial_kernel == "lattice":
+            positions = permutohedral.normalised(permutohedral.build_lattice(spatial_features(image, self.theta_gamma)))
+            spatial = lambda values, weights: permutohedral.lattice_filter(positions, values, channel_weights=weights)  # noqa: E731
+        else:
+            ones = tf.ones(tf.concat([tf.shape(unaries)[:-1], [1]], axis=0), unaries.dtype)  # (B, H, W, 1)
+            spatial_scale = 1.0 / spatial_filter(ones, self.theta_gamma)
+            spatial = lambda values, weights: spatial_message(values, self.theta_gamma, weights) * spatial_scale  # noqa: E731
         return mean_field(
             unaries,
-            spatial=lambda values, weights: spatial_message(values, self.theta_gamma, weights) * spatial_scale,
+            spatial=spatial,
             bilateral=lambda values, weights: permutohedral.lattice_filter(lattice, values, channel_weights=weights),
             spatial_kernel_weights=tf.convert_to_tensor(self.spatial_kernel_weights),
             bilateral_kernel_weights=tf.convert_to_tensor(self.bilateral_kernel_weights),
@@ -305,5 +320,6 @@ class CrfRnn(keras.layers.Layer):
             num_iterations=self.num_iterations,
             spatial_weight=self.spatial_weight,
             bilateral_weight=self.bilateral_weight,
+            spatial_kernel=self.spatial_kernel,
         )
         return config

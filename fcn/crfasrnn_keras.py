@@ -200,8 +200,9 @@ PRETRAINED = {
     ),
 }
 
-# The released model's CRF parameters (its src/crfrnn_model.py).
-CRFASRNN_CRF = {"theta_alpha": 160.0, "theta_beta": 3.0, "theta_gamma": 3.0}
+# The released model's CRF parameters (its src/crfrnn_model.py), its spatial kernel filtered as its C++ op does: on a
+# lattice of the pixel positions, whose approximation the released weights were trained with.
+CRFASRNN_CRF = {"theta_alpha": 160.0, "theta_beta": 3.0, "theta_gamma": 3.0, "spatial_kernel": "lattice"}
 # The CRF weights of its file, in the order its layer creates them, and ours.
 _CRFASRNN_CRF_WEIGHTS = (
     ("spatial_ker_weights", "spatial_kernel_weights"),

@@ -31,13 +31,13 @@ def folder_bytes(path):
 def test_each_weight_is_stored_once(exported):
     path, model = exported
     parameter_bytes = sum(int(np.prod(w.shape)) * w.dtype.size for w in (tf.convert_to_tensor(v) for v in model.weights))
-    assert parameter_bytes > 60e6  # 16M parameters: a second copy would be plain to see
+    assert parameter_bytes > 2e6  # a second copy, this much again, would be plain to see beside the graph's bytes
     stored = folder_bytes(os.path.join(path, "variables"))
     # Each weight once plus the checkpoint's index and object graph (6 kB here); a second copy doubles it.
     assert parameter_bytes <= stored < parameter_bytes * 1.01
     names = [name for name, _ in tf.train.list_variables(os.path.join(path, "variables", "variables"))]
     assert len([name for name in names if name.endswith("VARIABLE_VALUE")]) == len(model.weights)
-    assert folder_bytes(path) < parameter_bytes * 1.03  # the graph and the class tables are small beside it
+    assert folder_bytes(path) < parameter_bytes * 1.01 + 1_000_000  # the graph and the class tables: under 1 MB
 
 
 def test_signatures_declare_uint8_images_of_any_size_with_three_channels(exported):

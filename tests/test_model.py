@@ -265,7 +265,7 @@ def narrow():
 
 
 def test_width_scales_every_trunk_convolution_and_nothing_else(narrow):
-    for block, convolutions, filters in model_lib.VGG16_BLOCKS:
+    for block, convolutions, filters in backbones.VGG16_BLOCKS:
         for i in range(1, convolutions + 1):
             assert narrow.get_layer(f"block{block}_conv{i}").filters == filters // 8
     assert narrow.get_layer("fc6").kernel.shape == (7, 7, 64, 16)  # 512 / 8 channels of pool5, 7 x 7

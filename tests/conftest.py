@@ -271,3 +271,16 @@ def clear_argmax(probabilities, margin=1e-3, min_clear=0.8):
     clear = first - second > margin
     assert clear.mean() >= min_clear, f"only {clear.mean():.3f} of the pixels have a clear best class"
     return probabilities.argmax(-1), clear
+
+
+def file_digests(folder) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file under ``folder``: what a test compares before and after."""
+    import hashlib
+
+    found = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(parent, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return found

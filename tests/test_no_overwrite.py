@@ -1,6 +1,5 @@
 """No user file is written over and no refused command changes a file (fcn/outputs.py, the training lock)."""
 
-import hashlib
 import os
 import shutil
 import signal
@@ -11,20 +10,10 @@ import time
 import numpy as np
 import pytest
 from conftest import NARROW_FLAGS, REPO, SAMPLE_ROOT, run_fcn, save_run
+from conftest import file_digests as digests
 from PIL import Image
 
 from fcn import errors, outputs
-
-
-def digests(folder):
-    """Relative path -> SHA-256 of every file under ``folder``."""
-    found = {}
-    for parent, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(parent, name)
-            with open(path, "rb") as f:
-                found[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return found
 
 
 @pytest.fixture(scope="module")

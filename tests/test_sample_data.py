@@ -1,10 +1,10 @@
 """Tests for the synthetic ADE20K-layout sample dataset (fcn/sample_data.py)."""
 
-import hashlib
 import os
 
 import numpy as np
 import pytest
+from conftest import file_digests
 from PIL import Image
 
 from fcn import datasets, errors
@@ -30,17 +30,6 @@ def _pairs(root, split):
         labels = np.asarray(Image.open(os.path.join(root, "annotations", split, stem + ".png")))
         pairs.append((image, labels))
     return pairs
-
-
-def _digests(root):
-    """sha256 of every file under ``root``, keyed by relative path."""
-    digests = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                digests[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return digests
 
 
 def test_sample_classes_are_real_ade20k_classes():
@@ -89,9 +78,9 @@ def test_layout(tmp_path):
 
 def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path):
     kwargs = dict(num_train=4, num_val=2, min_size=48, max_size=80, progress=False)
-    first = _digests(datasets.generate_sample_dataset(str(tmp_path / "a" / "ADE"), seed=3, **kwargs))
-    second = _digests(datasets.generate_sample_dataset(str(tmp_path / "b" / "ADE"), seed=3, **kwargs))
-    other = _digests(datasets.generate_sample_dataset(str(tmp_path / "c" / "ADE"), seed=4, **kwargs))
+    first = file_digests(datasets.generate_sample_dataset(str(tmp_path / "a" / "ADE"), seed=3, **kwargs))
+    second = file_digests(datasets.generate_sample_dataset(str(tmp_path / "b" / "ADE"), seed=3, **kwargs))
+    other = file_digests(datasets.generate_sample_dataset(str(tmp_path / "c" / "ADE"), seed=4, **kwargs))
     assert len(first) == 4 * 2 + 2 * 2 + 1
     assert first == second
     assert first.keys() == other.keys()
@@ -166,14 +155,14 @@ def test_empty_root_folder_is_filled(tmp_path):
 def test_complete_root_is_kept_without_work(tmp_path, monkeypatch):
     root = str(tmp_path / "ADEChallengeData2016")
     datasets.generate_sample_dataset(root, num_train=2, num_val=1, progress=False)
-    before = _digests(root)
+    before = file_digests(root)
 
     def fail(*args, **kwargs):
         raise AssertionError("drew a scene for a complete dataset")
 
     monkeypatch.setattr(sample, "_draw_scene", fail)
     assert datasets.generate_sample_dataset(root, num_train=2, num_val=1, progress=False) == root
-    assert _digests(root) == before
+    assert file_digests(root) == before
 
 
 def test_failure_before_marker_leaves_no_root(tmp_path, monkeypatch):
@@ -212,10 +201,10 @@ def test_sample_data_of_one_layout_is_never_taken_for_another(tmp_path):
     assert datasets.is_sample_complete(root, "folder") and not datasets.is_sample_complete(root, "ade20k")
     with open(os.path.join(root, "classes.csv")) as f:
         assert f.readline().strip() == "id,name,r,g,b,ignore"
-    before = _digests(root)
+    before = file_digests(root)
     with pytest.raises(errors.FolderInUseError):
         datasets.generate_sample_dataset(root, num_train=1, num_val=1, progress=False)  # ADE20K over the folder layout
-    assert _digests(root) == before
+    assert file_digests(root) == before
 
 
 def test_voc_layout_writes_palette_pngs_of_the_same_scenes(tmp_path):

@@ -181,15 +181,19 @@ def util_preprocessed_image(file_name):
     return np.expand_dims(im.astype(np.float32), 0), img_h, img_w, (w, h)
 
 
-@pytest.fixture(scope="module")
-def released_file(tmp_path_factory):
-    """(the reference model with random weights, the path of its crfrnn_keras_model.h5)."""
+def write_released_file(folder) -> tuple:
+    """(the reference model with random weights, the path of its crfrnn_keras_model.h5 written in ``folder``)."""
     keras.utils.set_random_seed(3)
     reference = reference_model()
     randomise(reference)
-    path = str(tmp_path_factory.mktemp("crfasrnn") / "crfrnn_keras_model.h5")
+    path = str(folder / "crfrnn_keras_model.h5")
     write_keras2_weights(path, reference)
     return reference, path
+
+
+@pytest.fixture(scope="module")
+def released_file(tmp_path_factory):
+    return write_released_file(tmp_path_factory.mktemp("crfasrnn"))
 
 
 @pytest.fixture(scope="module")

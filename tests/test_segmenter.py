@@ -4,7 +4,6 @@ import glob
 import io
 import os
 
-import keras
 import numpy as np
 import pytest
 from conftest import SAMPLE_ROOT, run_fcn, save_run
@@ -123,15 +122,10 @@ def test_bad_inputs_are_refused_with_a_message(run, tmp_path):
 
 @pytest.fixture(scope="module")
 def released_file(tmp_path_factory):
-    """A crfrnn_keras_model.h5 in crfasrnn_keras's layout, random weights (tests/test_crfasrnn.py writes it so)."""
-    from test_crfasrnn import randomise, reference_model, write_keras2_weights
+    """A crfrnn_keras_model.h5 in crfasrnn_keras's layout, random weights, as tests/test_crfasrnn.py writes it."""
+    from test_crfasrnn import write_released_file
 
-    keras.utils.set_random_seed(3)
-    reference = reference_model()
-    randomise(reference)
-    path = str(tmp_path_factory.mktemp("crfasrnn") / "crfrnn_keras_model.h5")
-    write_keras2_weights(path, reference)
-    return path
+    return write_released_file(tmp_path_factory.mktemp("crfasrnn"))[1]
 
 
 @pytest.mark.slow  # 500 x 500 through VGG16 and a 10-iteration CRF, three times

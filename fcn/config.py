@@ -183,6 +183,10 @@ class TrainConfig:
       mixed_precision: ``float32``, ``bfloat16`` or ``float16`` (with loss
         scaling; meant for GPUs). Variables, logits and the loss stay float32.
       jit_compile: compile the training step with XLA.
+      join_timeout: ``multi_worker``: seconds a worker waits for the whole
+        cluster to start before it gives up.
+      heartbeat_timeout: ``multi_worker``: seconds without a heartbeat after
+        which a worker is declared lost and training stops.
     """
 
     batch_size: int = 16
@@ -211,6 +215,8 @@ class TrainConfig:
     cpu_devices: int = 0
     mixed_precision: str = "float32"
     jit_compile: bool = False
+    join_timeout: float = 600.0
+    heartbeat_timeout: float = 60.0
 
 
 # evaluate.test_size values meaning "each image at its own size".
@@ -467,6 +473,8 @@ def check_values(config: Config) -> None:
         problems.append(f"train.strategy must be one of {', '.join(STRATEGIES)}, got {t.strategy!r}")
     if t.mixed_precision not in PRECISIONS:
         problems.append(f"train.mixed_precision must be one of {', '.join(PRECISIONS)}, got {t.mixed_precision!r}")
+    if not (t.join_timeout >= 1 and t.heartbeat_timeout >= 1):
+        problems.append(f"train.join_timeout and train.heartbeat_timeout are seconds, at least 1: got {t.join_timeout}, {t.heartbeat_timeout}")
     if t.cpu_devices < 0:
         problems.append(f"train.cpu_devices must not be negative, got {t.cpu_devices}")
     if t.weight_decay < 0 or t.val_images < 0:

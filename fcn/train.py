@@ -95,7 +95,7 @@ def setup_process(config: Config) -> tf.distribute.Strategy:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy("float32" if train.mixed_precision == "float32" else f"mixed_{train.mixed_precision}")
     if train.strategy == "multi_worker" and "TF_CONFIG" in os.environ:
-        distribute.configure_coordination_service(distribute.HEARTBEAT_TIMEOUT_MS)
+        distribute.configure_coordination_service(train.join_timeout, train.heartbeat_timeout)
     return distribute.make_strategy(config)
 
 
@@ -562,5 +562,5 @@ def run(config: Config, args) -> int:
         except tf.errors.OpError as error:  # a collective whose peer is gone: one line, not TensorFlow's traceback
             if config.train.strategy != "multi_worker":
                 raise
-            raise distribute.lost_peer_error(error, sys.argv) from None
+            raise distribute.lost_peer_error(error, sys.argv, config.train.heartbeat_timeout) from None
     return 1 if result.status == "non_finite" else 0

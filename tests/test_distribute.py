@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import socket
 import sys
 
@@ -63,12 +64,24 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path, sample_root, one_de
 
 
 def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
+    """``count`` free ports below the system's ephemeral range.
+
+    Ports the system hands out itself (``bind`` to port 0, the local end of
+    every outgoing connection, gRPC's among them) come from the ephemeral
+    range: one chosen there could be taken again before a worker listens on it.
+    """
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    rng, ports = random.Random(), []
+    while len(ports) < count:
+        port = rng.randrange(max(low - 12000, 1024), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
     return ports
 
 

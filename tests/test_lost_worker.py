@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import socket
 import time
 
 import forkserver
@@ -37,7 +38,8 @@ def test_a_killed_worker_stops_the_other_with_one_line_and_a_rerun_resumes(tmp_p
     flags = [*COMMON, "--data_dir", sample_root, "--logs_dir", logs, "--strategy", "multi_worker",
              "--set", "train.checkpoint_every=1", "--set", "train.val_every=3"]
     ports = free_ports(2)
-    chief, worker = start_cluster(tmp_path, ports, [*flags, "--max_steps", "100000"], linger=0)
+    # A short heartbeat timeout for the run that loses a worker: the chief notices within it.
+    chief, worker = start_cluster(tmp_path, ports, [*flags, "--max_steps", "100000", "--set", "train.heartbeat_timeout=10"], linger=0)
     deadline = time.time() + 300
     while time.time() < deadline and len(run_log.read_history(logs).get("train", [])) < 4:
         time.sleep(0.5)  # waiting for training to be under way, not timing it
@@ -48,7 +50,7 @@ def test_a_killed_worker_stops_the_other_with_one_line_and_a_rerun_resumes(tmp_p
     assert "Traceback" not in stderr
     lines = [line for line in stderr.splitlines() if line.startswith("FCN.py: ")]
     assert len(lines) == 1, stderr[-3000:]
-    assert re.match(r"FCN\.py: worker 0: lost worker 1 of the cluster .*start every worker again with the same command: "
+    assert re.match(r"FCN\.py: worker 0: lost worker 1 of the cluster \(no answer within the 10 s heartbeat timeout.*start every worker again with the same command: "
                     r"python \S*FCN\.py ", lines[0]), lines[0]
     assert "--strategy multi_worker" in lines[0]
     assert lines[0] in run_log_text(logs)
@@ -65,6 +67,36 @@ def test_a_killed_worker_stops_the_other_with_one_line_and_a_rerun_resumes(tmp_p
     assert f"at step {saved}" in outputs[0][0]
     assert checkpoints.checkpoint_steps(os.path.join(logs, checkpoints.CHECKPOINTS_DIR))[0] == saved + 3
     assert re.search(r"^worker 1: step \d+: validation loss", outputs[1][0], flags=re.M), outputs[1][0][-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("blocked", [0, 1])
+def test_a_worker_that_cannot_listen_ends_the_whole_cluster_with_one_line_each(tmp_path, sample_root, blocked):
+    """The port of worker ``blocked`` is held by another program: neither worker waits for ever, each says why."""
+    ports = free_ports(2)
+    with socket.socket() as squatter:  # listens, but is no gRPC server
+        squatter.bind(("127.0.0.1", ports[blocked]))
+        squatter.listen()
+        logs = str(tmp_path / "cluster")
+        flags = [*COMMON, "--data_dir", sample_root, "--logs_dir", logs, "--strategy", "multi_worker", "--max_steps", "2",
+                 "--set", "train.join_timeout=5"]
+        processes = start_cluster(tmp_path, ports, flags, linger=0)
+        outputs = [process.communicate(timeout=300) for process in processes]
+    lines = [[line for line in err.splitlines() if line.startswith("FCN.py: ")] for _, err in outputs]
+    for process, (_, err), own in zip(processes, outputs, lines):
+        assert process.returncode == 1 and "Traceback" not in err, err[-3000:]
+        assert len(own) == 1, err[-3000:]
+    assert lines[blocked][0] == (
+        f"FCN.py: worker {blocked}: could not listen at 127.0.0.1:{ports[blocked]}, this task's address in TF_CONFIG: "
+        "the port is in use or the host is not this machine; free the port or change TF_CONFIG on every worker"
+    )
+    other = 1 - blocked
+    if other == 0:  # the chief waited for worker 1's server
+        assert lines[0][0].startswith(f"FCN.py: worker 0: worker 1 at 127.0.0.1:{ports[1]} did not start within train.join_timeout (5 s)")
+    else:  # worker 1 waited for the chief
+        assert lines[1][0].startswith(f"FCN.py: worker 1: the cluster did not start: worker 0 at 127.0.0.1:{ports[0]} "
+                                      "did not answer within train.join_timeout (5 s)")
+    assert not os.path.exists(os.path.join(logs, checkpoints.CHECKPOINTS_DIR))
 
 
 def run_log_text(logs):

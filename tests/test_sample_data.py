@@ -1,6 +1,7 @@
 """Tests for the synthetic ADE20K-layout sample dataset (fcn/sample_data.py)."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -226,3 +227,18 @@ def test_voc_layout_writes_palette_pngs_of_the_same_scenes(tmp_path):
         np.testing.assert_array_equal(voc_values, expected)
         with open(os.path.join(ade, "images", "training", name + ".jpg"), "rb") as a, open(os.path.join(voc, "JPEGImages", name + ".jpg"), "rb") as b:
             assert a.read() == b.read()
+
+
+def test_two_processes_generating_the_same_sample_both_end_with_it(tmp_path):
+    """Two workers of a cluster starting on one machine both generate data/sample: the later one keeps the first's."""
+    other = datasets.generate_sample_dataset(str(tmp_path / "other" / "ADEChallengeData2016"), num_train=3, num_val=2, progress=False)
+    root = str(tmp_path / "data" / "ADEChallengeData2016")
+
+    class RacedWriter(sample.SampleWriter):
+        def finish(self):  # the other process puts its finished dataset in place while this one is still writing
+            super().finish()
+            shutil.copytree(other, root)
+
+    assert sample.generate(root, num_train=3, num_val=2, progress=False, writer=RacedWriter) == root
+    assert os.listdir(tmp_path / "data") == ["ADEChallengeData2016"]  # no temporary folder left behind
+    assert file_digests(root) == file_digests(other) and datasets.is_sample_complete(root)

@@ -187,9 +187,14 @@ def generate(
                     bar.update(1)
         files.finish()
         _write_marker(tmp_root, num_train, num_val, seed, min_size, max_size, layout)
-        if os.path.isdir(root):
-            os.rmdir(root)  # empty (checked above); os.replace cannot replace it portably
-        os.replace(tmp_root, root)
+        try:
+            if os.path.isdir(root):
+                os.rmdir(root)  # empty (checked above); os.replace cannot replace it portably
+            os.replace(tmp_root, root)
+        except OSError:
+            if not is_complete(root, layout, writer):
+                raise
+            shutil.rmtree(tmp_root)  # another process (a second worker) wrote the same dataset first
     except BaseException:
         shutil.rmtree(tmp_root, ignore_errors=True)
         raise

@@ -89,11 +89,12 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=1, help="timed steps per process, after one warm-up")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for both sides")
     parser.add_argument("--smoke", action="store_true",
-                        help="this tree against itself, 32x32 batch 1, fc6/fc7 64 wide, one turn (for the tests)")
+                        help="this tree against itself, 32x32 batch 1, VGG an eighth wide, fc6/fc7 64 wide, one turn (for the tests)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.baseline = args.baseline or REPO
-        args.size, args.batch, args.turns, args.steps, args.set = 32, 1, 1, 1, args.set + ["model.fc_channels=64"]
+        args.size, args.batch, args.turns, args.steps = 32, 1, 1, 1
+        args.set = args.set + ["model.fc_channels=64", "model.width=0.125"]
     if not args.baseline:
         parser.error("--baseline is required")
     if not os.path.isdir(os.path.join(args.baseline, "fcn")):

@@ -48,7 +48,9 @@ def cores() -> int:
 
 
 def gpu_names() -> list[str]:
-    """Names of the GPUs TensorFlow sees (empty on a CPU-only machine)."""
+    """Names of the GPUs TensorFlow sees (empty on a CPU-only machine, found without importing TensorFlow)."""
+    if not any(os.path.exists(path) for path in ("/dev/nvidiactl", "/dev/dxg")) and not os.path.isdir("/proc/driver/nvidia"):
+        return []  # no NVIDIA driver: TensorFlow would list no GPU
     import tensorflow as tf
 
     names = []
@@ -62,8 +64,12 @@ def gpu_names() -> list[str]:
 
 def describe() -> str:
     """One or two lines: the CPU, its vector extensions (present and absent), the cores, the GPUs, TensorFlow."""
-    import tensorflow as tf
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        tensorflow = version("tensorflow")
+    except PackageNotFoundError:
+        tensorflow = version("tensorflow-cpu")
     model, flags = cpu_info()
     present = [flag for flag in VECTOR_FLAGS if flag in flags]
     absent = [flag for flag in VECTOR_FLAGS if flag not in flags]
@@ -73,7 +79,7 @@ def describe() -> str:
     gpus = gpu_names()
     lines = [
         f"CPU: {model}, {cores()} cores usable, vector extensions: {extensions}",
-        f"GPU: {'; '.join(gpus) if gpus else 'none'}; TensorFlow {tf.__version__}, oneDNN "
+        f"GPU: {'; '.join(gpus) if gpus else 'none'}; TensorFlow {tensorflow}, oneDNN "
         f"{'on' if os.environ.get('TF_ENABLE_ONEDNN_OPTS', '1') != '0' else 'off (TF_ENABLE_ONEDNN_OPTS=0)'}",
     ]
     return "\n".join(lines)

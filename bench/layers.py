@@ -220,7 +220,7 @@ def main(argv=None) -> None:
     parser.add_argument("--only", default="", help="comma-separated layer names to time (default: all)")
     parser.add_argument("--conv2d_fc7_step", action="store_true",
                         help="also time the step with fc7 a keras Conv2D, in turns with the real step")
-    parser.add_argument("--smoke", action="store_true", help="32x32 batch 1, fc6/fc7 64 wide, one run each (for the tests)")
+    parser.add_argument("--smoke", action="store_true", help="32x32 batch 1, VGG an eighth wide, fc6/fc7 64 wide, one run each (for the tests)")
     parser.add_argument("--summary", help="write the headline ratios to this JSON file (bench/all.py)")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -229,6 +229,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="fcn-bench-layers-") as work_dir:
         config = load_config(None, [
             ("model.fc_channels", 64 if args.smoke else 4096),
+            *([("model.width", 0.125), ("model.pretrained_weights", "none")] if args.smoke else []),
             ("data.data_dir", make_training_root(os.path.join(work_dir, "data"))),
             ("logs_dir", os.path.join(work_dir, "logs")),
         ])

@@ -59,6 +59,7 @@ def _run_program(request):
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = list(request["argv"])
+        sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))  # as the interpreter does for a script
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         runpy.run_path(sys.argv[0], run_name="__main__")

@@ -62,8 +62,8 @@ def test_a_killed_worker_stops_the_other_with_one_line_and_a_rerun_resumes(tmp_p
     # Every worker started again with the same command resumes from the last checkpoint.
     rerun = start_cluster(tmp_path, free_ports(2), [*flags, "--max_steps", str(saved + 3)], linger=LINGER)
     outputs = [process.communicate(timeout=600) for process in rerun]
-    for process, (out, err) in zip(rerun, outputs):
-        assert process.returncode == 0, err[-3000:]
+    both = "\n".join(f"worker {index} (exit {process.returncode}):\n{err[-3000:]}" for index, (process, (_, err)) in enumerate(zip(rerun, outputs)))
+    assert [process.returncode for process in rerun] == [0, 0], both
     assert f"at step {saved}" in outputs[0][0]
     assert checkpoints.checkpoint_steps(os.path.join(logs, checkpoints.CHECKPOINTS_DIR))[0] == saved + 3
     assert re.search(r"^worker 1: step \d+: validation loss", outputs[1][0], flags=re.M), outputs[1][0][-2000:]

@@ -12,6 +12,7 @@ library function of the chosen mode. Everything else lives in ``fcn/``.
 try:  # a Ctrl-C in the first moments lands in these imports: a message, not a traceback
     import argparse
     import dataclasses
+    import faulthandler
     import importlib
     import os
     import signal
@@ -271,6 +272,8 @@ def _exit_at_once(signum, frame):
 
 
 if __name__ == "__main__":
+    # A run that seems stuck: `kill -USR1 PID` prints where every thread of it is, and it goes on.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         status = main()
     except KeyboardInterrupt:  # between two of main's own handlers (parsing, reading the config)

@@ -29,12 +29,13 @@ REPO = os.path.dirname(BENCH)
 sys.path.insert(0, REPO)
 
 import device  # noqa: E402  (bench/ is on sys.path as the script's folder)
-from common import print_table  # noqa: E402
+from common import PEAK_REPEATS, print_table  # noqa: E402
 
 # Run in the child with the tree under test first on sys.path; prints one JSON line.
 CHILD = r"""
 import json, os, sys, tempfile, time
 tree, bench, size, batch, steps, overrides = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), json.loads(sys.argv[6])
+peak_repeats = int(sys.argv[7])
 sys.path[:0] = [tree]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
@@ -58,12 +59,12 @@ with tempfile.TemporaryDirectory() as work:
     rng = np.random.default_rng(size + batch)
     images = tf.constant(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
     labels = tf.constant(rng.integers(0, config.data.num_classes or 150, (batch, size, size), dtype=np.uint8))
-    before, _, _ = measure_peak()
+    before, _, _ = measure_peak(peak_repeats)
     start = time.perf_counter(); float(step(images, labels).loss); warmup = time.perf_counter() - start
     seconds = []
     for _ in range(steps):
         start = time.perf_counter(); float(step(images, labels).loss); seconds.append(time.perf_counter() - start)
-    peak = max(before, measure_peak()[0])
+    peak = max(before, measure_peak(peak_repeats)[0])
     flops = 3 * batch * sum(conv_flops(state.model, size, size).values())
     print("RESULT " + json.dumps({"seconds": seconds, "warmup": warmup, "peak": peak, "flops": flops}))
 """
@@ -72,7 +73,7 @@ with tempfile.TemporaryDirectory() as work:
 def run_side(tree: str, args, overrides) -> dict:
     """One fresh process timing ``tree``'s step; its result line as a dict."""
     command = [sys.executable, "-c", CHILD, tree, BENCH, str(args.size), str(args.batch), str(args.steps),
-               json.dumps(overrides)]
+               json.dumps(overrides), "1" if args.smoke else str(PEAK_REPEATS)]
     finished = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     for line in finished.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -89,7 +90,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=1, help="timed steps per process, after one warm-up")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for both sides")
     parser.add_argument("--smoke", action="store_true",
-                        help="this tree against itself, 32x32 batch 1, VGG an eighth wide, fc6/fc7 64 wide, one turn (for the tests)")
+                        help="this tree against itself, 32x32 batch 1, VGG an eighth wide, fc6/fc7 64 wide, one turn, "
+                             "one process whose result stands for both sides (for the tests)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.baseline = args.baseline or REPO
@@ -106,7 +108,10 @@ def main(argv=None) -> None:
     for turn in range(args.turns):
         order = list(sides) if turn % 2 == 0 else list(sides)[::-1]
         for name in order:
-            result = run_side(sides[name], args, overrides)
+            if args.smoke and results["this tree"] and sides[name] == REPO:
+                result = results["this tree"][-1]  # the same tree: the smoke setting times it once
+            else:
+                result = run_side(sides[name], args, overrides)
             results[name].append(result)
             loads.append(os.getloadavg()[0])
             print(f"turn {turn + 1} {name}: {statistics.median(result['seconds']):.2f} s/step, "

@@ -88,7 +88,8 @@ def free_ports(count):
 # Each process stays alive LINGER seconds after FCN.py returns, longer than TensorFlow's default heartbeat
 # interval (5 s) and timeout (10 s) of the coordination service, which the chief hosts: a worker outliving the
 # chief would find it gone; a chief outliving a worker by the timeout would report the worker dead.
-LINGER = 15
+# (The chief waits for the worker's end, then lingers: a run lasts about 2 x LINGER longer.)
+LINGER = 11
 SHUTDOWN_ERRORS = ("StartAbort", "Failed to send RPC to coordination service", "Connection refused")
 
 

@@ -4,12 +4,13 @@ import json
 import os
 import re
 import socket
+import subprocess
 import time
 
 import forkserver
 import pytest
 from conftest import REPO
-from test_distribute import COMMON, LINGER, free_ports, worker_command
+from test_distribute import COMMON, free_ports, worker_command
 
 from fcn import checkpoints, datasets, distribute, run_log
 
@@ -30,6 +31,22 @@ def start_cluster(tmp_path, ports, flags, linger):
             env.pop(name, None)
         processes.append(forkserver.Process(worker_command(tmp_path, *flags, linger=linger), REPO, env))
     return processes
+
+
+def finish_cluster(processes, timeout):
+    """Every process's (stdout, stderr) once all have ended; after ``timeout`` s all are killed and the test fails with their output."""
+    deadline = time.monotonic() + timeout
+    try:
+        for process in processes:
+            process.wait(max(deadline - time.monotonic(), 0.0))
+    except subprocess.TimeoutExpired:
+        for process in processes:
+            process.kill()
+        outputs = [process.communicate() for process in processes]
+        pytest.fail(f"the cluster did not end within {timeout} s:\n" + "\n".join(
+            f"worker {index} (exit {process.returncode}):\n{out[-2000:]}\n{err[-3000:]}"
+            for index, (process, (out, err)) in enumerate(zip(processes, outputs))))
+    return [process.communicate() for process in processes]
 
 
 @pytest.mark.slow
@@ -59,9 +76,10 @@ def test_a_killed_worker_stops_the_other_with_one_line_and_a_rerun_resumes(tmp_p
     saved = checkpoints.checkpoint_steps(os.path.join(logs, checkpoints.CHECKPOINTS_DIR))[0]
     assert saved >= 3
 
-    # Every worker started again with the same command resumes from the last checkpoint.
-    rerun = start_cluster(tmp_path, free_ports(2), [*flags, "--max_steps", str(saved + 3)], linger=LINGER)
-    outputs = [process.communicate(timeout=600) for process in rerun]
+    # Every worker started again with the same command resumes from the last checkpoint. (Slow process ends
+    # are test_distribute's two-worker test: no linger here.)
+    rerun = start_cluster(tmp_path, free_ports(2), [*flags, "--max_steps", str(saved + 3)], linger=0)
+    outputs = finish_cluster(rerun, timeout=300)
     both = "\n".join(f"worker {index} (exit {process.returncode}):\n{err[-3000:]}" for index, (process, (_, err)) in enumerate(zip(rerun, outputs)))
     assert [process.returncode for process in rerun] == [0, 0], both
     assert f"at step {saved}" in outputs[0][0]

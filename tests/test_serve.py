@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -296,6 +297,7 @@ def test_serve_mode_listens_on_127_0_0_1_and_stops_on_ctrl_c(config, tmp_path):
         status = requests.get(url + "/v1/models/segmenter", timeout=TIMEOUT, proxies=NO_PROXY)
         assert status.status_code == 200 and status.json()["model_version_status"][0]["state"] == "AVAILABLE"
         assert "fcn: scene parsing" in requests.get(url + "/", timeout=TIMEOUT, proxies=NO_PROXY).text
+        child.send_signal(signal.SIGUSR1)  # prints every thread's stack and serves on
         answer = requests.post(url + "/v1/models/segmenter:predict", json={"instances": [random_image((20, 30, 3)).tolist()]},
                                timeout=TIMEOUT, proxies=NO_PROXY)
         assert answer.status_code == 200 and np.asarray(answer.json()["predictions"]).shape == (1, 20, 30)
@@ -306,7 +308,15 @@ def test_serve_mode_listens_on_127_0_0_1_and_stops_on_ctrl_c(config, tmp_path):
         child.send_signal(signal.SIGINT)
         try:
             returncode = child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGUSR1)  # FCN.py prints every thread's stack (faulthandler)
+            time.sleep(2)
+            child.kill()
+            stdout, stderr = child.communicate()
+            pytest.fail(f"FCN.py --mode=serve still running 60 s after Ctrl-C:\n{stdout[-2000:]}\n{stderr[-6000:]}")
         finally:
             if child.poll() is None:
                 child.kill()
     assert returncode == 0
+    stacks = child.stderr.read()
+    assert "Thread 0x" in stacks and "(most recent call first)" in stacks and "serve.py" in stacks, stacks[-3000:]

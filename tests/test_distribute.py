@@ -98,14 +98,18 @@ def worker_command(directory, *flags, linger=0.0):
 
     The wrapper script is written to ``directory``.
     """
-    script = os.path.join(str(directory), "linger.py")
-    with open(script, "w") as file:
-        file.write(
-            "import atexit, runpy, sys, time\n"
-            f"atexit.register(time.sleep, {linger})\n"
-            "sys.argv = sys.argv[1:]\n"
-            "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-        )
+    script = os.path.join(str(directory), f"linger_{linger:g}.py")
+    if not os.path.exists(script):
+        # Written whole under another name, then renamed: a worker started a moment ago may be reading it
+        # (a file truncated for rewriting would run as an empty script: exit 0, nothing done).
+        with open(script + ".part", "w") as file:
+            file.write(
+                "import atexit, runpy, sys, time\n"
+                f"atexit.register(time.sleep, {linger})\n"
+                "sys.argv = sys.argv[1:]\n"
+                "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            )
+        os.replace(script + ".part", script)
     return [sys.executable, script, os.path.join(REPO, "FCN.py"), *flags]
 
 

@@ -8,7 +8,7 @@ import sys
 import forkserver
 import numpy as np
 import pytest
-from conftest import REPO, SAMPLE_ROOT, write_pair
+from conftest import REPO, SAMPLE_ROOT, TERMINAL_LAUNCHER, write_pair
 
 import FCN
 
@@ -162,15 +162,6 @@ def test_bad_configurations_exit_2_with_a_message(tmp_path):
         assert result.returncode == FCN.EXIT_USAGE, (args, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
     assert a_file.read_text() == "keep"
-
-
-# Starts Python as a shell in a terminal does: Ctrl-C at its default disposition. A test run started in the
-# background (``pytest &`` in a script, some CI runners) ignores SIGINT, every child inherits that, and a
-# Python started so never sees a Ctrl-C; this resets it, then becomes the interpreter the test asked for.
-TERMINAL_LAUNCHER = (
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
-)
 
 
 def start_importing(tmp_path):

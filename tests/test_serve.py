@@ -24,7 +24,7 @@ pytest.importorskip("flask")
 pytest.importorskip("waitress")
 requests = pytest.importorskip("requests")
 
-from conftest import REPO, SAMPLE_ROOT, save_run  # noqa: E402
+from conftest import REPO, SAMPLE_ROOT, TERMINAL_LAUNCHER, save_run  # noqa: E402
 
 from fcn import Segmenter, export, serve  # noqa: E402
 from fcn import config as config_lib  # noqa: E402
@@ -282,8 +282,9 @@ def test_the_page_segments_an_uploaded_image_in_a_browser(server, segmenter, bro
 @pytest.mark.slow  # a child process imports TensorFlow and restores the model
 def test_serve_mode_listens_on_127_0_0_1_and_stops_on_ctrl_c(config, tmp_path):
     # --logs_dir alone: the run's own config.yaml is read (its fc_channels=16 is not the default's).
-    command = [sys.executable, os.path.join(REPO, "FCN.py"), "--mode=serve", "--logs_dir", config.logs_dir, "--port", "0",
-               "--model_name", "segmenter", "--set", "evaluate.max_pixels=1000"]
+    # Started as from a terminal (TERMINAL_LAUNCHER): a suite run in the background passes on an ignored SIGINT.
+    command = [sys.executable, "-c", TERMINAL_LAUNCHER, os.path.join(REPO, "FCN.py"), "--mode=serve", "--logs_dir", config.logs_dir,
+               "--port", "0", "--model_name", "segmenter", "--set", "evaluate.max_pixels=1000"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", NO_PROXY="127.0.0.1")
     child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

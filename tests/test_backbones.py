@@ -49,6 +49,7 @@ def test_a_registered_backbone_builds_fcn8s_on_its_taps(toy_registered):
     assert model(images).shape == (1, 64, 96, 5)
 
 
+@pytest.mark.slow  # a command-line training
 def test_a_registered_backbone_trains_a_step_from_the_command_line(toy_registered, tmp_path):
     logs, root = str(tmp_path / "run"), str(tmp_path / "ADEChallengeData2016")
     datasets.generate_sample_dataset(root, num_train=4, num_val=2, min_size=48, max_size=64, progress=False)

@@ -149,7 +149,7 @@ def test_check_data_refuses_a_dataset_with_nothing_labelled_and_names_unknown_va
 def test_training_on_a_split_with_nothing_to_learn_from_stops_saying_why(tmp_path):
     root = _folder_dataset(str(tmp_path / "rgb"), rgb=True)
     result = run_fcn("--mode=train", "--data_dir", root, "--logs_dir", str(tmp_path / "run"), "--pretrained_weights", "none",
-                     "--set", "model.fc_channels=8", "--crop_size", "32", "--batch_size", "2", "--max_steps", "3",
+                     *NARROW_FLAGS, "--crop_size", "32", "--batch_size", "2", "--max_steps", "3",
                      "--set", "train.val_every=100", "--no_progress")  # fmt: skip
     assert result.returncode == 1 and "met no labelled pixel" in result.stderr and "Traceback" not in result.stderr
 
@@ -164,6 +164,7 @@ def test_an_empty_batch_is_refused_by_the_exported_signature():
     assert export.checked_images(tf.zeros([1, 8, 8, 3], tf.uint8), 100).shape == (1, 8, 8, 3)
 
 
+@pytest.mark.slow  # a command-line training
 def test_a_loss_overflowing_from_weight_decay_names_weight_decay(tmp_path):
     from fcn import datasets
 

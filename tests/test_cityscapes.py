@@ -70,6 +70,7 @@ def test_check_data_and_the_download_message(cityscapes_root, tmp_path):
     assert not os.path.exists(tmp_path / "none")
 
 
+@pytest.mark.slow  # a command-line training, then evaluate and predict
 def test_trains_and_scores_with_slide_inference_writing_label_ids(cityscapes_root, tmp_path):
     logs = str(tmp_path / "run")
     common = ["--data_dir", cityscapes_root, "--logs_dir", logs, "--no_progress", "--set", "data.num_classes=0",

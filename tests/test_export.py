@@ -96,6 +96,7 @@ def test_tflite_labels_equal_the_saved_models_on_the_fixture_images(tmp_path):
         np.testing.assert_array_equal(from_tflite, expected)
 
 
+@pytest.mark.slow  # two TFLite conversions
 def test_tflite_names_the_ops_it_lacks_for_the_crf_stage_and_writes_nothing(tmp_path):
     from fcn import inference
     from fcn import model as model_lib

@@ -49,6 +49,7 @@ def assert_curves(logs):
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10  # lines and text, not a blank canvas
 
 
+@pytest.mark.slow  # two command-line trainings, 4 then 2 steps, with validations
 def test_finished_then_resumed_run_tells_its_story(tmp_path, sample_root):
     logs = str(tmp_path / "run")
     first = run_fcn(*TINY, *STORY, "--data_dir", sample_root, "--logs_dir", logs, "--max_steps", "4")
@@ -81,6 +82,7 @@ def test_finished_then_resumed_run_tells_its_story(tmp_path, sample_root):
     assert_curves(logs)
 
 
+@pytest.mark.slow  # a command-line training
 def test_a_non_finite_loss_ends_with_the_summary_and_a_lower_rate(tmp_path, sample_root):
     logs = str(tmp_path / "run")
     result = run_fcn(*TINY, "--data_dir", sample_root, "--logs_dir", logs, "--max_steps", "6", "--learning_rate", "1e30",

@@ -110,6 +110,7 @@ def assert_same_checkpoints(a, b, exclude=()):
 # Summaries, validation, retention.
 
 
+@pytest.mark.slow  # a command-line training with --debug
 def test_debug_run_writes_scalars_images_and_histograms(tmp_path, sample_root):
     logs = tmp_path / "run"
     config = tiny_config(logs, sample_root, ("train.max_steps", 4), ("train.debug", True), ("train.summary_every", 2),

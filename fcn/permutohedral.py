@@ -55,12 +55,13 @@ than ``tf.unique``; the coordinate ranks by pairwise comparisons instead of two
 ``top_k``, 1.8x slower. ``bench/README.md`` has where the time goes, per part.
 
 Against the C++ DenseCRF (pydensecrf2), the CRF-RNN layer built on this filter
-(5 iterations, ``python bench/crf.py --no_training --repeats 3``, 2-core AMD
-EPYC with AVX-512, load average 7-10; pydensecrf2 time over ours, median of 3
-turns): ADE_val_00000001 683x512 at C = 21 1.05x, at C = 150 1.13x, random
-colours 512x512 at C = 21 0.95x; labels equal on 100.00, 99.99, 99.99 % of
-the pixels. One run's ratios move by 0.3-0.6 under that load (an earlier run:
-1.36x, 0.88x, 1.53x); ``bench/README.md`` has both runs.
+(5 iterations, ``python bench/crf.py --no_training --repeats 3``; pydensecrf2
+time over ours, median of 3 turns), ADE_val_00000001 683x512 at C = 21, at
+C = 150, random colours 512x512 at C = 21: on the idle 2-core Intel Xeon with
+AVX-512 and AMX 1.28x, 1.79x, 1.02x (an earlier run: 1.30x, 1.63x, 1.00x); on
+the 2-core AMD EPYC with AVX-512 at load average 7-10, 1.05x, 1.13x, 0.95x.
+Labels equal on 100.00, 99.99, 99.99 % of the pixels. ``bench/README.md`` has
+the runs, their CPU times and where the time goes.
 
 No custom op, no ``py_function``, no strings: runs eagerly and in ``tf.function``
 on any device. It does not compile with XLA (``tf.unique`` has a data-dependent

@@ -115,23 +115,43 @@ def histogram(tag: str, values, buckets: int = HISTOGRAM_BUCKETS) -> int:
 def _histogram_table(values, buckets: int):
     """(buckets, 3) float64 [left, right, count] of the finite values, their count and the others'.
 
-    One compiled pass per tensor: an eager version (a masked copy of the
+    One compiled call per tensor: an eager version (a masked copy of the
     finite values, then min, max and the counts, op by op) made a summary
-    step of the full model several plain steps long.
+    step of the full model several plain steps long. The usual case, every
+    value finite, is told by one sum (any NaN or infinity makes ``sum(0 x
+    values)`` NaN) and then needs no mask at all.
     """
     values = tf.reshape(tf.cast(values, tf.float32), [-1])
-    is_finite = tf.math.is_finite(values)
-    finite = tf.reduce_sum(tf.cast(is_finite, tf.int64))
-    non_finite = tf.size(values, out_type=tf.int64) - finite
-    low = tf.reduce_min(tf.where(is_finite, values, np.inf))
-    high = tf.reduce_max(tf.where(is_finite, values, -np.inf))
+    size = tf.size(values, out_type=tf.int64)
+
+    def masked_range():
+        is_finite = tf.math.is_finite(values)
+        low = tf.reduce_min(tf.where(is_finite, values, np.inf))
+        high = tf.reduce_max(tf.where(is_finite, values, -np.inf))
+        return low, high, tf.reduce_sum(tf.cast(is_finite, tf.int64))
+
+    all_finite = tf.math.is_finite(tf.reduce_sum(values * 0.0))
+    low, high, finite = tf.cond(all_finite, lambda: (tf.reduce_min(values), tf.reduce_max(values), size), masked_range)
+    non_finite = size - finite
     low = tf.where(finite > 0, low, 0.0)  # nothing finite: any valid range, the table is not written
     high = tf.where(high > low, high, low + 1.0)  # a constant tensor still gets one visible bucket
     # Non-finite values are counted into the first bucket as `low`, then taken out of it again.
-    counts = tf.histogram_fixed_width(tf.where(is_finite, values, low), tf.stack([low, high]), nbins=buckets)
+    counted = tf.cond(all_finite, lambda: values, lambda: tf.where(tf.math.is_finite(values), values, low))
+    counts = _bucket_counts(counted, low, high, buckets)
     counts -= tf.cast(non_finite, counts.dtype) * tf.one_hot(0, buckets, dtype=counts.dtype)
     edges = tf.cast(tf.linspace(low, high, buckets + 1), tf.float64)
     return tf.stack([edges[:-1], edges[1:], tf.cast(counts, tf.float64)], axis=1), non_finite, finite
+
+
+def _bucket_counts(values, low, high, buckets: int):
+    """``tf.histogram_fixed_width`` of 1-D ``values`` over [low, high], by halves.
+
+    The op counts on one thread; the two halves of a tensor are independent
+    ops, which the graph runs at once on two.
+    """
+    half = tf.size(values) // 2
+    parts = tf.split(values, tf.stack([half, tf.size(values) - half]))
+    return tf.add_n([tf.histogram_fixed_width(part, tf.stack([low, high]), nbins=buckets) for part in parts])
 
 
 def _histogram_metadata():

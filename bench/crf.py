@@ -359,6 +359,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the median is shown)")
     parser.add_argument("--no_training", action="store_true", help="parts 1 and 2 only")
     parser.add_argument("--parts_only", action="store_true", help="part 2 only (where the time goes), every case")
+    parser.add_argument("--training_only", action="store_true", help="part 3 only (training at 500x375, C = 150)")
     parser.add_argument("--smoke", action="store_true", help="a 64x48 crop at C = 5, one repeat, no training (for the tests)")
     parser.add_argument("--summary", help="write the headline ratios to this JSON file (bench/all.py)")
     parser.add_argument("--training_child", help=argparse.SUPPRESS)
@@ -371,12 +372,13 @@ def main(argv=None) -> None:
         return
     print(device.describe())
     print(f"load average at start: {load_average()}")
-    case_list = cases(args.quick, args.smoke)
     summary = []
-    if not args.parts_only:
-        summary += side_by_side(case_list, args.repeats)
-    summary += parts(case_list, args.repeats)
-    if not (args.quick or args.no_training or args.parts_only):
+    if not args.training_only:
+        case_list = cases(args.quick, args.smoke)
+        if not args.parts_only:
+            summary += side_by_side(case_list, args.repeats)
+        summary += parts(case_list, args.repeats)
+    if args.training_only or not (args.quick or args.no_training or args.parts_only):
         summary += training(args.repeats)
     summary.append(("load average at the end", load_average().split()[0]))
     common.write_summary(args.summary, "crf", summary)

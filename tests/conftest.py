@@ -37,7 +37,7 @@ def two_replicas():
 
     return tf.distribute.MirroredStrategy(list(CPU_REPLICAS))
 
-# Three real ADE20K validation pairs, copied from the SceneParsing sample data.
+
 # Starts Python as a shell in a terminal does: Ctrl-C at its default disposition. A test run started in the
 # background (``pytest &`` in a script, some CI runners) ignores SIGINT, every child inherits that, and a
 # Python started so never sees a Ctrl-C; this resets it, then becomes the interpreter the test asked for.
@@ -47,6 +47,7 @@ TERMINAL_LAUNCHER = (
 )
 
 
+# Three real ADE20K validation pairs, copied from the SceneParsing sample data.
 SAMPLE_ROOT = os.path.join(REPO, "tests", "fixtures", "ADEChallengeData2016")
 
 # The model the tests train and run: FCN-8s with an eighth of VGG16's channels and 16-wide fc6/fc7,

@@ -218,6 +218,8 @@ def mean_field(
 
 
 SPATIAL_KERNELS = ("exact", "lattice")
+# Logit of the classes that pad the class axis to a multiple of permutohedral.ALIGN.
+_ABSENT_LOGIT = -1e30
 
 
 def _potts(shape, dtype=None):
@@ -301,6 +303,21 @@ class CrfRnn(keras.layers.Layer):
         # slice, the spatial one a per-pixel scale (built from the shape alone,
         # so no gradient is traced through it).
         lattice = permutohedral.normalised(build_image_lattice(image, self.theta_alpha, self.theta_beta))
+        num_classes = unaries.shape[-1]
+        weights = [
+            tf.convert_to_tensor(w) for w in (self.spatial_kernel_weights, self.bilateral_kernel_weights, self.compatibility)
+        ]
+        padding = 0
+        if num_classes >= permutohedral.WIDE_CHANNELS and unaries.dtype == tf.float32:
+            # Many classes: the bilateral filter goes through CSR copies of the
+            # lattice, fastest on a multiple of ALIGN channels. Classes added
+            # with logits of -1e30 and zero weights have probability 0, send
+            # and receive no message, and are dropped at the end.
+            lattice = permutohedral.compressed(lattice)
+            padding = -num_classes % permutohedral.ALIGN
+            if padding:
+                unaries = tf.pad(unaries, [[0, 0], [0, 0], [0, 0], [0, padding]], constant_values=_ABSENT_LOGIT)
+                weights = [tf.pad(w, [[0, padding], [0, padding]]) for w in weights]
         if self.spatial_kernel == "lattice":
             positions = permutohedral.normalised(permutohedral.build_lattice(spatial_features(image, self.theta_gamma)))
             spatial = lambda values, weights: permutohedral.lattice_filter(positions, values, channel_weights=weights)  # noqa: E731
@@ -308,15 +325,16 @@ class CrfRnn(keras.layers.Layer):
             ones = tf.ones(tf.concat([tf.shape(unaries)[:-1], [1]], axis=0), unaries.dtype)  # (B, H, W, 1)
             spatial_scale = 1.0 / spatial_filter(ones, self.theta_gamma)
             spatial = lambda values, weights: spatial_message(values, self.theta_gamma, weights) * spatial_scale  # noqa: E731
-        return mean_field(
+        refined = mean_field(
             unaries,
             spatial=spatial,
             bilateral=lambda values, weights: permutohedral.lattice_filter(lattice, values, channel_weights=weights),
-            spatial_kernel_weights=tf.convert_to_tensor(self.spatial_kernel_weights),
-            bilateral_kernel_weights=tf.convert_to_tensor(self.bilateral_kernel_weights),
-            compatibility=tf.convert_to_tensor(self.compatibility),
+            spatial_kernel_weights=weights[0],
+            bilateral_kernel_weights=weights[1],
+            compatibility=weights[2],
             num_iterations=self.num_iterations if num_iterations is None else int(num_iterations),
         )
+        return refined[..., :num_classes] if padding else refined
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])

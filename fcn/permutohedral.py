@@ -100,6 +100,7 @@ class LatticePart(NamedTuple):
         it; None when it is ``splat``.
       splat_adjoint: the transpose of ``splat`` when ``slice`` is scaled;
         None when it is ``slice``.
+      compressed: row-compressed copies of the five (``compressed``), or None.
     """
 
     splat: tf.SparseTensor
@@ -107,6 +108,17 @@ class LatticePart(NamedTuple):
     slice: tf.SparseTensor
     slice_adjoint: tf.SparseTensor | None = None
     splat_adjoint: tf.SparseTensor | None = None
+    compressed: "Compressed | None" = None
+
+
+class Compressed(NamedTuple):
+    """A part's matrices as float32 CSR matrices (``tf.raw_ops`` variants), adjoints resolved."""
+
+    splat: tf.Tensor
+    blur: tuple
+    slice: tf.Tensor
+    slice_adjoint: tf.Tensor
+    splat_adjoint: tf.Tensor
 
 
 class Lattice(NamedTuple):
@@ -292,22 +304,24 @@ def _build_part(features: tf.Tensor) -> LatticePart:
     # Blur along direction j: B_j = s (I / 2 + (N_j + N_j^T) / 4), N_j[v, next_j(v)] = 1;
     # a missing neighbour contributes nothing. Each B_j is exactly symmetric, and
     # s^(d + 1) is the normalisation constant, so that slice is exactly splat^T.
-    # The edges of all directions come from one tf.where, direction-major.
+    # Each row holds its vertex's previous vertex, itself and its next one
+    # along j, rows in vertex order (what a row-compressed copy, ``compressed``,
+    # needs).
     scale = _normalisation(d) ** (1.0 / (d + 1))
-    vertices = tf.range(num_vertices, dtype=tf.int64)
-    diagonal = tf.stack([vertices, vertices], axis=1)
-    edges = tf.where(present)  # (E, 2): direction, vertex
-    edge_count = tf.reduce_sum(tf.cast(present, tf.int32), axis=1)  # (d + 1,)
-    source = edges[:, 1]
-    target = tf.cast(tf.gather_nd(following, tf.reverse(edges, [1])), tf.int64)
+    vertices = tf.range(num_vertices)
+    row_weights = tf.constant([0.25 * scale, 0.5 * scale, 0.25 * scale], tf.float32)
     blur = []
-    ends = tf.unstack(tf.cumsum(edge_count), num=d + 1)
-    for start, stop in zip([0] + ends[:-1], ends):
-        pairs = tf.stack([source[start:stop], target[start:stop]], axis=1)  # (E_j, 2)
-        indices = tf.concat([diagonal, pairs, pairs[:, ::-1]], axis=0)
-        blur_weights = tf.concat(
-            [tf.fill([num_vertices], 0.5 * scale), tf.fill([2 * (stop - start)], 0.25 * scale)], axis=0
+    for j in range(d + 1):
+        has_next = present[j]  # (M,)
+        next_vertex = tf.where(has_next, following[:, j], -1)
+        previous_vertex = tf.tensor_scatter_nd_update(
+            tf.fill([num_vertices], -1), tf.boolean_mask(next_vertex, has_next)[:, None], tf.boolean_mask(vertices, has_next)
         )
+        columns = tf.stack([previous_vertex, vertices, next_vertex], axis=1)  # (M, 3), -1 where there is none
+        stored = tf.reshape(columns >= 0, [-1])
+        rows = tf.boolean_mask(tf.repeat(vertices, 3), stored)
+        indices = tf.cast(tf.stack([rows, tf.boolean_mask(tf.reshape(columns, [-1]), stored)], axis=1), tf.int64)
+        blur_weights = tf.boolean_mask(tf.tile(row_weights, [num_vertices]), stored)
         blur.append(tf.SparseTensor(indices, blur_weights, tf.cast([num_vertices, num_vertices], tf.int64)))
 
     # Splat (vertex-major) and slice (point-major) as sparse matrices, left
@@ -325,6 +339,11 @@ def _build_part(features: tf.Tensor) -> LatticePart:
 # Channels filtered per pass. Vertex arrays of (M, 24) float32 stay in the CPU
 # cache, where (M, 150) do not: at 500x375, C = 150 filters 2-3x faster in chunks.
 CHANNEL_CHUNK = 24
+# Row length, in values, that TensorFlow's CSR product handles fastest.
+ALIGN = 8
+# From this many channels a lattice with CSR copies (``compressed``) filters
+# all channels in one pass through them.
+WIDE_CHANNELS = 32
 
 
 def in_channel_chunks(function, values: tf.Tensor) -> tf.Tensor:
@@ -354,8 +373,35 @@ def _slice(part: LatticePart, vertex_values: tf.Tensor) -> tf.Tensor:
     return tf.sparse.sparse_dense_matmul(_cast(part.slice, vertex_values.dtype), vertex_values)
 
 
+def _wide(part: LatticePart, values: tf.Tensor) -> bool:
+    """Whether (rows, C) ``values`` go through the part's CSR copies, in one pass over all channels."""
+    channels = values.shape[-1]
+    return part.compressed is not None and values.dtype == tf.float32 and channels is not None and channels >= WIDE_CHANNELS
+
+
+def _csr_product(matrix: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
+    return tf.raw_ops.SparseMatrixMatMul(a=matrix, b=values)
+
+
+def _csr_blur(matrices: Compressed, vertex_values: tf.Tensor, reverse: bool) -> tf.Tensor:
+    for blur in reversed(matrices.blur) if reverse else matrices.blur:
+        vertex_values = _csr_product(blur, vertex_values)
+    return vertex_values
+
+
 def _to_vertices(part: LatticePart, values: tf.Tensor, reverse: bool) -> tf.Tensor:
     """Splat and blur of (P, C) values, by channel chunks; its gradient is slice after the reversed blur."""
+    if _wide(part, values):
+        matrices = part.compressed
+
+        @tf.custom_gradient
+        def wide(x):
+            def gradient(upstream):  # (M, C) -> (P, C)
+                return _csr_product(matrices.splat_adjoint, _csr_blur(matrices, upstream, not reverse))
+
+            return _csr_blur(matrices, _csr_product(matrices.splat, x), reverse), gradient
+
+        return wide(values)
 
     @tf.custom_gradient
     def forward(x):
@@ -380,6 +426,14 @@ def _blur_only(part: LatticePart, vertex_values: tf.Tensor, reverse: bool) -> tf
 
 def _from_vertices(part: LatticePart, vertex_values: tf.Tensor) -> tf.Tensor:
     """Slice of (M, C) vertex values, by channel chunks; its gradient is the splat."""
+    if _wide(part, vertex_values):
+        matrices = part.compressed
+
+        @tf.custom_gradient
+        def wide(z):
+            return _csr_product(matrices.slice, z), lambda upstream: _csr_product(matrices.slice_adjoint, upstream)
+
+        return wide(vertex_values)
 
     @tf.custom_gradient
     def forward(z):
@@ -411,8 +465,69 @@ def normalised(lattice: Lattice) -> Lattice:
         rows, columns = part.slice.indices[:, 0], part.splat.indices[:, 1]
         scaled_slice = tf.SparseTensor(part.slice.indices, part.slice.values * tf.gather(scale, rows), part.slice.dense_shape)
         adjoint = tf.SparseTensor(part.splat.indices, part.splat.values * tf.gather(scale, columns), part.splat.dense_shape)
-        parts.append(part._replace(slice=scaled_slice, slice_adjoint=adjoint, splat_adjoint=part.slice))
+        scaled = part._replace(slice=scaled_slice, slice_adjoint=adjoint, splat_adjoint=part.slice, compressed=None)
+        parts.append(scaled if part.compressed is None else _compress(scaled))
     return Lattice(tuple(parts))
+
+
+def _csr(matrix: tf.SparseTensor) -> tf.Tensor:
+    """float32 CSR copy of a SparseTensor whose entries are in row order (any column order within a row).
+
+    The conversion does not check the row order, and a product with rows out
+    of order is silently wrong: every matrix given here is built row by row.
+    """
+    return tf.raw_ops.SparseTensorToCSRSparseMatrix(
+        indices=matrix.indices, values=tf.cast(matrix.values, tf.float32), dense_shape=matrix.dense_shape
+    )
+
+
+def _csr_transpose(matrix: tf.Tensor) -> tf.Tensor:
+    return tf.raw_ops.SparseMatrixTranspose(input=matrix, type=tf.float32)
+
+
+def _compress(part: LatticePart) -> LatticePart:
+    # The slice (and the unscaled slice of a normalised lattice) is point-major,
+    # each blur vertex-major; the splat and the adjoints are their transposes.
+    slice_ = _csr(part.slice)
+    if part.slice_adjoint is None:  # unnormalised: slice = splat^T
+        unscaled_slice, slice_adjoint = slice_, _csr_transpose(slice_)
+        splat = slice_adjoint
+    else:
+        unscaled_slice, slice_adjoint = _csr(part.splat_adjoint), _csr_transpose(slice_)
+        splat = _csr_transpose(unscaled_slice)
+    matrices = Compressed(splat, tuple(_csr(blur) for blur in part.blur), slice_, slice_adjoint, unscaled_slice)
+    return part._replace(compressed=matrices)
+
+
+def _compressed_here(part: LatticePart) -> LatticePart:
+    """The part, its CSR copies made again in this graph if they were captured from outside it.
+
+    A CSR matrix that enters a graph as a capture (built eagerly, or returned
+    by another ``tf.function``) has lost the shape information its product
+    needs; the sparse matrices it came from have not.
+    """
+    if part.compressed is None or tf.executing_eagerly():
+        return part
+    try:
+        if part.compressed.slice.graph is tf.compat.v1.get_default_graph():
+            return part
+    except AttributeError:  # an eager tensor, captured by this graph
+        pass
+    return _compress(part)
+
+
+def compressed(lattice: Lattice) -> Lattice:
+    """The lattice with CSR copies of its matrices, for filtering many channels at once.
+
+    ``lattice_filter`` then takes float32 values of at least ``WIDE_CHANNELS``
+    channels through TensorFlow's CSR product (``SparseMatrixMatMul``), all
+    channels in one multithreaded pass, instead of channel chunks through
+    ``sparse_dense_matmul``; narrower or float64 values take the chunks as
+    before. Same filter, same gradient. Worth it when a caller filters many
+    channels (ADE20K's 150 classes), not for a few: the copies cost about
+    what one wide filter call saves (``bench/README.md``).
+    """
+    return Lattice(tuple(_compress(part) for part in lattice.parts))
 
 
 def lattice_filter(
@@ -442,14 +557,29 @@ def lattice_filter(
     """
     values = tf.convert_to_tensor(values)
     channels = values.shape[-1] if values.shape[-1] is not None else tf.shape(values)[-1]
-    parts = lattice.parts
+    parts = tuple(_compressed_here(part) for part in lattice.parts)
     if transpose and any(part.slice_adjoint is not None for part in parts):
         raise ValueError("lattice_filter(transpose=True) of a normalised lattice is not its transpose")
 
     def apply_part(part, part_values):  # (..., C) of one part
-        vertex_values = _to_vertices(part, tf.reshape(part_values, (-1, channels)), transpose)  # (M, C)
-        if channel_weights is not None:
-            weights = tf.cast(channel_weights, vertex_values.dtype)
+        flat = tf.reshape(part_values, (-1, channels))  # (P, C)
+        weights = None if channel_weights is None else tf.cast(channel_weights, flat.dtype)
+        # The CSR products run several times faster on rows of a multiple of
+        # ALIGN values (33 channels: 1.9x the time of 32): pad with zero
+        # channels, and zero rows of the channel product, then drop them.
+        kept = None
+        if _wide(part, flat) and (weights is None or weights.shape[-1] == channels):
+            outputs = channels if weights is None else weights.shape[0]
+            if outputs is not None and (channels % ALIGN or outputs % ALIGN):
+                kept = outputs
+                flat = tf.pad(flat, [[0, 0], [0, -channels % ALIGN]])
+                if weights is not None:
+                    weights = tf.pad(weights, [[0, -outputs % ALIGN], [0, -channels % ALIGN]])
+        output = mix_and_slice(part, _to_vertices(part, flat, transpose), weights)  # (P, C')
+        return output if kept is None else output[:, :kept]
+
+    def mix_and_slice(part, vertex_values, weights):  # (M, C) -> (P, C'), the channel product on the vertices
+        if weights is not None:
             if weights.shape[-1] is not None and vertex_values.shape[-1] == weights.shape[-1]:
                 vertex_values = tf.matmul(vertex_values, weights, transpose_b=True)  # (M, L)
             else:

@@ -343,6 +343,75 @@ def test_normalised_lattice_divides_by_the_filter_of_ones_gradient_included(crop
         permutohedral.lattice_filter(normalised, tf.ones((2, 10, 9, 1)), transpose=True)
 
 
+def _op_types(function, *specs):
+    return {op.type for op in tf.function(function).get_concrete_function(*specs).graph.get_operations()}
+
+
+def test_compressed_lattice_is_the_same_filter_for_many_channels(crops):
+    """``permutohedral.compressed``: wide float32 values go through CSR copies, with the same results.
+
+    Against the explicit filter matrices of the same lattices (float64, which
+    takes the channel chunks tested above against brute force and their own
+    transposes): outputs, the transposed filter, the channel product on the
+    vertices and the gradients, for an unnormalised and a normalised lattice of
+    two images. A CSR copy with its rows out of order gives a wrong product
+    without an error: these comparisons are what catches it.
+    """
+    rng = np.random.default_rng(21)
+    image = crops[1:3, :10, :9]  # two images: one lattice part each
+    size, channels = 10 * 9, permutohedral.WIDE_CHANNELS + 3
+    identity = tf.reshape(tf.eye(size, dtype=tf.float64), (1, 10, 9, size))
+    values = rng.random((2, 10, 9, channels))
+    weights = rng.normal(size=(channels, channels))
+    upstream = rng.normal(size=(2, 10, 9, channels))
+    lattice = crf.build_image_lattice(image, 5.0, 30.0)
+    spec = tf.TensorSpec((2, 10, 9, channels), tf.float32)
+    for name, chunked in (("unnormalised", lattice), ("normalised", permutohedral.normalised(lattice))):
+        wide = permutohedral.compressed(chunked)
+        both = tf.concat([identity, identity], axis=0)
+        matrices = tf.reshape(permutohedral.lattice_filter(chunked, both), (2, size, size)).numpy()  # [i, p, j]
+        flat_values, flat_upstream = values.reshape(2, size, channels), upstream.reshape(2, size, channels)
+        filtered = matrices @ flat_values
+
+        inputs = [tf.constant(values, tf.float32), tf.constant(weights, tf.float32)]
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            output = permutohedral.lattice_filter(wide, inputs[0], channel_weights=inputs[1])
+            loss = tf.reduce_sum(output * tf.constant(upstream, tf.float32))
+        gradients = [g.numpy() for g in tape.gradient(loss, inputs)]
+        expected = {
+            "output": filtered @ weights.T,
+            "values gradient": np.transpose(matrices, (0, 2, 1)) @ (flat_upstream @ weights),
+            "weights gradient": np.einsum("ipl,ipk->lk", flat_upstream, filtered),
+            "no product": filtered,
+        }
+        actual = {
+            "output": output.numpy().reshape(2, size, channels),
+            "values gradient": gradients[0].reshape(2, size, channels),
+            "weights gradient": gradients[1],
+            "no product": permutohedral.lattice_filter(wide, inputs[0]).numpy().reshape(2, size, channels),
+        }
+        if name == "unnormalised":
+            expected["transposed"] = np.transpose(matrices, (0, 2, 1)) @ flat_values
+            actual["transposed"] = permutohedral.lattice_filter(wide, inputs[0], transpose=True).numpy().reshape(2, size, channels)
+        else:  # normalising a compressed lattice keeps its copies in step
+            actual["normalised after"] = permutohedral.lattice_filter(
+                permutohedral.normalised(permutohedral.compressed(lattice)), inputs[0]
+            ).numpy().reshape(2, size, channels)
+            expected["normalised after"] = filtered
+        for key, value in expected.items():
+            assert np.abs(value).max() > 0.1, (name, key)
+            np.testing.assert_allclose(actual[key], value, rtol=1e-4, atol=2e-6 * np.abs(value).max(), err_msg=f"{name}, {key}")
+
+        # Which path: CSR products for wide float32 values, channel chunks otherwise.
+        assert "SparseMatrixMatMul" in _op_types(lambda v: permutohedral.lattice_filter(wide, v), spec)
+        assert "SparseTensorDenseMatMul" not in _op_types(lambda v: permutohedral.lattice_filter(wide, v), spec)
+        narrow = tf.TensorSpec((2, 10, 9, permutohedral.WIDE_CHANNELS - 1), tf.float32)
+        wide64 = tf.TensorSpec((2, 10, 9, channels), tf.float64)
+        for other in (narrow, wide64):
+            assert "SparseMatrixMatMul" not in _op_types(lambda v: permutohedral.lattice_filter(wide, v), other)
+
+
 # ---------------------------------------------------------------------------
 # The layer.
 
@@ -402,6 +471,45 @@ def test_layer_with_unknown_batch_and_image_size_matches_eager(crops):
     )
     np.testing.assert_allclose(graph(unaries, images).numpy(), eager, atol=1e-4)
     assert np.abs(eager - unaries).max() > 0.1
+
+
+def test_layer_with_many_classes_agrees_with_float64(crops):
+    """At ``WIDE_CHANNELS`` classes or more a float32 layer filters through the lattice's CSR copies.
+
+    A float64 layer takes the channel chunks instead: the two agree to float32
+    rounding, outputs and gradients (unaries and the three C x C matrices), in
+    eager mode and in a graph with unknown batch and image size (one lattice
+    for the batch).
+    """
+    rng = np.random.default_rng(22)
+    num_classes = permutohedral.WIDE_CHANNELS + 6
+    unaries = rng.normal(0.0, 2.0, (2, 12, 10, num_classes))
+    upstream = rng.normal(size=unaries.shape)
+    images = crops[:2, :12, :10]
+    weights = None
+    results = {}
+    for dtype in ("float64", "float32"):
+        layer = crf.CrfRnn(num_iterations=3, theta_alpha=8.0, theta_beta=20.0, dtype=dtype)
+        layer.build([unaries.shape, images.shape])
+        if weights is None:  # off-identity, so that every entry matters
+            weights = [w.numpy() + rng.normal(0.0, 0.3, w.shape) for w in layer.trainable_variables]
+        for variable, value in zip(layer.trainable_variables, weights):
+            variable.assign(value)
+        inputs = tf.constant(unaries, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            output = layer([inputs, images])
+            loss = tf.reduce_sum(output * tf.constant(upstream, dtype))
+        gradients = tape.gradient(loss, [inputs] + layer.trainable_variables)
+        results[dtype] = [output.numpy()] + [g.numpy() for g in gradients]
+        if dtype == "float32":
+            signature = [tf.TensorSpec((None, None, None, num_classes)), tf.TensorSpec((None, None, None, 3), tf.uint8)]
+            graph = tf.function(lambda u, i: layer([u, i]), input_signature=signature)
+            assert "SparseMatrixMatMul" in {op.type for op in graph.get_concrete_function().graph.get_operations()}
+            np.testing.assert_allclose(graph(inputs, images).numpy(), results[dtype][0], atol=1e-4)
+    for name, expected, actual in zip(["output", "unaries", "spatial", "bilateral", "compatibility"], *results.values()):
+        assert np.abs(expected).max() > 0.1, name
+        np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max(), err_msg=name)
 
 
 def test_refinement_improves_noisy_blurred_unaries(samples):

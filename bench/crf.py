@@ -159,7 +159,10 @@ def new_layer(num_classes: int) -> crf.CrfRnn:
 
 
 def fetch(structure):
-    return tf.nest.map_structure(lambda t: None if t is None else t.numpy(), structure, expand_composites=True)
+    # A CSR matrix (a variant) has no NumPy value: computing it was the point.
+    return tf.nest.map_structure(
+        lambda t: None if t is None or t.dtype == tf.variant else t.numpy(), structure, expand_composites=True
+    )
 
 
 def timed(function, *args):
@@ -223,12 +226,18 @@ def parts(case_list, repeats: int) -> None:
     summary = []
     rng = np.random.default_rng(1)
     for name, image, unaries in case_list:
-        num_classes = unaries.shape[-1]
+        # As the layer runs: many classes padded to a multiple of ALIGN and the
+        # bilateral filter through the lattice's CSR copies (run eagerly here: a
+        # CSR matrix captured by a tf.function would be converted again in it).
+        wide = unaries.shape[-1] >= permutohedral.WIDE_CHANNELS
+        num_classes = unaries.shape[-1] + (-unaries.shape[-1] % permutohedral.ALIGN if wide else 0)
         image_batch = tf.constant(image[None])
-        values = tf.constant(rng.random((1,) + unaries.shape), tf.float32)
+        values = tf.constant(rng.random((1,) + unaries.shape[:2] + (num_classes,)), tf.float32)
+
         @tf.function
         def build(images):  # as the layer builds it: with the norm folded into the slice
-            return permutohedral.normalised(crf.build_image_lattice(images, THETA_ALPHA, THETA_BETA))
+            lattice = permutohedral.normalised(crf.build_image_lattice(images, THETA_ALPHA, THETA_BETA))
+            return permutohedral.compressed(lattice) if wide else lattice
 
         lattice = build(image_batch)
         part = lattice.parts[0]
@@ -236,14 +245,21 @@ def parts(case_list, repeats: int) -> None:
         weights = tf.constant(rng.normal(size=(num_classes, num_classes)), tf.float32)
 
         def chunked(function):
+            if wide:
+                return function
             return tf.function(lambda x: permutohedral.in_channel_chunks(function, x))
 
+        def product(matrix, x):
+            if wide:
+                return tf.raw_ops.SparseMatrixMatMul(a=getattr(part.compressed, matrix), b=x)
+            return tf.sparse.sparse_dense_matmul(getattr(part, matrix), x)
+
         def blur_all(x):
-            for blur in part.blur:
-                x = tf.sparse.sparse_dense_matmul(blur, x)
+            for blur in part.compressed.blur if wide else part.blur:
+                x = tf.raw_ops.SparseMatrixMatMul(a=blur, b=x) if wide else tf.sparse.sparse_dense_matmul(blur, x)
             return x
 
-        splat = chunked(lambda x: tf.sparse.sparse_dense_matmul(part.splat, x))
+        splat = chunked(lambda x: product("splat", x))
         vertex_values = splat(flat)
         scales = [tf.constant(1.0 / (rng.random((1,) + unaries.shape[:2] + (1,)) + 1.0), tf.float32)]
 
@@ -260,8 +276,8 @@ def parts(case_list, repeats: int) -> None:
             "build": median_seconds(build, (image_batch,), repeats),
             "splat": median_seconds(splat, (flat,), repeats),
             "blur": median_seconds(chunked(blur_all), (vertex_values,), repeats),
-            "slice": median_seconds(chunked(lambda x: tf.sparse.sparse_dense_matmul(part.slice, x)), (vertex_values,), repeats),
-            "bilateral": median_seconds(tf.function(bilateral_filter), (values,), repeats),
+            "slice": median_seconds(chunked(lambda x: product("slice", x)), (vertex_values,), repeats),
+            "bilateral": median_seconds(bilateral_filter if wide else tf.function(bilateral_filter), (values,), repeats),
             "spatial": median_seconds(tf.function(spatial_filter), (values,), repeats),
             "rest": median_seconds(tf.function(rest), (values, values, values), repeats),
         }

@@ -27,7 +27,13 @@ Three parts, in one run:
    its C x C product (the spatial one exact, two depthwise 1-D convolutions);
    the rest of an iteration (softmax, the spatial norm's scale, the sum) and
    its ratio to the bilateral filter; each timed alone on C channels
-   (``tf.function``, median).
+   (``tf.function``, median). Then the same stages inside the layer's own
+   graph (``crf.dense_crf``, its name scopes ``crf.SCOPES``): the op time of
+   each, summed over one traced run (``RunOptions.FULL_TRACE``), per
+   iteration, and the rest over the bilateral filter there. Timed alone, a
+   pass over the (H, W, C) values also pays for fresh output buffers, which
+   the graph's ops mostly do not: the rest alone is several times its share
+   of the pass.
 
 3. **Training**: forward + backward (gradients for the unaries and the three
    C x C matrices) at C = 150, 500x375, batch 1 and 4, in seconds per image,
@@ -218,7 +224,7 @@ def side_by_side(case_list, repeats: int) -> None:
 
 
 def parts(case_list, repeats: int) -> None:
-    print(f"\n2. Where the time goes: each part alone on the case's C channels, median of {repeats} (seconds)")
+    print(f"\n2. Where the time goes: each part timed alone on the case's C channels, median of {repeats} (seconds)")
     print("| case | bilateral lattice build | splat | blur (6 directions) | slice "
           "| bilateral filter + C x C product | spatial filter + C x C product | softmax, norms, rest "
           "| rest / bilateral filter | sum per forward pass |")
@@ -293,7 +299,53 @@ def parts(case_list, repeats: int) -> None:
             f"| build + {NUM_ITERATIONS} x (filters + rest) = {total:.2f} |",
             flush=True,
         )
-        summary.append((f"CRF rest / bilateral filter per iteration, {name}", f"{seconds['rest'] / seconds['bilateral']:.2f}"))
+    return summary
+
+
+def _scope(node_name: str) -> str:
+    """The ``crf.SCOPES`` stage of a traced op: its first name scope that is one (``rest_3`` is ``rest``)."""
+    for part in node_name.split("/"):
+        stem = part.rstrip("0123456789").rstrip("_") if part[-1:].isdigit() else part
+        if stem in crf.SCOPES:
+            return stem
+    return "other"
+
+
+def in_the_graph(case_list, repeats: int) -> list:
+    """Op time per stage of ``crf.dense_crf`` (what the layer runs), from one traced run of its graph."""
+    print("\n2b. In the layer's own graph: op seconds per stage of one forward pass, from a traced run after "
+          f"{repeats} untraced ones (two cores run ops side by side, so op seconds can exceed the wall time)")
+    print("| case | wall time, traced run | lattices and norms (once) | spatial filter + C x C product + norm, "
+          "per iteration | bilateral filter + C x C product, per iteration | softmax and sum (the rest), per iteration "
+          "| rest / bilateral filter |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    summary = []
+    for name, image, unaries in case_list:
+        num_classes = unaries.shape[-1]
+        identity = np.eye(num_classes, dtype=np.float32)
+        with tf.Graph().as_default():
+            unary_input = tf.compat.v1.placeholder(tf.float32, (1, None, None, num_classes))
+            image_input = tf.compat.v1.placeholder(tf.uint8, (1, None, None, 3))
+            refined = crf.dense_crf(unary_input, image_input, tf.constant(SPATIAL_WEIGHT * identity),
+                                    tf.constant(BILATERAL_WEIGHT * identity), tf.constant(1 - identity),
+                                    THETA_ALPHA, THETA_BETA, THETA_GAMMA, NUM_ITERATIONS)
+            labels = tf.argmax(refined, axis=-1)
+            with tf.compat.v1.Session() as session:
+                feed = {unary_input: unaries[None], image_input: image[None]}
+                for _ in range(max(repeats, 1)):
+                    session.run(labels, feed)
+                metadata = tf.compat.v1.RunMetadata()
+                options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
+                wall, _ = timed(lambda: session.run(labels, feed, options=options, run_metadata=metadata))
+        seconds = dict.fromkeys((*crf.SCOPES, "other"), 0.0)
+        for device_stats in metadata.step_stats.dev_stats:
+            for node in device_stats.node_stats:
+                seconds[_scope(node.node_name)] += node.op_end_rel_micros / 1e6
+        per_iteration = {stage: seconds[stage] / NUM_ITERATIONS for stage in ("spatial", "bilateral", "rest")}
+        ratio = per_iteration["rest"] / per_iteration["bilateral"]
+        print(f"| {name} | {wall:.2f} s | {seconds['lattice'] + seconds['other']:.3f} | {per_iteration['spatial']:.3f} "
+              f"| {per_iteration['bilateral']:.3f} | {per_iteration['rest']:.3f} | {ratio:.2f} |", flush=True)
+        summary.append((f"CRF rest / bilateral filter per iteration, in the graph, {name}", f"{ratio:.2f}"))
     return summary
 
 
@@ -394,6 +446,7 @@ def main(argv=None) -> None:
         if not args.parts_only:
             summary += side_by_side(case_list, args.repeats)
         summary += parts(case_list, args.repeats)
+        summary += in_the_graph(case_list, args.repeats)
     if args.training_only or not (args.quick or args.no_training or args.parts_only):
         summary += training(args.repeats)
     summary.append(("load average at the end", load_average().split()[0]))

@@ -208,12 +208,19 @@ def mean_field(
     # product to the lattice vertices, fewer than the pixels). The products are
     # negated here, once, so that an iteration is one sum: U - pairwise in a
     # single pass.
-    spatial_weights = -tf.matmul(compatibility, spatial_kernel_weights)  # (C, C), l <- k
-    bilateral_weights = -tf.matmul(compatibility, bilateral_kernel_weights)
+    with tf.name_scope("lattice"):
+        spatial_weights = -tf.matmul(compatibility, spatial_kernel_weights)  # (C, C), l <- k
+        bilateral_weights = -tf.matmul(compatibility, bilateral_kernel_weights)
     logits = unaries
     for _ in range(num_iterations):
-        q = tf.nn.softmax(logits)  # (B, H, W, C)
-        logits = tf.add_n([unaries, spatial(q, spatial_weights), bilateral(q, bilateral_weights)])
+        with tf.name_scope("rest"):
+            q = tf.nn.softmax(logits)  # (B, H, W, C)
+        with tf.name_scope("spatial"):
+            spatial_message_ = spatial(q, spatial_weights)
+        with tf.name_scope("bilateral"):
+            bilateral_message = bilateral(q, bilateral_weights)
+        with tf.name_scope("rest"):
+            logits = tf.add_n([unaries, spatial_message_, bilateral_message])
     return logits
 
 
@@ -224,6 +231,73 @@ _ABSENT_LOGIT = -1e30
 
 def _potts(shape, dtype=None):
     return keras.ops.ones(shape, dtype) - keras.ops.eye(shape[0], dtype=dtype)
+
+
+# Name scopes of dense_crf's stages (bench/crf.py sums the op time of each).
+SCOPES = ("lattice", "spatial", "bilateral", "rest")
+
+
+def dense_crf(
+    unaries: tf.Tensor,
+    image: tf.Tensor,
+    spatial_kernel_weights: tf.Tensor,
+    bilateral_kernel_weights: tf.Tensor,
+    compatibility: tf.Tensor,
+    theta_alpha: float,
+    theta_beta: float,
+    theta_gamma: float,
+    num_iterations: int,
+    spatial_kernel: str = "exact",
+) -> tf.Tensor:
+    """What ``CrfRnn`` computes, its weights given: (B, H, W, C) refined logits.
+
+    Args:
+      unaries: (B, H, W, C) unary logits, float32 or float64.
+      image: (B, H, W, 3) RGB 0..255.
+      spatial_kernel_weights, bilateral_kernel_weights, compatibility: (C, C),
+        of the unaries' dtype.
+      theta_alpha, theta_beta, theta_gamma, spatial_kernel: as ``CrfRnn``'s.
+      num_iterations: mean-field iterations.
+
+    Its ops are in the name scopes of ``SCOPES``: the lattices and norms,
+    then per iteration the two filters (with their C x C products) and the
+    rest (softmax, the sum).
+    """
+    num_classes = unaries.shape[-1]
+    weights = [spatial_kernel_weights, bilateral_kernel_weights, compatibility]
+    padding = 0
+    with tf.name_scope("lattice"):
+        # Both norms once per call: the bilateral one folded into the lattice's
+        # slice, the spatial one a per-pixel scale (built from the shape alone,
+        # so no gradient is traced through it).
+        lattice = permutohedral.normalised(build_image_lattice(image, theta_alpha, theta_beta))
+        if num_classes >= permutohedral.WIDE_CHANNELS and unaries.dtype == tf.float32:
+            # Many classes: the bilateral filter goes through CSR copies of the
+            # lattice, fastest on a multiple of ALIGN channels. Classes added
+            # with logits of -1e30 and zero weights have probability 0, send
+            # and receive no message, and are dropped at the end.
+            lattice = permutohedral.compressed(lattice)
+            padding = -num_classes % permutohedral.ALIGN
+            if padding:
+                unaries = tf.pad(unaries, [[0, 0], [0, 0], [0, 0], [0, padding]], constant_values=_ABSENT_LOGIT)
+                weights = [tf.pad(w, [[0, padding], [0, padding]]) for w in weights]
+        if spatial_kernel == "lattice":
+            positions = permutohedral.normalised(permutohedral.build_lattice(spatial_features(image, theta_gamma)))
+            spatial = lambda values, weights: permutohedral.lattice_filter(positions, values, channel_weights=weights)  # noqa: E731
+        else:
+            ones = tf.ones(tf.concat([tf.shape(unaries)[:-1], [1]], axis=0), unaries.dtype)  # (B, H, W, 1)
+            spatial_scale = 1.0 / spatial_filter(ones, theta_gamma)
+            spatial = lambda values, weights: spatial_message(values, theta_gamma, weights) * spatial_scale  # noqa: E731
+    refined = mean_field(
+        unaries,
+        spatial=spatial,
+        bilateral=lambda values, weights: permutohedral.lattice_filter(lattice, values, channel_weights=weights),
+        spatial_kernel_weights=weights[0],
+        bilateral_kernel_weights=weights[1],
+        compatibility=weights[2],
+        num_iterations=num_iterations,
+    )
+    return refined[..., :num_classes] if padding else refined
 
 
 @keras.saving.register_keras_serializable(package="fcn")
@@ -298,43 +372,16 @@ class CrfRnn(keras.layers.Layer):
 
     def call(self, inputs, num_iterations=None):
         unaries, image = inputs
-        unaries = tf.cast(unaries, self.compute_dtype)  # (B, H, W, C)
-        # Both norms once per call: the bilateral one folded into the lattice's
-        # slice, the spatial one a per-pixel scale (built from the shape alone,
-        # so no gradient is traced through it).
-        lattice = permutohedral.normalised(build_image_lattice(image, self.theta_alpha, self.theta_beta))
-        num_classes = unaries.shape[-1]
-        weights = [
-            tf.convert_to_tensor(w) for w in (self.spatial_kernel_weights, self.bilateral_kernel_weights, self.compatibility)
-        ]
-        padding = 0
-        if num_classes >= permutohedral.WIDE_CHANNELS and unaries.dtype == tf.float32:
-            # Many classes: the bilateral filter goes through CSR copies of the
-            # lattice, fastest on a multiple of ALIGN channels. Classes added
-            # with logits of -1e30 and zero weights have probability 0, send
-            # and receive no message, and are dropped at the end.
-            lattice = permutohedral.compressed(lattice)
-            padding = -num_classes % permutohedral.ALIGN
-            if padding:
-                unaries = tf.pad(unaries, [[0, 0], [0, 0], [0, 0], [0, padding]], constant_values=_ABSENT_LOGIT)
-                weights = [tf.pad(w, [[0, padding], [0, padding]]) for w in weights]
-        if self.spatial_kernel == "lattice":
-            positions = permutohedral.normalised(permutohedral.build_lattice(spatial_features(image, self.theta_gamma)))
-            spatial = lambda values, weights: permutohedral.lattice_filter(positions, values, channel_weights=weights)  # noqa: E731
-        else:
-            ones = tf.ones(tf.concat([tf.shape(unaries)[:-1], [1]], axis=0), unaries.dtype)  # (B, H, W, 1)
-            spatial_scale = 1.0 / spatial_filter(ones, self.theta_gamma)
-            spatial = lambda values, weights: spatial_message(values, self.theta_gamma, weights) * spatial_scale  # noqa: E731
-        refined = mean_field(
-            unaries,
-            spatial=spatial,
-            bilateral=lambda values, weights: permutohedral.lattice_filter(lattice, values, channel_weights=weights),
-            spatial_kernel_weights=weights[0],
-            bilateral_kernel_weights=weights[1],
-            compatibility=weights[2],
+        return dense_crf(
+            tf.cast(unaries, self.compute_dtype),
+            image,
+            *(tf.convert_to_tensor(w) for w in (self.spatial_kernel_weights, self.bilateral_kernel_weights, self.compatibility)),
+            theta_alpha=self.theta_alpha,
+            theta_beta=self.theta_beta,
+            theta_gamma=self.theta_gamma,
             num_iterations=self.num_iterations if num_iterations is None else int(num_iterations),
+            spatial_kernel=self.spatial_kernel,
         )
-        return refined[..., :num_classes] if padding else refined
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])

@@ -47,21 +47,32 @@ whole filter 1.2x (C = 21) to 1.6x (C = 150) slower, and the diagonal of the
 blur as a scaled copy 1.8x. At these channel counts the cost is per stored
 index, not per multiply-add: two chunks of 10-11 channels took 1.8x one of 21,
 and 21 channels padded to 32 (TensorFlow's vectorised path from 32 on) 6x;
-sorting the indices row-major, 1.1x; the CSR ``SparseMatrixMatMul``, 3x (683x512,
-C = 21, loaded machine). The same filter compiled with XLA (gathers,
-``unsorted_segment_sum``) took 9x. Also tried for the build and not kept: a
-vectorised open-addressing hash (``tensor_scatter_nd_max`` rounds) 3-4x slower
-than ``tf.unique``; the coordinate ranks by pairwise comparisons instead of two
-``top_k``, 1.8x slower. ``bench/README.md`` has where the time goes, per part.
+sorting the indices row-major, 1.1x. The same filter compiled with XLA
+(gathers, ``unsorted_segment_sum``) took 9x. Also tried for the build and not
+kept: a vectorised open-addressing hash (``tensor_scatter_nd_max`` rounds) 3-4x
+slower than ``tf.unique``; the coordinate ranks by pairwise comparisons instead
+of two ``top_k``, 1.8x slower.
+
+Many channels: ``compressed`` adds CSR copies of the matrices, and float32
+values of at least ``WIDE_CHANNELS`` channels then go through
+``SparseMatrixMatMul``, all channels in one multithreaded pass, instead of
+``CHANNEL_CHUNK``-channel chunks through the single-threaded
+``sparse_dense_matmul``. On the idle 2-core Intel Xeon with AVX-512 and AMX
+(683x512, one filter and its channel product): 183 ms against 287 ms at
+C = 150 (CPU time 357 against 527 ms), 38 against 47 ms at C = 32; at C = 21
+the CSR product was 1.9x slower, and widths off a multiple of ``ALIGN`` are
+slow (C = 33: 128 ms against 78), so the CRF layer pads its class axis to a
+multiple of 8. The CSR rows must be in order (``SparseTensorToCSRSparseMatrix``
+does not check): the blur matrices are built row by row for that.
 
 Against the C++ DenseCRF (pydensecrf2), the CRF-RNN layer built on this filter
 (5 iterations, ``python bench/crf.py --no_training --repeats 3``; pydensecrf2
 time over ours, median of 3 turns), ADE_val_00000001 683x512 at C = 21, at
 C = 150, random colours 512x512 at C = 21: on the idle 2-core Intel Xeon with
-AVX-512 and AMX 1.28x, 1.79x, 1.02x (an earlier run: 1.30x, 1.63x, 1.00x); on
-the 2-core AMD EPYC with AVX-512 at load average 7-10, 1.05x, 1.13x, 0.95x.
-Labels equal on 100.00, 99.99, 99.99 % of the pixels. ``bench/README.md`` has
-the runs, their CPU times and where the time goes.
+AVX-512 and AMX 1.31x, 2.08x, 1.03x (other runs of this code: 1.20x, 2.12x,
+0.99x; 1.11x, 1.88x, 1.16x at load 1.4-1.9; per-turn ratios at C = 150 from
+1.76x to 2.33x). Labels equal on 100.00, 99.99, 99.99 % of the pixels.
+``bench/README.md`` has the runs, their CPU times and where the time goes.
 
 No custom op, no ``py_function``, no strings: runs eagerly and in ``tf.function``
 on any device. It does not compile with XLA (``tf.unique`` has a data-dependent

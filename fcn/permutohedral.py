@@ -400,6 +400,18 @@ def _csr_blur(matrices: Compressed, vertex_values: tf.Tensor, reverse: bool) -> 
     return vertex_values
 
 
+def _gradient_matrices(part: LatticePart) -> Compressed:
+    """The CSR copies for a gradient function: the forward's, unless it is traced in a graph of its own.
+
+    Gradients taken in the forward's graph (a ``tf.function`` and its tape)
+    or eagerly use the forward's copies. ``tf.saved_model.save`` traces each
+    custom gradient as a function of its own, which cannot capture a CSR
+    matrix (a variant tensor): there the copies are made again from the
+    sparse matrices.
+    """
+    return _compressed_here(part).compressed
+
+
 def _to_vertices(part: LatticePart, values: tf.Tensor, reverse: bool) -> tf.Tensor:
     """Splat and blur of (P, C) values, by channel chunks; its gradient is slice after the reversed blur."""
     if _wide(part, values):
@@ -408,7 +420,8 @@ def _to_vertices(part: LatticePart, values: tf.Tensor, reverse: bool) -> tf.Tens
         @tf.custom_gradient
         def wide(x):
             def gradient(upstream):  # (M, C) -> (P, C)
-                return _csr_product(matrices.splat_adjoint, _csr_blur(matrices, upstream, not reverse))
+                here = _gradient_matrices(part)
+                return _csr_product(here.splat_adjoint, _csr_blur(here, upstream, not reverse))
 
             return _csr_blur(matrices, _csr_product(matrices.splat, x), reverse), gradient
 
@@ -442,7 +455,7 @@ def _from_vertices(part: LatticePart, vertex_values: tf.Tensor) -> tf.Tensor:
 
         @tf.custom_gradient
         def wide(z):
-            return _csr_product(matrices.slice, z), lambda upstream: _csr_product(matrices.slice_adjoint, upstream)
+            return _csr_product(matrices.slice, z), lambda upstream: _csr_product(_gradient_matrices(part).slice_adjoint, upstream)
 
         return wide(vertex_values)
 

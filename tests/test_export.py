@@ -109,3 +109,23 @@ def test_tflite_names_the_ops_it_lacks_for_the_crf_stage_and_writes_nothing(tmp_
     with pytest.raises(inference.InferenceError, match=r"TensorFlow Lite cannot convert this model: no built-in op for .*SparseTensorDenseMatMul"):
         export.export_predictor(predictor, str(base), 10_000, format="tflite", tflite_size=(32, 32))
     assert os.listdir(base) == []  # no version, no temporary folder left
+
+
+@pytest.mark.slow  # an export and its load: about 10 s
+def test_a_crf_model_of_many_classes_exports_and_serves_the_labels_of_its_predictor(tmp_path):
+    """From 32 classes the CRF's bilateral filter runs on CSR matrices (variant tensors); the export holds them."""
+    from fcn import inference
+    from fcn import model as model_lib
+
+    config = config_lib.load_config(None, [("logs_dir", str(tmp_path / "run")), ("model.fc_channels", 8), ("model.width", 0.125),
+                                           ("model.vgg_weights", "none"), ("model.crf", True), ("evaluate.test_size", "none")])
+    model = model_lib.build_from_config(config.model, 40, crf_iterations=2)
+    for weight in model.weights:  # varied labels: random, larger weights than the initialisers'
+        weight.assign(np.random.default_rng(len(weight.path)).normal(0, 0.5, weight.shape).astype(np.float32))
+    predictor = inference.Predictor(model)
+    path = export.export_predictor(predictor, str(tmp_path / "export"), 10_000)
+    images = np.random.default_rng(1).integers(0, 256, (2, 37, 45, 3), dtype=np.uint8)
+    served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))["labels"].numpy()
+    expected = predictor.labels(tf.constant(images)).numpy()  # train ids; the export writes annotation values
+    assert len(np.unique(expected)) > 3
+    np.testing.assert_array_equal(served, np.asarray(predictor.classes.ids)[expected])

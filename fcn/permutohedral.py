@@ -63,7 +63,9 @@ C = 150 (CPU time 357 against 527 ms), 38 against 47 ms at C = 32; at C = 21
 the CSR product was 1.9x slower, and widths off a multiple of ``ALIGN`` are
 slow (C = 33: 128 ms against 78), so the CRF layer pads its class axis to a
 multiple of 8. The CSR rows must be in order (``SparseTensorToCSRSparseMatrix``
-does not check): the blur matrices are built row by row for that.
+does not check): ``compressed`` builds its blur copies row by row from each
+vertex's neighbours, and the build leaves the blur matrices unordered (the
+row-ordered construction made the build 1.1-1.3x slower for every caller).
 
 Against the C++ DenseCRF (pydensecrf2), the CRF-RNN layer built on this filter
 (5 iterations, ``python bench/crf.py --no_training --repeats 3``; pydensecrf2
@@ -112,6 +114,9 @@ class LatticePart(NamedTuple):
       splat_adjoint: the transpose of ``splat`` when ``slice`` is scaled;
         None when it is ``slice``.
       compressed: row-compressed copies of the five (``compressed``), or None.
+      neighbours: (d + 1, M) int32, the next vertex along each lattice
+        direction, -1 where there is none (what ``compressed`` orders the
+        blur matrices' rows by).
     """
 
     splat: tf.SparseTensor
@@ -120,6 +125,7 @@ class LatticePart(NamedTuple):
     slice_adjoint: tf.SparseTensor | None = None
     splat_adjoint: tf.SparseTensor | None = None
     compressed: "Compressed | None" = None
+    neighbours: tf.Tensor | None = None
 
 
 class Compressed(NamedTuple):
@@ -315,25 +321,26 @@ def _build_part(features: tf.Tensor) -> LatticePart:
     # Blur along direction j: B_j = s (I / 2 + (N_j + N_j^T) / 4), N_j[v, next_j(v)] = 1;
     # a missing neighbour contributes nothing. Each B_j is exactly symmetric, and
     # s^(d + 1) is the normalisation constant, so that slice is exactly splat^T.
-    # Each row holds its vertex's previous vertex, itself and its next one
-    # along j, rows in vertex order (what a row-compressed copy, ``compressed``,
-    # needs).
-    scale = _normalisation(d) ** (1.0 / (d + 1))
-    vertices = tf.range(num_vertices)
-    row_weights = tf.constant([0.25 * scale, 0.5 * scale, 0.25 * scale], tf.float32)
+    # The edges of all directions come from one tf.where, direction-major; the
+    # entries are left unordered (sparse_dense_matmul does not need an order).
+    # ``compressed`` builds its row-ordered copies from ``neighbours``.
+    scale = _blur_scale(d)
+    vertices = tf.range(num_vertices, dtype=tf.int64)
+    diagonal = tf.stack([vertices, vertices], axis=1)
+    edges = tf.where(present)  # (E, 2): direction, vertex
+    edge_count = tf.reduce_sum(tf.cast(present, tf.int32), axis=1)  # (d + 1,)
+    source = edges[:, 1]
+    target = tf.cast(tf.gather_nd(following, tf.reverse(edges, [1])), tf.int64)
     blur = []
-    for j in range(d + 1):
-        has_next = present[j]  # (M,)
-        next_vertex = tf.where(has_next, following[:, j], -1)
-        previous_vertex = tf.tensor_scatter_nd_update(
-            tf.fill([num_vertices], -1), tf.boolean_mask(next_vertex, has_next)[:, None], tf.boolean_mask(vertices, has_next)
+    ends = tf.unstack(tf.cumsum(edge_count), num=d + 1)
+    for start, stop in zip([0] + ends[:-1], ends):
+        pairs = tf.stack([source[start:stop], target[start:stop]], axis=1)  # (E_j, 2)
+        indices = tf.concat([diagonal, pairs, pairs[:, ::-1]], axis=0)
+        blur_weights = tf.concat(
+            [tf.fill([num_vertices], 0.5 * scale), tf.fill([2 * (stop - start)], 0.25 * scale)], axis=0
         )
-        columns = tf.stack([previous_vertex, vertices, next_vertex], axis=1)  # (M, 3), -1 where there is none
-        stored = tf.reshape(columns >= 0, [-1])
-        rows = tf.boolean_mask(tf.repeat(vertices, 3), stored)
-        indices = tf.cast(tf.stack([rows, tf.boolean_mask(tf.reshape(columns, [-1]), stored)], axis=1), tf.int64)
-        blur_weights = tf.boolean_mask(tf.tile(row_weights, [num_vertices]), stored)
         blur.append(tf.SparseTensor(indices, blur_weights, tf.cast([num_vertices, num_vertices], tf.int64)))
+    neighbours = tf.where(present, tf.transpose(following), -1)  # (d + 1, M), -1 where there is none
 
     # Splat (vertex-major) and slice (point-major) as sparse matrices, left
     # unordered: sparse_dense_matmul does not need it and sorting costs more.
@@ -344,7 +351,7 @@ def _build_part(features: tf.Tensor) -> LatticePart:
     vertex_rows = tf.cast(num_vertices, tf.int64)
     splat = tf.SparseTensor(tf.stack([vertex, point_index], axis=1), flat_weights, [vertex_rows, num_points_total])
     slice_ = tf.SparseTensor(tf.stack([point_index, vertex], axis=1), flat_weights, [num_points_total, vertex_rows])
-    return LatticePart(splat, tuple(blur), slice_)
+    return LatticePart(splat, tuple(blur), slice_, neighbours=neighbours)
 
 
 # Channels filtered per pass. Vertex arrays of (M, 24) float32 stay in the CPU
@@ -509,6 +516,35 @@ def _csr_transpose(matrix: tf.Tensor) -> tf.Tensor:
     return tf.raw_ops.SparseMatrixTranspose(input=matrix, type=tf.float32)
 
 
+def _blur_scale(d: int) -> float:
+    """The factor of each blur matrix: the (d + 1)-th root of ``_normalisation(d)``."""
+    return _normalisation(d) ** (1.0 / (d + 1))
+
+
+def _row_ordered_blur(neighbours: tf.Tensor, j: int) -> tf.SparseTensor:
+    """Blur matrix j of a part, its entries in row order, as a CSR copy needs them.
+
+    Each row holds its vertex's previous vertex, itself and its next one along
+    direction j (the same entries as the part's blur matrix j, ordered);
+    ``neighbours`` is the part's (d + 1, M) next vertex along each direction.
+    """
+    scale = _blur_scale(neighbours.shape[0] - 1)
+    num_vertices = tf.shape(neighbours)[1]
+    vertices = tf.range(num_vertices)
+    next_vertex = neighbours[j]  # (M,)
+    has_next = next_vertex >= 0
+    previous_vertex = tf.tensor_scatter_nd_update(
+        tf.fill([num_vertices], -1), tf.boolean_mask(next_vertex, has_next)[:, None], tf.boolean_mask(vertices, has_next)
+    )
+    columns = tf.stack([previous_vertex, vertices, next_vertex], axis=1)  # (M, 3), -1 where there is none
+    stored = tf.reshape(columns >= 0, [-1])
+    rows = tf.boolean_mask(tf.repeat(vertices, 3), stored)
+    indices = tf.cast(tf.stack([rows, tf.boolean_mask(tf.reshape(columns, [-1]), stored)], axis=1), tf.int64)
+    row_weights = tf.constant([0.25 * scale, 0.5 * scale, 0.25 * scale], tf.float32)
+    values = tf.boolean_mask(tf.tile(row_weights, [num_vertices]), stored)
+    return tf.SparseTensor(indices, values, tf.cast([num_vertices, num_vertices], tf.int64))
+
+
 def _compress(part: LatticePart) -> LatticePart:
     # The slice (and the unscaled slice of a normalised lattice) is point-major,
     # each blur vertex-major; the splat and the adjoints are their transposes.
@@ -519,7 +555,10 @@ def _compress(part: LatticePart) -> LatticePart:
     else:
         unscaled_slice, slice_adjoint = _csr(part.splat_adjoint), _csr_transpose(slice_)
         splat = _csr_transpose(unscaled_slice)
-    matrices = Compressed(splat, tuple(_csr(blur) for blur in part.blur), slice_, slice_adjoint, unscaled_slice)
+    # The blur matrices' entries are unordered; a CSR copy needs its rows in order (and
+    # SparseTensorToCSRSparseMatrix does not check): they are built again row by row.
+    blur = tuple(_csr(_row_ordered_blur(part.neighbours, j)) for j in range(len(part.blur)))
+    matrices = Compressed(splat, blur, slice_, slice_adjoint, unscaled_slice)
     return part._replace(compressed=matrices)
 
 

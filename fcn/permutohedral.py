@@ -73,8 +73,9 @@ time over ours, median of 3 turns), ADE_val_00000001 683x512 at C = 21, at
 C = 150, random colours 512x512 at C = 21: on the idle 2-core Intel Xeon with
 AVX-512 and AMX 1.56x, 1.84x, 1.04x and 1.26x, 1.86x, 1.18x (two runs, one
 after the other; earlier runs of the same filter at C = 150: 2.12x, 2.08x,
-2.06x, 1.88x, so about 2x, 1.84-2.12x over six runs). Labels equal on 100.00, 99.99, 99.99 % of the pixels.
-``bench/README.md`` has the runs, their CPU times and where the time goes.
+2.06x, 1.88x, so about 2x, 1.84-2.12x over six runs). Labels equal on 100.00,
+99.99, 99.99 % of the pixels. ``bench/README.md`` has the runs, their CPU times
+and where the time goes.
 
 No custom op, no ``py_function``, no strings: runs eagerly and in ``tf.function``
 on any device. It does not compile with XLA (``tf.unique`` has a data-dependent

@@ -59,6 +59,7 @@ C = 5, one repeat, no training part (for the tests).
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -305,7 +306,7 @@ def parts(case_list, repeats: int) -> None:
 def _scope(node_name: str) -> str:
     """The ``crf.SCOPES`` stage of a traced op: its first name scope that is one (``rest_3`` is ``rest``)."""
     for part in node_name.split("/"):
-        stem = part.rstrip("0123456789").rstrip("_") if part[-1:].isdigit() else part
+        stem = re.sub(r"_\d+$", "", part)
         if stem in crf.SCOPES:
             return stem
     return "other"
